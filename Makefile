@@ -1,0 +1,70 @@
+# Real-time personalized pricing. `make help` lists the targets; CI calls `make test` and `make lint`.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PRICING := $(BIN)/pricing
+DATA ?= data/sim
+PORT ?= 8000
+
+# Offline, quiet and local by default (see README "Environment").
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
+export TOKENIZERS_PARALLELISM := false
+export PYTHONUNBUFFERED := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-fast test-slow lint format bench up down serve ui-mlflow ui-prefect clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(BIN)/pricing: pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $@
+
+install: $(BIN)/pricing ## Create .venv and install the project with its dev tools
+
+demo: install ## Simulate a market, validate it, train, register, promote, then serve the champion
+	$(PRICING) demo --data-dir $(DATA) --port $(PORT)
+
+test: install ## Run every test (unit, data, model, integration, slow)
+	$(BIN)/pytest -q
+
+test-fast: install ## Unit and data tests only
+	$(BIN)/pytest -q -m "not slow and not integration"
+
+lint: install ## ruff (lint + format check) and mypy on pricing/ and scorer/
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy pricing scorer
+
+format: install ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: install ## Run the benchmarks (each prints JSON)
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+serve: install ## Serve the current champion on $(PORT)
+	$(PRICING) serve --port $(PORT)
+
+up: install ## Start a local Prefect server, a worker, the MLflow UI and the scorer (background)
+	bash infra/local/up.sh
+
+down: ## Stop what `make up` started
+	bash infra/local/down.sh
+
+ui-mlflow: install ## The MLflow UI over the embedded store
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --port 5000
+
+clean: ## Remove generated data, runs and caches (keeps .venv)
+	rm -rf data runs .prefect .cache .pytest_cache mlruns/mlflow.db mlruns/[0-9]* mlruns/models

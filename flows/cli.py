@@ -1,0 +1,218 @@
+"""The `pricing` command: simulate, build real data, validate, run the training flow, serve.
+
+Heavy imports (prefect, mlflow, torch) happen inside the subcommand that needs them, so
+`pricing --help` and `pricing validate` stay fast. Contract errors print one clear line, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pricing.io import ContractError
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from pricing.simulator import SimConfig, simulate, write_market
+
+    cfg = SimConfig(
+        **{
+            k: v
+            for k, v in {
+                "n_users": args.users,
+                "n_items": args.items,
+                "n_days": args.days,
+                "seed": args.seed,
+            }.items()
+            if v is not None
+        }
+    )
+    t0 = time.perf_counter()
+    market = simulate(cfg)
+    paths = write_market(market, args.out, fmt=args.format)
+    sizes = {name: len(df) for name, df in market.tables.items()}
+    print(
+        f"simulated {sizes} in {time.perf_counter() - t0:.1f}s -> {args.out} "
+        f"(+ ground truth in {Path(args.out) / 'ground_truth'})"
+    )
+    for name, path in paths.items():
+        print(f"  {name}: {path}")
+    return 0
+
+
+def _cmd_tafeng(args: argparse.Namespace) -> int:
+    from pricing.tafeng import build_tafeng, write_tafeng
+
+    source = Path(args.source)
+    if not source.exists():
+        raise ContractError(
+            f"Ta Feng source not found: {source}. See README 'Real data' for how to obtain ta_feng.csv.zip."
+        )
+    t0 = time.perf_counter()
+    result = build_tafeng(source, max_customers=args.max_customers, seed=args.seed)
+    paths = write_tafeng(result, args.out)
+    print(f"built Ta Feng tables in {time.perf_counter() - t0:.1f}s -> {args.out}")
+    print(json.dumps(result.stats, indent=2, default=str))
+    for name, path in paths.items():
+        print(f"  {name}: {path}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from expectations import validate_data_dir
+
+    report = validate_data_dir(args.data_dir, threshold=args.threshold, build_docs=not args.no_docs)
+    print(report.summary_text())
+    if report.docs_index:
+        print(f"Data Docs: {report.docs_index}")
+    print(f"Report: {Path(args.data_dir) / 'validation.json'}")
+    if not report.passed:
+        for err in report.errors:
+            print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from flows.training import training
+
+    result = training(
+        data_dir=args.data_dir,
+        simulate=args.simulate,
+        model=args.model,
+        config_path=args.config,
+        promote=not args.no_promote,
+        devices=args.devices,
+        strategy=args.strategy,
+        precision=args.precision,
+        seed=args.seed,
+    )
+    text = json.dumps(result, indent=2, default=str)
+    if args.report_json:
+        Path(args.report_json).write_text(text)
+    print(text)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from scorer.main import serve
+
+    serve(host=args.host, port=args.port)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """The newcomer's path: simulate -> validate -> train -> register -> promote -> serve."""
+    data_dir = Path(args.data_dir)
+    t0 = time.perf_counter()
+    if not (data_dir / "offers.parquet").exists():
+        _cmd_simulate(
+            argparse.Namespace(
+                out=str(data_dir), users=None, items=None, days=None, seed=0, format="parquet"
+            )
+        )
+    rc = _cmd_validate(argparse.Namespace(data_dir=str(data_dir), threshold=0.01, no_docs=False))
+    if rc:
+        return rc
+    report = Path("runs") / "demo-report.json"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    _cmd_run(
+        argparse.Namespace(
+            data_dir=str(data_dir),
+            simulate=False,
+            model=args.model,
+            config=None,
+            no_promote=False,
+            devices=None,
+            strategy=None,
+            precision=None,
+            seed=None,
+            report_json=str(report),
+        )
+    )
+    print(f"\ndemo pipeline wall time: {time.perf_counter() - t0:.1f}s (report: {report})")
+    print("MLflow UI:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --port 5000")
+    print("Prefect UI: make up   (then http://127.0.0.1:4200)")
+    print(
+        f"Scorer: serving the champion on http://127.0.0.1:{args.port} (Ctrl-C stops it). Try:\n"
+        f"  curl -s -X POST http://127.0.0.1:{args.port}/v1/quote -H 'content-type: application/json' "
+        '-d \'{"user_id": "u000001", "items": ["i00001", "i00002", "i00003"]}\''
+    )
+    os.environ.setdefault("PRICING_BOOTSTRAP_DATA_DIR", str(data_dir))
+    return _cmd_serve(argparse.Namespace(host="127.0.0.1", port=args.port))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pricing", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("simulate", help="write a simulated market (contract tables + ground truth)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--users", type=int)
+    s.add_argument("--items", type=int)
+    s.add_argument("--days", type=int)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    s.set_defaults(func=_cmd_simulate)
+
+    d = sub.add_parser("data", help="build contract tables from a real data set")
+    dsub = d.add_subparsers(dest="source_kind", required=True)
+    t = dsub.add_parser("tafeng", help="Ta Feng grocery transactions (ta_feng.csv.zip)")
+    t.add_argument("--source", required=True)
+    t.add_argument("--out", default="data/tafeng")
+    t.add_argument("--max-customers", type=int)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_cmd_tafeng)
+
+    v = sub.add_parser("validate", help="validate a data dir against the contract (Great Expectations)")
+    v.add_argument("--data-dir", required=True)
+    v.add_argument("--threshold", type=float, default=0.01, help="max bad-row share per table")
+    v.add_argument("--no-docs", action="store_true", help="skip building Data Docs")
+    v.set_defaults(func=_cmd_validate)
+
+    r = sub.add_parser("run", help="run the training flow (validate, train, evaluate, register, promote)")
+    src = r.add_mutually_exclusive_group()
+    src.add_argument("--data-dir")
+    src.add_argument("--simulate", action="store_true", help="simulate a fresh default market")
+    r.add_argument("--model", help="bert, lightgbm or logistic (default: from config)")
+    r.add_argument("--config", help="experiment YAML (default: configs/default.yaml)")
+    r.add_argument("--no-promote", action="store_true")
+    r.add_argument("--report-json")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--devices", help="Lightning devices (BERT): 1, 4, auto")
+    r.add_argument("--strategy", help="Lightning strategy (BERT): auto, ddp, ddp_spawn")
+    r.add_argument("--precision", help="Lightning precision (BERT): 32-true, bf16-mixed")
+    r.set_defaults(func=_cmd_run)
+
+    sv = sub.add_parser("serve", help="serve the champion model (FastAPI)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.set_defaults(func=_cmd_serve)
+
+    dm = sub.add_parser("demo", help="simulate, validate, train, promote, then serve")
+    dm.add_argument("--data-dir", default="data/sim")
+    dm.add_argument("--model")
+    dm.add_argument("--port", type=int, default=8000)
+    dm.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        rc: Any = args.func(args)
+    except ContractError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,213 @@
+"""The `training` flow: ingest -> validate -> features -> train -> evaluate -> register -> promote."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import flow, get_run_logger
+
+from mlops import tracking
+from mlops.config import ExperimentConfig, load_config
+from mlops.models import DemandModel, PricingData
+from mlops.registry import CHAMPION
+from mlops.settings import get_settings
+from pricing import schema as S
+from pricing.policy import Guardrails
+from pricing.promotion import PromotionRule
+from pricing.simulator import load_ground_truth
+from pricing.split import time_split
+from tasks.data import simulate_market
+from tasks.evaluation import LIST_PRICE, evaluate_models_task, subset
+from tasks.features import build_features
+from tasks.registry import input_example, promote_model, register_model
+from tasks.training import train_price_model
+from tasks.validation import validate_tables
+
+REPORT_METRICS = ("log_loss", "auc", "ece", "profit_regret", "uplift_vs_list")
+
+
+def _flatten(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict):
+            out.update(_flatten(key, v))
+        else:
+            out[key] = v
+    return out
+
+
+def _load_champion(name: str) -> tuple[str | None, DemandModel | None]:
+    """The current champion's version and model (None, None without one; model None if unloadable)."""
+    version = tracking.alias_version(name, CHAMPION)
+    if version is None:
+        return None, None
+    try:
+        return version, tracking.load_version(name, version).model
+    except Exception as exc:  # noqa: BLE001 - an unloadable champion must not block a new model
+        get_run_logger().warning("champion v%s could not be loaded (%s): using its stored metrics", version, exc)
+        return version, None
+
+
+@flow(name="training", log_prints=True)
+def training(
+    data_dir: str | None = None,
+    simulate: bool = False,
+    model: str | None = None,
+    config_path: str | None = None,
+    promote: bool = True,
+    devices: str | None = None,
+    strategy: str | None = None,
+    precision: str | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate against the baselines, register and (if it wins) promote a price-response model.
+
+    Returns the run report (also what `pricing run --report-json` writes).
+    """
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    log = get_run_logger()
+    settings = get_settings()
+    cfg: ExperimentConfig = load_config(config_path, {"model": model, "seed": seed})
+    registered = cfg.registered_model or settings.registered_model
+    runs_dir = Path(settings.runs_dir)
+
+    # ingest
+    t = time.perf_counter()
+    if simulate or data_dir is None:
+        data_path = simulate_market(runs_dir / f"sim-seed{cfg.seed}", cfg.simulate, cfg.seed)
+        dataset = "simulated"
+    else:
+        data_path = Path(data_dir)
+        dataset = data_path.resolve().name
+    timings["ingest"] = time.perf_counter() - t
+
+    # validate
+    t = time.perf_counter()
+    report = validate_tables(data_path, cfg.validation.max_bad_share)
+    tables = report.clean_tables
+    timings["validate"] = time.perf_counter() - t
+
+    # features
+    t = time.perf_counter()
+    feats, feat_key, cache_hit = build_features(tables, runs_dir / "cache")
+    timings["features"] = time.perf_counter() - t
+
+    offers = tables[S.OFFERS].reset_index(drop=True)
+    split = time_split(
+        offers, cfg.split.test_start, cfg.split.test_fraction, cfg.split.valid_fraction
+    )
+    full = PricingData(
+        offers=offers,
+        items=tables[S.ITEMS],
+        events=tables[S.EVENTS],
+        features=feats,
+        users=tables.get(S.USERS),
+    )
+    train, valid, test = (subset(full, split.train), subset(full, split.valid), subset(full, split.test))
+    truth = load_ground_truth(data_path)
+    guardrails = Guardrails.from_dict(cfg.guardrails.model_dump())
+
+    tracking.configure(settings.tracking_uri)
+    import mlflow
+
+    exp_id = tracking.experiment_id(dataset, settings.artifact_root)
+    run = mlflow.start_run(experiment_id=exp_id, run_name=f"{cfg.model}-{datetime.now(UTC):%Y%m%dT%H%M%S}")
+    run_id = run.info.run_id
+    try:
+        mlflow.log_params(_flatten("", cfg.model_dump(mode="json")))
+        mlflow.log_params({"data_dir": str(data_path), "feature_hash": feat_key, **{f"resolved_split.{k}": v for k, v in split.summary().items()}})
+        mlflow.set_tags({"dataset": dataset, "model": cfg.model, "simulated": str(truth is not None)})
+        mlflow.log_dict(json.loads(Path(data_path, "validation.json").read_text()), "validation/validation.json")
+        mlflow.log_dict({"features": list(feats.columns), "hash": feat_key, "cache_hit": cache_hit}, "features/metadata.json")
+        mlflow.log_text(Path(config_path).read_text() if config_path else "", "config/experiment.yaml")
+        mlflow.log_dict(cfg.model_dump(mode="json"), "config/resolved.json")
+
+        # train: the main model and every baseline
+        t = time.perf_counter()
+        trainer = {k: v for k, v in {"devices": devices, "strategy": strategy, "precision": precision}.items() if v}
+        names = [cfg.model] + [b for b in cfg.baselines if b != cfg.model]
+        models: dict[str, DemandModel] = {}
+        for name in names:
+            models[name], diag = train_price_model(name, train, valid, cfg, trainer)
+            mlflow.log_metrics({f"{name}/train.{k}": float(v) for k, v in diag.items()})
+        timings["train"] = time.perf_counter() - t
+
+        # evaluate (the current champion too, on the same test data)
+        t = time.perf_counter()
+        champ_version, champ_model = _load_champion(registered)
+        to_eval = dict(models)
+        if champ_model is not None:
+            to_eval["champion"] = champ_model
+        base_rate = float(train.offers[S.PURCHASED].mean())
+        metrics, curves = evaluate_models_task(
+            to_eval, test, truth, guardrails, base_rate,
+            cfg.evaluation.max_test_offers, cfg.seed, cfg.evaluation.calibration_bins,
+        )
+        champ_metrics = metrics.pop("champion", None)
+        if champ_version is not None and champ_metrics is None:
+            champ_metrics = tracking.version_metrics(registered, champ_version)
+        for name, vals in metrics.items():
+            mlflow.log_metrics({f"{name}/{k}": float(v) for k, v in vals.items() if np.isfinite(v)})
+        main = metrics[cfg.model]
+        mlflow.log_metrics({k: float(main[k]) for k in REPORT_METRICS if k in main and np.isfinite(main[k])})
+        from mlops import plots
+
+        mlflow.log_figure(plots.calibration_figure(curves["y"], curves["offer_probs"], cfg.evaluation.calibration_bins), "plots/calibration.png")
+        mlflow.log_figure(plots.demand_figure(curves, cfg.model), "plots/demand_curves.png")
+        mlflow.log_figure(plots.profit_figure(curves, cfg.model), "plots/profit_vs_price.png")
+        mlflow.log_dict(metrics, "metrics.json")
+        timings["evaluate"] = time.perf_counter() - t
+
+        # register
+        t = time.perf_counter()
+        version = register_model(
+            models[cfg.model], run_id, registered, guardrails.to_dict(), input_example(test.offers),
+            {"metrics": main, "dataset": dataset, "split": split.summary()},
+        )
+        timings["register"] = time.perf_counter() - t
+
+        # promote
+        t = time.perf_counter()
+        smoke_items = test.offers[S.ITEM_ID].astype(str).head(3).tolist()
+        smoke_user = str(test.offers[S.USER_ID].iloc[0])
+        promotion = promote_model(
+            registered, version, main, champ_metrics, champ_version, metrics[LIST_PRICE],
+            truth is not None, PromotionRule(**cfg.promotion.model_dump()),
+            settings.scorer_url, settings.admin_token, smoke_items, smoke_user, promote,
+        )
+        timings["promote"] = time.perf_counter() - t
+        mlflow.set_tags({"promoted": str(promotion["promoted"]), "model_version": version})
+        timings["total"] = time.perf_counter() - t_start
+        mlflow.log_metrics({f"time/{k}": v for k, v in timings.items()})
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run()
+
+    result: dict[str, Any] = {
+        "model": cfg.model,
+        "dataset": dataset,
+        "data_dir": str(data_path),
+        "mlflow_run_id": run_id,
+        "mlflow_experiment": dataset,
+        "registered_model": registered,
+        "model_version": version,
+        **promotion,
+        "split": split.summary(),
+        "metrics": metrics,
+        "validation": {
+            "passed": report.passed,
+            "tables": {t: {"rows": r.rows, "bad_rows": r.bad_rows} for t, r in report.tables.items()},
+        },
+        "feature_cache_hit": cache_hit,
+        "timings_s": timings,
+    }
+    log.info("training done: version %s, promoted=%s", version, promotion["promoted"])
+    return result

@@ -1,0 +1,40 @@
+"""Runtime settings from environment variables (prefix PRICING_), one class behind a cached getter."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where things live and how the services talk. Experiment hyperparameters are in configs/*.yaml."""
+
+    model_config = SettingsConfigDict(env_prefix="PRICING_", env_file=".env", extra="ignore")
+
+    tracking_uri: str = Field(
+        default="sqlite:///mlruns/mlflow.db",
+        validation_alias="MLFLOW_TRACKING_URI",
+        description="MLflow tracking URI; the embedded default is a sqlite file under mlruns/.",
+    )
+    artifact_root: Path = Path("mlruns/artifacts")
+    registered_model: str = "price-response"
+    runs_dir: Path = Path("runs")
+
+    scorer_url: str | None = None  # e.g. http://127.0.0.1:8000; promotion notifies it when set
+    admin_token: str = "change-me"  # bearer token for POST /admin/reload
+    redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+    offer_log_dir: Path = Path("runs/offer_log")
+    bootstrap_data_dir: Path | None = None  # events to hydrate the online store at startup
+    max_candidates: int = 500
+    max_user_events: int = 200
+    alias_poll_seconds: float = 30.0  # the scorer watches the champion alias at this interval (0: off)
+    exploration: float = 0.05
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests call `get_settings.cache_clear()` after changing env)."""
+    return Settings()

@@ -1,0 +1,181 @@
+"""MLflow: experiments, the pyfunc model the scorer loads, the registry and its aliases."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlops.models import DemandModel, load_model, save_model
+from mlops.registry import CHALLENGER, CHAMPION, ModelHandle
+from pricing import schema as S
+
+# Requirements written next to the model: explicit, so log_model does not spend 10 s inferring them.
+PIP_REQUIREMENTS = [
+    "numpy>=2.4,<2.5",
+    "pandas>=3.1,<4",
+    "lightgbm>=4.7,<5",
+    "torch==2.13.0",
+    "transformers>=5.24,<6",
+    "pytorch-lightning>=2.6.6,<2.7",
+    "mlflow>=3.17.2,<3.18",
+]
+
+
+def configure(tracking_uri: str) -> None:
+    """Point MLflow at `tracking_uri`; for a sqlite file, make sure its folder exists."""
+    import mlflow
+
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+
+
+def experiment_id(name: str, artifact_root: Path) -> str:
+    """The experiment for one dataset, created with an explicit artifact location.
+
+    Without it, artifacts of a sqlite-backed store land under whatever folder the process started in.
+    """
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    location = (Path(artifact_root).resolve() / name).as_uri()
+    return str(mlflow.create_experiment(name, artifact_location=location))
+
+
+def _pyfunc_class() -> type:
+    """The MLflow pyfunc wrapper, built lazily so that importing this module does not import mlflow."""
+    import mlflow.pyfunc
+
+    class PriceResponseModel(mlflow.pyfunc.PythonModel):
+        """Purchase probability for (user_id, item_id, price) rows.
+
+        Rows may carry `history_json` (the user's recent events as a JSON list in the contract's
+        event columns); without it the user is treated as new. The scorer does not call `predict`:
+        it unwraps this object and uses `demand_model` with its online user state.
+        """
+
+        def load_context(self, context: Any) -> None:
+            self.demand_model: DemandModel = load_model(Path(context.artifacts["model_dir"]))
+            self.guardrails: dict[str, Any] = json.loads(
+                Path(context.artifacts["guardrails"]).read_text()
+            )
+
+        def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> np.ndarray:
+            m = self.demand_model
+            catalog = m.catalog  # type: ignore[attr-defined]
+            pos = pd.Series(np.arange(len(catalog)), index=catalog[S.ITEM_ID].astype(str))
+            out = np.empty(len(model_input))
+            hist = model_input["history_json"] if "history_json" in model_input else None
+            for i, row in enumerate(model_input.itertuples(index=False)):
+                events = pd.DataFrame(json.loads(hist.iloc[i])) if hist is not None else None
+                if events is None or events.empty:
+                    events = pd.DataFrame(columns=S.column_names(S.EVENTS))
+                state = m.user_state(events)
+                idx = np.array([pos[str(row.item_id)]])
+                out[i] = m.demand(state, idx, np.array([[float(row.price)]]))[0, 0]
+            return out
+
+    return PriceResponseModel
+
+
+def log_price_model(
+    model: DemandModel,
+    guardrails: dict[str, Any],
+    input_example: pd.DataFrame,
+    registered_model: str,
+) -> tuple[str, str]:
+    """Log `model` as a pyfunc to the active run and register it; returns (model_uri, version).
+
+    The new version gets the alias `challenger`.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "model"
+        save_model(model, model_dir)
+        g_path = Path(tmp) / "guardrails.json"
+        g_path.write_text(json.dumps(guardrails))
+        example_out = np.full(len(input_example), 0.5)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=_pyfunc_class()(),
+            artifacts={"model_dir": str(model_dir), "guardrails": str(g_path)},
+            signature=infer_signature(input_example, example_out),
+            input_example=input_example,
+            pip_requirements=PIP_REQUIREMENTS,
+            registered_model_name=registered_model,
+            code_paths=_code_paths(),
+        )
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias(registered_model, CHALLENGER, version)
+    return info.model_uri, version
+
+
+def _code_paths() -> list[str]:
+    """Ship the project's model code with the model so it loads without this checkout."""
+    root = Path(__file__).resolve().parent.parent
+    return [str(root / p) for p in ("pricing", "mlops", "lightning_modules")]
+
+
+def alias_version(name: str, alias: str = CHAMPION) -> str | None:
+    """The version an alias points at, or None when the alias (or the model) does not exist."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def set_alias(name: str, version: str, alias: str = CHAMPION) -> None:
+    import mlflow
+
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, str(version))
+
+
+def tag_version(name: str, version: str, tags: dict[str, Any]) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for k, v in tags.items():
+        client.set_model_version_tag(name, str(version), k, v if isinstance(v, str) else json.dumps(v))
+
+
+def version_metrics(name: str, version: str) -> dict[str, Any]:
+    """The evaluation a version was registered with (stored as a version tag)."""
+    import mlflow
+
+    mv = mlflow.MlflowClient().get_model_version(name, str(version))
+    raw = (mv.tags or {}).get("evaluation")
+    return json.loads(raw) if raw else {}
+
+
+def load_version(name: str, version: str) -> ModelHandle:
+    """Load a registered version as a servable handle."""
+    import mlflow.pyfunc
+
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    wrapper = pyfunc.unwrap_python_model()
+    return ModelHandle(
+        name=name,
+        version=str(version),
+        model=wrapper.demand_model,
+        run_id=pyfunc.metadata.run_id,
+        guardrails=wrapper.guardrails,
+    )
+
+
+def load_alias(name: str, alias: str = CHAMPION) -> ModelHandle | None:
+    version = alias_version(name, alias)
+    return None if version is None else load_version(name, version)

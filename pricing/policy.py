@@ -1,0 +1,446 @@
+"""Pricing policy: guardrails, the candidate price grid, the vectorized optimizer, exploration, ranking.
+
+Every price in the project (baselines, the BERT model, the scorer, the ground-truth oracle) is chosen
+through `optimize`, so all policies are compared inside exactly the same guardrails.
+
+Grid construction (why it looks like this):
+- Each candidate's grid is `grid_size` ladder prices spread over its *band* (band_low..band_high times
+  list price). Floor, ceiling, minimum margin and the sticky window only *mask* positions (NaN); they
+  do not re-space the grid. Fixed positions keep successive quotes for the same item on the same
+  prices (the sticky window then always contains the last quote) and make the chosen price monotone
+  in unit cost (the feasible set only shrinks from below as cost rises).
+- When the constraints are feasible but no band position falls inside them (a narrow floor/ceiling
+  window), the row is re-gridded over the allowed interval itself. No flag: nothing was violated.
+- Ladder rounding is inward at the interval ends, so it never leaves the interval. When the ladder has
+  no price inside the interval (".99" has none in (0.99, 1.99)), the row falls back to a finer ladder:
+  ".99" -> cents -> unrounded. No flag: the ladder is presentation, not a guardrail.
+- Infeasible constraints are relaxed, and flagged (`fallback`), in this order:
+  1. sticky window disjoint from the other constraints: the sticky window is dropped and the single
+     allowed price nearest to the last quote is used;
+  2. lower bounds (band_low, floor, minimum margin) above upper bounds (band_high, ceiling): the upper
+     bounds win (never charge above the ceiling), so the single price is the highest ladder price
+     <= min(band_high * list, ceiling). Expected profit may then be negative; callers can use the
+     flag to drop the candidate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+LADDERS: tuple[str, ...] = ("none", "cents", "99")
+OBJECTIVES: tuple[str, ...] = ("profit", "revenue")
+
+# Ladder codes, ordered from finest to coarsest so "fall back to a finer ladder" is "decrement".
+_NONE, _CENTS, _NINETY_NINE = 0, 1, 2
+_LADDER_CODE = {"none": _NONE, "cents": _CENTS, "99": _NINETY_NINE}
+
+
+@dataclass(frozen=True)
+class Guardrails:
+    """Business limits every quoted price must respect.
+
+    Attributes:
+        band_low: lowest price as a multiple of list price.
+        band_high: highest price as a multiple of list price.
+        min_margin: price >= unit_cost * (1 + min_margin).
+        ladder: "cents", "99" (prices end in .99; below 1 the ladder is cents) or "none".
+        grid_size: number of grid positions per candidate.
+        max_session_change: a new quote for the same user and item within a session moves at most this
+            share away from the last quote (sticky prices).
+        objective: "profit" or "revenue".
+        exploration: share of quotes that take a uniformly random allowed grid price.
+        max_dispersion: cap on the gap between protected groups' mean price/list ratios; reported per
+            run (`pricing.metrics.price_dispersion`), not enforced per quote. None = no cap.
+    """
+
+    band_low: float = 0.7
+    band_high: float = 1.3
+    min_margin: float = 0.0
+    ladder: str = "cents"
+    grid_size: int = 25
+    max_session_change: float = 0.10
+    objective: str = "profit"
+    exploration: float = 0.0
+    max_dispersion: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.band_low) and self.band_low > 0):
+            raise ValueError(f"band_low must be a finite number > 0, got {self.band_low!r}")
+        if not (np.isfinite(self.band_high) and self.band_high >= self.band_low):
+            raise ValueError(
+                f"band_high must be finite and >= band_low ({self.band_low}), got {self.band_high!r}"
+            )
+        if not (np.isfinite(self.min_margin) and self.min_margin > -1):
+            raise ValueError(f"min_margin must be a finite number > -1, got {self.min_margin!r}")
+        if self.ladder not in LADDERS:
+            raise ValueError(f"ladder must be one of {LADDERS}, got {self.ladder!r}")
+        if isinstance(self.grid_size, bool) or int(self.grid_size) != self.grid_size:
+            raise ValueError(f"grid_size must be an integer, got {self.grid_size!r}")
+        if self.grid_size < 2:
+            raise ValueError(f"grid_size must be >= 2, got {self.grid_size}")
+        if not (np.isfinite(self.max_session_change) and self.max_session_change >= 0):
+            raise ValueError(
+                f"max_session_change must be a finite number >= 0, got {self.max_session_change!r}"
+            )
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if not (0.0 <= self.exploration <= 1.0):
+            raise ValueError(f"exploration must be in [0, 1], got {self.exploration!r}")
+        if self.max_dispersion is not None and not self.max_dispersion >= 0:
+            raise ValueError(f"max_dispersion must be >= 0 or None, got {self.max_dispersion!r}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None, *, strict: bool = True) -> Guardrails:
+        """Build from a config mapping; missing keys take the defaults.
+
+        Unknown keys raise (a typo in a YAML config must not silently fall back to a default) unless
+        `strict=False`, where they are ignored.
+        """
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown and strict:
+            raise ValueError(f"unknown guardrail keys {unknown}; known keys: {sorted(known)}")
+        kwargs = {k: v for k, v in d.items() if k in known}
+        if "grid_size" in kwargs:
+            kwargs["grid_size"] = int(kwargs["grid_size"])
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (for MLflow params and configs)."""
+        return asdict(self)
+
+
+@dataclass
+class PriceDecision:
+    """The optimizer's choice per candidate (all arrays of shape (n,)).
+
+    Attributes:
+        price: chosen price (NaN only for a row with no allowed price, which `candidate_prices` never
+            produces).
+        probability: predicted purchase probability at the chosen price.
+        expected_value: expected profit (or revenue, by objective) at the chosen price.
+        index: grid column of the chosen price (-1 when none).
+        at_floor: the chosen price is the lowest allowed grid price (a guardrail binds from below).
+        at_ceiling: the chosen price is the highest allowed grid price.
+        fallback: the constraints were infeasible and were relaxed (see the module docstring).
+    """
+
+    price: np.ndarray
+    probability: np.ndarray
+    expected_value: np.ndarray
+    index: np.ndarray
+    at_floor: np.ndarray
+    at_ceiling: np.ndarray
+    fallback: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    def __post_init__(self) -> None:
+        if self.fallback.shape != self.price.shape:
+            self.fallback = np.zeros(self.price.shape, dtype=bool)
+
+    def __len__(self) -> int:
+        return int(self.price.shape[0])
+
+
+# --- ladder arithmetic, in integer cents so equal ladder prices are bit-identical floats -----------
+
+
+def _cents_up(x: np.ndarray) -> np.ndarray:
+    """Smallest whole number of cents m with m/100 >= x."""
+    m = np.ceil(x * 100.0 - 1e-6)
+    return np.where(m / 100.0 < x, m + 1.0, m)
+
+
+def _cents_down(x: np.ndarray) -> np.ndarray:
+    """Largest whole number of cents m with m/100 <= x."""
+    m = np.floor(x * 100.0 + 1e-6)
+    return np.where(m / 100.0 > x, m - 1.0, m)
+
+
+def _ladder_up(x: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """Smallest ladder price >= x (per-row ladder code)."""
+    m = _cents_up(x)
+    # ".99": above 99 cents, move up to the next ...99; at or below 99 cents the ladder is cents.
+    m99 = np.where(m > 99, m + np.mod(99 - np.mod(m, 100), 100), m)
+    return np.where(code == _NINETY_NINE, m99 / 100.0, np.where(code == _CENTS, m / 100.0, x))
+
+
+def _ladder_down(x: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """Largest ladder price <= x (per-row ladder code)."""
+    m = _cents_down(x)
+    m99 = np.where(m > 99, m - np.mod(np.mod(m, 100) + 1, 100), m)
+    return np.where(code == _NINETY_NINE, m99 / 100.0, np.where(code == _CENTS, m / 100.0, x))
+
+
+def _nearest_one(x: np.ndarray, code: int) -> np.ndarray:
+    """Nearest price on one ladder (ties go down, like the optimizer's ties)."""
+    if code == _NONE:
+        return x
+    c = x * 100.0
+    m = np.ceil(c - 0.5)  # nearest whole cent, half down
+    if code == _NINETY_NINE:
+        # Above 99 cents the ladder is ...99: nearest 100k + 99, half down.
+        m = np.where(c > 99.0, 100.0 * np.ceil((c - 99.0) / 100.0 - 0.5) + 99.0, m)
+    return m / 100.0
+
+
+def _ladder_nearest(x: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """Nearest ladder price for a (n, G) array with a per-row ladder code (n,)."""
+    codes = np.unique(code)
+    if codes.size == 1:
+        return _nearest_one(x, int(codes[0]))
+    out = np.empty_like(x)
+    for c in codes:
+        rows = code == c
+        out[rows] = _nearest_one(x[rows], int(c))
+    return out
+
+
+def _inward(
+    lo: np.ndarray, hi: np.ndarray, code0: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Round [lo, hi] inward to the ladder; rows with no ladder price inside use a finer ladder.
+
+    Returns (a, b, code) with lo <= a <= b <= hi wherever lo <= hi.
+    """
+    code = np.full(lo.shape, code0, dtype=np.int8)
+    a, b = _ladder_up(lo, code), _ladder_down(hi, code)
+    for finer in range(code0 - 1, -1, -1):
+        empty = (a > b) & (code > finer) & (lo <= hi)
+        if not empty.any():
+            break
+        code = np.where(empty, finer, code).astype(np.int8)
+        a = np.where(empty, _ladder_up(lo, code), a)
+        b = np.where(empty, _ladder_down(hi, code), b)
+    return a, b, code
+
+
+def _spread(a: np.ndarray, b: np.ndarray, code: np.ndarray, size: int) -> np.ndarray:
+    """`size` ladder prices spread evenly over [a, b] (ladder points), duplicates set to NaN."""
+    t = np.linspace(0.0, 1.0, size)
+    pts = a[:, None] + (b - a)[:, None] * t[None, :]
+    pts = _ladder_nearest(pts, code)
+    pts = np.clip(pts, a[:, None], b[:, None])
+    # Rounding is monotone, so duplicates are adjacent; keep the first of each run.
+    dup = np.zeros(pts.shape, dtype=bool)
+    dup[:, 1:] = pts[:, 1:] == pts[:, :-1]
+    return np.where(dup, np.nan, pts)
+
+
+def _as_row(x: float | np.ndarray | None, n: int, name: str) -> np.ndarray:
+    """Broadcast a scalar/array/None input to a float array of shape (n,); None -> NaN (no bound)."""
+    if x is None:
+        return np.full(n, np.nan)
+    arr = np.asarray(x, dtype=float)
+    if arr.ndim == 0:
+        return np.full(n, float(arr))
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must be a scalar or have shape ({n},), got {arr.shape}")
+    return arr
+
+
+def candidate_prices(
+    list_price: float | np.ndarray,
+    unit_cost: float | np.ndarray,
+    g: Guardrails,
+    floor: float | np.ndarray | None = None,
+    ceiling: float | np.ndarray | None = None,
+    last_price: float | np.ndarray | None = None,
+    *,
+    return_flags: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Allowed ladder prices per candidate: an (n, grid_size) array, ascending, NaN where not allowed.
+
+    Allowed prices lie in [max(band_low*list, floor, cost*(1+min_margin)), min(band_high*list, ceiling)]
+    and, where `last_price` is given and not NaN, within +-max_session_change of it. NaN floor,
+    ceiling or last_price entries mean "no bound". Every row has at least one allowed price.
+
+    Args:
+        return_flags: also return a bool (n,) array marking rows whose constraints were infeasible and
+            were relaxed (see the module docstring for the order).
+    """
+    lp = np.atleast_1d(np.asarray(list_price, dtype=float))
+    if lp.ndim != 1:
+        raise ValueError(f"list_price must be a scalar or 1-D, got shape {lp.shape}")
+    n = lp.shape[0]
+    if not np.all(np.isfinite(lp) & (lp > 0)):
+        raise ValueError("list_price must be finite and > 0")
+    cost = _as_row(unit_cost, n, "unit_cost")
+    if not np.all(np.isfinite(cost)):
+        raise ValueError("unit_cost must be finite")
+    fl = _as_row(floor, n, "floor")
+    ce = _as_row(ceiling, n, "ceiling")
+    last = _as_row(last_price, n, "last_price")
+    size = int(g.grid_size)
+    code0 = _LADDER_CODE[g.ladder]
+
+    band_lo, band_hi = g.band_low * lp, g.band_high * lp
+    # fmax/fmin ignore NaN, so a missing floor/ceiling/last price is simply no bound.
+    lo_base = np.fmax(np.fmax(band_lo, fl), cost * (1.0 + g.min_margin))
+    hi_base = np.fmin(band_hi, ce)
+    infeasible = lo_base > hi_base
+    lo = np.fmax(lo_base, last * (1.0 - g.max_session_change))
+    hi = np.fmin(hi_base, last * (1.0 + g.max_session_change))
+    sticky_broken = ~infeasible & (lo > hi)
+    lo = np.where(sticky_broken, lo_base, lo)
+    hi = np.where(sticky_broken, hi_base, hi)
+
+    # Fixed positions over the band, masked by the constraints.
+    a_band, b_band, code_band = _inward(band_lo, band_hi, code0)
+    grid = _spread(a_band, b_band, code_band, size)
+    grid = np.where((grid >= lo[:, None]) & (grid <= hi[:, None]), grid, np.nan)
+
+    # Feasible rows the band grid misses entirely: re-grid over the allowed interval.
+    empty = ~infeasible & np.all(np.isnan(grid), axis=1)
+    if empty.any():
+        a, b, code = _inward(lo[empty], hi[empty], code0)
+        grid[empty] = _spread(a, b, code, size)
+
+    # Sticky window relaxed: keep only the allowed price nearest to the last quote (ties go lower).
+    if sticky_broken.any():
+        rows = grid[sticky_broken]
+        dist = np.where(np.isnan(rows), np.inf, np.abs(rows - last[sticky_broken, None]))
+        keep = np.argmin(dist, axis=1)
+        single = np.full(rows.shape, np.nan)
+        single[np.arange(rows.shape[0]), keep] = rows[np.arange(rows.shape[0]), keep]
+        grid[sticky_broken] = single
+
+    # Lower bounds above upper bounds: the upper bounds win; one price, the highest ladder price
+    # <= hi_base (and not below the band unless the ceiling itself is).
+    if infeasible.any():
+        h = hi_base[infeasible]
+        _, b, _ = _inward(np.minimum(band_lo[infeasible], h), h, code0)
+        rows = np.full((h.shape[0], size), np.nan)
+        rows[:, 0] = b
+        grid[infeasible] = rows
+
+    if return_flags:
+        return grid, infeasible | sticky_broken
+    return grid
+
+
+def choose_prices(
+    grid: np.ndarray,
+    probs: np.ndarray,
+    unit_cost: float | np.ndarray,
+    objective: str = "profit",
+) -> PriceDecision:
+    """Pick, per row, the allowed grid price with the highest expected profit (or revenue).
+
+    NaN grid positions and non-finite values are ignored; ties go to the lower price (the grid is
+    ascending, and argmax returns the first maximum).
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    grid = np.asarray(grid, dtype=float)
+    probs = np.asarray(probs, dtype=float)
+    if grid.ndim != 2 or probs.shape != grid.shape:
+        raise ValueError(
+            f"grid and probs must be 2-D of the same shape, got {grid.shape} and {probs.shape}"
+        )
+    n = grid.shape[0]
+    cost = _as_row(unit_cost, n, "unit_cost")[:, None]
+    allowed = ~np.isnan(grid)
+    with np.errstate(invalid="ignore"):
+        ev = (grid - cost) * probs if objective == "profit" else grid * probs
+    valid = allowed & np.isfinite(ev)
+    idx = np.argmax(np.where(valid, ev, -np.inf), axis=1)
+    has = valid.any(axis=1)
+    rows = np.arange(n)
+    price = np.where(has, grid[rows, idx], np.nan)
+    lowest = np.min(np.where(allowed, grid, np.inf), axis=1)
+    highest = np.max(np.where(allowed, grid, -np.inf), axis=1)
+    return PriceDecision(
+        price=price,
+        probability=np.where(has, probs[rows, idx], np.nan),
+        expected_value=np.where(has, ev[rows, idx], np.nan),
+        index=np.where(has, idx, -1),
+        at_floor=has & (price == lowest),
+        at_ceiling=has & (price == highest),
+    )
+
+
+def explore(
+    decision: PriceDecision,
+    grid: np.ndarray,
+    epsilon: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Epsilon-greedy over each row's allowed grid prices, with exact propensities.
+
+    With probability 1 - epsilon the greedy price is kept, otherwise a uniform draw over the row's
+    allowed prices. The propensity of the quoted price p is
+    (1 - epsilon) * [p == greedy] + epsilon / n_allowed, so the logs support off-policy evaluation.
+
+    Returns:
+        (price, propensity, explored): explored marks rows that took the random branch (the draw may
+        still land on the greedy price).
+    """
+    if not 0.0 <= epsilon <= 1.0:
+        raise ValueError(f"epsilon must be in [0, 1], got {epsilon!r}")
+    grid = np.asarray(grid, dtype=float)
+    n = grid.shape[0]
+    if len(decision) != n:
+        raise ValueError(f"decision has {len(decision)} rows, grid has {n}")
+    allowed = ~np.isnan(grid)
+    n_allowed = allowed.sum(axis=1)
+    # Draw both arrays always, so the stream (and thus reproducibility) does not depend on epsilon.
+    explored = rng.random(n) < epsilon
+    k = np.floor(rng.random(n) * n_allowed).astype(np.int64)
+    col = np.argmax(np.cumsum(allowed, axis=1) > k[:, None], axis=1)
+    random_price = grid[np.arange(n), col]
+    explored &= n_allowed > 0
+    price = np.where(explored, random_price, decision.price)
+    is_greedy = price == decision.price
+    with np.errstate(divide="ignore", invalid="ignore"):
+        propensity = (1.0 - epsilon) * is_greedy + epsilon / n_allowed
+    propensity = np.where(n_allowed > 0, propensity, 1.0)
+    return price, propensity, explored
+
+
+def rank_by_value(expected_value: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, 1 = highest expected value; NaN last; ties keep input order."""
+    ev = np.asarray(expected_value, dtype=float)
+    order = np.argsort(np.where(np.isnan(ev), np.inf, -ev), kind="stable")
+    ranks = np.empty(ev.shape[0], dtype=np.int64)
+    ranks[order] = np.arange(1, ev.shape[0] + 1)
+    return ranks
+
+
+def optimize(
+    demand_fn: Callable[[np.ndarray], np.ndarray],
+    list_price: float | np.ndarray,
+    unit_cost: float | np.ndarray,
+    g: Guardrails,
+    floor: float | np.ndarray | None = None,
+    ceiling: float | np.ndarray | None = None,
+    last_price: float | np.ndarray | None = None,
+) -> PriceDecision:
+    """Build the grid, ask `demand_fn` for purchase probabilities, and choose (objective from `g`).
+
+    `demand_fn(prices (n, G)) -> probs (n, G)` is called once with the full grid. Disallowed positions
+    are filled with the row's lowest allowed price before the call (so models never see NaN) and
+    whatever comes back there is ignored.
+    """
+    grid, fallback = candidate_prices(
+        list_price,
+        unit_cost,
+        g,
+        floor=floor,
+        ceiling=ceiling,
+        last_price=last_price,
+        return_flags=True,
+    )
+    allowed = ~np.isnan(grid)
+    first = np.min(np.where(allowed, grid, np.inf), axis=1, keepdims=True)
+    filled = np.where(allowed, grid, first)
+    probs = np.asarray(demand_fn(filled), dtype=float)
+    if probs.shape != grid.shape:
+        raise ValueError(f"demand_fn returned shape {probs.shape}, expected {grid.shape}")
+    decision = choose_prices(grid, np.where(allowed, probs, np.nan), unit_cost, g.objective)
+    decision.fallback = fallback
+    return decision

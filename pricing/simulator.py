@@ -1,0 +1,902 @@
+"""Market simulator: the embedded default data source and the yardstick with ground truth.
+
+It writes the four contract tables (items, events, offers, users) and keeps what no real shop
+knows: each user's latent price sensitivity, taste and brand-tier affinity, and the true demand
+
+    P(u, i, p) = sigmoid(alpha(u, i) - beta(u, i) * log(p / list_price_i)),
+    alpha(u, i) = intercept + user_alpha[u] + category_alpha[u, cat_i] + tier_alpha[u, tier_i]
+                  + quality[i],
+    beta(u, i)  = user_beta[u] * category_sensitivity[cat_i]  (> 0: demand falls with price).
+
+Behaviour reveals the latent traits the way it would in a shop: deal seekers search "cheap
+coffee", browse budget brands and buy mostly at discounted prices; insensitive users search
+"premium coffee", browse premium brands and buy at any price. The logging policy randomizes the
+price on a ladder around list price and records the propensity, so the offers are valid training
+data and support off-policy evaluation. Everything is vectorized numpy and seeded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+
+from pricing import schema as S
+from pricing.io import write_table
+
+LOGGING_POLICY = "logging-ladder@1"
+GROUND_TRUTH_DIR = "ground_truth"
+_GT_FORMAT_VERSION = 1
+
+Objective = Literal["profit", "revenue"]
+
+# --- catalog vocabulary ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Category:
+    """A product category: price level, how price-sensitive shoppers are in it, and its words."""
+
+    name: str
+    base_price: float
+    sensitivity: float  # s_category, multiplies the user's beta
+    popularity: float  # prior weight of the category in users' taste
+    nouns: tuple[str, str, str]  # product types used in titles
+    attributes: tuple[str, str, str, str]
+    sizes: tuple[str, str, str]
+    size_multipliers: tuple[float, float, float]
+    queries: tuple[str, str, str]  # what shoppers type when they look for it
+
+
+_CONSUMABLE = (1.0, 1.6, 2.6)
+_DURABLE = (1.0, 1.15, 1.35)
+
+CATEGORIES: tuple[_Category, ...] = (
+    _Category("coffee", 8.0, 1.10, 1.3, ("arabica coffee beans", "ground coffee", "espresso capsules"),
+              ("organic", "dark roast", "fair trade", "single origin"), ("250g", "500g", "1kg"),
+              _CONSUMABLE, ("coffee", "coffee beans", "espresso")),
+    _Category("tea", 5.0, 1.00, 0.8, ("green tea", "black tea", "herbal tea bags"),
+              ("organic", "loose leaf", "decaf", "jasmine"), ("20 bags", "50 bags", "100 bags"),
+              _CONSUMABLE, ("tea", "green tea", "herbal tea")),
+    _Category("shampoo", 6.5, 1.20, 1.0, ("shampoo", "conditioner", "2-in-1 shampoo"),
+              ("sulfate-free", "argan oil", "anti-dandruff", "volumizing"), ("250ml", "400ml", "1l"),
+              _CONSUMABLE, ("shampoo", "conditioner", "hair care")),
+    _Category("skincare", 16.0, 0.90, 0.9, ("face cream", "face serum", "sunscreen spf 50"),
+              ("hydrating", "vitamin c", "fragrance-free", "retinol"), ("30ml", "50ml", "100ml"),
+              _CONSUMABLE, ("face cream", "serum", "sunscreen")),
+    _Category("headphones", 55.0, 0.85, 0.8, ("wireless earbuds", "over-ear headphones", "sports earphones"),
+              ("noise cancelling", "bluetooth 5.3", "waterproof", "long battery"),
+              ("standard", "plus", "max"), _DURABLE, ("headphones", "earbuds", "wireless headphones")),
+    _Category("running shoes", 65.0, 0.90, 0.7, ("running shoes", "trail shoes", "training sneakers"),
+              ("lightweight", "cushioned", "breathable", "wide fit"), ("road", "all-terrain", "racing"),
+              _DURABLE, ("running shoes", "sneakers", "trail shoes")),
+    _Category("cookware", 32.0, 1.00, 0.6, ("frying pan", "saucepan", "stock pot"),
+              ("non-stick", "stainless steel", "cast iron", "induction-ready"), ("20cm", "24cm", "28cm"),
+              _DURABLE, ("frying pan", "cookware", "saucepan")),
+    _Category("dog food", 22.0, 1.30, 0.8, ("dry dog food", "puppy food", "grain-free kibble"),
+              ("chicken", "salmon", "lamb and rice", "senior"), ("2kg", "6kg", "12kg"),
+              _CONSUMABLE, ("dog food", "puppy food", "kibble")),
+    _Category("vitamins", 12.0, 1.10, 0.7, ("multivitamin", "vitamin d3", "omega-3 capsules"),
+              ("vegan", "high strength", "slow release", "gummy"), ("30 count", "90 count", "180 count"),
+              _CONSUMABLE, ("vitamins", "multivitamin", "omega 3")),
+    _Category("backpacks", 40.0, 0.90, 0.5, ("backpack", "laptop backpack", "hiking daypack"),
+              ("water-resistant", "anti-theft", "recycled", "ergonomic"), ("15l", "25l", "35l"),
+              _DURABLE, ("backpack", "laptop bag", "daypack")),
+    _Category("olive oil", 9.0, 1.20, 0.7, ("extra virgin olive oil", "olive oil", "cooking oil spray"),
+              ("cold pressed", "organic", "greek", "italian"), ("500ml", "750ml", "1l"),
+              _CONSUMABLE, ("olive oil", "extra virgin olive oil", "cooking oil")),
+    _Category("board games", 28.0, 0.90, 0.5, ("strategy board game", "family card game", "party game"),
+              ("2-4 players", "cooperative", "award-winning", "travel edition"),
+              ("standard", "deluxe box", "big box"), _DURABLE, ("board game", "card game", "family game")),
+    _Category("laundry detergent", 10.0, 1.30, 0.8, ("laundry detergent", "washing pods", "fabric softener"),
+              ("eco", "sensitive skin", "color care", "concentrated"), ("1l", "2l", "4l"),
+              _CONSUMABLE, ("laundry detergent", "washing pods", "detergent")),
+)  # fmt: skip
+
+TIERS: tuple[str, ...] = ("budget", "mid", "premium")
+_TIER_PRICE = np.array([0.65, 1.0, 1.6])
+_TIER_WORDS: tuple[tuple[str, ...], ...] = (
+    ("value", "basic", "everyday", "essentials"),
+    ("classic", "original", "", ""),
+    ("premium", "deluxe", "signature", "reserve"),
+)
+BRANDS: tuple[tuple[str, ...], ...] = (
+    ("Valora", "Thrifty", "Kwik", "Savio", "Basix", "Pennywise", "Handy", "Simpla", "Dailo", "Econa"),
+    ("Lumen", "Northway", "Harbor", "Brightly", "Cedar", "Orbit", "Tandem", "Vireo", "Kestrel", "Mosaic"),
+    ("Aurelia", "Sterling", "Obsidian", "Halcyon", "Regalia", "Elysian", "Monarch", "Ivory", "Maison", "Vantor"),
+)  # fmt: skip
+_BRANDS_PER_TIER_IN_CATEGORY = 2
+
+# Search phrasing by price attitude; {q} is the category's query noun.
+_QUERY_TEMPLATES: tuple[tuple[str, ...], ...] = (
+    ("cheap {q}", "{q} deal", "discount {q}", "{q} on sale", "budget {q}", "{q} coupon"),
+    ("{q}", "{q}", "{q} reviews", "{q} near me", "{q}", "new {q}"),
+    ("premium {q}", "best {q}", "luxury {q}", "top rated {q}", "high end {q}", "best {q}"),
+)
+QUERY_CLASSES: tuple[str, ...] = ("cheap", "plain", "premium")
+
+# --- users -------------------------------------------------------------------------------------
+
+SEGMENTS: tuple[str, ...] = ("insensitive", "regular", "deal_seeker")
+_SEGMENT_PROBS = np.array([0.30, 0.45, 0.25])
+_SEGMENT_LOG_MEDIAN = np.log(np.array([0.45, 2.2, 7.0]))
+_SEGMENT_LOG_SIGMA = np.array([0.35, 0.30, 0.20])
+# Mixture moments of log(beta), fixed so a user's standardized sensitivity does not depend on
+# who else was sampled.
+_LOG_BETA_MEAN = float(_SEGMENT_PROBS @ _SEGMENT_LOG_MEDIAN)
+_LOG_BETA_STD = float(
+    np.sqrt(_SEGMENT_PROBS @ (_SEGMENT_LOG_SIGMA**2 + _SEGMENT_LOG_MEDIAN**2) - _LOG_BETA_MEAN**2)
+)
+
+AGE_GROUPS: tuple[str, ...] = ("18-24", "25-34", "35-44", "45-54", "55-64", "65+")
+_AGE_BASE_PROBS = np.array([0.12, 0.22, 0.21, 0.18, 0.15, 0.12])
+# Young and retired shoppers lean price-sensitive: mild, so groups overlap heavily.
+_AGE_SENSITIVITY_SLOPE = np.array([0.6, 0.25, -0.2, -0.4, -0.2, 0.35])
+REGIONS: tuple[str, ...] = ("north", "south", "east", "west", "central")
+_REGION_PROBS = np.array([0.22, 0.24, 0.18, 0.20, 0.16])
+
+# --- demand scales (tuned: ~11% purchase rate; many interior optima in 0.7x-1.3x list) ---------
+
+_INTERCEPT = -3.1
+_USER_ALPHA_SD = 0.35
+_ALPHA_SENSITIVITY_SLOPE = -0.8  # deal seekers rarely buy at list price, insensitive users often
+_TASTE_WEIGHT = 0.35
+_TASTE_CLIP = (-3.0, 1.5)
+_TIER_WEIGHT = 0.5
+_TIER_SLOPE = 0.9  # how strongly sensitivity drives budget-over-premium affinity
+_TIER_NOISE = 0.4
+_QUALITY_SD = 0.3
+_TASTE_CONCENTRATION = 0.5
+
+# --- behaviour ---------------------------------------------------------------------------------
+
+_HOUR_WEIGHTS = np.array(
+    [
+        1,
+        0.6,
+        0.4,
+        0.3,
+        0.3,
+        0.5,
+        1,
+        2,
+        3,
+        3.5,
+        3.5,
+        4,
+        4.5,
+        4,
+        3.5,
+        3.5,
+        4,
+        4.5,
+        5.5,
+        6.5,
+        7,
+        6,
+        4,
+        2,
+    ]
+)
+_FOCUS_SHARE = 0.7  # share of a session's views in its focus category
+_N_CANDIDATES = 4  # random items per view before the tier-affinity Gumbel-max
+_SEARCH_PROB = 0.65  # a session starts with a search
+_SECOND_SEARCH_PROB = 0.25
+_CLICK_BASE, _CLICK_SLOPE = 0.06, 0.6  # a non-buyer clicks with this + slope * P
+_CART_ABANDON = 0.2  # share of non-buying clickers who still add to cart
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Size, seed and logging policy of a simulated market.
+
+    Defaults give about 97k offers, 165k events and an 11% purchase rate for 2,000 users over
+    six weeks.
+
+    Args:
+        sessions_per_user_week: mean sessions per user and week (users vary around it).
+        offers_per_session: mean item views (each one an offer) per session, at least 1.
+        ladder: price multipliers of list price the logging policy picks from.
+        ladder_probs: the logging policy's probabilities for `ladder` (sum to 1).
+    """
+
+    n_users: int = 2000
+    n_items: int = 300
+    n_days: int = 42
+    seed: int = 0
+    start: str = "2026-01-05"
+    sessions_per_user_week: float = 2.5
+    offers_per_session: float = 3.3
+    ladder: tuple[float, ...] = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
+    ladder_probs: tuple[float, ...] = (0.08, 0.10, 0.14, 0.36, 0.14, 0.10, 0.08)
+
+    def __post_init__(self) -> None:
+        if self.n_users < 1 or self.n_days < 1:
+            raise ValueError("n_users and n_days must be at least 1")
+        if self.n_items < len(CATEGORIES):
+            raise ValueError(f"n_items must be at least {len(CATEGORIES)} (one per category)")
+        if len(self.ladder) != len(self.ladder_probs) or not self.ladder:
+            raise ValueError("ladder and ladder_probs must have the same, non-zero length")
+        if min(self.ladder) <= 0 or min(self.ladder_probs) <= 0:
+            raise ValueError("ladder multipliers and their probabilities must be positive")
+        if abs(sum(self.ladder_probs) - 1.0) > 1e-9:
+            raise ValueError(f"ladder_probs must sum to 1, got {sum(self.ladder_probs)}")
+        if self.sessions_per_user_week <= 0 or self.offers_per_session < 1:
+            raise ValueError("sessions_per_user_week must be > 0 and offers_per_session >= 1")
+
+
+# --- numerics ----------------------------------------------------------------------------------
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function, accurate in both tails (1 - sigmoid(x) is sigmoid(-x), not 1 - ...)."""
+    return np.exp(-np.logaddexp(0.0, -x))
+
+
+def _as_float_array(x: Any) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64)
+
+
+@dataclass(eq=False)
+class GroundTruth:
+    """The simulator's latent truth: who the users are and the exact demand.
+
+    Arrays are indexed by position in `user_ids` / `item_ids`; methods take string ids.
+    """
+
+    user_ids: np.ndarray  # (U,) str
+    item_ids: np.ndarray  # (I,) str
+    intercept: float
+    user_beta: np.ndarray  # (U,) price sensitivity beta_u > 0
+    user_segment: np.ndarray  # (U,) int8 index into `segments`
+    user_alpha: np.ndarray  # (U,) user-level propensity to buy
+    user_taste: np.ndarray  # (U, C) Dirichlet taste over categories
+    category_alpha: np.ndarray  # (U, C) taste term of alpha
+    tier_affinity: np.ndarray  # (U, T) brand-tier affinity (drives browsing)
+    tier_alpha: np.ndarray  # (U, T) tier term of alpha
+    user_age_group: np.ndarray  # (U,) int8 index into `age_groups`
+    user_region: np.ndarray  # (U,) int8 index into `regions`
+    item_category: np.ndarray  # (I,) int index into `categories`
+    item_tier: np.ndarray  # (I,) int index into `tiers`
+    item_quality: np.ndarray  # (I,)
+    list_price: np.ndarray  # (I,)
+    unit_cost: np.ndarray  # (I,)
+    category_sensitivity: np.ndarray  # (C,) s_category
+    categories: tuple[str, ...] = tuple(c.name for c in CATEGORIES)
+    tiers: tuple[str, ...] = TIERS
+    segments: tuple[str, ...] = SEGMENTS
+    age_groups: tuple[str, ...] = AGE_GROUPS
+    regions: tuple[str, ...] = REGIONS
+    _user_index: pd.Index = field(init=False, repr=False)
+    _item_index: pd.Index = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._user_index = pd.Index(np.asarray(self.user_ids).astype(str))
+        self._item_index = pd.Index(np.asarray(self.item_ids).astype(str))
+
+    # -- id -> position ---------------------------------------------------------------------------
+
+    def user_index(self, user_ids: Any) -> np.ndarray:
+        """Positions of `user_ids` (string ids); raises KeyError on an unknown id."""
+        return self._lookup(self._user_index, user_ids, "user")
+
+    def item_index(self, item_ids: Any) -> np.ndarray:
+        """Positions of `item_ids` (string ids); raises KeyError on an unknown id."""
+        return self._lookup(self._item_index, item_ids, "item")
+
+    @staticmethod
+    def _lookup(index: pd.Index, ids: Any, what: str) -> np.ndarray:
+        flat: Any
+        if isinstance(ids, pd.Series | pd.Index):
+            flat, shape = ids, (len(ids),)
+        else:
+            arr = np.atleast_1d(np.asarray(ids))
+            flat, shape = arr.ravel(), arr.shape
+        # Look up each distinct id once: offers repeat users and items many times.
+        codes, uniques = pd.factorize(flat)
+        found = index.get_indexer(pd.Index(uniques))
+        pos = np.where(codes >= 0, found[codes], -1).reshape(shape)
+        if (pos < 0).any():
+            unknown = np.asarray(flat, dtype=object).reshape(shape)[pos < 0][:5].tolist()
+            raise KeyError(f"unknown {what} id(s) for the ground truth: {unknown}")
+        return pos
+
+    # -- demand ----------------------------------------------------------------------------------
+
+    def params_idx(self, u: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(alpha, beta) of the demand curve for user/item positions `u`, `i`."""
+        cat = self.item_category[i]
+        alpha = (
+            self.intercept
+            + self.user_alpha[u]
+            + self.category_alpha[u, cat]
+            + self.tier_alpha[u, self.item_tier[i]]
+            + self.item_quality[i]
+        )
+        beta = self.user_beta[u] * self.category_sensitivity[cat]
+        return alpha, beta
+
+    def demand_params(self, user_ids: Any, item_ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(alpha, beta) per pair: P = sigmoid(alpha - beta * log(price / list_price))."""
+        return self.params_idx(self.user_index(user_ids), self.item_index(item_ids))
+
+    def _prob_idx(self, u: np.ndarray, i: np.ndarray, prices: np.ndarray) -> np.ndarray:
+        alpha, beta = self.params_idx(u, i)
+        return _prob(alpha, beta, self.list_price[i], prices)
+
+    def purchase_probability(self, user_ids: Any, item_ids: Any, prices: Any) -> np.ndarray:
+        """True P(purchase) per pair at `prices`.
+
+        Args:
+            user_ids, item_ids: string ids of shape (n,).
+            prices: shape (n,) (one price per pair), (n, G) (a grid per pair) or a scalar.
+                Must be positive.
+
+        Returns:
+            Probabilities with the shape of `prices` ((n,) for a scalar price).
+        """
+        u, i = self.user_index(user_ids), self.item_index(item_ids)
+        return self._prob_idx(u, i, _as_float_array(prices))
+
+    def expected_value(
+        self,
+        user_ids: Any,
+        item_ids: Any,
+        prices: Any,
+        unit_cost: Any = None,
+        objective: Objective = "profit",
+    ) -> np.ndarray:
+        """Exact expected profit ((p - c) * P) or revenue (p * P) per pair at `prices`.
+
+        `unit_cost` defaults to the items' true unit cost; shapes as in `purchase_probability`.
+        """
+        u, i = self.user_index(user_ids), self.item_index(item_ids)
+        p = _as_float_array(prices)
+        prob = self._prob_idx(u, i, p)
+        c = self._cost(i, unit_cost, objective)
+        return (p - _expand(c, p)) * prob
+
+    def _cost(self, i: np.ndarray, unit_cost: Any, objective: Objective) -> np.ndarray:
+        if objective == "revenue":
+            return np.zeros(len(i))
+        if objective != "profit":
+            raise ValueError(f"objective must be 'profit' or 'revenue', got {objective!r}")
+        if unit_cost is None:
+            return self.unit_cost[i]
+        return np.broadcast_to(_as_float_array(unit_cost), (len(i),)).astype(np.float64)
+
+    def oracle(
+        self,
+        user_ids: Any,
+        item_ids: Any,
+        low: Any,
+        high: Any,
+        unit_cost: Any = None,
+        objective: Objective = "profit",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The exact best price in [low, high] per pair and its expected profit (or revenue).
+
+        With this demand, d profit / dp = P * g(p) with g(p) = 1 - beta (1 - c/p)(1 - P(p)).
+        g > 0 for p <= c and g is strictly decreasing for p > c, so profit is unimodal: the
+        optimum is `high` if g(high) >= 0, `low` if g(low) <= 0, else the root of g, found by
+        vectorized bisection to machine precision. Revenue is the case c = 0.
+
+        Args:
+            low, high: price bounds, scalars or shape (n,), 0 < low <= high.
+            unit_cost: defaults to the items' true unit cost (ignored for revenue).
+            objective: "profit" or "revenue".
+
+        Returns:
+            (price, expected_value), each of shape (n,).
+        """
+        u, i = self.user_index(user_ids), self.item_index(item_ids)
+        n = len(u)
+        lo = np.broadcast_to(_as_float_array(low), (n,)).astype(np.float64)
+        hi = np.broadcast_to(_as_float_array(high), (n,)).astype(np.float64)
+        if (lo <= 0).any() or (lo > hi).any():
+            raise ValueError("oracle needs 0 < low <= high for every pair")
+        c = self._cost(i, unit_cost, objective)
+        alpha, beta = self.params_idx(u, i)
+        lp = self.list_price[i]
+
+        def g(p: np.ndarray) -> np.ndarray:
+            one_minus_p = _sigmoid(beta * np.log(p / lp) - alpha)
+            return 1.0 - beta * (1.0 - c / p) * one_minus_p
+
+        g_lo, g_hi = g(lo), g(hi)
+        price = np.where(g_hi >= 0, hi, lo)
+        inner = (g_hi < 0) & (g_lo > 0)
+        if inner.any():
+            a, b = lo[inner], hi[inner]
+            beta_in, alpha_in, lp_in, c_in = beta[inner], alpha[inner], lp[inner], c[inner]
+            for _ in range(200):  # ~55 halvings reach float64 resolution
+                mid = 0.5 * (a + b)
+                one_minus_p = _sigmoid(beta_in * np.log(mid / lp_in) - alpha_in)
+                positive = 1.0 - beta_in * (1.0 - c_in / mid) * one_minus_p > 0
+                a = np.where(positive, mid, a)
+                b = np.where(positive, b, mid)
+                if np.all(b - a <= 4.0 * np.finfo(np.float64).eps * b):
+                    break
+            price[inner] = 0.5 * (a + b)
+        value = (price - c) * _prob(alpha, beta, lp, price)
+        return price, value
+
+    # -- diagnostics -----------------------------------------------------------------------------
+
+    def user_traits(self) -> pd.DataFrame:
+        """One row per user: segment, beta, standardized sensitivity, favourite category, etc."""
+        taste = self.user_taste
+        frame = pd.DataFrame(
+            {
+                S.USER_ID: pd.array(self.user_ids, dtype="str"),
+                "segment": np.asarray(self.segments)[self.user_segment],
+                "beta": self.user_beta,
+                "sensitivity_z": (np.log(self.user_beta) - _LOG_BETA_MEAN) / _LOG_BETA_STD,
+                "user_alpha": self.user_alpha,
+                "top_category": np.asarray(self.categories)[taste.argmax(axis=1)],
+                "top_category_share": taste.max(axis=1),
+                S.AGE_GROUP: np.asarray(self.age_groups)[self.user_age_group],
+                "region": np.asarray(self.regions)[self.user_region],
+            }
+        )
+        for t, name in enumerate(self.tiers):
+            frame[f"affinity_{name}"] = self.tier_affinity[:, t]
+        for col in ("segment", "top_category", S.AGE_GROUP, "region"):
+            frame[col] = frame[col].astype("str")
+        return frame
+
+    # -- persistence -----------------------------------------------------------------------------
+
+    _ARRAYS: ClassVar[tuple[str, ...]] = (
+        "user_ids", "item_ids", "user_beta", "user_segment", "user_alpha", "user_taste",
+        "category_alpha", "tier_affinity", "tier_alpha", "user_age_group", "user_region",
+        "item_category", "item_tier", "item_quality", "list_price", "unit_cost",
+        "category_sensitivity",
+    )  # fmt: skip
+    _NAMES: ClassVar[tuple[str, ...]] = ("categories", "tiers", "segments", "age_groups", "regions")
+
+    def save(self, directory: str | Path) -> Path:
+        """Write arrays.npz, meta.json and user_traits.parquet (for people) under `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        arrays = {name: np.asarray(getattr(self, name)) for name in self._ARRAYS}
+        arrays["user_ids"] = arrays["user_ids"].astype(str)
+        arrays["item_ids"] = arrays["item_ids"].astype(str)
+        np.savez_compressed(directory / "arrays.npz", **arrays)  # type: ignore[arg-type]
+        meta: dict[str, Any] = {"format_version": _GT_FORMAT_VERSION, "intercept": self.intercept}
+        meta.update({name: list(getattr(self, name)) for name in self._NAMES})
+        (directory / "meta.json").write_text(json.dumps(meta, indent=2))
+        self.user_traits().to_parquet(directory / "user_traits.parquet", index=False)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> GroundTruth:
+        """Read what `save` wrote."""
+        directory = Path(directory)
+        meta = json.loads((directory / "meta.json").read_text())
+        if meta.get("format_version") != _GT_FORMAT_VERSION:
+            raise ValueError(f"unsupported ground truth format in {directory}: {meta}")
+        with np.load(directory / "arrays.npz", allow_pickle=False) as data:
+            arrays: dict[str, Any] = {name: data[name] for name in cls._ARRAYS}
+        names: dict[str, Any] = {name: tuple(meta[name]) for name in cls._NAMES}
+        return cls(intercept=float(meta["intercept"]), **arrays, **names)
+
+
+def _expand(x: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """Reshape a per-pair (n,) array so it broadcasts against `like` of shape (n, ...)."""
+    if like.ndim <= 1:
+        return x
+    return x.reshape(x.shape + (1,) * (like.ndim - 1))
+
+
+def _prob(
+    alpha: np.ndarray, beta: np.ndarray, list_price: np.ndarray, prices: np.ndarray
+) -> np.ndarray:
+    logit = _expand(alpha, prices) - _expand(beta, prices) * np.log(
+        prices / _expand(list_price, prices)
+    )
+    return _sigmoid(logit)
+
+
+@dataclass
+class Market:
+    """A simulated market: the contract tables and the ground truth behind them."""
+
+    tables: dict[str, pd.DataFrame]
+    truth: GroundTruth
+
+
+# --- helpers for vectorized sampling -----------------------------------------------------------
+
+
+def _format_ids(prefix: str, n: int, width: int) -> pd.api.extensions.ExtensionArray:
+    """A str array '<prefix><i zero-padded>' for i in 0..n-1 (padded so text order = number order).
+
+    Built with pandas' vectorized string kernels: a Python f-string per row costs ~10x more.
+    """
+    width = max(width, len(str(max(n - 1, 0))))
+    digits = pd.Series(pd.array(np.arange(n, dtype=np.int64)).astype("str")).str.zfill(width)
+    return (prefix + digits).array
+
+
+def _str_column(codes: np.ndarray, categories: Any) -> pd.Series:
+    """A pandas str column from integer codes into a vocabulary (-1 gives null).
+
+    `take` on a small str array runs in the string backend's own kernel, far faster than
+    materializing Python strings per row.
+    """
+    vocabulary = pd.array(np.asarray(categories, dtype=object), dtype="str")
+    return pd.Series(vocabulary.take(np.asarray(codes, dtype=np.int64), allow_fill=True))
+
+
+def _inverse_cdf(cdf_rows: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Sample one index per row from row-wise CDFs (rows of shape (n, K)) given uniforms u."""
+    k = (u[:, None] > cdf_rows).sum(axis=1)
+    return np.minimum(k, cdf_rows.shape[1] - 1)
+
+
+def _within_group_rank(group_sizes: np.ndarray) -> np.ndarray:
+    """0, 1, ... inside each consecutive group of the given sizes."""
+    total = int(group_sizes.sum())
+    starts = np.cumsum(group_sizes) - group_sizes
+    return np.arange(total) - np.repeat(starts, group_sizes)
+
+
+# --- the simulation ----------------------------------------------------------------------------
+
+
+def _simulate_catalog(
+    config: SimConfig, rng: np.random.Generator
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    n_cat, n = len(CATEGORIES), config.n_items
+    popularity = np.array([c.popularity for c in CATEGORIES])
+    # Every category gets at least one item; the rest follow category popularity.
+    category = np.concatenate(
+        [np.arange(n_cat), rng.choice(n_cat, size=n - n_cat, p=popularity / popularity.sum())]
+    )
+    category = np.sort(category)  # items grouped by category: a view samples a contiguous range
+    # Each category carries a few brands of each tier.
+    k = _BRANDS_PER_TIER_IN_CATEGORY
+    cat_brands = np.stack(
+        [
+            np.stack([rng.choice(len(BRANDS[t]), size=k, replace=False) for t in range(len(TIERS))])
+            for _ in range(n_cat)
+        ]
+    )  # (C, T, k)
+    tier = rng.integers(0, len(TIERS), size=n)
+    brand_slot = rng.integers(0, k, size=n)
+    brand_idx = cat_brands[category, tier, brand_slot]
+    noun = rng.integers(0, 3, size=n)
+    attr = rng.integers(0, 4, size=n)
+    size = rng.integers(0, 3, size=n)
+    tier_word = rng.integers(0, 4, size=n)
+    base = np.array([c.base_price for c in CATEGORIES])[category]
+    size_mult = np.array([c.size_multipliers for c in CATEGORIES])[category, size]
+    raw_price = base * _TIER_PRICE[tier] * size_mult * rng.lognormal(0.0, 0.2, size=n)
+    list_price = np.round(np.maximum(raw_price, 1.0), 2)
+    unit_cost = np.round(list_price * rng.uniform(0.45, 0.75, size=n), 2)
+    quality = rng.normal(0.0, _QUALITY_SD, size=n)
+    popularity_item = rng.normal(0.0, 0.5, size=n)  # browsing prominence, not demand
+
+    titles, brands, descriptions = [], [], []
+    # One Python pass over the catalog (hundreds to thousands of items), never over events.
+    for j in range(n):
+        cat = CATEGORIES[category[j]]
+        brand = BRANDS[tier[j]][brand_idx[j]]
+        words = [
+            brand,
+            _TIER_WORDS[tier[j]][tier_word[j]],
+            cat.attributes[attr[j]],
+            cat.nouns[noun[j]],
+            cat.sizes[size[j]],
+        ]
+        titles.append(" ".join(w for w in words if w))
+        brands.append(brand)
+        descriptions.append(
+            f"{cat.nouns[noun[j]].capitalize()} by {brand}: {cat.attributes[attr[j]]}, {cat.sizes[size[j]]}. "
+            f"A {TIERS[tier[j]]} pick in {cat.name}."
+        )
+    item_ids = np.asarray(_format_ids("i", n, 5), dtype=str)
+    items = pd.DataFrame(
+        {
+            S.ITEM_ID: pd.array(item_ids, dtype="str"),
+            S.TITLE: pd.array(titles, dtype="str"),
+            S.CATEGORY: _str_column(category, [c.name for c in CATEGORIES]),
+            S.BRAND: pd.array(brands, dtype="str"),
+            S.LIST_PRICE: list_price,
+            S.UNIT_COST: unit_cost,
+            S.DESCRIPTION: pd.array(descriptions, dtype="str"),
+        }
+    )
+    arrays = {
+        "item_ids": item_ids,
+        "category": category,
+        "tier": tier,
+        "quality": quality,
+        "list_price": list_price,
+        "unit_cost": unit_cost,
+        "popularity": popularity_item,
+    }
+    return items, arrays
+
+
+def _simulate_users(config: SimConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    n, n_cat = config.n_users, len(CATEGORIES)
+    segment = rng.choice(len(SEGMENTS), size=n, p=_SEGMENT_PROBS).astype(np.int8)
+    log_beta = rng.normal(_SEGMENT_LOG_MEDIAN[segment], _SEGMENT_LOG_SIGMA[segment])
+    beta = np.exp(log_beta)
+    z = (log_beta - _LOG_BETA_MEAN) / _LOG_BETA_STD
+    popularity = np.array([c.popularity for c in CATEGORIES])
+    taste = rng.dirichlet(_TASTE_CONCENTRATION * popularity / popularity.mean(), size=n)
+    category_alpha = _TASTE_WEIGHT * np.clip(np.log(n_cat * taste + 1e-300), *_TASTE_CLIP)
+    # Sensitive users like budget brands and shun premium ones; noise keeps it imperfect.
+    slope = np.array([_TIER_SLOPE, 0.0, -_TIER_SLOPE])
+    tier_affinity = z[:, None] * slope + rng.normal(0.0, _TIER_NOISE, size=(n, len(TIERS)))
+    user_alpha = _ALPHA_SENSITIVITY_SLOPE * z + rng.normal(0.0, _USER_ALPHA_SD, size=n)
+    age_logits = np.log(_AGE_BASE_PROBS) + 0.5 * z[:, None] * _AGE_SENSITIVITY_SLOPE
+    age_probs = np.exp(age_logits - age_logits.max(axis=1, keepdims=True))
+    age_probs /= age_probs.sum(axis=1, keepdims=True)
+    age_group = _inverse_cdf(np.cumsum(age_probs, axis=1), rng.random(n)).astype(np.int8)
+    region = rng.choice(len(REGIONS), size=n, p=_REGION_PROBS).astype(np.int8)
+    activity = rng.gamma(2.0, 0.5, size=n)  # mean 1: some users shop far more than others
+    # Query attitude: P(cheap-like) rises and P(premium-like) falls with sensitivity.
+    p_cheap = _sigmoid(1.4 * z - 0.9)
+    p_premium = _sigmoid(-1.4 * z - 1.2)
+    return {
+        "user_ids": np.asarray(_format_ids("u", n, 6), dtype=str),
+        "segment": segment,
+        "beta": beta,
+        "z": z,
+        "taste": taste,
+        "category_alpha": category_alpha,
+        "tier_affinity": tier_affinity,
+        "tier_alpha": _TIER_WEIGHT * tier_affinity,
+        "user_alpha": user_alpha,
+        "age_group": age_group,
+        "region": region,
+        "activity": activity,
+        "query_cdf": np.stack([p_cheap, 1.0 - p_premium, np.ones(n)], axis=1),
+    }
+
+
+def simulate(config: SimConfig | None = None) -> Market:
+    """Simulate a market: items, users, sessions of behaviour and logged offers, plus truth."""
+    config = config or SimConfig()
+    seeds = np.random.SeedSequence(config.seed).spawn(4)
+    rng_items, rng_users, rng_sessions, rng_offers = (np.random.default_rng(s) for s in seeds)
+    items, it = _simulate_catalog(config, rng_items)
+    us = _simulate_users(config, rng_users)
+    truth = GroundTruth(
+        user_ids=us["user_ids"],
+        item_ids=it["item_ids"],
+        intercept=_INTERCEPT,
+        user_beta=us["beta"],
+        user_segment=us["segment"],
+        user_alpha=us["user_alpha"],
+        user_taste=us["taste"],
+        category_alpha=us["category_alpha"],
+        tier_affinity=us["tier_affinity"],
+        tier_alpha=us["tier_alpha"],
+        user_age_group=us["age_group"],
+        user_region=us["region"],
+        item_category=it["category"],
+        item_tier=it["tier"],
+        item_quality=it["quality"],
+        list_price=it["list_price"],
+        unit_cost=it["unit_cost"],
+        category_sensitivity=np.array([c.sensitivity for c in CATEGORIES]),
+    )
+    users = pd.DataFrame(
+        {
+            S.USER_ID: pd.array(us["user_ids"], dtype="str"),
+            S.AGE_GROUP: _str_column(us["age_group"], list(AGE_GROUPS)),
+            "region": _str_column(us["region"], list(REGIONS)),
+        }
+    )
+    events, offers = _simulate_behaviour(config, truth, it, us, rng_sessions, rng_offers)
+    tables = {S.ITEMS: items, S.EVENTS: events, S.OFFERS: offers, S.USERS: users}
+    return Market(tables=tables, truth=truth)
+
+
+def _simulate_behaviour(
+    config: SimConfig,
+    truth: GroundTruth,
+    it: dict[str, np.ndarray],
+    us: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    rng_offers: np.random.Generator,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Sessions -> searches, views (= offers) with ladder prices, funnels; all vectorized."""
+    n_cat = len(CATEGORIES)
+    # Sessions: Poisson per user around an activity level, spread over days with a daily rhythm.
+    lam = config.sessions_per_user_week * config.n_days / 7.0 * us["activity"]
+    n_sess_user = rng.poisson(lam)
+    sess_user = np.repeat(np.arange(config.n_users), n_sess_user)
+    n_sess = len(sess_user)
+    day = rng.integers(0, config.n_days, size=n_sess)
+    hour_cdf = np.cumsum(_HOUR_WEIGHTS) / _HOUR_WEIGHTS.sum()
+    hour = np.minimum(np.searchsorted(hour_cdf, rng.random(n_sess)), 23)
+    sess_start = (day * 86_400 + hour * 3_600) * 1_000 + rng.integers(0, 3_600_000, size=n_sess)
+    order = np.argsort(sess_start, kind="stable")  # session ids follow time
+    sess_user, sess_start = sess_user[order], sess_start[order]
+    taste_cdf = np.cumsum(us["taste"], axis=1)
+    focus = _inverse_cdf(taste_cdf[sess_user], rng.random(n_sess))
+
+    # Searches open a session (sometimes two); the phrasing follows the user's price attitude.
+    n_search = (rng.random(n_sess) < _SEARCH_PROB).astype(np.int64)
+    n_search += (n_search > 0) & (rng.random(n_sess) < _SECOND_SEARCH_PROB)
+    search_sess = np.repeat(np.arange(n_sess), n_search)
+    search_rank = _within_group_rank(n_search)
+    search_user = sess_user[search_sess]
+    q_class = _inverse_cdf(us["query_cdf"][search_user], rng.random(len(search_sess)))
+    n_templates = len(_QUERY_TEMPLATES[0])
+    q_template = rng.integers(0, n_templates, size=len(search_sess))
+    q_noun = rng.integers(0, 3, size=len(search_sess))
+    search_cat = focus[search_sess]
+    query_code = (
+        (search_cat * len(QUERY_CLASSES) + q_class) * n_templates + q_template
+    ) * 3 + q_noun
+    phrases = np.array(
+        [
+            _QUERY_TEMPLATES[k][t].format(q=cat.queries[w])
+            for cat in CATEGORIES
+            for k in range(len(QUERY_CLASSES))
+            for t in range(n_templates)
+            for w in range(3)
+        ]
+    )
+    vocabulary, phrase_code = np.unique(phrases, return_inverse=True)  # templates repeat words
+    query_code = phrase_code[query_code]
+    search_offset_s = search_rank * rng.uniform(8.0, 30.0, size=len(search_sess))
+    search_ts = sess_start[search_sess] + np.round(search_offset_s * 1000).astype(np.int64)
+
+    # Views: each is an offer. Category mostly the session's focus, else a fresh taste draw.
+    n_views = 1 + rng.poisson(config.offers_per_session - 1.0, size=n_sess)
+    view_sess = np.repeat(np.arange(n_sess), n_views)
+    n_off = len(view_sess)
+    view_user = sess_user[view_sess]
+    other = _inverse_cdf(taste_cdf[view_user], rng.random(n_off))
+    view_cat = np.where(rng.random(n_off) < _FOCUS_SHARE, focus[view_sess], other)
+    # Item: a few random candidates of the category, Gumbel-max on tier affinity + prominence.
+    counts = np.bincount(it["category"], minlength=n_cat)
+    starts = np.cumsum(counts) - counts
+    cand = starts[view_cat, None] + (
+        rng.random((n_off, _N_CANDIDATES)) * counts[view_cat, None]
+    ).astype(np.int64)
+    score = (
+        us["tier_affinity"][view_user[:, None], it["tier"][cand]]
+        + it["popularity"][cand]
+        + rng.gumbel(size=(n_off, _N_CANDIDATES))
+    )
+    view_item = cand[np.arange(n_off), score.argmax(axis=1)]
+
+    # Logging policy: a random rung of the ladder, with its probability as propensity.
+    ladder, probs = np.asarray(config.ladder), np.asarray(config.ladder_probs)
+    rung = np.minimum(np.searchsorted(np.cumsum(probs), rng_offers.random(n_off)), len(probs) - 1)
+    price = np.round(it["list_price"][view_item] * ladder[rung], 2)
+    propensity = probs[rung]
+    p_true = truth._prob_idx(view_user, view_item, price)
+    purchased = rng_offers.random(n_off) < p_true
+    clicked = purchased | (rng_offers.random(n_off) < _CLICK_BASE + _CLICK_SLOPE * p_true)
+    carted = purchased | (clicked & (rng_offers.random(n_off) < _CART_ABANDON))
+    click_dt = rng_offers.uniform(2.0, 10.0, size=n_off)
+    cart_dt = click_dt + rng_offers.uniform(5.0, 30.0, size=n_off)
+    buy_dt = cart_dt + rng_offers.uniform(5.0, 40.0, size=n_off)
+    # The next view waits for this view's funnel to end, so an offer's outcome always lands
+    # before the user's next offer in the session and strictly after its own view.
+    span = np.where(purchased, buy_dt, np.where(carted, cart_dt, np.where(clicked, click_dt, 0.0)))
+    gap = span + 5.0 + rng.exponential(40.0, size=n_off)
+    csum = np.cumsum(gap) - gap  # exclusive cumulative sum over all views ...
+    view_starts = np.cumsum(n_views) - n_views
+    within = csum - np.repeat(csum[view_starts], n_views)  # ... restarted in every session
+    first_view_s = n_search * 25.0 + rng.uniform(3.0, 20.0, size=n_sess)
+    view_ts = sess_start[view_sess] + np.round((first_view_s[view_sess] + within) * 1000).astype(
+        np.int64
+    )
+
+    # Offers, in time order.
+    o_order = np.argsort(view_ts, kind="stable")
+    start = pd.Timestamp(config.start, tz="UTC")
+    offers = pd.DataFrame(
+        {
+            S.OFFER_ID: _format_ids("o", n_off, 7),
+            S.TS: _timestamps(start, view_ts[o_order]),
+            S.USER_ID: _str_column(view_user[o_order], us["user_ids"]),
+            S.ITEM_ID: _str_column(view_item[o_order], it["item_ids"]),
+            S.PRICE: price[o_order],
+            S.PURCHASED: purchased[o_order].astype(np.int64),
+            S.PROPENSITY: propensity[o_order],
+            S.POLICY: _str_column(np.zeros(n_off, dtype=np.int64), [LOGGING_POLICY]),
+        }
+    )
+
+    # Events: searches, views, and the funnel after each view, all at the price shown.
+    def dt_ms(mask: np.ndarray, dt: np.ndarray) -> np.ndarray:
+        return view_ts[mask] + np.maximum(np.round(dt[mask] * 1000).astype(np.int64), 1)
+
+    type_code = {t: k for k, t in enumerate(S.EVENT_TYPES)}
+    parts = [
+        (search_ts, search_sess, np.full(len(search_sess), -1), query_code, np.nan, S.SEARCH),
+        (view_ts, view_sess, view_item, None, price, S.VIEW),
+        (
+            dt_ms(clicked, click_dt),
+            view_sess[clicked],
+            view_item[clicked],
+            None,
+            price[clicked],
+            S.CLICK,
+        ),
+        (
+            dt_ms(carted, cart_dt),
+            view_sess[carted],
+            view_item[carted],
+            None,
+            price[carted],
+            S.ADD_TO_CART,
+        ),
+        (
+            dt_ms(purchased, buy_dt),
+            view_sess[purchased],
+            view_item[purchased],
+            None,
+            price[purchased],
+            S.PURCHASE,
+        ),
+    ]
+    ev_ts = np.concatenate([p[0] for p in parts])
+    ev_sess = np.concatenate([p[1] for p in parts])
+    ev_item = np.concatenate([p[2] for p in parts])
+    ev_query = np.concatenate([p[3] if p[3] is not None else np.full(len(p[0]), -1) for p in parts])
+    ev_price = np.concatenate(
+        [np.broadcast_to(np.asarray(p[4], dtype=np.float64), (len(p[0]),)) for p in parts]
+    )
+    ev_type = np.concatenate([np.full(len(p[0]), type_code[p[5]]) for p in parts])
+    e_order = np.argsort(ev_ts, kind="stable")
+    ev_sess = ev_sess[e_order]
+    events = pd.DataFrame(
+        {
+            S.EVENT_ID: _format_ids("e", len(ev_ts), 8),
+            S.TS: _timestamps(start, ev_ts[e_order]),
+            S.USER_ID: _str_column(sess_user[ev_sess], us["user_ids"]),
+            S.SESSION_ID: _str_column(ev_sess, _format_ids("s", n_sess, 7)),
+            S.EVENT_TYPE: _str_column(ev_type[e_order], list(S.EVENT_TYPES)),
+            S.ITEM_ID: _str_column(ev_item[e_order], it["item_ids"]),
+            S.QUERY: _str_column(ev_query[e_order], vocabulary),
+            S.PRICE: ev_price[e_order],
+        }
+    )
+    return events, offers
+
+
+def _timestamps(start: pd.Timestamp, ms: np.ndarray) -> pd.Series:
+    """UTC timestamps `ms` milliseconds after `start`."""
+    return pd.Series(
+        pd.DatetimeIndex(start + pd.to_timedelta(ms, unit="ms")), dtype="datetime64[ns, UTC]"
+    )
+
+
+# --- files -------------------------------------------------------------------------------------
+
+
+def write_market(market: Market, out_dir: str | Path, fmt: str = "parquet") -> dict[str, Path]:
+    """Write the four tables with `pricing.io.write_table` and the truth under `ground_truth/`.
+
+    Returns:
+        Paths by table name, plus "ground_truth" for the truth's folder.
+    """
+    out_dir = Path(out_dir)
+    paths = {name: write_table(df, out_dir, name, fmt=fmt) for name, df in market.tables.items()}
+    paths[GROUND_TRUTH_DIR] = market.truth.save(out_dir / GROUND_TRUTH_DIR)
+    return paths
+
+
+def load_ground_truth(data_dir: str | Path) -> GroundTruth | None:
+    """The ground truth saved next to a simulated market, or None for data without one."""
+    directory = Path(data_dir) / GROUND_TRUTH_DIR
+    if not (directory / "meta.json").exists():
+        return None
+    return GroundTruth.load(directory)

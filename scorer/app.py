@@ -1,0 +1,400 @@
+"""The real-time scorer: FastAPI app factory, lifespan (model load, alias watch), and thin routes.
+
+The served model lives in one reference (`ScorerRuntime.current`). A reload builds and warms the
+new bundle off the event loop, then swaps that reference; a request holds the bundle it got from
+the `ModelDep` dependency, so requests in flight finish on the model they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from mlops.registry import ModelHandle
+from mlops.settings import Settings, get_settings
+from pricing import io as pio
+from pricing import schema as S
+from scorer.metrics import MetricsMiddleware, ScorerMetrics
+from scorer.offer_log import OfferLog
+from scorer.schemas import (
+    EventsRequest,
+    EventsResponse,
+    OutcomeRequest,
+    OutcomeResponse,
+    QuotedItem,
+    QuoteRequest,
+    QuoteResponse,
+    ReloadResponse,
+)
+from scorer.serving import Pricer, QuoteBook, QuoteError, ServingModel, build_serving_model
+from scorer.state import InMemoryUserStore, UserStore, hydrate
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[], ModelHandle | None]
+VersionProbe = Callable[[], str | None]
+
+
+class ScorerRuntime:
+    """Everything one app instance holds: settings, the served model, the store, the offer log."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        loader: Loader,
+        version_probe: VersionProbe | None,
+        store: UserStore,
+        rng: np.random.Generator,
+    ) -> None:
+        self.settings = settings
+        self.loader = loader
+        self.version_probe = version_probe
+        self.store = store
+        self.rng = rng
+        self.metrics = ScorerMetrics()
+        self.current: ServingModel | None = None
+        self.not_ready_reason = "starting: the model is not loaded yet"
+        self.offer_log: OfferLog | None = None
+        self.pricer: Pricer | None = None
+        self._reload_lock = asyncio.Lock()
+
+    def open(self) -> None:
+        """Open the offer log (creates its directory) and the pricer; called from lifespan."""
+        self.offer_log = OfferLog(self.settings.offer_log_dir)
+        self.pricer = Pricer(self.store, self.offer_log, self.rng, QuoteBook())
+        self._reload_lock = asyncio.Lock()  # bound to the loop that runs this app
+
+    def close(self) -> None:
+        if self.offer_log is not None:
+            self.offer_log.close()
+
+    def _load(self) -> ServingModel | None:
+        handle = self.loader()
+        if handle is None:
+            return None
+        return build_serving_model(handle, self.settings.exploration)
+
+    async def reload(self) -> tuple[ServingModel, str | None]:
+        """Load, warm and swap in the champion; returns (new, previous version).
+
+        Raises:
+            LookupError: no champion is registered.
+            Exception: whatever loading or warming raised; the old model keeps serving.
+        """
+        async with self._reload_lock:
+            try:
+                sm = await asyncio.to_thread(self._load)
+                if sm is None:
+                    raise LookupError(
+                        f"no champion registered for model {self.settings.registered_model!r}"
+                    )
+            except Exception:
+                self.metrics.reloads.labels(result="error").inc()
+                raise
+            previous = self.current.version if self.current is not None else None
+            self.current = sm  # the atomic swap: one reference assignment
+            self.metrics.set_model(sm.name, sm.version)
+            self.metrics.reloads.labels(result="ok").inc()
+            log.info("serving %s (was %s)", sm.policy, previous)
+            return sm, previous
+
+    async def watch_alias(self, interval: float) -> None:
+        """Poll the champion alias and reload when it moves (runs until cancelled)."""
+        assert self.version_probe is not None
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                version = await asyncio.to_thread(self.version_probe)
+                current = self.current
+                if version is not None and (current is None or str(version) != current.version):
+                    log.info("champion alias moved to version %s; reloading", version)
+                    await self.reload()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - keep watching; the old model keeps serving
+                log.exception("alias watch: reload failed")
+
+
+def _default_loader(settings: Settings) -> tuple[Loader, VersionProbe]:
+    def load() -> ModelHandle | None:
+        from mlops.registry import load_champion  # lazy: pulls in mlflow
+
+        return load_champion(settings.registered_model)
+
+    def probe() -> str | None:
+        from mlops.registry import champion_version
+
+        return champion_version(settings.registered_model)
+
+    return load, probe
+
+
+# --- dependencies --------------------------------------------------------------------------------
+
+
+async def get_runtime(request: Request) -> ScorerRuntime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+RuntimeDep = Annotated[ScorerRuntime, Depends(get_runtime)]
+
+
+async def get_model(runtime: RuntimeDep) -> ServingModel:
+    """The model bundle this request will use from start to finish (503 when none is loaded)."""
+    sm = runtime.current
+    if sm is None:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=f"no model loaded: {runtime.not_ready_reason}",
+            headers={"Retry-After": "5"},
+        )
+    return sm
+
+
+ModelDep = Annotated[ServingModel, Depends(get_model)]
+_bearer = HTTPBearer(auto_error=False)
+
+
+async def require_admin(
+    runtime: RuntimeDep,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    if creds is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="missing bearer token (Authorization: Bearer <admin token>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not secrets.compare_digest(
+        creds.credentials.encode(), runtime.settings.admin_token.encode()
+    ):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="invalid admin token")
+
+
+# --- routes --------------------------------------------------------------------------------------
+
+v1 = APIRouter(prefix="/v1", tags=["pricing"])
+
+
+# Sync handlers: FastAPI runs them in its thread pool, so the model and the fsync of the offer log
+# never block the event loop.
+@v1.post("/quote", response_model=QuoteResponse)
+def quote(req: QuoteRequest, sm: ModelDep, runtime: RuntimeDep) -> QuoteResponse:
+    """Price and rank candidate items for a user."""
+    if len(req.items) > runtime.settings.max_candidates:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=f"too many candidate items: {len(req.items)} > max_candidates={runtime.settings.max_candidates}",
+        )
+    assert runtime.pricer is not None
+    try:
+        q = runtime.pricer.quote(sm, req.user_id, req.items, req.session_id)
+    except QuoteError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
+    runtime.metrics.quoted_items.inc(len(q.item_ids))
+    runtime.metrics.explored_items.inc(int(q.explored.sum()))
+    if q.degraded:
+        runtime.metrics.degraded.inc()
+    order = np.argsort(q.rank, kind="stable")
+    items = [
+        QuotedItem(
+            item_id=q.item_ids[k],
+            price=float(q.price[k]),
+            list_price=float(q.list_price[k]),
+            purchase_probability=float(q.probability[k]),
+            expected_profit=float(q.expected_profit[k]),
+            rank=int(q.rank[k]),
+            propensity=float(q.propensity[k]),
+            explored=bool(q.explored[k]),
+        )
+        for k in order.tolist()
+    ]
+    return QuoteResponse(
+        quote_id=q.quote_id,
+        model_name=sm.name,
+        model_version=sm.version,
+        personalized=q.personalized,
+        degraded=q.degraded,
+        items=items,
+    )
+
+
+@v1.post("/events", response_model=EventsResponse)
+def events(req: EventsRequest, runtime: RuntimeDep) -> EventsResponse:
+    """Append behaviour to the user's online history; the next quote recomputes their state."""
+    now = datetime.now(UTC)
+    rows = [
+        {
+            S.EVENT_ID: e.event_id or uuid.uuid4().hex,
+            S.TS: (e.ts if e.ts is not None else now).isoformat(),
+            S.USER_ID: req.user_id,
+            S.SESSION_ID: e.session_id or "",
+            S.EVENT_TYPE: e.event_type,
+            S.ITEM_ID: e.item_id,
+            S.QUERY: e.query,
+            S.PRICE: e.price,
+        }
+        for e in req.events
+    ]
+    try:
+        generation = runtime.store.append_events(req.user_id, rows)
+        runtime.store.mark_stale(req.user_id)
+    except Exception as exc:  # noqa: BLE001 - the store is down: tell the caller to retry
+        log.exception("user store failed appending events")
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"user store unavailable: {exc}"
+        ) from exc
+    return EventsResponse(user_id=req.user_id, accepted=len(rows), generation=generation)
+
+
+@v1.post("/outcomes", response_model=OutcomeResponse)
+def outcomes(req: OutcomeRequest, runtime: RuntimeDep) -> OutcomeResponse:
+    """Record whether a quoted item was bought; appended durably to the offer log."""
+    assert runtime.pricer is not None
+    offers = runtime.pricer.find_quote(req.quote_id)
+    if offers is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"unknown quote_id {req.quote_id!r}")
+    offer = offers.get(req.item_id)
+    if offer is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            detail=f"item {req.item_id!r} was not part of quote {req.quote_id!r}",
+        )
+    offer_id = runtime.pricer.record_outcome(offer, req.purchased)
+    return OutcomeResponse(offer_id=offer_id)
+
+
+ops = APIRouter(tags=["ops"])
+
+
+@ops.post("/admin/reload", response_model=ReloadResponse, dependencies=[Depends(require_admin)])
+async def admin_reload(runtime: RuntimeDep) -> ReloadResponse | JSONResponse:
+    """Load the current champion, warm it and swap it in; on failure the old model keeps serving."""
+    try:
+        sm, previous = await runtime.reload()
+    except Exception as exc:  # noqa: BLE001 - report any load failure to the caller
+        log.exception("reload failed")
+        current = runtime.current
+        return JSONResponse(
+            status_code=status.HTTP_502_BAD_GATEWAY,
+            content={
+                "detail": f"reload failed: {type(exc).__name__}: {exc}",
+                "serving_version": current.version if current is not None else None,
+            },
+        )
+    return ReloadResponse(model_name=sm.name, model_version=sm.version, previous_version=previous)
+
+
+@ops.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@ops.get("/readyz")
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    """Ready once a model is loaded; otherwise 503 and why."""
+    sm = runtime.current
+    if sm is None:
+        return JSONResponse(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            content={"ready": False, "reason": runtime.not_ready_reason},
+        )
+    return JSONResponse({"ready": True, "model_name": sm.name, "model_version": sm.version})
+
+
+@ops.get("/metrics")
+async def metrics(runtime: RuntimeDep) -> Response:
+    """Prometheus exposition of this app's registry."""
+    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+# --- the factory ---------------------------------------------------------------------------------
+
+
+def create_app(
+    settings: Settings | None = None,
+    loader: Loader | None = None,
+    *,
+    version_probe: VersionProbe | None = None,
+    store: UserStore | None = None,
+    seed: int | None = None,
+) -> FastAPI:
+    """Build a scorer app. Nothing is loaded until the app starts (lifespan).
+
+    Args:
+        settings: runtime settings (default: `get_settings()`).
+        loader: returns the champion `ModelHandle`, or None when there is none yet (default: the
+            MLflow registry's `load_champion(settings.registered_model)`).
+        version_probe: returns the champion's current version, for the alias watch (default: the
+            registry's `champion_version` with the default loader; no watch with a custom loader
+            unless given).
+        store: the online user store (default: in-process, bounded to `settings.max_user_events`).
+        seed: exploration RNG seed (default: fresh entropy per process).
+    """
+    settings = settings or get_settings()
+    if loader is None:
+        loader, default_probe = _default_loader(settings)
+        version_probe = version_probe or default_probe
+    runtime = ScorerRuntime(
+        settings=settings,
+        loader=loader,
+        version_probe=version_probe,
+        store=store or InMemoryUserStore(max_user_events=settings.max_user_events),
+        rng=np.random.default_rng(seed),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime.open()
+        if settings.bootstrap_data_dir is not None:
+            events = await asyncio.to_thread(pio.read_table, settings.bootstrap_data_dir, S.EVENTS)
+            assert events is not None
+            n = await asyncio.to_thread(hydrate, runtime.store, events, settings.max_user_events)
+            log.info(
+                "hydrated the user store with %d users from %s", n, settings.bootstrap_data_dir
+            )
+        try:
+            await runtime.reload()
+        except LookupError as exc:
+            runtime.not_ready_reason = str(exc)
+            log.warning("starting without a model: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - stay up and say why on /readyz
+            runtime.not_ready_reason = f"model load failed: {type(exc).__name__}: {exc}"
+            log.exception("starting without a model")
+        watcher: asyncio.Task[Any] | None = None
+        if settings.alias_poll_seconds > 0 and runtime.version_probe is not None:
+            watcher = asyncio.create_task(runtime.watch_alias(settings.alias_poll_seconds))
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            runtime.close()
+
+    app = FastAPI(
+        title="personalized-pricing scorer",
+        version="1",
+        lifespan=lifespan,
+        summary="Quotes profit-maximizing personalized prices inside guardrails.",
+    )
+    app.state.runtime = runtime
+    app.include_router(v1)
+    app.include_router(ops)
+    app.add_middleware(MetricsMiddleware, metrics=runtime.metrics)
+    return app

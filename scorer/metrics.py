@@ -1,0 +1,87 @@
+"""Prometheus metrics of one scorer app, in its own registry (tests build many apps per process)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+
+
+class ScorerMetrics:
+    """Request counts and latencies by route and status, the served model, reloads."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "scorer_requests_total",
+            "HTTP requests",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "scorer_request_seconds",
+            "HTTP request latency",
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "scorer_model_info",
+            "The model version being served (1)",
+            ["name", "version"],
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "scorer_reloads_total", "Model reloads", ["result"], registry=self.registry
+        )
+        self.quoted_items = Counter(
+            "scorer_quoted_items_total", "Items priced", registry=self.registry
+        )
+        self.explored_items = Counter(
+            "scorer_explored_items_total", "Items priced by exploration", registry=self.registry
+        )
+        self.degraded = Counter(
+            "scorer_degraded_quotes_total",
+            "Quotes served without the online store",
+            registry=self.registry,
+        )
+
+    def set_model(self, name: str, version: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(name=name, version=version).set(1)
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware (cheaper than BaseHTTPMiddleware): counts and times each request.
+
+    The route label is the matched route template, or "unmatched", so label cardinality stays bounded.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ScorerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route: Any = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"
+            labels = (label, scope.get("method", ""), str(status["code"]))
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)

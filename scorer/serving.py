@@ -1,0 +1,264 @@
+"""What a quote does, independent of HTTP: the served model bundle and the pricing pipeline.
+
+A `ServingModel` is immutable once built: the model (warmed), its catalog index and price arrays,
+and its guardrails. The app swaps whole bundles, so a request keeps the bundle it started with.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlops.models import DemandModel
+from mlops.registry import ModelHandle
+from pricing import policy as P
+from pricing import schema as S
+from scorer.offer_log import QUOTE_ID, OfferLog
+from scorer.state import UserStore, events_frame
+
+log = logging.getLogger(__name__)
+
+
+class QuoteError(ValueError):
+    """A quote request the scorer cannot price (unknown items, duplicates); a client error."""
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    """A warmed model version with everything a quote needs precomputed."""
+
+    name: str
+    version: str
+    model: DemandModel
+    guardrails: P.Guardrails
+    index: dict[str, int]  # item_id -> catalog row position
+    list_price: np.ndarray
+    unit_cost: np.ndarray
+    cold_state: Any  # the state of a user with no events
+    run_id: str | None = None
+
+    @property
+    def policy(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def build_serving_model(handle: ModelHandle, exploration: float) -> ServingModel:
+    """Warm the handle's model and index its catalog.
+
+    The guardrails it was evaluated with are merged over the defaults; the exploration share comes
+    from settings unless those guardrails set one.
+    """
+    model = handle.model
+    model.warm()
+    catalog: pd.DataFrame = model.catalog  # type: ignore[attr-defined]
+    ids = catalog[S.ITEM_ID].astype(str).tolist()
+    index = {item_id: pos for pos, item_id in enumerate(ids)}
+    if len(index) != len(ids):
+        raise ValueError(f"model {handle.name}@{handle.version}: catalog item ids are not unique")
+    guardrails = P.Guardrails.from_dict(
+        {"exploration": exploration, **(handle.guardrails or {})}, strict=False
+    )
+    return ServingModel(
+        name=handle.name,
+        version=str(handle.version),
+        model=model,
+        guardrails=guardrails,
+        index=index,
+        list_price=catalog[S.LIST_PRICE].to_numpy(dtype=float),
+        unit_cost=catalog[S.UNIT_COST].to_numpy(dtype=float),
+        cold_state=model.user_state(events_frame([])),
+        run_id=handle.run_id,
+    )
+
+
+@dataclass
+class PricedItems:
+    """The outcome of one quote, as arrays in request order."""
+
+    quote_id: str
+    ts: str
+    item_ids: list[str]
+    price: np.ndarray
+    list_price: np.ndarray
+    probability: np.ndarray
+    expected_profit: np.ndarray
+    rank: np.ndarray
+    propensity: np.ndarray
+    explored: np.ndarray
+    personalized: bool
+    degraded: bool
+
+
+class QuoteBook:
+    """Recent quotes in memory (bounded, LRU), for outcome lookup without touching the disk."""
+
+    def __init__(self, max_quotes: int = 100_000) -> None:
+        self.max_quotes = max_quotes
+        self._quotes: OrderedDict[str, dict[str, dict[str, Any]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, quote_id: str, rows: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._quotes[quote_id] = {r[S.ITEM_ID]: r for r in rows}
+            while len(self._quotes) > self.max_quotes:
+                self._quotes.popitem(last=False)
+
+    def get(self, quote_id: str) -> dict[str, dict[str, Any]] | None:
+        with self._lock:
+            return self._quotes.get(quote_id)
+
+
+class Pricer:
+    """The quote pipeline: user state -> grid -> demand -> choose -> explore -> sticky -> log."""
+
+    def __init__(
+        self, store: UserStore, offer_log: OfferLog, rng: np.random.Generator, book: QuoteBook
+    ) -> None:
+        self.store = store
+        self.offer_log = offer_log
+        self.rng = rng
+        self.book = book
+
+    def user_state(self, sm: ServingModel, user_id: str) -> tuple[Any, bool, bool]:
+        """(state, personalized, degraded): cached per (user, version), recomputed once when stale."""
+        try:
+            state = self.store.get_state(user_id, sm.version)
+            if state is not None:
+                return state[0], state[1], False
+            events, generation = self.store.get_events(user_id)
+            if not events:
+                return sm.cold_state, False, False
+            state = (sm.model.user_state(events_frame(events)), True)
+            self.store.put_state(user_id, sm.version, state, generation)
+            return state[0], state[1], False
+        except Exception:  # noqa: BLE001 - a store outage degrades to list-like pricing, never a 5xx
+            log.exception("user store failed for user %s; pricing as a new user", user_id)
+            return sm.cold_state, False, True
+
+    def quote(
+        self, sm: ServingModel, user_id: str, items: list[str], session_id: str | None
+    ) -> PricedItems:
+        """Price and rank `items` for the user, log the quote durably, and remember sticky prices."""
+        unknown = [i for i in items if i not in sm.index]
+        if unknown:
+            shown = ", ".join(repr(i) for i in unknown[:10])
+            more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+            raise QuoteError(
+                f"unknown item ids (not in model {sm.policy}'s catalog): {shown}{more}"
+            )
+        if len(set(items)) != len(items):
+            raise QuoteError("duplicate item ids in the request")
+        idx = np.fromiter((sm.index[i] for i in items), dtype=np.int64, count=len(items))
+        lp, cost = sm.list_price[idx], sm.unit_cost[idx]
+        g = sm.guardrails
+
+        state, personalized, degraded = self.user_state(sm, user_id)
+        last = None
+        if session_id is not None and not degraded:
+            try:
+                last = np.array(
+                    [self.store.get_last_price(user_id, session_id, i) for i in items], dtype=float
+                )  # None -> NaN: no bound
+            except Exception:  # noqa: BLE001
+                log.exception("user store failed reading last prices")
+                degraded = True
+
+        grid = P.candidate_prices(lp, cost, g, last_price=last)
+        assert isinstance(grid, np.ndarray)
+        allowed = ~np.isnan(grid)
+        # Models never see NaN: disallowed positions take the row's lowest allowed price and are ignored.
+        filled = np.where(
+            allowed, grid, np.min(np.where(allowed, grid, np.inf), axis=1, keepdims=True)
+        )
+        probs = np.asarray(sm.model.demand(state, idx, filled), dtype=float)
+        if probs.shape != grid.shape:
+            raise RuntimeError(
+                f"model {sm.policy} returned shape {probs.shape}, expected {grid.shape}"
+            )
+        probs = np.where(allowed, probs, np.nan)
+        decision = P.choose_prices(grid, probs, cost, g.objective)
+        price, propensity, explored = P.explore(decision, grid, g.exploration, self.rng)
+
+        rows = np.arange(len(items))
+        col = np.argmax(grid == price[:, None], axis=1)
+        prob = probs[rows, col]
+        profit = (price - cost) * prob
+        value = profit if g.objective == "profit" else price * prob
+        rank = P.rank_by_value(value)
+
+        quote_id = uuid.uuid4().hex
+        ts = datetime.now(UTC).isoformat()
+        policy = sm.policy
+        log_rows = [
+            {
+                S.OFFER_ID: f"{quote_id}:{item}",
+                QUOTE_ID: quote_id,
+                S.TS: ts,
+                S.USER_ID: user_id,
+                S.SESSION_ID: session_id,
+                S.ITEM_ID: item,
+                S.PRICE: float(price[k]),
+                S.PROPENSITY: float(propensity[k]),
+                S.POLICY: policy,
+            }
+            for k, item in enumerate(items)
+        ]
+        self.offer_log.append_quotes(log_rows)
+        self.book.put(quote_id, log_rows)
+        if session_id is not None and not degraded:
+            try:
+                self.store.set_last_price(
+                    user_id, session_id, dict(zip(items, price.tolist(), strict=True))
+                )
+            except Exception:  # noqa: BLE001
+                log.exception("user store failed writing last prices")
+        return PricedItems(
+            quote_id=quote_id,
+            ts=ts,
+            item_ids=items,
+            price=price,
+            list_price=lp,
+            probability=prob,
+            expected_profit=profit,
+            rank=rank,
+            propensity=propensity,
+            explored=explored,
+            personalized=personalized,
+            degraded=degraded,
+        )
+
+    def find_quote(self, quote_id: str) -> dict[str, dict[str, Any]] | None:
+        """The logged offers of a quote by item id: memory first, then the quote log; None if unknown."""
+        rows = self.book.get(quote_id)
+        if rows is None:
+            found = self.offer_log.find_quote(quote_id)
+            if not found:
+                return None
+            self.book.put(quote_id, found)
+            rows = {r[S.ITEM_ID]: r for r in found}
+        return rows
+
+    def record_outcome(self, offer: dict[str, Any], purchased: bool) -> str:
+        """Durably append the offer with its label; returns the offer id."""
+        row = {
+            S.OFFER_ID: offer[S.OFFER_ID],
+            S.TS: offer[S.TS],  # the offer's time: training joins events strictly before it
+            S.USER_ID: offer[S.USER_ID],
+            S.ITEM_ID: offer[S.ITEM_ID],
+            S.PRICE: offer[S.PRICE],
+            S.PURCHASED: int(purchased),
+            S.PROPENSITY: offer[S.PROPENSITY],
+            S.POLICY: offer[S.POLICY],
+            QUOTE_ID: offer.get(QUOTE_ID),
+            "outcome_ts": datetime.now(UTC).isoformat(),
+        }
+        self.offer_log.append_outcome(row)
+        return str(row[S.OFFER_ID])

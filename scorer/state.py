@@ -1,0 +1,175 @@
+"""The online user store: each user's recent events, their cached model state, and sticky prices.
+
+The scorer keeps what a quote needs about a user here. `UserStore` is the small protocol the
+service relies on; `InMemoryUserStore` serves one process (tests, the embedded default), and a
+Redis-backed store can implement the same methods for several replicas.
+
+Freshness without races: every append bumps the user's *generation*. A state is cached together
+with the generation of the events it was computed from, so a state computed from a history that
+changed meanwhile is never served as fresh.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import pandas as pd
+
+from pricing import schema as S
+
+Event = dict[str, Any]
+
+
+@runtime_checkable
+class UserStore(Protocol):
+    """What the scorer needs from an online user store (thread-safe implementations only)."""
+
+    def append_events(self, user_id: str, events: Sequence[Mapping[str, Any]]) -> int:
+        """Append events (contract `events` columns) to the user's bounded history; return its generation."""
+        ...
+
+    def get_events(self, user_id: str) -> tuple[list[Event], int]:
+        """The user's recent events, oldest first, and the generation they correspond to."""
+        ...
+
+    def get_state(self, user_id: str, model_version: str) -> Any | None:
+        """The cached state for a model version, or None when missing or stale."""
+        ...
+
+    def put_state(self, user_id: str, model_version: str, state: Any, generation: int) -> None:
+        """Cache a state computed from the events of `generation` (dropped if events moved on)."""
+        ...
+
+    def mark_stale(self, user_id: str) -> None:
+        """Invalidate every cached state of the user (new events arrived)."""
+        ...
+
+    def get_last_price(self, user_id: str, session_id: str, item_id: str) -> float | None:
+        """The last price quoted to the user for the item within the session, if any."""
+        ...
+
+    def set_last_price(self, user_id: str, session_id: str, prices: Mapping[str, float]) -> None:
+        """Remember the prices just quoted (item_id -> price) within the session."""
+        ...
+
+
+@dataclass
+class _User:
+    events: deque[Event]
+    generation: int = 0
+    # model version -> (generation it was computed from, state)
+    states: dict[str, tuple[int, Any]] = field(default_factory=dict)
+
+
+class InMemoryUserStore:
+    """A process-local `UserStore`: a bounded deque of events per user, guarded by one lock.
+
+    Args:
+        max_user_events: how many recent events to keep per user (older ones fall off).
+        max_last_prices: how many (user, session, item) sticky prices to remember (LRU).
+    """
+
+    def __init__(self, max_user_events: int = 200, max_last_prices: int = 1_000_000) -> None:
+        self.max_user_events = max_user_events
+        self.max_last_prices = max_last_prices
+        self._users: dict[str, _User] = {}
+        self._last: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _user(self, user_id: str) -> _User:
+        user = self._users.get(user_id)
+        if user is None:
+            user = self._users[user_id] = _User(deque(maxlen=self.max_user_events))
+        return user
+
+    def append_events(self, user_id: str, events: Sequence[Mapping[str, Any]]) -> int:
+        with self._lock:
+            user = self._user(user_id)
+            user.events.extend(dict(e) for e in events)
+            user.generation += 1
+            return user.generation
+
+    def get_events(self, user_id: str) -> tuple[list[Event], int]:
+        with self._lock:
+            user = self._users.get(user_id)
+            if user is None:
+                return [], 0
+            return list(user.events), user.generation
+
+    def get_state(self, user_id: str, model_version: str) -> Any | None:
+        with self._lock:
+            user = self._users.get(user_id)
+            if user is None:
+                return None
+            cached = user.states.get(model_version)
+            if cached is None or cached[0] != user.generation:
+                return None
+            return cached[1]
+
+    def put_state(self, user_id: str, model_version: str, state: Any, generation: int) -> None:
+        with self._lock:
+            user = self._user(user_id)
+            if generation == user.generation:
+                user.states[model_version] = (generation, state)
+
+    def mark_stale(self, user_id: str) -> None:
+        with self._lock:
+            user = self._users.get(user_id)
+            if user is not None:
+                user.generation += 1
+                user.states.clear()
+
+    def get_last_price(self, user_id: str, session_id: str, item_id: str) -> float | None:
+        with self._lock:
+            return self._last.get((user_id, session_id, item_id))
+
+    def set_last_price(self, user_id: str, session_id: str, prices: Mapping[str, float]) -> None:
+        with self._lock:
+            for item_id, price in prices.items():
+                key = (user_id, session_id, item_id)
+                self._last[key] = float(price)
+                self._last.move_to_end(key)
+            while len(self._last) > self.max_last_prices:
+                self._last.popitem(last=False)
+
+    def n_users(self) -> int:
+        """How many users have a history here."""
+        with self._lock:
+            return len(self._users)
+
+
+EVENT_COLUMNS: tuple[str, ...] = tuple(S.column_names(S.EVENTS))
+
+
+def events_frame(events: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Events (dicts) as a contract `events` DataFrame, the input of `DemandModel.user_state`."""
+    df = pd.DataFrame(list(events), columns=list(EVENT_COLUMNS))
+    df[S.TS] = pd.to_datetime(df[S.TS], utc=True, format="ISO8601")
+    df[S.PRICE] = pd.to_numeric(df[S.PRICE], errors="coerce").astype(float)
+    return df
+
+
+def hydrate(store: UserStore, events: pd.DataFrame, max_user_events: int) -> int:
+    """Load each user's last `max_user_events` events from a contract events table into `store`.
+
+    Returns how many users were loaded. Runs once at startup so users known from the training
+    data get personalized prices from their first quote.
+    """
+    if len(events) == 0:
+        return 0
+    df = events.copy()
+    df[S.TS] = pd.to_datetime(df[S.TS], utc=True, format="ISO8601")
+    df = df.sort_values(S.TS, kind="stable").groupby(S.USER_ID, sort=False).tail(max_user_events)
+    cols = [c for c in EVENT_COLUMNS if c in df.columns]
+    df = df[cols].astype(object).where(df[cols].notna(), None)
+    df[S.TS] = df[S.TS].map(lambda t: t.isoformat() if t is not None else None)
+    n = 0
+    for user_id, group in df.groupby(S.USER_ID, sort=False):
+        records: list[dict[str, Any]] = group.to_dict("records")  # type: ignore[assignment]
+        store.append_events(str(user_id), records)
+        n += 1
+    return n

@@ -1,0 +1,114 @@
+"""A toy demand model and loader for the scorer's tests and benchmarks (no training, no MLflow).
+
+`ToyDemand` is a closed-form price response: P = sigmoid(a_i - b(u) * log(price / list_price)),
+where the user's price sensitivity b(u) grows with the number of "cheap" searches in their history
+and falls with "premium" ones, so events visibly move the quote. `toy_app_factory` is a module-level
+factory for `uvicorn --factory` (the uvicorn integration test and the latency benchmark use it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlops.models import DemandModel, PricingData
+from mlops.registry import ModelHandle
+from pricing import schema as S
+
+BASE_SENSITIVITY = 3.0
+
+
+def toy_catalog(n_items: int = 100, seed: int = 0) -> pd.DataFrame:
+    """A catalog of `n_items` with ids i0..i{n-1}, list prices 5..200 and costs at 40-60% of list."""
+    rng = np.random.default_rng(seed)
+    lp = np.round(rng.uniform(5.0, 200.0, n_items), 2)
+    return pd.DataFrame(
+        {
+            S.ITEM_ID: [f"i{k}" for k in range(n_items)],
+            S.TITLE: [f"toy item {k}" for k in range(n_items)],
+            S.CATEGORY: [f"c{k % 5}" for k in range(n_items)],
+            S.BRAND: [f"b{k % 7}" for k in range(n_items)],
+            S.LIST_PRICE: lp,
+            S.UNIT_COST: np.round(lp * rng.uniform(0.4, 0.6, n_items), 2),
+        }
+    )
+
+
+class ToyDemand(DemandModel):
+    """Closed-form demand with a user-dependent price slope (state = sensitivity b(u))."""
+
+    name = "toy"
+
+    def __init__(self, catalog: pd.DataFrame, seed: int = 0) -> None:
+        self.catalog = catalog.reset_index(drop=True)
+        rng = np.random.default_rng(seed)
+        self.appeal = rng.normal(0.0, 0.5, len(self.catalog))
+        self._log_list = np.log(self.catalog[S.LIST_PRICE].to_numpy(float))
+        self.warmed = False
+
+    def sensitivity(self, events: pd.DataFrame) -> float:
+        if len(events) == 0:
+            return BASE_SENSITIVITY
+        queries = events.loc[events[S.EVENT_TYPE] == S.SEARCH, S.QUERY].fillna("").str.lower()
+        cheap = int(queries.str.contains("cheap").sum())
+        premium = int(queries.str.contains("premium").sum())
+        return float(np.clip(BASE_SENSITIVITY + 2.0 * cheap - 1.0 * premium, 0.5, 20.0))
+
+    def user_state(self, events: pd.DataFrame) -> float:
+        return self.sensitivity(events)
+
+    def demand(self, state: Any, item_idx: np.ndarray, grid: np.ndarray) -> np.ndarray:
+        logit = self.appeal[item_idx, None] - float(state) * (
+            np.log(grid) - self._log_list[item_idx, None]
+        )
+        return 1.0 / (1.0 + np.exp(-logit))
+
+    def warm(self) -> None:
+        self.warmed = True
+
+    def fit(self, train: PricingData, valid: PricingData | None = None) -> dict[str, float]:
+        return {}
+
+    def predict_grid(self, data: PricingData, grid: np.ndarray) -> np.ndarray:
+        idx = (
+            self.catalog.reset_index()
+            .set_index(S.ITEM_ID)
+            .loc[data.offers[S.ITEM_ID], "index"]
+            .to_numpy()
+        )
+        return self.demand(BASE_SENSITIVITY, idx, grid)
+
+    def save(self, path: Path) -> None:
+        raise NotImplementedError("the toy model is never persisted")
+
+    @classmethod
+    def load(cls, path: Path) -> ToyDemand:
+        raise NotImplementedError("the toy model is never persisted")
+
+
+def toy_handle(
+    version: str = "1", n_items: int = 100, guardrails: dict[str, Any] | None = None
+) -> ModelHandle:
+    """A servable handle around a fresh `ToyDemand`."""
+    return ModelHandle(
+        name="toy-price-response",
+        version=version,
+        model=ToyDemand(toy_catalog(n_items)),
+        run_id=None,
+        guardrails=dict(guardrails or {}),
+    )
+
+
+def toy_app_factory() -> Any:
+    """A scorer app over the toy model (`uvicorn scorer.testing:toy_app_factory --factory`).
+
+    Reads SCORER_TOY_ITEMS (catalog size, default 100) and uses the usual PRICING_* settings.
+    """
+    from scorer.app import create_app
+
+    n_items = int(os.environ.get("SCORER_TOY_ITEMS", "100"))
+    return create_app(loader=lambda: toy_handle("1", n_items), seed=0)

@@ -1,0 +1,106 @@
+"""Evaluate every model and baseline on the same test offers, through the same optimizer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from mlops.models import DemandModel, PricingData
+from pricing import metrics as M
+from pricing import schema as S
+from pricing.evaluation import EvalInputs, evaluate_policy, logged_action_grid, pricing_grid
+from pricing.policy import Guardrails
+from pricing.simulator import GroundTruth
+
+LIST_PRICE = "list_price"
+
+
+def subset(data: PricingData, idx: np.ndarray) -> PricingData:
+    """Rows `idx` of a split (features kept aligned)."""
+    feats = None if data.features is None else data.features.iloc[idx].reset_index(drop=True)
+    return PricingData(
+        offers=data.offers.iloc[idx].reset_index(drop=True),
+        items=data.items,
+        events=data.events,
+        features=feats,
+        users=data.users,
+        extras=data.extras,
+    )
+
+
+def eval_inputs(test: PricingData, truth: GroundTruth | None) -> EvalInputs:
+    """Arrays the evaluation needs; `truth` becomes an exact true-demand function for these rows."""
+    offers = test.offers
+    groups = None
+    if test.users is not None and S.AGE_GROUP in test.users:
+        age = test.users.set_index(S.USER_ID)[S.AGE_GROUP].astype(str)
+        groups = offers[S.USER_ID].astype(str).map(age).fillna("unknown").to_numpy()
+    truth_fn = None
+    if truth is not None:
+        users = offers[S.USER_ID].astype(str).to_numpy()
+        items = offers[S.ITEM_ID].astype(str).to_numpy()
+
+        def truth_fn(prices: np.ndarray) -> np.ndarray:
+            with np.errstate(invalid="ignore"):  # NaN grid positions stay NaN
+                return truth.purchase_probability(users, items, prices)
+
+    prop = pd.to_numeric(offers[S.PROPENSITY], errors="coerce").to_numpy(float) if S.PROPENSITY in offers else np.full(len(offers), np.nan)
+    return EvalInputs(
+        list_price=test.list_price(),
+        unit_cost=test.unit_cost(),
+        offered_price=offers[S.PRICE].to_numpy(float),
+        purchased=offers[S.PURCHASED].to_numpy(float),
+        propensity=prop,
+        groups=groups,
+        truth=truth_fn,
+    )
+
+
+def evaluate_models(
+    models: dict[str, DemandModel],
+    test: PricingData,
+    truth: GroundTruth | None,
+    guardrails: Guardrails,
+    base_rate: float,
+    max_offers: int | None = None,
+    seed: int = 0,
+    calibration_bins: int = 15,
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Metrics per model (plus the list-price policy) and the arrays the plots need.
+
+    The list-price entry carries the base-rate predictor's log loss: the reference a first model
+    must beat on real data, where profit cannot be computed.
+    """
+    if max_offers is not None and len(test) > max_offers:
+        idx = np.sort(np.random.default_rng(seed).choice(len(test), max_offers, replace=False))
+        test = subset(test, idx)
+    inputs = eval_inputs(test, truth)
+    grid = pricing_grid(inputs, guardrails)
+    lgrid = logged_action_grid(inputs)
+    with_ope = bool(np.isfinite(inputs.propensity).any())
+    metrics: dict[str, dict[str, float]] = {}
+    curves: dict[str, Any] = {"y": inputs.purchased, "grid": grid, "probs": {}, "offer_probs": {}}
+    for name, model in models.items():
+        gp = model.predict_grid(test, grid)
+        op = model.predict(test)
+        lp = model.predict_grid(test, lgrid) if with_ope else None
+        metrics[name] = evaluate_policy(inputs, guardrails, gp, op, lp, calibration_bins)
+        curves["probs"][name] = gp
+        curves["offer_probs"][name] = op
+    ref = evaluate_policy(inputs, guardrails, None, None)
+    ref["log_loss"] = M.log_loss(inputs.purchased, np.full(len(inputs), base_rate))
+    metrics[LIST_PRICE] = ref
+    if truth is not None:
+        curves["truth"] = inputs.truth(grid)  # type: ignore[misc]
+    curves["unit_cost"] = inputs.unit_cost
+    curves["list_price"] = inputs.list_price
+    return metrics, curves
+
+
+@task(name="evaluate_models", cache_policy=NO_CACHE)
+def evaluate_models_task(*args: Any, **kwargs: Any) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    return evaluate_models(*args, **kwargs)

@@ -1,0 +1,31 @@
+"""Validate the contract tables with the Great Expectations suites; quarantine bad rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from expectations import validate_data_dir
+from pricing.io import ContractError
+
+
+class ValidationFailed(ContractError):
+    """The data broke the contract past the configured threshold."""
+
+
+def validate_or_fail(data_dir: Path, threshold: float):  # noqa: ANN201 - ValidationReport
+    """Validate; raise with every error in one clear message when the data is not usable."""
+    report = validate_data_dir(data_dir, threshold=threshold, build_docs=True)
+    if not report.passed:
+        raise ValidationFailed(
+            f"data in {data_dir} fails the contract: " + "; ".join(report.errors)
+            + f" (details: {Path(data_dir) / 'validation.json'}, quarantine: {Path(data_dir) / 'quarantine'})"
+        )
+    return report
+
+
+@task(name="validate_tables", cache_policy=NO_CACHE)
+def validate_tables(data_dir: Path, threshold: float):  # noqa: ANN201
+    return validate_or_fail(data_dir, threshold)

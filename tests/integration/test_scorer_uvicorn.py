@@ -1,0 +1,90 @@
+"""The scorer as a real uvicorn process, quoted over HTTP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from scorer.offer_log import export_offers
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    port = _free_port()
+    log_dir = tmp_path / "offers"
+    env = {
+        **os.environ,
+        "PRICING_OFFER_LOG_DIR": str(log_dir),
+        "PRICING_ADMIN_TOKEN": "tok",
+        "PRICING_ALIAS_POLL_SECONDS": "0",
+        "SCORER_TOY_ITEMS": "60",
+    }
+    cmd = [sys.executable, "-m", "uvicorn", "scorer.testing:toy_app_factory", "--factory"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                out = proc.stdout.read().decode() if proc.stdout else ""
+                pytest.fail(f"uvicorn exited early ({proc.returncode}):\n{out}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("uvicorn did not become ready in 30 s")
+            time.sleep(0.1)
+        yield url, log_dir
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_quote_over_http(server: tuple[str, Path]) -> None:
+    url, log_dir = server
+    items = [f"i{k}" for k in range(50)]
+    with httpx.Client(base_url=url, timeout=10) as c:
+        r = c.post("/v1/quote", json={"user_id": "u1", "items": items, "session_id": "s"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model_version"] == "1" and len(body["items"]) == 50
+        assert [q["rank"] for q in body["items"]] == list(range(1, 51))
+        assert (
+            c.post(
+                "/v1/events",
+                json={"user_id": "u1", "events": [{"event_type": "view", "item_id": "i1"}]},
+            ).status_code
+            == 200
+        )
+        qid = body["quote_id"]
+        r = c.post("/v1/outcomes", json={"quote_id": qid, "item_id": "i3", "purchased": True})
+        assert r.status_code == 200
+        assert c.post("/admin/reload", headers={"Authorization": "Bearer tok"}).status_code == 200
+        assert "scorer_requests_total" in c.get("/metrics").text
+    offers = export_offers(log_dir)
+    assert offers["offer_id"].tolist() == [f"{qid}:i3"]
