@@ -136,7 +136,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         )
     )
     print(f"\ndemo pipeline wall time: {time.perf_counter() - t0:.1f}s (report: {report})")
-    print("MLflow UI:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --port 5000")
+    print(
+        "MLflow UI:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --port 5000"
+    )
     print("Prefect UI: make up   (then http://127.0.0.1:4200)")
     print(
         f"Scorer: serving the champion on http://127.0.0.1:{args.port} (Ctrl-C stops it). Try:\n"
@@ -169,13 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_cmd_tafeng)
 
-    v = sub.add_parser("validate", help="validate a data dir against the contract (Great Expectations)")
+    v = sub.add_parser(
+        "validate", help="validate a data dir against the contract (Great Expectations)"
+    )
     v.add_argument("--data-dir", required=True)
     v.add_argument("--threshold", type=float, default=0.01, help="max bad-row share per table")
     v.add_argument("--no-docs", action="store_true", help="skip building Data Docs")
     v.set_defaults(func=_cmd_validate)
 
-    r = sub.add_parser("run", help="run the training flow (validate, train, evaluate, register, promote)")
+    r = sub.add_parser(
+        "run", help="run the training flow (validate, train, evaluate, register, promote)"
+    )
     src = r.add_mutually_exclusive_group()
     src.add_argument("--data-dir")
     src.add_argument("--simulate", action="store_true", help="simulate a fresh default market")

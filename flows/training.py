@@ -50,7 +50,9 @@ def _load_champion(name: str) -> tuple[str | None, DemandModel | None]:
     try:
         return version, tracking.load_version(name, version).model
     except Exception as exc:  # noqa: BLE001 - an unloadable champion must not block a new model
-        get_run_logger().warning("champion v%s could not be loaded (%s): using its stored metrics", version, exc)
+        get_run_logger().warning(
+            "champion v%s could not be loaded (%s): using its stored metrics", version, exc
+        )
         return version, None
 
 
@@ -110,7 +112,11 @@ def training(
         features=feats,
         users=tables.get(S.USERS),
     )
-    train, valid, test = (subset(full, split.train), subset(full, split.valid), subset(full, split.test))
+    train, valid, test = (
+        subset(full, split.train),
+        subset(full, split.valid),
+        subset(full, split.test),
+    )
     truth = load_ground_truth(data_path)
     guardrails = Guardrails.from_dict(cfg.guardrails.model_dump())
 
@@ -118,20 +124,41 @@ def training(
     import mlflow
 
     exp_id = tracking.experiment_id(dataset, settings.artifact_root)
-    run = mlflow.start_run(experiment_id=exp_id, run_name=f"{cfg.model}-{datetime.now(UTC):%Y%m%dT%H%M%S}")
+    run = mlflow.start_run(
+        experiment_id=exp_id, run_name=f"{cfg.model}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    )
     run_id = run.info.run_id
     try:
         mlflow.log_params(_flatten("", cfg.model_dump(mode="json")))
-        mlflow.log_params({"data_dir": str(data_path), "feature_hash": feat_key, **{f"resolved_split.{k}": v for k, v in split.summary().items()}})
-        mlflow.set_tags({"dataset": dataset, "model": cfg.model, "simulated": str(truth is not None)})
-        mlflow.log_dict(json.loads(Path(data_path, "validation.json").read_text()), "validation/validation.json")
-        mlflow.log_dict({"features": list(feats.columns), "hash": feat_key, "cache_hit": cache_hit}, "features/metadata.json")
-        mlflow.log_text(Path(config_path).read_text() if config_path else "", "config/experiment.yaml")
+        mlflow.log_params(
+            {
+                "data_dir": str(data_path),
+                "feature_hash": feat_key,
+                **{f"resolved_split.{k}": v for k, v in split.summary().items()},
+            }
+        )
+        mlflow.set_tags(
+            {"dataset": dataset, "model": cfg.model, "simulated": str(truth is not None)}
+        )
+        mlflow.log_dict(
+            json.loads(Path(data_path, "validation.json").read_text()), "validation/validation.json"
+        )
+        mlflow.log_dict(
+            {"features": list(feats.columns), "hash": feat_key, "cache_hit": cache_hit},
+            "features/metadata.json",
+        )
+        mlflow.log_text(
+            Path(config_path).read_text() if config_path else "", "config/experiment.yaml"
+        )
         mlflow.log_dict(cfg.model_dump(mode="json"), "config/resolved.json")
 
         # train: the main model and every baseline
         t = time.perf_counter()
-        trainer = {k: v for k, v in {"devices": devices, "strategy": strategy, "precision": precision}.items() if v}
+        trainer = {
+            k: v
+            for k, v in {"devices": devices, "strategy": strategy, "precision": precision}.items()
+            if v
+        }
         names = [cfg.model] + [b for b in cfg.baselines if b != cfg.model]
         models: dict[str, DemandModel] = {}
         for name in names:
@@ -147,8 +174,14 @@ def training(
             to_eval["champion"] = champ_model
         base_rate = float(train.offers[S.PURCHASED].mean())
         metrics, curves = evaluate_models_task(
-            to_eval, test, truth, guardrails, base_rate,
-            cfg.evaluation.max_test_offers, cfg.seed, cfg.evaluation.calibration_bins,
+            to_eval,
+            test,
+            truth,
+            guardrails,
+            base_rate,
+            cfg.evaluation.max_test_offers,
+            cfg.seed,
+            cfg.evaluation.calibration_bins,
         )
         champ_metrics = metrics.pop("champion", None)
         if champ_version is not None and champ_metrics is None:
@@ -156,10 +189,17 @@ def training(
         for name, vals in metrics.items():
             mlflow.log_metrics({f"{name}/{k}": float(v) for k, v in vals.items() if np.isfinite(v)})
         main = metrics[cfg.model]
-        mlflow.log_metrics({k: float(main[k]) for k in REPORT_METRICS if k in main and np.isfinite(main[k])})
+        mlflow.log_metrics(
+            {k: float(main[k]) for k in REPORT_METRICS if k in main and np.isfinite(main[k])}
+        )
         from mlops import plots
 
-        mlflow.log_figure(plots.calibration_figure(curves["y"], curves["offer_probs"], cfg.evaluation.calibration_bins), "plots/calibration.png")
+        mlflow.log_figure(
+            plots.calibration_figure(
+                curves["y"], curves["offer_probs"], cfg.evaluation.calibration_bins
+            ),
+            "plots/calibration.png",
+        )
         mlflow.log_figure(plots.demand_figure(curves, cfg.model), "plots/demand_curves.png")
         mlflow.log_figure(plots.profit_figure(curves, cfg.model), "plots/profit_vs_price.png")
         mlflow.log_dict(metrics, "metrics.json")
@@ -168,7 +208,11 @@ def training(
         # register
         t = time.perf_counter()
         version = register_model(
-            models[cfg.model], run_id, registered, guardrails.to_dict(), input_example(test.offers),
+            models[cfg.model],
+            run_id,
+            registered,
+            guardrails.to_dict(),
+            input_example(test.offers),
             {"metrics": main, "dataset": dataset, "split": split.summary()},
         )
         timings["register"] = time.perf_counter() - t
@@ -178,9 +222,19 @@ def training(
         smoke_items = test.offers[S.ITEM_ID].astype(str).head(3).tolist()
         smoke_user = str(test.offers[S.USER_ID].iloc[0])
         promotion = promote_model(
-            registered, version, main, champ_metrics, champ_version, metrics[LIST_PRICE],
-            truth is not None, PromotionRule(**cfg.promotion.model_dump()),
-            settings.scorer_url, settings.admin_token, smoke_items, smoke_user, promote,
+            registered,
+            version,
+            main,
+            champ_metrics,
+            champ_version,
+            metrics[LIST_PRICE],
+            truth is not None,
+            PromotionRule(**cfg.promotion.model_dump()),
+            settings.scorer_url,
+            settings.admin_token,
+            smoke_items,
+            smoke_user,
+            promote,
         )
         timings["promote"] = time.perf_counter() - t
         mlflow.set_tags({"promoted": str(promotion["promoted"]), "model_version": version})
@@ -204,7 +258,9 @@ def training(
         "metrics": metrics,
         "validation": {
             "passed": report.passed,
-            "tables": {t: {"rows": r.rows, "bad_rows": r.bad_rows} for t, r in report.tables.items()},
+            "tables": {
+                t: {"rows": r.rows, "bad_rows": r.bad_rows} for t, r in report.tables.items()
+            },
         },
         "feature_cache_hit": cache_hit,
         "timings_s": timings,

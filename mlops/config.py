@@ -50,7 +50,9 @@ class ValidationConfig(_Strict):
 
 
 class EvaluationConfig(_Strict):
-    max_test_offers: int | None = 50_000  # policy metrics on a seeded sample when the test set is larger
+    max_test_offers: int | None = (
+        50_000  # policy metrics on a seeded sample when the test set is larger
+    )
     calibration_bins: int = 15
 
 
@@ -73,7 +75,9 @@ class ExperimentConfig(_Strict):
     simulate: dict[str, Any] = Field(default_factory=dict)  # SimConfig overrides for --simulate
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> ExperimentConfig:
     """Read a YAML config (default: configs/default.yaml) and apply flat overrides."""
     path = Path(path) if path else CONFIG_DIR / "default.yaml"
     raw = yaml.safe_load(path.read_text()) or {}

@@ -155,7 +155,9 @@ class LogisticDemand(FeatureModel):
         self.set_catalog(train.items)
         x = self._design(train.features)
         self.mean, self.std = x.mean(0), x.std(0) + 1e-9
-        self.w = fit_logistic((x - self.mean) / self.std, train.offers[S.PURCHASED].to_numpy(float), self.l2)
+        self.w = fit_logistic(
+            (x - self.mean) / self.std, train.offers[S.PURCHASED].to_numpy(float), self.l2
+        )
         return {"n_weights": float(len(self.w))}
 
     def _predict_matrix(self, feats: pd.DataFrame) -> np.ndarray:
@@ -163,6 +165,7 @@ class LogisticDemand(FeatureModel):
         return predict_logistic(self.w, (self._design(feats) - self.mean) / self.std)
 
     def save(self, path: Path) -> None:
+        assert self.w is not None and self.mean is not None and self.std is not None, "fit first"
         path.mkdir(parents=True, exist_ok=True)
         np.savez(path / "logistic.npz", w=self.w, mean=self.mean, std=self.std, l2=self.l2)
         self.catalog.to_parquet(path / "catalog.parquet", index=False)
@@ -218,14 +221,19 @@ class LightGBMDemand(FeatureModel):
         params["monotone_constraints"] = [-1] + [0] * (len(F.FEATURES) - 1) + [0]
         params["seed"] = self.seed
         dtrain = lgb.Dataset(self._frame(train.features), train.offers[S.PURCHASED].to_numpy(float))
-        valid_sets, callbacks = [], []
+        valid_sets: list[Any] = []
+        callbacks: list[Any] = []
         if valid is not None and valid.features is not None and len(valid):
             dvalid = lgb.Dataset(
-                self._frame(valid.features), valid.offers[S.PURCHASED].to_numpy(float), reference=dtrain
+                self._frame(valid.features),
+                valid.offers[S.PURCHASED].to_numpy(float),
+                reference=dtrain,
             )
             valid_sets = [dvalid]
             callbacks = [lgb.early_stopping(early, verbose=False)]
-        self.booster = lgb.train(params, dtrain, n_estimators, valid_sets=valid_sets, callbacks=callbacks)
+        self.booster = lgb.train(
+            params, dtrain, n_estimators, valid_sets=valid_sets, callbacks=callbacks
+        )
         return {"best_iteration": float(self.booster.best_iteration or n_estimators)}
 
     def _predict_matrix(self, feats: pd.DataFrame) -> np.ndarray:

@@ -30,7 +30,9 @@ class Settings(BaseSettings):
     bootstrap_data_dir: Path | None = None  # events to hydrate the online store at startup
     max_candidates: int = 500
     max_user_events: int = 200
-    alias_poll_seconds: float = 30.0  # the scorer watches the champion alias at this interval (0: off)
+    alias_poll_seconds: float = (
+        30.0  # the scorer watches the champion alias at this interval (0: off)
+    )
     exploration: float = 0.05
 
 

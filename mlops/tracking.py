@@ -54,7 +54,7 @@ def _pyfunc_class() -> type:
     """The MLflow pyfunc wrapper, built lazily so that importing this module does not import mlflow."""
     import mlflow.pyfunc
 
-    class PriceResponseModel(mlflow.pyfunc.PythonModel):
+    class PriceResponseModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
         """Purchase probability for (user_id, item_id, price) rows.
 
         Rows may carry `history_json` (the user's recent events as a JSON list in the contract's
@@ -68,19 +68,27 @@ def _pyfunc_class() -> type:
                 Path(context.artifacts["guardrails"]).read_text()
             )
 
-        def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> np.ndarray:
+        def predict(
+            self, context: Any, model_input: pd.DataFrame, params: Any = None
+        ) -> np.ndarray:
             m = self.demand_model
             catalog = m.catalog  # type: ignore[attr-defined]
             pos = pd.Series(np.arange(len(catalog)), index=catalog[S.ITEM_ID].astype(str))
+            items = pos.reindex(model_input[S.ITEM_ID].astype(str)).to_numpy()
+            if np.isnan(items).any():
+                raise ValueError("unknown item_id in input: the model's catalog does not have it")
+            prices = model_input[S.PRICE].to_numpy(float)
+            hist = model_input.get("history_json")
             out = np.empty(len(model_input))
-            hist = model_input["history_json"] if "history_json" in model_input else None
-            for i, row in enumerate(model_input.itertuples(index=False)):
-                events = pd.DataFrame(json.loads(hist.iloc[i])) if hist is not None else None
-                if events is None or events.empty:
-                    events = pd.DataFrame(columns=S.column_names(S.EVENTS))
+            for i in range(len(model_input)):
+                raw = json.loads(hist.iloc[i]) if hist is not None else []
+                events = pd.DataFrame(
+                    raw or None, columns=None if raw else S.column_names(S.EVENTS)
+                )
                 state = m.user_state(events)
-                idx = np.array([pos[str(row.item_id)]])
-                out[i] = m.demand(state, idx, np.array([[float(row.price)]]))[0, 0]
+                out[i] = m.demand(state, items[i : i + 1].astype(int), prices[i : i + 1, None])[
+                    0, 0
+                ]
             return out
 
     return PriceResponseModel
@@ -144,12 +152,20 @@ def set_alias(name: str, version: str, alias: str = CHAMPION) -> None:
     mlflow.MlflowClient().set_registered_model_alias(name, alias, str(version))
 
 
+def delete_alias(name: str, alias: str = CHAMPION) -> None:
+    import mlflow
+
+    mlflow.MlflowClient().delete_registered_model_alias(name, alias)
+
+
 def tag_version(name: str, version: str, tags: dict[str, Any]) -> None:
     import mlflow
 
     client = mlflow.MlflowClient()
     for k, v in tags.items():
-        client.set_model_version_tag(name, str(version), k, v if isinstance(v, str) else json.dumps(v))
+        client.set_model_version_tag(
+            name, str(version), k, v if isinstance(v, str) else json.dumps(v)
+        )
 
 
 def version_metrics(name: str, version: str) -> dict[str, Any]:

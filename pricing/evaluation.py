@@ -37,7 +37,9 @@ class EvalInputs:
 
 def pricing_grid(inputs: EvalInputs, guardrails: Guardrails) -> np.ndarray:
     """The guardrailed price grid every policy chooses from (n, G)."""
-    return candidate_prices(inputs.list_price, inputs.unit_cost, guardrails)
+    grid = candidate_prices(inputs.list_price, inputs.unit_cost, guardrails)
+    assert isinstance(grid, np.ndarray)
+    return grid
 
 
 def logged_action_grid(inputs: EvalInputs) -> np.ndarray:
@@ -120,7 +122,9 @@ def _ope(inputs: EvalInputs, logged_grid_probs: np.ndarray, objective: str) -> d
     est = ope.ope_estimates(reward, match, inputs.propensity, q_target, q_logged)
     out = {f"ope_{k}": float(v) for k, v in est.items()}
     if inputs.truth is not None:
-        true_value = float(np.mean(_profit(target.price, cost, inputs.truth(target.price), objective)))
+        true_value = float(
+            np.mean(_profit(target.price, cost, inputs.truth(target.price), objective))
+        )
         out["ope_true_value"] = true_value
         for k in ("ips", "snips", "dr"):
             if f"ope_{k}" in out and np.isfinite(out[f"ope_{k}"]) and true_value:
@@ -130,4 +134,9 @@ def _ope(inputs: EvalInputs, logged_grid_probs: np.ndarray, objective: str) -> d
 
 def metrics_table(metrics: dict[str, dict[str, float]], keys: list[str]) -> pd.DataFrame:
     """Models as rows, chosen metrics as columns: what README and notes show."""
-    return pd.DataFrame({m: {k: v.get(k, np.nan) for k, v in [(k, vals) for k in keys]} for m, vals in metrics.items()}).T
+    return pd.DataFrame(
+        {
+            m: {k: v.get(k, np.nan) for k, v in [(k, vals) for k in keys]}
+            for m, vals in metrics.items()
+        }
+    ).T

@@ -15,7 +15,17 @@ import pandas as pd
 
 from pricing import schema as S
 
-CHEAP_WORDS = ("cheap", "deal", "deals", "discount", "budget", "sale", "bargain", "affordable", "offer")
+CHEAP_WORDS = (
+    "cheap",
+    "deal",
+    "deals",
+    "discount",
+    "budget",
+    "sale",
+    "bargain",
+    "affordable",
+    "offer",
+)
 PREMIUM_WORDS = ("premium", "best", "luxury", "quality", "top", "pro", "finest", "gourmet")
 _CHEAP_RE = re.compile(r"\b(?:" + "|".join(CHEAP_WORDS) + r")\b", re.IGNORECASE)
 _PREMIUM_RE = re.compile(r"\b(?:" + "|".join(PREMIUM_WORDS) + r")\b", re.IGNORECASE)
@@ -63,7 +73,11 @@ def event_sums(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     is_view = etype == S.VIEW
     is_buy = etype == S.PURCHASE
     is_search = etype == S.SEARCH
-    query = events[S.QUERY].fillna("").astype(str) if S.QUERY in events else pd.Series("", index=events.index)
+    query = (
+        events[S.QUERY].fillna("").astype(str)
+        if S.QUERY in events
+        else pd.Series("", index=events.index)
+    )
     with np.errstate(invalid="ignore"):
         low = np.nan_to_num(ratio, nan=1.0) < LOW_RATIO
         high = np.nan_to_num(ratio, nan=1.0) > HIGH_RATIO
@@ -95,7 +109,9 @@ def finalize_history(sums: pd.DataFrame, cat_count: np.ndarray | pd.Series) -> p
     views = sums["n_views"].to_numpy(float)
     buys = sums["n_purchases"].to_numpy(float)
     searches = sums["n_searches"].to_numpy(float)
-    conv_low = (sums["n_low_buys"].to_numpy(float) + 0.1) / (sums["n_low_views"].to_numpy(float) + 1.0)
+    conv_low = (sums["n_low_buys"].to_numpy(float) + 0.1) / (
+        sums["n_low_views"].to_numpy(float) + 1.0
+    )
     conv_high = (sums["n_high_buys"].to_numpy(float) + 0.1) / (
         sums["n_high_views"].to_numpy(float) + 1.0
     )
@@ -185,7 +201,9 @@ def offer_features(offers: pd.DataFrame, events: pd.DataFrame, items: pd.DataFra
         joined[col] = joined[col].fillna(0.0)
     feats = finalize_history(joined[list(HISTORY_SUMS)], joined["cat_count"].fillna(0.0))
     ifeat = item_features(items).reindex(joined[S.ITEM_ID])
-    lp = items.set_index(S.ITEM_ID)[S.LIST_PRICE].astype(float).reindex(joined[S.ITEM_ID]).to_numpy()
+    lp = (
+        items.set_index(S.ITEM_ID)[S.LIST_PRICE].astype(float).reindex(joined[S.ITEM_ID]).to_numpy()
+    )
     out = pd.DataFrame(index=offers.index)
     out["log_price_ratio"] = price_features(offers[S.PRICE].to_numpy(float), lp)
     out["i_log_list_price"] = ifeat["i_log_list_price"].to_numpy()
@@ -196,13 +214,15 @@ def offer_features(offers: pd.DataFrame, events: pd.DataFrame, items: pd.DataFra
     return out
 
 
-def user_history_state(events: pd.DataFrame, items: pd.DataFrame) -> tuple[pd.Series, dict[str, float]]:
+def user_history_state(
+    events: pd.DataFrame, items: pd.DataFrame
+) -> tuple[pd.Series, dict[str, float]]:
     """Serving-side state of one user: raw history sums and per-category event counts."""
     if len(events) == 0:
         return pd.Series(0.0, index=list(HISTORY_SUMS)), {}
     sums = event_sums(events, items).sum()
     cats = events[S.ITEM_ID].map(items.set_index(S.ITEM_ID)[S.CATEGORY]).dropna().astype(str)
-    return sums, cats.value_counts().astype(float).to_dict()
+    return sums, {str(k): float(v) for k, v in cats.value_counts().items()}
 
 
 def serving_features(

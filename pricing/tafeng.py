@@ -200,18 +200,45 @@ def build_items(lines: pd.DataFrame, product_ids: pd.Index) -> pd.DataFrame:
 
 def prevailing_prices(
     lines: pd.DataFrame, n_products: int, n_days: int, list_price: np.ndarray
-) -> np.ndarray:
-    """A (product x day) grid of the price a customer would have met that day.
+) -> tuple[np.ndarray, np.ndarray]:
+    """(product x day) grids of the price a customer would have met that day.
 
-    That day's median unit price of the product's lines; if it did not sell that day, the last
-    such price before it (forward fill); if it never sold up to that day, its list price.
+    Returns:
+        (today, before): `today` is that day's median unit price of the product's lines, or if it
+        did not sell that day the last such price before it (forward fill), or if it never sold
+        up to that day its list price; `before` is the same using only days strictly before.
     """
     daily = lines.groupby(["p", "d"])["unit_price"].median()
     grid = np.full((n_products, n_days), np.nan)
     grid[daily.index.get_level_values(0), daily.index.get_level_values(1)] = daily.to_numpy()
     grid = pd.DataFrame(grid).ffill(axis=1).to_numpy()
-    grid = np.where(np.isnan(grid), list_price[:, None], grid)
-    return np.round(grid, 2)
+    before = np.concatenate([np.full((n_products, 1), np.nan), grid[:, :-1]], axis=1)
+    today = np.where(np.isnan(grid), list_price[:, None], grid)
+    before = np.where(np.isnan(before), list_price[:, None], before)
+    return np.round(today, 2), np.round(before, 2)
+
+
+def offer_prices(
+    cand: pd.DataFrame, lines: pd.DataFrame, today: np.ndarray, before: np.ndarray
+) -> np.ndarray:
+    """The prevailing price of each candidate (c, d, p), never moved by the customer's own lines.
+
+    A customer who bought the product that day would otherwise set (or sway) the day's median
+    with their own purchase, so the price would leak the label. For those offers the price is
+    the median over the other customers' lines that day, else the last prevailing price before
+    the day (else list price). Other offers have no own line that day, so `today` is exact.
+    """
+    price = today[cand["p"].to_numpy(), cand["d"].to_numpy()].copy()
+    pos = np.flatnonzero(cand["purchased"].to_numpy() == 1)
+    if len(pos) == 0:
+        return price
+    mine = cand.iloc[pos][["c", "d", "p"]].assign(row=pos)
+    others = mine.merge(lines[["c", "d", "p", "unit_price"]], on=["d", "p"], suffixes=("", "_o"))
+    others = others[others["c_o"] != others["c"]]
+    loo = others.groupby("row")["unit_price"].median().round(2)
+    price[pos] = before[mine["p"].to_numpy(), mine["d"].to_numpy()]
+    price[loo.index.to_numpy()] = loo.to_numpy()
+    return price
 
 
 def subclass_top_products(lines: pd.DataFrame, n_days: int, depth: int) -> pd.DataFrame:
@@ -392,7 +419,7 @@ def build_tafeng(
     n_products = len(product_ids)
 
     items_all = build_items(lines, product_ids)
-    prices = prevailing_prices(lines, n_products, n_days, items_all[S.LIST_PRICE].to_numpy())
+    today, before = prevailing_prices(lines, n_products, n_days, items_all[S.LIST_PRICE].to_numpy())
     top = subclass_top_products(lines, n_days, max_candidates)
 
     kept = _sample_customers(np.arange(len(customer_ids)), max_customers, seed)
@@ -431,7 +458,7 @@ def build_tafeng(
             S.TS: day_ts[of_day],
             S.USER_ID: of_user,
             S.ITEM_ID: of_item,
-            S.PRICE: prices[cand["p"].to_numpy(), of_day],
+            S.PRICE: offer_prices(cand, lines, today, before),
             S.PURCHASED: cand["purchased"].to_numpy(dtype=np.int64),
             S.PROPENSITY: np.full(len(cand), np.nan),
             S.POLICY: pd.Series([POLICY_NAME] * len(cand), dtype="str"),

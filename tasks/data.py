@@ -14,7 +14,11 @@ def simulate_to(out_dir: Path, overrides: dict[str, Any] | None = None, seed: in
     """Simulate a market into `out_dir` unless a complete one is already there (same config)."""
     cfg = SimConfig(**{"seed": seed, **(overrides or {})})
     marker = out_dir / "simconfig.txt"
-    if marker.exists() and marker.read_text() == repr(cfg) and (out_dir / "offers.parquet").exists():
+    if (
+        marker.exists()
+        and marker.read_text() == repr(cfg)
+        and (out_dir / "offers.parquet").exists()
+    ):
         return out_dir
     write_market(simulate(cfg), out_dir)
     marker.write_text(repr(cfg))

@@ -48,7 +48,11 @@ def eval_inputs(test: PricingData, truth: GroundTruth | None) -> EvalInputs:
             with np.errstate(invalid="ignore"):  # NaN grid positions stay NaN
                 return truth.purchase_probability(users, items, prices)
 
-    prop = pd.to_numeric(offers[S.PROPENSITY], errors="coerce").to_numpy(float) if S.PROPENSITY in offers else np.full(len(offers), np.nan)
+    prop = (
+        pd.to_numeric(offers[S.PROPENSITY], errors="coerce").to_numpy(float)
+        if S.PROPENSITY in offers
+        else np.full(len(offers), np.nan)
+    )
     return EvalInputs(
         list_price=test.list_price(),
         unit_cost=test.unit_cost(),
@@ -102,5 +106,7 @@ def evaluate_models(
 
 
 @task(name="evaluate_models", cache_policy=NO_CACHE)
-def evaluate_models_task(*args: Any, **kwargs: Any) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+def evaluate_models_task(
+    *args: Any, **kwargs: Any
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     return evaluate_models(*args, **kwargs)

@@ -24,7 +24,9 @@ def table_hash(tables: dict[str, pd.DataFrame]) -> str:
     return h.hexdigest()[:16]
 
 
-def build_offer_features(tables: dict[str, pd.DataFrame], cache_dir: Path) -> tuple[pd.DataFrame, str, bool]:
+def build_offer_features(
+    tables: dict[str, pd.DataFrame], cache_dir: Path
+) -> tuple[pd.DataFrame, str, bool]:
     """Features of every offer, from `cache_dir/features-<hash>.parquet` when already built.
 
     Returns (features, hash, cache_hit).
@@ -40,7 +42,11 @@ def build_offer_features(tables: dict[str, pd.DataFrame], cache_dir: Path) -> tu
 
 
 @task(name="build_features", cache_policy=NO_CACHE)
-def build_features(tables: dict[str, pd.DataFrame], cache_dir: Path) -> tuple[pd.DataFrame, str, bool]:
+def build_features(
+    tables: dict[str, pd.DataFrame], cache_dir: Path
+) -> tuple[pd.DataFrame, str, bool]:
     feats, key, hit = build_offer_features(tables, cache_dir)
-    get_run_logger().info("features %s (%d rows): %s", key, len(feats), "cache hit" if hit else "built")
+    get_run_logger().info(
+        "features %s (%d rows): %s", key, len(feats), "cache hit" if hit else "built"
+    )
     return feats, key, hit

@@ -35,7 +35,9 @@ def register(
     with contextlib.nullcontext() if same else mlflow.start_run(run_id=run_id):
         _, version = tracking.log_price_model(model, guardrails, input_example, registered_model)
     tracking.tag_version(
-        registered_model, version, {"evaluation": evaluation, "model_kind": model.name, "run_id": run_id}
+        registered_model,
+        version,
+        {"evaluation": evaluation, "model_kind": model.name, "run_id": run_id},
     )
     return version
 
@@ -45,23 +47,46 @@ def register_model(*args: Any, **kwargs: Any) -> str:
     return register(*args, **kwargs)
 
 
-def notify_scorer(scorer_url: str, token: str, expected_version: str, smoke_items: list[str], smoke_user: str, timeout: float = 60.0) -> tuple[bool, str]:
-    """Ask the scorer to reload, then check with a smoke quote that it serves `expected_version`."""
+def notify_scorer(
+    scorer_url: str,
+    token: str,
+    expected_version: str,
+    smoke_items: list[str],
+    smoke_user: str,
+    timeout: float = 120.0,
+) -> tuple[str, str]:
+    """Ask the scorer to reload, then check with a smoke quote that it serves `expected_version`.
+
+    Returns (status, message) with status "ok", "unreachable" (nothing answered: the scorer will
+    find the new alias by itself) or "failed" (it answered but does not serve the new version).
+    """
     try:
         r = httpx.post(
-            f"{scorer_url}/admin/reload", headers={"Authorization": f"Bearer {token}"}, timeout=timeout
+            f"{scorer_url}/admin/reload",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
         )
-        if r.status_code >= 300:
-            return False, f"reload answered {r.status_code}: {r.text[:200]}"
+    except httpx.TransportError as exc:
+        return (
+            "unreachable",
+            f"scorer unreachable at {scorer_url} ({type(exc).__name__}): not notified",
+        )
+    if r.status_code >= 300:
+        return "failed", f"scorer reload answered {r.status_code}: {r.text[:300]}"
+    try:
         q = httpx.post(
-            f"{scorer_url}/v1/quote", json={"user_id": smoke_user, "items": smoke_items}, timeout=10.0
+            f"{scorer_url}/v1/quote",
+            json={"user_id": smoke_user, "items": smoke_items},
+            timeout=30.0,
         )
-        served = q.json().get("model_version") if q.status_code == 200 else None
-        if str(served) != str(expected_version):
-            return False, f"smoke quote served version {served}, expected {expected_version} ({q.status_code})"
-        return True, f"scorer serves version {served} (smoke quote ok)"
-    except httpx.HTTPError as exc:
-        return False, f"scorer unreachable at {scorer_url}: {exc}"
+    except httpx.TransportError as exc:
+        return "failed", f"smoke quote failed after reload: {exc}"
+    served = q.json().get("model_version") if q.status_code == 200 else None
+    if str(served) != str(expected_version):
+        return "failed", (
+            f"smoke quote served version {served} (HTTP {q.status_code}), expected {expected_version}"
+        )
+    return "ok", f"scorer reloaded and serves version {served} (smoke quote ok)"
 
 
 def promote(
@@ -94,13 +119,18 @@ def promote(
         tracking.set_alias(registered_model, version, CHAMPION)
         out["promoted"] = True
         if scorer_url:
-            ok, msg = notify_scorer(scorer_url, admin_token, version, smoke_items, smoke_user)
-            out["scorer_notified"] = ok
+            status, msg = notify_scorer(scorer_url, admin_token, version, smoke_items, smoke_user)
+            out["scorer_notified"] = status == "ok"
             out["promotion_reasons"].append(msg)
-            if not ok:
+            if status == "failed":
                 if champion_version is not None:
                     tracking.set_alias(registered_model, champion_version, CHAMPION)
-                    out["promotion_reasons"].append(f"rolled back alias to version {champion_version}")
+                    out["promotion_reasons"].append(
+                        f"rolled back alias to version {champion_version}"
+                    )
+                else:
+                    tracking.delete_alias(registered_model, CHAMPION)
+                    out["promotion_reasons"].append("rolled back: no champion alias")
                 out["promoted"] = False
                 tracking.tag_version(registered_model, version, {"promotion": out})
                 raise RuntimeError(f"promotion of version {version} rolled back: {msg}")

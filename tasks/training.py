@@ -12,7 +12,9 @@ from mlops.config import ExperimentConfig
 from mlops.models import DemandModel, LightGBMDemand, LogisticDemand, PricingData, model_class
 
 
-def make_model(name: str, config: ExperimentConfig, trainer: dict[str, Any] | None = None) -> DemandModel:
+def make_model(
+    name: str, config: ExperimentConfig, trainer: dict[str, Any] | None = None
+) -> DemandModel:
     """An untrained model of kind `name`, built from the experiment config."""
     if name == "logistic":
         return LogisticDemand(**config.logistic)

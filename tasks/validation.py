@@ -20,7 +20,8 @@ def validate_or_fail(data_dir: Path, threshold: float):  # noqa: ANN201 - Valida
     report = validate_data_dir(data_dir, threshold=threshold, build_docs=True)
     if not report.passed:
         raise ValidationFailed(
-            f"data in {data_dir} fails the contract: " + "; ".join(report.errors)
+            f"data in {data_dir} fails the contract: "
+            + "; ".join(report.errors)
             + f" (details: {Path(data_dir) / 'validation.json'}, quarantine: {Path(data_dir) / 'quarantine'})"
         )
     return report

@@ -1,0 +1,88 @@
+"""The whole `training` flow under a Prefect test server, MLflow in tmp_path, on a tiny market."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pricing import schema as S
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.fixture()
+def data_dir(tiny_data_dir: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "data"
+    shutil.copytree(tiny_data_dir, out)
+    return out
+
+
+def test_training_registers_promotes_then_keeps_a_worse_challenger_out(
+    prefect_harness: None, mlflow_store: str, data_dir: Path
+) -> None:
+    from flows.training import training
+    from mlops import tracking
+    from mlops.registry import load_champion
+
+    first = training(data_dir=str(data_dir), model="lightgbm")
+    # the report's public shape
+    for key in ("model", "mlflow_run_id", "registered_model", "model_version", "promoted"):
+        assert key in first
+    assert set(first["split"]) >= {"test_start", "n_train", "n_test"}
+    assert set(first["metrics"]) == {"lightgbm", "logistic", "list_price"}
+    for name in ("lightgbm", "logistic"):
+        m = first["metrics"][name]
+        assert {"log_loss", "auc", "ece", "profit_regret", "uplift_vs_list"} <= set(m)
+        assert 0 <= m["ece"] <= 1 and 0 <= m["auc"] <= 1
+        assert m["profit_regret"] < first["metrics"]["list_price"]["profit_regret"]
+        assert np.isfinite(m["ope_dr"]) and np.isfinite(m["ope_true_value"])
+    assert first["model_version"] == "1" and first["promoted"] is True
+    assert any("beats the reference" in r for r in first["promotion_reasons"])
+    assert first["scorer_notified"] is False  # no scorer configured
+    assert first["feature_cache_hit"] is False
+
+    second = training(data_dir=str(data_dir), config_path=str(CONFIGS / "worse.yaml"))
+    assert second["model_version"] == "2"
+    assert second["promoted"] is False
+    assert any("does not beat champion" in r for r in second["promotion_reasons"])
+    assert second["feature_cache_hit"] is True
+    tracking.configure(mlflow_store)
+    assert tracking.alias_version("price-response", "champion") == "1"
+    assert tracking.alias_version("price-response", "challenger") == "2"
+    stored = tracking.version_metrics("price-response", "2")["metrics"]
+    assert stored["profit_regret"] == pytest.approx(second["metrics"]["lightgbm"]["profit_regret"])
+
+    # the registered pyfunc loads and predicts for the input schema it was logged with
+    import mlflow.pyfunc
+
+    pyfunc = mlflow.pyfunc.load_model("models:/price-response@champion")
+    offers = pd.read_parquet(data_dir / "offers.parquet").head(5)
+    probs = pyfunc.predict(offers[[S.USER_ID, S.ITEM_ID, S.PRICE]])
+    assert np.all((probs > 0) & (probs < 1))
+    handle = load_champion("price-response")
+    assert handle is not None and handle.version == "1" and handle.guardrails["band_low"] == 0.7
+
+    # MLflow run has the plots, validation result and config
+    client = mlflow.MlflowClient()
+    arts = {a.path for a in client.list_artifacts(first["mlflow_run_id"], "plots")}
+    assert {"plots/calibration.png", "plots/demand_curves.png", "plots/profit_vs_price.png"} <= arts
+
+
+def test_bad_data_fails_the_flow_with_a_clear_message(
+    prefect_harness: None, mlflow_store: str, data_dir: Path
+) -> None:
+    from flows.training import training
+    from tasks.validation import ValidationFailed
+
+    offers = pd.read_parquet(data_dir / "offers.parquet")
+    offers.loc[offers.index[: len(offers) // 10], S.PURCHASED] = 7  # 10% broken labels
+    offers.to_parquet(data_dir / "offers.parquet", index=False)
+    with pytest.raises(ValidationFailed, match="offers"):
+        training(data_dir=str(data_dir), model="logistic")
+    q = pd.read_parquet(data_dir / "quarantine" / "offers.parquet")
+    assert len(q) == len(offers) // 10 and q["reason"].str.contains("purchased").all()
