@@ -3,6 +3,13 @@
 The served model lives in one reference (`ScorerRuntime.current`). A reload builds and warms the
 new bundle off the event loop, then swaps that reference; a request holds the bundle it got from
 the `ModelDep` dependency, so requests in flight finish on the model they started with.
+
+Online state lives in Redis when `REDIS_URL` is set (`RedisUserStore`), in process otherwise. A
+background `StateRefresher` recomputes a user's state after `POST /v1/events`, off the request path.
+If the store is unreachable, quotes still answer (from the process's recent copy of the user's state,
+else as a new user) with `degraded: true`, events answer 503, and `/readyz` stays 200 but says
+`"degraded": true` with the reason: the process still prices, and taking every replica out of the
+load balancer because their shared Redis is down would turn a degraded shop into a dead one.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -39,6 +47,7 @@ from scorer.schemas import (
     QuoteResponse,
     ReloadResponse,
 )
+from scorer.refresh import StateRefresher
 from scorer.serving import Pricer, QuoteBook, QuoteError, ServingModel, build_serving_model
 from scorer.state import InMemoryUserStore, UserStore, hydrate
 
@@ -69,15 +78,39 @@ class ScorerRuntime:
         self.not_ready_reason = "starting: the model is not loaded yet"
         self.offer_log: OfferLog | None = None
         self.pricer: Pricer | None = None
+        self.refresher: StateRefresher | None = None
         self._reload_lock = asyncio.Lock()
 
     def open(self) -> None:
-        """Open the offer log (creates its directory) and the pricer; called from lifespan."""
+        """Open the offer log (creates its directory), the pricer and the state refresher."""
         self.offer_log = OfferLog(self.settings.offer_log_dir)
         self.pricer = Pricer(self.store, self.offer_log, self.rng, QuoteBook())
+        self.refresher = StateRefresher(self._refresh_user)
+        self.refresher.start()
         self._reload_lock = asyncio.Lock()  # bound to the loop that runs this app
 
+    def _refresh_user(self, user_id: str) -> bool:
+        sm, pricer = self.current, self.pricer
+        if sm is None or pricer is None:
+            return False
+        return pricer.refresh(sm, user_id)
+
+    def store_status(self) -> str | None:
+        """None when the online store answers, else why not (pings it: call off the event loop)."""
+        ping = getattr(self.store, "ping", None)
+        try:
+            if ping is not None:
+                if ping():
+                    return None
+                return f"user store unreachable: {getattr(self.store, 'last_error', None)}"
+            self.store.get_state("__readyz__", "0")
+            return None
+        except Exception as exc:  # noqa: BLE001 - any failure is a degradation to report
+            return f"user store unreachable: {type(exc).__name__}: {exc}"
+
     def close(self) -> None:
+        if self.refresher is not None:
+            self.refresher.stop()
         if self.offer_log is not None:
             self.offer_log.close()
 
@@ -192,7 +225,7 @@ v1 = APIRouter(prefix="/v1", tags=["pricing"])
 # Sync handlers: FastAPI runs them in its thread pool, so the model and the fsync of the offer log
 # never block the event loop.
 @v1.post("/quote", response_model=QuoteResponse)
-def quote(req: QuoteRequest, sm: ModelDep, runtime: RuntimeDep) -> QuoteResponse:
+def quote(req: QuoteRequest, sm: ModelDep, runtime: RuntimeDep) -> Response:
     """Price and rank candidate items for a user."""
     if len(req.items) > runtime.settings.max_candidates:
         raise HTTPException(
@@ -208,28 +241,33 @@ def quote(req: QuoteRequest, sm: ModelDep, runtime: RuntimeDep) -> QuoteResponse
     runtime.metrics.explored_items.inc(int(q.explored.sum()))
     if q.degraded:
         runtime.metrics.degraded.inc()
-    order = np.argsort(q.rank, kind="stable")
-    items = [
-        QuotedItem(
-            item_id=q.item_ids[k],
-            price=float(q.price[k]),
-            list_price=float(q.list_price[k]),
-            purchase_probability=float(q.probability[k]),
-            expected_profit=float(q.expected_profit[k]),
-            rank=int(q.rank[k]),
-            propensity=float(q.propensity[k]),
-            explored=bool(q.explored[k]),
-        )
-        for k in order.tolist()
-    ]
-    return QuoteResponse(
-        quote_id=q.quote_id,
-        model_name=sm.name,
-        model_version=sm.version,
-        personalized=q.personalized,
-        degraded=q.degraded,
-        items=items,
-    )
+    order = np.argsort(q.rank, kind="stable").tolist()
+    price, lp, prob = q.price.tolist(), q.list_price.tolist(), q.probability.tolist()
+    profit, rank, prop = q.expected_profit.tolist(), q.rank.tolist(), q.propensity.tolist()
+    explored = q.explored.tolist()
+    body = {
+        "quote_id": q.quote_id,
+        "model_name": sm.name,
+        "model_version": sm.version,
+        "personalized": q.personalized,
+        "degraded": q.degraded,
+        "items": [
+            {
+                "item_id": q.item_ids[k],
+                "price": price[k],
+                "list_price": lp[k],
+                "purchase_probability": prob[k],
+                "expected_profit": profit[k],
+                "rank": int(rank[k]),
+                "propensity": prop[k],
+                "explored": bool(explored[k]),
+            }
+            for k in order
+        ],
+    }
+    # Serialized here with orjson (the shape is QuoteResponse's, declared for the OpenAPI schema):
+    # building and validating 50 pydantic models per quote costs more than pricing them.
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 @v1.post("/events", response_model=EventsResponse)
@@ -253,10 +291,14 @@ def events(req: EventsRequest, runtime: RuntimeDep) -> EventsResponse:
         generation = runtime.store.append_events(req.user_id, rows)
         runtime.store.mark_stale(req.user_id)
     except Exception as exc:  # noqa: BLE001 - the store is down: tell the caller to retry
-        log.exception("user store failed appending events")
+        log.warning("user store failed appending events: %s", exc)
         raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"user store unavailable: {exc}"
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=f"user store unavailable, events not recorded; retry later: {exc}",
+            headers={"Retry-After": "1"},
         ) from exc
+    if runtime.refresher is not None:
+        runtime.refresher.mark(req.user_id)
     return EventsResponse(user_id=req.user_id, accepted=len(rows), generation=generation)
 
 
@@ -306,14 +348,28 @@ async def healthz() -> dict[str, str]:
 
 @ops.get("/readyz")
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
-    """Ready once a model is loaded; otherwise 503 and why."""
+    """Ready once a model is loaded; otherwise 503 and why.
+
+    A store outage keeps the answer 200 (quotes still answer, degraded) but says so:
+    `"degraded": true` and `"store"` with the reason.
+    """
     sm = runtime.current
     if sm is None:
         return JSONResponse(
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
             content={"ready": False, "reason": runtime.not_ready_reason},
         )
-    return JSONResponse({"ready": True, "model_name": sm.name, "model_version": sm.version})
+    problem = await asyncio.to_thread(runtime.store_status)
+    runtime.metrics.store_up.set(0 if problem else 1)
+    return JSONResponse(
+        {
+            "ready": True,
+            "model_name": sm.name,
+            "model_version": sm.version,
+            "degraded": problem is not None,
+            "store": problem or "ok",
+        }
+    )
 
 
 @ops.get("/metrics")
@@ -323,6 +379,17 @@ async def metrics(runtime: RuntimeDep) -> Response:
 
 
 # --- the factory ---------------------------------------------------------------------------------
+
+
+def default_store(settings: Settings) -> UserStore:
+    """Redis when `REDIS_URL` is set (shared by every replica), else a process-local store."""
+    if settings.redis_url:
+        from scorer.redis_store import RedisUserStore
+
+        return RedisUserStore.from_url(
+            settings.redis_url, max_user_events=settings.max_user_events
+        )
+    return InMemoryUserStore(max_user_events=settings.max_user_events)
 
 
 def create_app(
@@ -342,7 +409,8 @@ def create_app(
         version_probe: returns the champion's current version, for the alias watch (default: the
             registry's `champion_version` with the default loader; no watch with a custom loader
             unless given).
-        store: the online user store (default: in-process, bounded to `settings.max_user_events`).
+        store: the online user store (default: Redis at `settings.redis_url` when set, else
+            in-process; both bounded to `settings.max_user_events`).
         seed: exploration RNG seed (default: fresh entropy per process).
     """
     settings = settings or get_settings()
@@ -353,7 +421,7 @@ def create_app(
         settings=settings,
         loader=loader,
         version_probe=version_probe,
-        store=store or InMemoryUserStore(max_user_events=settings.max_user_events),
+        store=store or default_store(settings),
         rng=np.random.default_rng(seed),
     )
 

@@ -50,6 +50,13 @@ class ScorerMetrics:
             registry=self.registry,
         )
 
+        self.store_up = Gauge(
+            "scorer_store_up",
+            "1 when the online user store answered the last readiness check",
+            registry=self.registry,
+        )
+        self.store_up.set(1)
+
     def set_model(self, name: str, version: str) -> None:
         self.model_info.clear()
         self.model_info.labels(name=name, version=version).set(1)

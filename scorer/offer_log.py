@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pandas as pd
 
 from pricing import schema as S
@@ -24,6 +25,9 @@ from pricing import schema as S
 QUOTES_FILE = "quotes.jsonl"
 OUTCOMES_FILE = "outcomes.jsonl"
 QUOTE_ID = "quote_id"
+
+
+_ORJSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
 
 
 class _Appender:
@@ -40,7 +44,7 @@ class _Appender:
     def append(self, records: Sequence[Mapping[str, Any]]) -> None:
         if not records:
             return
-        data = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
+        data = b"".join(orjson.dumps(r, option=_ORJSON_OPTS) + b"\n" for r in records)
         with self._write_lock:
             self._f.write(data)
             self._written += 1

@@ -116,31 +116,109 @@ class QuoteBook:
             return self._quotes.get(quote_id)
 
 
+class StateCache:
+    """A small process-local LRU of recent user states: what a quote falls back on when the store is down."""
+
+    def __init__(self, max_states: int = 10_000) -> None:
+        self.max_states = max_states
+        self._states: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, user_id: str, version: str, state: Any) -> None:
+        with self._lock:
+            self._states[(user_id, version)] = state
+            self._states.move_to_end((user_id, version))
+            while len(self._states) > self.max_states:
+                self._states.popitem(last=False)
+
+    def get(self, user_id: str, version: str) -> Any | None:
+        with self._lock:
+            return self._states.get((user_id, version))
+
+
 class Pricer:
     """The quote pipeline: user state -> grid -> demand -> choose -> explore -> sticky -> log."""
 
     def __init__(
-        self, store: UserStore, offer_log: OfferLog, rng: np.random.Generator, book: QuoteBook
+        self,
+        store: UserStore,
+        offer_log: OfferLog,
+        rng: np.random.Generator,
+        book: QuoteBook,
+        cache: StateCache | None = None,
     ) -> None:
         self.store = store
         self.offer_log = offer_log
         self.rng = rng
         self.book = book
+        self.cache = cache or StateCache()
+        self._inflight: dict[tuple[str, str], threading.Event] = {}
+        self._inflight_lock = threading.Lock()
+        self._rng_lock = threading.Lock()  # np.random.Generator is not thread-safe
+
+    def compute_state(self, sm: ServingModel, user_id: str) -> tuple[Any, bool]:
+        """Run the user tower over the user's stored events and cache the result: (state, personalized).
+
+        Single-flight per (user, version): when the background refresher and a quote (or two quotes)
+        want the same state at once, one computes and the others wait for its result.
+        """
+        key = (user_id, sm.version)
+        for _ in range(2):
+            with self._inflight_lock:
+                done = self._inflight.get(key)
+                leader = done is None
+                if leader:
+                    done = self._inflight[key] = threading.Event()
+            assert done is not None
+            if leader:
+                break
+            done.wait(timeout=5.0)
+            state = self.store.get_state(user_id, sm.version)
+            if state is not None:
+                self.cache.put(user_id, sm.version, state)
+                return state, True
+            # the leader's state was already stale (more events arrived): compute our own
+        else:
+            leader = False  # still contended: compute without the flight (rare)
+        try:
+            events, generation = self.store.get_events(user_id)
+            if not events:
+                return sm.cold_state, False
+            state = sm.model.user_state(events_frame(events))
+            self.store.put_state(user_id, sm.version, state, generation)
+            self.cache.put(user_id, sm.version, state)
+            return state, True
+        finally:
+            if leader:
+                with self._inflight_lock:
+                    self._inflight.pop(key, None)
+                done.set()
+
+    def refresh(self, sm: ServingModel, user_id: str) -> bool:
+        """Make the user's cached state current (the background refresher's job); True if computed."""
+        if self.store.get_state(user_id, sm.version) is not None:
+            return False  # a quote got there first
+        self.compute_state(sm, user_id)
+        return True
 
     def user_state(self, sm: ServingModel, user_id: str) -> tuple[Any, bool, bool]:
-        """(state, personalized, degraded): cached per (user, version), recomputed once when stale."""
+        """(state, personalized, degraded): cached per (user, version), recomputed once when stale.
+
+        When the store fails, the process's own recent copy of the user's state is used (still
+        personalized, flagged degraded), else the cold state (priced as a new user).
+        """
         try:
             state = self.store.get_state(user_id, sm.version)
             if state is not None:
-                return state[0], state[1], False
-            events, generation = self.store.get_events(user_id)
-            if not events:
-                return sm.cold_state, False, False
-            state = (sm.model.user_state(events_frame(events)), True)
-            self.store.put_state(user_id, sm.version, state, generation)
-            return state[0], state[1], False
-        except Exception:  # noqa: BLE001 - a store outage degrades to list-like pricing, never a 5xx
-            log.exception("user store failed for user %s; pricing as a new user", user_id)
+                self.cache.put(user_id, sm.version, state)
+                return state, True, False
+            state, personalized = self.compute_state(sm, user_id)
+            return state, personalized, False
+        except Exception:  # noqa: BLE001 - a store outage degrades the quote, never a 5xx
+            log.warning("user store failed for user %s; pricing from the local cache", user_id)
+            cached = self.cache.get(user_id, sm.version)
+            if cached is not None:
+                return cached, True, True
             return sm.cold_state, False, True
 
     def quote(
@@ -165,10 +243,10 @@ class Pricer:
         if session_id is not None and not degraded:
             try:
                 last = np.array(
-                    [self.store.get_last_price(user_id, session_id, i) for i in items], dtype=float
+                    self.store.get_last_prices(user_id, session_id, items), dtype=float
                 )  # None -> NaN: no bound
             except Exception:  # noqa: BLE001
-                log.exception("user store failed reading last prices")
+                log.warning("user store failed reading last prices")
                 degraded = True
 
         grid = P.candidate_prices(lp, cost, g, last_price=last)
@@ -185,7 +263,8 @@ class Pricer:
             )
         probs = np.where(allowed, probs, np.nan)
         decision = P.choose_prices(grid, probs, cost, g.objective)
-        price, propensity, explored = P.explore(decision, grid, g.exploration, self.rng)
+        with self._rng_lock:
+            price, propensity, explored = P.explore(decision, grid, g.exploration, self.rng)
 
         rows = np.arange(len(items))
         col = np.argmax(grid == price[:, None], axis=1)
@@ -218,8 +297,9 @@ class Pricer:
                 self.store.set_last_price(
                     user_id, session_id, dict(zip(items, price.tolist(), strict=True))
                 )
-            except Exception:  # noqa: BLE001
-                log.exception("user store failed writing last prices")
+            except Exception:  # noqa: BLE001 - the quote stands; only stickiness is lost
+                log.warning("user store failed writing last prices")
+                degraded = True
         return PricedItems(
             quote_id=quote_id,
             ts=ts,

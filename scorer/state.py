@@ -1,8 +1,8 @@
 """The online user store: each user's recent events, their cached model state, and sticky prices.
 
 The scorer keeps what a quote needs about a user here. `UserStore` is the small protocol the
-service relies on; `InMemoryUserStore` serves one process (tests, the embedded default), and a
-Redis-backed store can implement the same methods for several replicas.
+service relies on; `InMemoryUserStore` serves one process (tests, the embedded default), and
+`scorer.redis_store.RedisUserStore` implements the same methods for several replicas.
 
 Freshness without races: every append bumps the user's *generation*. A state is cached together
 with the generation of the events it was computed from, so a state computed from a history that
@@ -50,6 +50,12 @@ class UserStore(Protocol):
 
     def get_last_price(self, user_id: str, session_id: str, item_id: str) -> float | None:
         """The last price quoted to the user for the item within the session, if any."""
+        ...
+
+    def get_last_prices(
+        self, user_id: str, session_id: str, item_ids: Sequence[str]
+    ) -> list[float | None]:
+        """`get_last_price` for many items at once (one round trip for a networked store)."""
         ...
 
     def set_last_price(self, user_id: str, session_id: str, prices: Mapping[str, float]) -> None:
@@ -126,6 +132,12 @@ class InMemoryUserStore:
     def get_last_price(self, user_id: str, session_id: str, item_id: str) -> float | None:
         with self._lock:
             return self._last.get((user_id, session_id, item_id))
+
+    def get_last_prices(
+        self, user_id: str, session_id: str, item_ids: Sequence[str]
+    ) -> list[float | None]:
+        with self._lock:
+            return [self._last.get((user_id, session_id, i)) for i in item_ids]
 
     def set_last_price(self, user_id: str, session_id: str, prices: Mapping[str, float]) -> None:
         with self._lock:

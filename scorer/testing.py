@@ -112,3 +112,80 @@ def toy_app_factory() -> Any:
 
     n_items = int(os.environ.get("SCORER_TOY_ITEMS", "100"))
     return create_app(loader=lambda: toy_handle("1", n_items), seed=0)
+
+
+def free_port() -> int:
+    """A free loopback TCP port (racy by nature; good enough for throwaway test servers)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_server_binary() -> str | None:
+    """The redis-server to start: $REDIS_SERVER, else the one on PATH, else None."""
+    import shutil
+
+    return os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
+
+
+class RedisServer:
+    """A throwaway redis-server on a free loopback port: no persistence, killed on `stop()`.
+
+    Used by the integration tests and the load benchmark; `restart()` brings it back on the same
+    port (to test reconnection after an outage).
+    """
+
+    def __init__(self, binary: str, port: int | None = None) -> None:
+        self.binary = binary
+        self.port = port or free_port()
+        self.proc: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        import subprocess
+        import time
+
+        import redis
+
+        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        cmd += ["--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                    raise RuntimeError(f"redis-server exited ({self.proc.returncode}): {err}")
+                try:
+                    if client.ping():
+                        return self
+                except redis.ConnectionError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"redis-server did not answer within {timeout} s")
+                time.sleep(0.02)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def restart(self) -> RedisServer:
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,198 @@
+"""The two-tower price-response network: item tower, user tower (a small transformer), price head.
+
+    logit(u, i, p) = a(u, i) - b(u, i) * log(p / list_price_i),   b = softplus(.) >= 0,
+
+so predicted demand can never rise with price, whatever the weights. Text enters only as frozen,
+precomputed vectors held in buffers (item texts, the query vocabulary).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pricing import schema as S
+
+# Event-type codes: 0 pads, then the contract's types in order (unknown types read as views).
+EVENT_TYPE_CODES: dict[str, int] = {t: k + 1 for k, t in enumerate(S.EVENT_TYPES)}
+N_EVENT_TYPES = len(S.EVENT_TYPES) + 1
+N_GAP_BUCKETS = 24  # log2 buckets of seconds before the offer: 2^23 s is about 97 days
+NO_ITEM = -1  # event item index of a search (or any event without an item); 0 = unknown item
+
+
+def gap_bucket(seconds: np.ndarray) -> np.ndarray:
+    """Log2-bucketed time gap: 0 for under a second, then one bucket per doubling."""
+    s = np.maximum(np.nan_to_num(np.asarray(seconds, float), nan=0.0), 0.0)
+    return np.minimum(np.floor(np.log2(1.0 + s)), N_GAP_BUCKETS - 1).astype(np.int64)
+
+
+def price_inputs(lpr: Tensor, has_price: Tensor) -> Tensor:
+    """Per-token price features: log(price/list), its discount and markup parts, and a flag."""
+    return torch.stack([lpr, F.relu(-lpr), F.relu(lpr), has_price.to(lpr.dtype)], dim=-1)
+
+
+class ItemTower(nn.Module):
+    """Item vector = projected frozen text vector + item-id embedding + category embedding.
+
+    Row 0 of the id table is the shared "unknown item" (items outside the training catalog).
+    """
+
+    def __init__(self, n_items: int, n_categories: int, text_dim: int, d_model: int) -> None:
+        super().__init__()
+        self.register_buffer("item_text", torch.zeros(n_items + 1, text_dim))
+        self.register_buffer("item_category", torch.zeros(n_items + 1, dtype=torch.long))
+        self.text_proj = nn.Linear(text_dim, d_model)
+        self.id_emb = nn.Embedding(n_items + 1, d_model)
+        self.cat_emb = nn.Embedding(n_categories + 1, d_model)
+        self.norm = nn.LayerNorm(d_model)
+        nn.init.normal_(self.id_emb.weight, std=0.02)
+        nn.init.normal_(self.cat_emb.weight, std=0.02)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        text = self.text_proj(self.item_text[idx])
+        return self.norm(text + self.id_emb(idx) + self.cat_emb(self.item_category[idx]))
+
+
+class UserTower(nn.Module):
+    """A transformer over the user's last L events, pooled (CLS + masked mean) into one vector.
+
+    Token = item vector (or a learned "no item" vector) + event type + price features + time-gap
+    bucket + recency position + projected query text (searches only). An empty history still works:
+    the CLS token alone is never masked.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        text_dim: int,
+        n_layers: int,
+        n_heads: int,
+        max_len: int,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.max_len = max_len
+        self.type_emb = nn.Embedding(N_EVENT_TYPES, d_model)
+        self.gap_emb = nn.Embedding(N_GAP_BUCKETS, d_model)
+        self.pos_emb = nn.Embedding(max_len, d_model)
+        self.price_proj = nn.Sequential(nn.Linear(4, d_model), nn.GELU(), nn.Linear(d_model, d_model))
+        self.query_proj = nn.Linear(text_dim, d_model)
+        self.no_item = nn.Parameter(torch.randn(d_model) * 0.02)
+        self.cls = nn.Parameter(torch.randn(d_model) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            d_model,
+            n_heads,
+            dim_feedforward=4 * d_model,
+            dropout=dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_model)
+        self.out = nn.Linear(2 * d_model, d_model)
+
+    def forward(
+        self,
+        item_vec: Tensor,  # (B, L, d) item-tower vectors (anything where has_item is False)
+        has_item: Tensor,  # (B, L) bool
+        etype: Tensor,  # (B, L) long
+        lpr: Tensor,  # (B, L) float, 0 where no price
+        gap: Tensor,  # (B, L) long bucket
+        query_vec: Tensor,  # (B, L, text_dim)
+        has_query: Tensor,  # (B, L) bool
+        mask: Tensor,  # (B, L) bool, True for real events (left-padded: newest last)
+    ) -> Tensor:
+        b, length = etype.shape
+        pos = torch.arange(length - 1, -1, -1, device=etype.device).clamp(max=self.max_len - 1)
+        item = torch.where(has_item.unsqueeze(-1), item_vec, self.no_item.to(item_vec.dtype))
+        has_price = has_item & mask
+        tok = (
+            item
+            + self.type_emb(etype)
+            + self.gap_emb(gap)
+            + self.pos_emb(pos).unsqueeze(0)
+            + self.price_proj(price_inputs(lpr, has_price))
+            + self.query_proj(query_vec) * has_query.unsqueeze(-1).to(item_vec.dtype)
+        )
+        tok = tok * mask.unsqueeze(-1).to(tok.dtype)
+        x = torch.cat([self.cls.to(tok.dtype).expand(b, 1, -1), tok], dim=1)
+        pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=mask.device), ~mask], dim=1)
+        h = self.norm(self.encoder(x, src_key_padding_mask=pad))
+        m = mask.unsqueeze(-1).to(h.dtype)
+        mean = (h[:, 1:] * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return self.out(torch.cat([h[:, 0], mean], dim=-1))
+
+
+class PriceHead(nn.Module):
+    """(a, b) of the demand curve from [u, i, u*i]; b = softplus(.) >= 0 makes demand monotone."""
+
+    def __init__(self, d_model: int, hidden: int, a_init: float = -2.0, b_init: float = 2.0) -> None:
+        super().__init__()
+
+        def mlp(bias: float) -> nn.Sequential:
+            net = nn.Sequential(nn.Linear(3 * d_model, hidden), nn.GELU(), nn.Linear(hidden, 1))
+            nn.init.constant_(net[-1].bias, bias)
+            return net
+
+        self.a = mlp(a_init)
+        self.b = mlp(math.log(math.expm1(b_init)))  # softplus(bias) = b_init at start
+
+    def forward(self, u: Tensor, i: Tensor) -> tuple[Tensor, Tensor]:
+        z = torch.cat([u, i, u * i], dim=-1)
+        return self.a(z).squeeze(-1), F.softplus(self.b(z)).squeeze(-1)
+
+
+class PriceResponseNet(nn.Module):
+    """Item tower + user tower + price head, over index tensors built by the datamodule."""
+
+    def __init__(
+        self,
+        n_items: int,
+        n_categories: int,
+        n_queries: int,
+        text_dim: int,
+        d_model: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 2,
+        max_len: int = 32,
+        dropout: float = 0.1,
+        head_hidden: int = 64,
+        a_init: float = -2.0,
+    ) -> None:
+        super().__init__()
+        self.items = ItemTower(n_items, n_categories, text_dim, d_model)
+        self.user = UserTower(d_model, text_dim, n_layers, n_heads, max_len, dropout)
+        self.head = PriceHead(d_model, head_hidden, a_init=a_init)
+        self.register_buffer("query_text", torch.zeros(n_queries + 1, text_dim))  # row 0: none
+
+    def user_vector(self, batch: dict[str, Tensor], query_table: Tensor | None = None) -> Tensor:
+        """User vectors (B, d) from event tensors; `query_table` overrides the cached vocabulary."""
+        ev_item = batch["ev_item"]
+        has_item = ev_item >= 0
+        item_vec = self.items(ev_item.clamp(min=0))
+        table = self.query_text if query_table is None else query_table
+        q = batch["ev_query"]
+        return self.user(
+            item_vec,
+            has_item,
+            batch["ev_type"],
+            batch["ev_lpr"],
+            batch["ev_gap"],
+            table[q],
+            q > 0,
+            batch["ev_mask"],
+        )
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(a, b) per offer."""
+        u = self.user_vector(batch)
+        return self.head(u, self.items(batch["item"]))
+
+    @staticmethod
+    def logit(a: Tensor, b: Tensor, lpr: Tensor) -> Tensor:
+        return a - b * lpr

@@ -1,0 +1,344 @@
+"""`BertDemand`: the two-tower BERT price-response model behind the `DemandModel` interface.
+
+Text (item texts, search queries) is encoded once per data version by a frozen BERT and cached;
+training and serving only run the small towers and the monotone price head. Serving is split the
+way the scorer uses it: `warm()` computes item vectors once per model version, `user_state()` runs
+the user tower when a user has new events, and `demand()` runs only the head over the candidates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lightning_modules.components.text import TextEncoder, item_texts
+from lightning_modules.price_datamodule import HistoryBatcher, PriceDataModule, Vocab, event_arrays, loader
+from lightning_modules.price_module import PriceResponseModule
+from mlops.models import DemandModel, PricingData
+from pricing import schema as S
+
+DEFAULTS: dict[str, Any] = {
+    "text_encoder": "minilm",  # minilm | tiny (random-init BERT, tests only)
+    "text_cache_dir": None,  # on-disk cache of encoded texts, keyed by a hash of encoder + texts
+    "d_model": 64,
+    "n_layers": 2,
+    "n_heads": 2,
+    "max_len": 32,  # L: most recent events per history window
+    "dropout": 0.1,
+    "head_hidden": 64,
+    "batch_size": 256,
+    "eval_batch_size": 2048,
+    "lr": 2e-3,
+    "weight_decay": 0.01,
+    "warmup_steps": 50,
+    "cosine": True,
+    "max_epochs": 6,
+    "max_steps": -1,
+    "patience": 2,
+    "num_workers": 0,
+    "log_dir": None,  # a CSV logger writes here when set; no logger otherwise
+    "serving_gap_s": 30.0,  # assumed seconds from a user's last event to the quote
+}
+_HPARAMS = ("d_model", "n_layers", "n_heads", "max_len", "dropout", "head_hidden", "lr", "weight_decay", "warmup_steps", "cosine")  # fmt: skip
+_STATE = "bert_state.pt"
+_META = "bert.json"
+_CATALOG = "catalog.parquet"
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return np.exp(-np.logaddexp(0.0, -x))
+
+
+class BertDemand(DemandModel):
+    """User-history transformer + item text tower + monotone price head.
+
+    Args:
+        config: the experiment YAML's `bert:` block (keys of `DEFAULTS`; unknown keys are errors).
+        seed: seeds Lightning (`seed_everything(seed, workers=True)`).
+        trainer: Lightning Trainer overrides: devices, strategy, precision, accelerator, ...
+    """
+
+    name = "bert"
+
+    def __init__(
+        self, config: dict[str, Any] | None = None, seed: int = 0, trainer: dict[str, Any] | None = None
+    ) -> None:
+        unknown = set(config or {}) - set(DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown bert config keys: {sorted(unknown)}")
+        self.config = {**DEFAULTS, **(config or {})}
+        self.seed = seed
+        self.trainer_args = dict(trainer or {})
+        self.module: PriceResponseModule | None = None
+        self.vocab: Vocab | None = None
+        self.catalog = pd.DataFrame()
+        self._encoder: TextEncoder | None = None
+        self._extra_queries: list[str] = []  # unseen queries encoded on the fly (serving)
+        self._extra_vecs = np.zeros((0, 0), np.float32)
+        self._item_vecs: torch.Tensor | None = None
+        self._ab_cache: tuple[Any, Any, np.ndarray, np.ndarray] | None = None
+
+    # --- helpers ---------------------------------------------------------------------------------
+    @property
+    def encoder(self) -> TextEncoder:
+        if self._encoder is None:
+            self._encoder = TextEncoder(self.config["text_encoder"], self.config["text_cache_dir"])
+        return self._encoder
+
+    def _set_catalog(self, items: pd.DataFrame) -> None:
+        self.catalog = items.reset_index(drop=True).copy()
+        self.catalog[S.ITEM_ID] = self.catalog[S.ITEM_ID].astype(str)
+
+    @property
+    def net(self) -> Any:
+        assert self.module is not None, "fit or load the model first"
+        return self.module.net
+
+    def _register_queries(self, queries: Any) -> None:
+        """Encode queries outside the cached vocabulary (the only BERT call after training)."""
+        assert self.vocab is not None
+        known = set(self.vocab.queries) | set(self._extra_queries)
+        q = pd.Series(queries, dtype=object).dropna().astype(str)
+        new = sorted({x for x in q if x and x not in known})
+        if not new:
+            return
+        vecs = self.encoder.encode(new)
+        self._extra_vecs = vecs if not self._extra_queries else np.concatenate([self._extra_vecs, vecs])
+        self._extra_queries += new
+
+    def _query_table(self) -> torch.Tensor | None:
+        if not self._extra_queries:
+            return None
+        extra = torch.from_numpy(self._extra_vecs).to(self.net.query_text)
+        return torch.cat([self.net.query_text, extra])
+
+    def _events(self, events: pd.DataFrame) -> dict[str, np.ndarray]:
+        assert self.vocab is not None
+        if S.QUERY in events:
+            self._register_queries(events.loc[events[S.EVENT_TYPE].astype(str) == S.SEARCH, S.QUERY])
+        return event_arrays(events, self.vocab, self._extra_queries)
+
+    # --- training --------------------------------------------------------------------------------
+    def _trainer(self, root: str, valid: bool) -> Any:
+        import pytorch_lightning as pl
+        from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+        from pytorch_lightning.loggers import CSVLogger
+
+        cfg, args = self.config, dict(self.trainer_args)
+        callbacks: list[Any] = []
+        if valid:
+            callbacks.append(EarlyStopping("val/loss", patience=int(cfg["patience"]), mode="min"))
+            callbacks.append(ModelCheckpoint(dirpath=root, monitor="val/loss", mode="min", save_top_k=1))
+        default_accel = "auto" if "devices" in args else "cpu"
+        kwargs: dict[str, Any] = {
+            "accelerator": args.pop("accelerator", default_accel),
+            "devices": args.pop("devices", 1),
+            "max_epochs": int(cfg["max_epochs"]),
+            "max_steps": int(cfg["max_steps"]),
+            "logger": CSVLogger(cfg["log_dir"], name="bert") if cfg["log_dir"] else False,
+            "enable_checkpointing": valid,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
+            "default_root_dir": root,
+            "callbacks": callbacks + list(args.pop("callbacks", [])),
+            "deterministic": False,
+        }
+        kwargs.update(args)
+        return pl.Trainer(**kwargs)
+
+    def fit(self, train: PricingData, valid: PricingData | None = None) -> dict[str, float]:
+        import pytorch_lightning as pl
+
+        cfg = self.config
+        pl.seed_everything(self.seed, workers=True)
+        self._set_catalog(train.items)
+        queries = train.events.loc[train.events[S.EVENT_TYPE].astype(str) == S.SEARCH, S.QUERY]
+        if valid is not None and valid.events is not train.events:
+            extra = valid.events.loc[valid.events[S.EVENT_TYPE].astype(str) == S.SEARCH, S.QUERY]
+            queries = pd.concat([queries, extra])
+        self.vocab = vocab = Vocab.build(self.catalog, queries.dropna().astype(str).unique().tolist())
+        t0 = time.perf_counter()
+        item_vecs = self.encoder.encode(item_texts(self.catalog))
+        query_vecs = self.encoder.encode(vocab.queries)
+        encode_s = time.perf_counter() - t0
+
+        rate = float(np.clip(train.offers[S.PURCHASED].mean(), 1e-3, 1 - 1e-3))
+        module = PriceResponseModule(
+            n_items=len(vocab.item_ids),
+            n_categories=len(vocab.categories),
+            n_queries=len(vocab.queries),
+            text_dim=self.encoder.dim,
+            a_init=math.log(rate / (1 - rate)),
+            **{k: cfg[k] for k in _HPARAMS},
+        )
+        dim = self.encoder.dim
+        item_text = np.zeros((len(vocab.item_ids) + 1, dim), np.float32)
+        item_text[1:] = item_vecs
+        query_text = np.zeros((len(vocab.queries) + 1, dim), np.float32)
+        query_text[1:] = query_vecs.reshape(-1, dim)
+        module.set_text_vectors(
+            torch.from_numpy(item_text), torch.from_numpy(vocab.item_category), torch.from_numpy(query_text)
+        )
+        has_valid = valid is not None and len(valid) > 0
+        on_gpu = torch.cuda.is_available() and self.trainer_args.get("accelerator", "auto") != "cpu"
+        dm = PriceDataModule(
+            train.offers,
+            valid.offers if has_valid and valid is not None else None,
+            train.events,
+            vocab,
+            max_len=int(cfg["max_len"]),
+            batch_size=int(cfg["batch_size"]),
+            num_workers=int(cfg["num_workers"]),
+            pin_memory=on_gpu,
+            eval_batch_size=int(cfg["eval_batch_size"]),
+        )
+        with tempfile.TemporaryDirectory(prefix="bert-ckpt-") as root:
+            trainer = self._trainer(root, has_valid)
+            t0 = time.perf_counter()
+            trainer.fit(module, datamodule=dm)
+            fit_s = time.perf_counter() - t0
+            best_path = trainer.checkpoint_callback.best_model_path if has_valid else ""
+            best_score = trainer.checkpoint_callback.best_model_score if has_valid else None
+            if best_path and Path(best_path).exists():
+                state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
+                module.load_state_dict(state)
+        self.module = module.cpu().eval()
+        self._ab_cache = None
+        self.warm()
+        epochs = max(int(trainer.current_epoch), 1)
+        steps = int(trainer.global_step)
+        samples = steps * int(cfg["batch_size"]) if steps else epochs * len(train)
+        return {
+            "epochs": float(epochs),
+            "steps": float(steps),
+            "best_val_loss": float(best_score) if best_score is not None else float("nan"),
+            "samples_per_s": samples / max(fit_s, 1e-9),
+            "encode_seconds": encode_s,
+            "n_params": float(sum(p.numel() for p in module.parameters())),
+        }
+
+    # --- batch prediction ------------------------------------------------------------------------
+    def _offer_ab(self, data: PricingData) -> tuple[np.ndarray, np.ndarray]:
+        """(a, b) per offer, computed once per (offers, events) pair and reused across grids."""
+        c = self._ab_cache
+        if c is not None and c[0] is data.offers and c[1] is data.events:
+            return c[2], c[3]
+        assert self.vocab is not None
+        batcher = HistoryBatcher(self._events(data.events), data.offers, self.vocab, int(self.config["max_len"]))
+        table = self._query_table()
+        a_out, b_out = [], []
+        net = self.net
+        with torch.inference_mode():
+            for batch in loader(batcher, len(batcher), int(self.config["eval_batch_size"])):
+                u = net.user_vector(batch, table)
+                a, b = net.head(u, net.items(batch["item"]))
+                a_out.append(a.float().numpy())
+                b_out.append(b.float().numpy())
+        a_all = np.concatenate(a_out) if a_out else np.zeros(0)
+        b_all = np.concatenate(b_out) if b_out else np.zeros(0)
+        self._ab_cache = (data.offers, data.events, a_all, b_all)
+        return a_all, b_all
+
+    def predict_grid(self, data: PricingData, grid: np.ndarray) -> np.ndarray:
+        a, b = self._offer_ab(data)
+        lp = data.list_price()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return _sigmoid(a[:, None] - b[:, None] * np.log(np.asarray(grid, float) / lp[:, None]))
+
+    def offer_params(self, data: PricingData) -> tuple[np.ndarray, np.ndarray]:
+        """(a, b) per offer of `data`: P = sigmoid(a - b * log(price / list_price))."""
+        a, b = self._offer_ab(data)
+        return a.copy(), b.copy()
+
+    # --- serving ---------------------------------------------------------------------------------
+    def warm(self) -> None:
+        """Item vectors for the whole catalog, once per model version."""
+        assert self.vocab is not None
+        with torch.inference_mode():
+            self._item_vecs = self.net.items(torch.arange(len(self.vocab.item_ids) + 1))
+        self._list_price = self.catalog[S.LIST_PRICE].to_numpy(float)
+
+    def user_state(self, events: pd.DataFrame, at: Any = None) -> np.ndarray:
+        """The user vector from one user's events (any order) before `at`.
+
+        `at` defaults to the last event plus `serving_gap_s` (a quote usually follows the latest
+        event); an empty history gives the CLS-only vector.
+        """
+        assert self.vocab is not None
+        ev = events.assign(**{S.USER_ID: "_"}) if len(events) else events
+        if at is None:
+            last = pd.to_datetime(events[S.TS], utc=True).max() if len(events) else pd.NaT
+            at = (
+                pd.Timestamp(0, tz="UTC")
+                if pd.isna(last)
+                else last + pd.Timedelta(seconds=float(self.config["serving_gap_s"]))
+            )
+        offer = pd.DataFrame(
+            {S.USER_ID: ["_"], S.TS: pd.to_datetime([at], utc=True), S.ITEM_ID: [None], S.PRICE: [np.nan]}
+        )
+        arrays = self._events(ev)
+        batcher = HistoryBatcher(arrays, offer, self.vocab, int(self.config["max_len"]))
+        with torch.inference_mode():
+            u = self.net.user_vector(batcher([0]), self._query_table())
+        return u[0].float().numpy()
+
+    def _head(self, state: np.ndarray, item_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._item_vecs is None:
+            self.warm()
+        assert self._item_vecs is not None
+        idx = torch.as_tensor(np.asarray(item_idx, np.int64) + 1)
+        with torch.inference_mode():
+            iv = self._item_vecs[idx]
+            u = torch.from_numpy(np.asarray(state, np.float32)).expand(len(idx), -1)
+            a, b = self.net.head(u, iv)
+        return a.numpy().astype(float), b.numpy().astype(float)
+
+    def demand(self, state: np.ndarray, item_idx: np.ndarray, grid: np.ndarray) -> np.ndarray:
+        """P(purchase) (n, G) for catalog rows `item_idx` at prices `grid`: only the head runs."""
+        a, b = self._head(state, item_idx)
+        lp = self._list_price[np.asarray(item_idx, np.int64)]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return _sigmoid(a[:, None] - b[:, None] * np.log(np.asarray(grid, float) / lp[:, None]))
+
+    def price_sensitivity(self, state: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
+        """b(u, i) >= 0 per catalog row: the elasticity of the demand logit to log price."""
+        return self._head(state, item_idx)[1]
+
+    # --- persistence -----------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        """State dict (frozen text vectors included), hyperparameters, vocabulary and catalog."""
+        assert self.module is not None and self.vocab is not None
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save(self.module.state_dict(), path / _STATE)
+        meta = {
+            "config": self.config,
+            "seed": self.seed,
+            "hparams": dict(self.module.hparams),
+            "vocab": self.vocab.to_json(),
+        }
+        (path / _META).write_text(json.dumps(meta, indent=1))
+        self.catalog.to_parquet(path / _CATALOG, index=False)
+
+    @classmethod
+    def load(cls, path: Path) -> BertDemand:
+        """Load what `save` wrote; needs no training data and no text encoder (until an unseen query)."""
+        path = Path(path)
+        meta = json.loads((path / _META).read_text())
+        m = cls(meta["config"], seed=int(meta["seed"]))
+        m._set_catalog(pd.read_parquet(path / _CATALOG))
+        m.vocab = Vocab.build(m.catalog, meta["vocab"]["queries"])
+        module = PriceResponseModule(**meta["hparams"])
+        module.load_state_dict(torch.load(path / _STATE, map_location="cpu", weights_only=True))
+        m.module = module.eval()
+        m.warm()
+        return m

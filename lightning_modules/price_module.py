@@ -1,0 +1,111 @@
+"""LightningModule for the price-response network: BCE on `purchased`, AdamW, val loss and AUC."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import BinaryAUROC
+
+from lightning_modules.components.towers import PriceResponseNet
+
+
+class PriceResponseModule(pl.LightningModule):
+    """Built from plain hyperparameters, so `save_hyperparameters()` / `load_from_checkpoint()` work.
+
+    The frozen text vectors live in the network's buffers (filled by `set_text_vectors` before
+    training) and travel in the state dict, so a checkpoint needs no text encoder to load.
+    """
+
+    def __init__(
+        self,
+        n_items: int,
+        n_categories: int,
+        n_queries: int,
+        text_dim: int,
+        d_model: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 2,
+        max_len: int = 32,
+        dropout: float = 0.1,
+        head_hidden: int = 64,
+        a_init: float = -2.0,
+        lr: float = 2e-3,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 50,
+        cosine: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = PriceResponseNet(
+            n_items,
+            n_categories,
+            n_queries,
+            text_dim,
+            d_model=d_model,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            max_len=max_len,
+            dropout=dropout,
+            head_hidden=head_hidden,
+            a_init=a_init,
+        )
+        self.val_auc = BinaryAUROC()
+
+    def set_text_vectors(
+        self, item_text: torch.Tensor, item_category: torch.Tensor, query_text: torch.Tensor
+    ) -> None:
+        """Copy the precomputed (frozen) text vectors into the network's buffers."""
+        with torch.no_grad():
+            self.net.items.item_text.copy_(item_text)
+            self.net.items.item_category.copy_(item_category)
+            self.net.query_text.copy_(query_text)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        a, b = self.net(batch)
+        return self.net.logit(a, b, batch["lpr"])
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logit = self(batch).float()
+        return F.binary_cross_entropy_with_logits(logit, batch["label"].float()), logit
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, _ = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["label"]))
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, logit = self._loss(batch)
+        n = len(batch["label"])
+        self.log("val/loss", loss, prog_bar=True, batch_size=n, sync_dist=True)
+        self.val_auc.update(torch.sigmoid(logit), batch["label"].long())
+        self.log("val/auc", self.val_auc, batch_size=n)
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            # Embedding tables, norms and biases are not shrunk toward zero.
+            (no_decay if p.ndim < 2 or "emb" in name else decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": hp.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        fused = self.device.type == "cuda"
+        opt = torch.optim.AdamW(groups, lr=hp.lr, fused=fused)
+        if not hp.cosine:
+            return opt
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warm = min(hp.warmup_steps, max(total // 10, 1))
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            t = min((step - warm) / max(total - warm, 1), 1.0)
+            return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,125 @@
+"""Promotion against a live scorer process: reload + smoke quote, rollback, unreachable scorer, alias watch."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pricing.promotion import PromotionRule
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+TOKEN = "test-token"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_version(url: str, version: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = httpx.get(f"{url}/readyz", timeout=2).json()
+            if str(last.get("model_version")) == version:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"scorer never served version {version}: last /readyz {last}")
+
+
+@pytest.fixture()
+def registry(prefect_harness: None, mlflow_store: str, tiny_data_dir: Path, tmp_path: Path) -> dict:
+    """Version 1 promoted (champion), version 2 registered only (challenger)."""
+    from flows.training import training
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data_dir, data)
+    first = training(data_dir=str(data), model="lightgbm")
+    second = training(data_dir=str(data), model="logistic", promote=False)
+    assert first["promoted"] and not second["promoted"]
+    return {"uri": mlflow_store, "data": data, "first": first, "second": second}
+
+
+@pytest.fixture()
+def scorer(registry: dict, tmp_path: Path) -> Iterator[str]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": registry["uri"],
+        "PRICING_ADMIN_TOKEN": TOKEN,
+        "PRICING_ALIAS_POLL_SECONDS": "1",
+        "PRICING_OFFER_LOG_DIR": str(tmp_path / "offer_log"),
+        "PRICING_BOOTSTRAP_DATA_DIR": str(registry["data"]),
+    }
+    env.pop("REDIS_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_version(url, "1")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def _promote(registry: dict, scorer_url: str | None, token: str = TOKEN) -> dict:
+    from tasks.registry import promote
+
+    champion = registry["first"]["metrics"]["lightgbm"]
+    better = {**champion, "profit_regret": champion["profit_regret"] / 2}
+    return promote(
+        "price-response", "2", better, champion, "1",
+        registry["first"]["metrics"]["list_price"], True, PromotionRule(),
+        scorer_url, token, ["i00001", "i00002"], "u000001",
+    )  # fmt: skip
+
+
+def test_promotion_reloads_the_scorer_and_checks_it_serves_the_new_version(
+    registry: dict, scorer: str
+) -> None:
+    from mlops import tracking
+
+    result = _promote(registry, scorer)
+    assert result["promoted"] and result["scorer_notified"]
+    assert any("serves version 2" in r for r in result["promotion_reasons"])
+    assert tracking.alias_version("price-response", "champion") == "2"
+    q = httpx.post(f"{scorer}/v1/quote", json={"user_id": "u000001", "items": ["i00001"]}).json()
+    assert q["model_version"] == "2"
+
+
+def test_a_scorer_that_refuses_the_reload_rolls_the_alias_back(registry: dict, scorer: str) -> None:
+    from mlops import tracking
+
+    with pytest.raises(RuntimeError, match="rolled back"):
+        _promote(registry, scorer, token="wrong-token")
+    assert tracking.alias_version("price-response", "champion") == "1"
+
+
+def test_unreachable_scorer_still_moves_the_alias_and_the_scorer_catches_up_by_watching(
+    registry: dict, scorer: str
+) -> None:
+    from mlops import tracking
+
+    result = _promote(registry, f"http://127.0.0.1:{_free_port()}")
+    assert result["promoted"] and not result["scorer_notified"]
+    assert any("unreachable" in r for r in result["promotion_reasons"])
+    assert tracking.alias_version("price-response", "champion") == "2"
+    _wait_version(scorer, "2", timeout=30)  # the scorer polls the alias every second

@@ -1,0 +1,196 @@
+"""The Redis user store against a real redis-server, and the scorer app wired to it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from mlops.settings import Settings
+from pricing import schema as S
+from scorer.app import create_app
+from scorer.redis_store import RedisUserStore, StoreUnavailable, decode_state, encode_state
+from scorer.state import UserStore
+from scorer.testing import RedisServer, toy_handle
+
+pytestmark = pytest.mark.integration
+
+
+def _event(k: int, etype: str = S.VIEW, query: str | None = None) -> dict[str, Any]:
+    return {
+        S.EVENT_ID: f"e{k}",
+        S.TS: f"2026-01-01T00:00:{k % 60:02d}+00:00",
+        S.USER_ID: "u1",
+        S.SESSION_ID: "s1",
+        S.EVENT_TYPE: etype,
+        S.ITEM_ID: None if etype == S.SEARCH else f"i{k}",
+        S.QUERY: query,
+        S.PRICE: None if etype == S.SEARCH else 10.0 + k,
+    }
+
+
+@pytest.fixture
+def store(redis_server: RedisServer) -> Iterator[RedisUserStore]:
+    s = RedisUserStore.from_url(redis_server.url, max_user_events=3, retry_after=0.2)
+    yield s
+    s.close()
+
+
+def test_store_satisfies_protocol_and_bounds_history(store: RedisUserStore) -> None:
+    assert isinstance(store, UserStore)
+    assert store.get_events("nobody") == ([], 0)
+    assert store.append_events("u1", [_event(k) for k in range(5)]) == 1
+    events, generation = store.get_events("u1")
+    assert generation == 1 and len(events) == 3
+    assert [e[S.EVENT_ID] for e in events] == ["e2", "e3", "e4"]
+    assert events[0] == _event(2)  # round-trips None and floats
+
+
+def test_state_cache_by_version_and_generation(store: RedisUserStore) -> None:
+    generation = store.append_events("u1", [_event(0)])
+    assert store.get_state("u1", "1") is None
+    store.put_state("u1", "1", np.arange(4, dtype=np.float32), generation)
+    got = store.get_state("u1", "1")
+    assert got.dtype == np.float32 and got.tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert store.get_state("u1", "2") is None  # per model version
+    store.mark_stale("u1")
+    assert store.get_state("u1", "1") is None  # stale: never served as fresh
+    # a state computed from the old history arrives late: dropped
+    _, old = store.get_events("u1")
+    store.append_events("u1", [_event(1)])
+    store.put_state("u1", "1", 3.0, old)
+    assert store.get_state("u1", "1") is None
+
+
+def test_sticky_prices_per_session_with_ttl(redis_server: RedisServer) -> None:
+    store = RedisUserStore.from_url(redis_server.url, last_price_ttl=1)
+    store.set_last_price("u1", "s1", {"a": 9.99, "b": 20.0})
+    assert store.get_last_prices("u1", "s1", ["a", "b", "c"]) == [9.99, 20.0, None]
+    assert store.get_last_price("u1", "s2", "a") is None
+    assert store.get_last_price("u2", "s1", "a") is None
+    assert 0 < store.client.ttl(f"{store._k('u1')}:lp:s1") <= 1
+
+
+@pytest.mark.parametrize(
+    "state",
+    [3.5, np.float32(2.0), np.ones((2, 3), dtype=np.float32), (pd.Series([1.0, 2.0]), {"c": 1.0})],
+)
+def test_state_encoding_round_trips(state: Any) -> None:
+    got = decode_state(encode_state(state))
+    if isinstance(state, tuple):
+        assert got[0].tolist() == state[0].tolist() and got[1] == state[1]
+    else:
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(state))
+    assert len(encode_state(np.ones(64, dtype=np.float32))) < 64 * 4 + 32  # compact, not pickle
+
+
+def test_store_fails_fast_and_reconnects(redis_server: RedisServer, store: RedisUserStore) -> None:
+    store.append_events("u1", [_event(0)])
+    redis_server.stop()
+    with pytest.raises(StoreUnavailable):
+        store.get_state("u1", "1")
+    t0 = time.perf_counter()
+    with pytest.raises(StoreUnavailable):  # the breaker is open: no connect attempt
+        store.get_events("u1")
+    assert time.perf_counter() - t0 < 0.05
+    assert store.ping() is False and store.last_error
+    redis_server.start()
+    deadline = time.monotonic() + 5
+    while not store.ping() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.get_events("u9") == ([], 0)  # a fresh server: reconnected
+
+
+# --- the app over Redis (in process) -------------------------------------------------------------
+
+
+def _settings(tmp_path: Path, redis_url: str) -> Settings:
+    return Settings(
+        offer_log_dir=tmp_path / "offers",
+        admin_token="s3cret",
+        alias_poll_seconds=0.0,
+        exploration=0.0,
+        redis_url=redis_url,
+    )
+
+
+def _prices(c: TestClient, user: str = "u1", **kw: Any) -> dict[str, Any]:
+    r = c.post("/v1/quote", json={"user_id": user, "items": [f"i{k}" for k in range(8)], **kw})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_event_refreshes_the_state_in_the_background_and_moves_the_quote(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    app = create_app(_settings(tmp_path, redis_server.url), lambda: toy_handle("1"), seed=0)
+    with TestClient(app) as c:
+        runtime = app.state.runtime
+        assert isinstance(runtime.store, RedisUserStore)
+        before = _prices(c)
+        assert before["personalized"] is False and before["degraded"] is False
+        r = c.post(
+            "/v1/events",
+            json={"user_id": "u1", "events": [{"event_type": "search", "query": "cheap tv"}] * 2},
+        )
+        assert r.status_code == 200 and r.json()["accepted"] == 2
+        # the background refresher computes the new state before any quote asks for it
+        deadline = time.monotonic() + 5
+        while runtime.store.get_state("u1", "1") is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert runtime.store.get_state("u1", "1") == pytest.approx(7.0)  # 3 + 2 cheap searches
+        assert runtime.refresher.computed >= 1
+        after = _prices(c)
+    assert after["personalized"] is True
+    old = {q["item_id"]: q["price"] for q in before["items"]}
+    new = {q["item_id"]: q["price"] for q in after["items"]}
+    assert all(new[i] <= old[i] for i in old) and sum(new[i] < old[i] for i in old) >= 3
+
+
+def test_redis_down_degrades_but_answers_then_recovers(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    app = create_app(_settings(tmp_path, redis_server.url), lambda: toy_handle("1"), seed=0)
+    with TestClient(app) as c:
+        c.post(
+            "/v1/events",
+            json={"user_id": "u1", "events": [{"event_type": "search", "query": "cheap"}] * 3},
+        )
+        known = _prices(c, session_id="s1")  # caches u1's state in the process too
+        assert known["personalized"] is True
+        ready = c.get("/readyz").json()
+        assert ready["degraded"] is False and ready["store"] == "ok"
+
+        redis_server.stop()
+        t0 = time.perf_counter()
+        down_known = _prices(c, session_id="s1")
+        down_new = _prices(c, user="stranger", session_id="s1")
+        assert time.perf_counter() - t0 < 2.0
+        assert down_known["degraded"] is True and down_known["personalized"] is True
+        assert down_new["degraded"] is True and down_new["personalized"] is False
+        # the process's copy of u1's state still prices them like before the outage
+        assert [q["price"] for q in down_known["items"]] == [q["price"] for q in known["items"]]
+        r = c.post("/v1/events", json={"user_id": "u1", "events": [{"event_type": "view"}]})
+        assert r.status_code == 503 and "user store unavailable" in r.json()["detail"]
+        ready = c.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["degraded"] is True and "unreachable" in ready.json()["store"]
+        assert "scorer_degraded_quotes_total 2.0" in c.get("/metrics").text
+
+        redis_server.start()  # same port: the pool reconnects
+        deadline = time.monotonic() + 5
+        while c.get("/readyz").json()["degraded"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert c.get("/readyz").json()["degraded"] is False
+        r = c.post("/v1/events", json={"user_id": "u1", "events": [{"event_type": "view"}]})
+        assert r.status_code == 200
+        assert _prices(c)["degraded"] is False
+    # every quote was logged, outage or not
+    lines = (tmp_path / "offers" / "quotes.jsonl").read_text().splitlines()
+    assert len(lines) == 4 * 8

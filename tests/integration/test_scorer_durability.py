@@ -1,0 +1,70 @@
+"""An acknowledged quote or outcome survives `kill -9` of the scorer (the offer log is fsync'ed first)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from scorer.offer_log import export_offers
+
+pytestmark = pytest.mark.integration
+
+
+def test_kill_9_loses_no_acknowledged_log_entry(start_scorer: Callable[..., Any]) -> None:
+    sp = start_scorer()
+    acked_quotes: dict[str, list[str]] = {}
+    acked_outcomes: dict[str, int] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(k: int) -> None:
+        with httpx.Client(base_url=sp.url, timeout=5) as c:
+            n = 0
+            while not stop.is_set() and n < 2000:
+                n += 1
+                items = [f"i{(k * 7 + n + j) % 60}" for j in range(5)]
+                try:
+                    r = c.post("/v1/quote", json={"user_id": f"u{k}", "items": items})
+                    if r.status_code != 200:
+                        continue
+                    qid = r.json()["quote_id"]
+                    with lock:
+                        acked_quotes[qid] = items
+                    bought = n % 2
+                    r = c.post(
+                        "/v1/outcomes",
+                        json={"quote_id": qid, "item_id": items[0], "purchased": bool(bought)},
+                    )
+                    if r.status_code == 200:
+                        with lock:
+                            acked_outcomes[r.json()["offer_id"]] = bought
+                except httpx.TransportError:
+                    return  # the server died mid-request: that one was never acknowledged
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(acked_outcomes) < 100 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    sp.proc.send_signal(signal.SIGKILL)  # while requests are in flight
+    sp.proc.wait(timeout=10)
+    stop.set()
+    for t in threads:
+        t.join(timeout=10)
+
+    assert len(acked_outcomes) >= 100, "too little traffic before the kill to mean anything"
+    offers = export_offers(sp.log_dir)
+    logged = dict(zip(offers["offer_id"], offers["purchased"], strict=True))
+    missing = {o for o in acked_outcomes if o not in logged}
+    assert not missing, f"{len(missing)} acknowledged outcomes lost, e.g. {sorted(missing)[:3]}"
+    assert all(logged[o] == bought for o, bought in acked_outcomes.items())
+    quoted = set(export_offers(sp.log_dir, include_pending=True)["offer_id"])
+    lost = [f"{q}:{i}" for q, items in acked_quotes.items() for i in items if f"{q}:{i}" not in quoted]
+    assert not lost, f"{len(lost)} acknowledged quoted offers lost, e.g. {lost[:3]}"
