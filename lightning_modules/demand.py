@@ -20,8 +20,9 @@ import pandas as pd
 import torch
 
 from lightning_modules.components.text import TextEncoder, item_texts
-from lightning_modules.price_datamodule import HistoryBatcher, PriceDataModule, Vocab, event_arrays, loader
+from lightning_modules.price_datamodule import PriceDataModule, loader
 from lightning_modules.price_module import PriceResponseModule
+from lightning_modules.sequences import HistoryBatcher, Vocab, event_arrays
 from mlops.models import DemandModel, PricingData
 from pricing import schema as S
 
@@ -69,7 +70,10 @@ class BertDemand(DemandModel):
     name = "bert"
 
     def __init__(
-        self, config: dict[str, Any] | None = None, seed: int = 0, trainer: dict[str, Any] | None = None
+        self,
+        config: dict[str, Any] | None = None,
+        seed: int = 0,
+        trainer: dict[str, Any] | None = None,
     ) -> None:
         unknown = set(config or {}) - set(DEFAULTS)
         if unknown:
@@ -111,7 +115,9 @@ class BertDemand(DemandModel):
         if not new:
             return
         vecs = self.encoder.encode(new)
-        self._extra_vecs = vecs if not self._extra_queries else np.concatenate([self._extra_vecs, vecs])
+        self._extra_vecs = (
+            vecs if not self._extra_queries else np.concatenate([self._extra_vecs, vecs])
+        )
         self._extra_queries += new
 
     def _query_table(self) -> torch.Tensor | None:
@@ -123,7 +129,9 @@ class BertDemand(DemandModel):
     def _events(self, events: pd.DataFrame) -> dict[str, np.ndarray]:
         assert self.vocab is not None
         if S.QUERY in events:
-            self._register_queries(events.loc[events[S.EVENT_TYPE].astype(str) == S.SEARCH, S.QUERY])
+            self._register_queries(
+                events.loc[events[S.EVENT_TYPE].astype(str) == S.SEARCH, S.QUERY]
+            )
         return event_arrays(events, self.vocab, self._extra_queries)
 
     # --- training --------------------------------------------------------------------------------
@@ -136,7 +144,9 @@ class BertDemand(DemandModel):
         callbacks: list[Any] = []
         if valid:
             callbacks.append(EarlyStopping("val/loss", patience=int(cfg["patience"]), mode="min"))
-            callbacks.append(ModelCheckpoint(dirpath=root, monitor="val/loss", mode="min", save_top_k=1))
+            callbacks.append(
+                ModelCheckpoint(dirpath=root, monitor="val/loss", mode="min", save_top_k=1)
+            )
         default_accel = "auto" if "devices" in args else "cpu"
         kwargs: dict[str, Any] = {
             "accelerator": args.pop("accelerator", default_accel),
@@ -165,7 +175,9 @@ class BertDemand(DemandModel):
         if valid is not None and valid.events is not train.events:
             extra = valid.events.loc[valid.events[S.EVENT_TYPE].astype(str) == S.SEARCH, S.QUERY]
             queries = pd.concat([queries, extra])
-        self.vocab = vocab = Vocab.build(self.catalog, queries.dropna().astype(str).unique().tolist())
+        self.vocab = vocab = Vocab.build(
+            self.catalog, queries.dropna().astype(str).unique().tolist()
+        )
         t0 = time.perf_counter()
         item_vecs = self.encoder.encode(item_texts(self.catalog))
         query_vecs = self.encoder.encode(vocab.queries)
@@ -186,7 +198,9 @@ class BertDemand(DemandModel):
         query_text = np.zeros((len(vocab.queries) + 1, dim), np.float32)
         query_text[1:] = query_vecs.reshape(-1, dim)
         module.set_text_vectors(
-            torch.from_numpy(item_text), torch.from_numpy(vocab.item_category), torch.from_numpy(query_text)
+            torch.from_numpy(item_text),
+            torch.from_numpy(vocab.item_category),
+            torch.from_numpy(query_text),
         )
         has_valid = valid is not None and len(valid) > 0
         on_gpu = torch.cuda.is_available() and self.trainer_args.get("accelerator", "auto") != "cpu"
@@ -233,7 +247,9 @@ class BertDemand(DemandModel):
         if c is not None and c[0] is data.offers and c[1] is data.events:
             return c[2], c[3]
         assert self.vocab is not None
-        batcher = HistoryBatcher(self._events(data.events), data.offers, self.vocab, int(self.config["max_len"]))
+        batcher = HistoryBatcher(
+            self._events(data.events), data.offers, self.vocab, int(self.config["max_len"])
+        )
         table = self._query_table()
         a_out, b_out = [], []
         net = self.net
@@ -283,7 +299,12 @@ class BertDemand(DemandModel):
                 else last + pd.Timedelta(seconds=float(self.config["serving_gap_s"]))
             )
         offer = pd.DataFrame(
-            {S.USER_ID: ["_"], S.TS: pd.to_datetime([at], utc=True), S.ITEM_ID: [None], S.PRICE: [np.nan]}
+            {
+                S.USER_ID: ["_"],
+                S.TS: pd.to_datetime([at], utc=True),
+                S.ITEM_ID: [None],
+                S.PRICE: [np.nan],
+            }
         )
         arrays = self._events(ev)
         batcher = HistoryBatcher(arrays, offer, self.vocab, int(self.config["max_len"]))

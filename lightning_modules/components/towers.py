@@ -10,24 +10,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pricing import schema as S
-
-# Event-type codes: 0 pads, then the contract's types in order (unknown types read as views).
-EVENT_TYPE_CODES: dict[str, int] = {t: k + 1 for k, t in enumerate(S.EVENT_TYPES)}
-N_EVENT_TYPES = len(S.EVENT_TYPES) + 1
-N_GAP_BUCKETS = 24  # log2 buckets of seconds before the offer: 2^23 s is about 97 days
-NO_ITEM = -1  # event item index of a search (or any event without an item); 0 = unknown item
-
-
-def gap_bucket(seconds: np.ndarray) -> np.ndarray:
-    """Log2-bucketed time gap: 0 for under a second, then one bucket per doubling."""
-    s = np.maximum(np.nan_to_num(np.asarray(seconds, float), nan=0.0), 0.0)
-    return np.minimum(np.floor(np.log2(1.0 + s)), N_GAP_BUCKETS - 1).astype(np.int64)
+from lightning_modules.sequences import N_EVENT_TYPES, N_GAP_BUCKETS
 
 
 def price_inputs(lpr: Tensor, has_price: Tensor) -> Tensor:
@@ -79,7 +66,9 @@ class UserTower(nn.Module):
         self.type_emb = nn.Embedding(N_EVENT_TYPES, d_model)
         self.gap_emb = nn.Embedding(N_GAP_BUCKETS, d_model)
         self.pos_emb = nn.Embedding(max_len, d_model)
-        self.price_proj = nn.Sequential(nn.Linear(4, d_model), nn.GELU(), nn.Linear(d_model, d_model))
+        self.price_proj = nn.Sequential(
+            nn.Linear(4, d_model), nn.GELU(), nn.Linear(d_model, d_model)
+        )
         self.query_proj = nn.Linear(text_dim, d_model)
         self.no_item = nn.Parameter(torch.randn(d_model) * 0.02)
         self.cls = nn.Parameter(torch.randn(d_model) * 0.02)
@@ -131,7 +120,9 @@ class UserTower(nn.Module):
 class PriceHead(nn.Module):
     """(a, b) of the demand curve from [u, i, u*i]; b = softplus(.) >= 0 makes demand monotone."""
 
-    def __init__(self, d_model: int, hidden: int, a_init: float = -2.0, b_init: float = 2.0) -> None:
+    def __init__(
+        self, d_model: int, hidden: int, a_init: float = -2.0, b_init: float = 2.0
+    ) -> None:
         super().__init__()
 
         def mlp(bias: float) -> nn.Sequential:
