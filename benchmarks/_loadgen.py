@@ -72,7 +72,7 @@ async def run(args: argparse.Namespace) -> dict[str, float | int]:
         try:
             status = await asyncio.wait_for(conn.request(reqs[k % len(reqs)]), args.timeout)
             good = status == 200
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
             good = False
             try:  # replace the broken connection
                 conn.writer.close()
@@ -116,7 +116,9 @@ async def run(args: argparse.Namespace) -> dict[str, float | int]:
     if args.dump:
         np.save(args.dump, np.stack([np.asarray(due_t), lat_a, ok_a.astype(float)], axis=1))
     good = lat_a[ok_a] * 1e3
-    warm = int(len(lat_a) * args.warmup_share)  # the first requests pay connection and cache warm-up
+    warm = int(
+        len(lat_a) * args.warmup_share
+    )  # the first requests pay connection and cache warm-up
     steady = np.sort(lat_a[warm:][ok_a[warm:]]) * 1e3
     return {
         "mode": "closed" if args.closed else "open",

@@ -24,7 +24,6 @@ import pstats
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -149,8 +148,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def loadgen(
-    port: int, bodies: Path, rate: float = 0, duration: float = 4.0, closed: int = 0,
-    dump: Path | None = None, background: bool = False,
+    port: int,
+    bodies: Path,
+    rate: float = 0,
+    duration: float = 4.0,
+    closed: int = 0,
+    dump: Path | None = None,
+    background: bool = False,
 ) -> Any:
     cmd = [sys.executable, str(HERE / "_loadgen.py"), "--port", str(port), "--bodies", str(bodies)]
     cmd += ["--duration", str(duration)]
@@ -206,9 +210,15 @@ def freshness(url: str, catalog_ids: list[str], query: str, trials: int) -> dict
             ev = {"event_type": "view", "item_id": items[0], "price": 10.0}
             c.post("/v1/events", json={"user_id": user, "events": [ev]})
             q = {"user_id": user, "items": items}
-            before = {i["item_id"]: i["purchase_probability"] for i in c.post("/v1/quote", json=q).json()["items"]}
+            before = {
+                i["item_id"]: i["purchase_probability"]
+                for i in c.post("/v1/quote", json=q).json()["items"]
+            }
             t0 = time.perf_counter()
-            c.post("/v1/events", json={"user_id": user, "events": [{"event_type": "search", "query": query}] * 3})
+            c.post(
+                "/v1/events",
+                json={"user_id": user, "events": [{"event_type": "search", "query": query}] * 3},
+            )
             for _ in range(200):  # bounded: a quote that never reflects the event is a miss
                 body = c.post("/v1/quote", json=q).json()
                 got = {i["item_id"]: i["purchase_probability"] for i in body["items"]}
@@ -233,37 +243,47 @@ def swap(port: int, bodies: Path, rate: float, workdir: Path) -> dict[str, float
     time.sleep(2.0)
     t0 = time.monotonic()
     r = httpx.post(
-        f"http://127.0.0.1:{port}/admin/reload", headers={"Authorization": "Bearer bench"}, timeout=120
+        f"http://127.0.0.1:{port}/admin/reload",
+        headers={"Authorization": "Bearer bench"},
+        timeout=120,
     )
     t1 = time.monotonic()
     out, _ = proc.communicate(timeout=180)
     summary = json.loads(out)
     d = np.load(dump)
     due, lat, ok = d[:, 0], d[:, 1], d[:, 2] > 0
-    during = (due >= t0) & (due <= t1 + 0.5)  # requests due while the new model loaded and swapped in
+    during = (due >= t0) & (
+        due <= t1 + 0.5
+    )  # requests due while the new model loaded and swapped in
     return {
         "swap_reload_status": r.status_code,
         "swap_reload_s": round(t1 - t0, 3),
         "swap_rate_rps": rate,
         "swap_requests": int(during.sum()),
         "swap_failed_requests": int((~ok).sum()),
-        "swap_p99_ms": round(float(np.percentile(lat[during] * 1e3, 99)), 2) if during.any() else float("nan"),
+        "swap_p99_ms": round(float(np.percentile(lat[during] * 1e3, 99)), 2)
+        if during.any()
+        else float("nan"),
         "swap_run_p99_ms": summary["p99_ms"],
     }
 
 
-def profile_quote(model_spec: str, redis_url: str, bodies: Path, workdir: Path, data_dir: Path) -> dict[str, Any]:
+def profile_quote(
+    model_spec: str, redis_url: str, bodies: Path, workdir: Path, data_dir: Path
+) -> dict[str, Any]:
     """Where one quote's time goes: cProfile and perf_counter sections over the quote path, in process."""
     os.environ.update({"BENCH_MODEL": model_spec, "BENCH_NAIVE": "0", "BENCH_TORCH_THREADS": "1"})
     from fastapi.testclient import TestClient
+    from naive_scorer import app_factory
 
     from mlops.settings import Settings
-    from naive_scorer import app_factory
     from scorer import app as app_mod
     from scorer.serving import Pricer
 
     settings = Settings(
-        offer_log_dir=workdir / "offers-profile", redis_url=redis_url, alias_poll_seconds=0,
+        offer_log_dir=workdir / "offers-profile",
+        redis_url=redis_url,
+        alias_poll_seconds=0,
         bootstrap_data_dir=data_dir,
     )
     orig = app_mod.get_settings
@@ -282,6 +302,7 @@ def profile_quote(model_spec: str, redis_url: str, bodies: Path, workdir: Path, 
                 return fn(*a, **k)
             finally:
                 sections.setdefault(name, []).append(time.perf_counter() - t)
+
         return wrapper
 
     with TestClient(app) as c:
@@ -295,7 +316,9 @@ def profile_quote(model_spec: str, redis_url: str, bodies: Path, workdir: Path, 
         store.get_last_prices = timed("store.get_last_prices (redis)", store.get_last_prices)
         store.set_last_price = timed("store.set_last_price (redis)", store.set_last_price)
         olog.append_quotes = timed("offer_log.append_quotes (write+fsync)", olog.append_quotes)
-        object.__setattr__(model, "demand", timed("model.demand (head over 50 items)", model.demand))
+        object.__setattr__(
+            model, "demand", timed("model.demand (head over 50 items)", model.demand)
+        )
         pricer_quote = pricer.quote
         pricer.quote = timed("pricer.quote (total)", pricer_quote)
         total = []
@@ -317,7 +340,10 @@ def profile_quote(model_spec: str, redis_url: str, bodies: Path, workdir: Path, 
     keep = [(name, us) for name, us in top if not name.startswith(("~", "<"))][:18]
     out = {name: round(float(np.median(v)) * 1e6, 1) for name, v in sections.items()}
     out["in-process request via TestClient (total)"] = round(float(np.median(total)) * 1e6, 1)
-    return {"sections_median_us": out, "cprofile_cumulative_us_per_quote": {k: round(v, 1) for k, v in keep}}
+    return {
+        "sections_median_us": out,
+        "cprofile_cumulative_us_per_quote": {k: round(v, 1) for k, v in keep},
+    }
 
 
 def main() -> None:
@@ -342,7 +368,10 @@ def main() -> None:
     if binary is None:
         sys.exit("redis-server not found (apt-get install redis-server, or set REDIS_SERVER)")
     result: dict[str, Any] = {"model": args.model, "candidates": N_CANDIDATES}
-    with tempfile.TemporaryDirectory(prefix="scorer-load-") as tmp, RedisServer(binary) as redis_srv:
+    with (
+        tempfile.TemporaryDirectory(prefix="scorer-load-") as tmp,
+        RedisServer(binary) as redis_srv,
+    ):
         workdir = Path(tmp)
         spec, catalog, events = build_model(args.model, workdir, args.seed)
         data_dir = workdir / "data"
@@ -359,10 +388,15 @@ def main() -> None:
         proc = start_scorer(workdir, spec, redis_srv.url, naive=False, port=port, data_dir=data_dir)
         try:
             loadgen(port, bodies, rate=200, duration=2.0)  # warm-up: every user's state cached
-            best, steps = step_up(port, bodies, [float(r) for r in args.rates.split(",")], args.duration)
+            best, steps = step_up(
+                port, bodies, [float(r) for r in args.rates.split(",")], args.duration
+            )
             result.update(
-                p50_ms=best["p50_ms"], p99_ms=best["p99_ms"], rps=best["achieved_rps"],
-                rps_offered=best["offered_rps"], steps=[
+                p50_ms=best["p50_ms"],
+                p99_ms=best["p99_ms"],
+                rps=best["achieved_rps"],
+                rps_offered=best["offered_rps"],
+                steps=[
                     {k: s[k] for k in ("offered_rps", "achieved_rps", "p50_ms", "p99_ms", "failed")}
                     for s in steps
                 ],
@@ -370,7 +404,12 @@ def main() -> None:
             bg_rate = max(50.0, 0.5 * best["offered_rps"])
             bg = loadgen(port, bodies, rate=bg_rate, duration=3600, background=True)
             try:
-                fresh = freshness(f"http://127.0.0.1:{port}", catalog[S.ITEM_ID].astype(str).tolist(), query, args.freshness_trials)
+                fresh = freshness(
+                    f"http://127.0.0.1:{port}",
+                    catalog[S.ITEM_ID].astype(str).tolist(),
+                    query,
+                    args.freshness_trials,
+                )
             finally:
                 bg.kill()
                 bg.wait()
@@ -388,11 +427,15 @@ def main() -> None:
         finally:
             stop(proc)
         result.update(
-            naive_rps=naive["achieved_rps"], naive_p50_ms=naive["p50_ms"], naive_p99_ms=naive["p99_ms"],
+            naive_rps=naive["achieved_rps"],
+            naive_p50_ms=naive["p50_ms"],
+            naive_p99_ms=naive["p99_ms"],
             naive_mode="closed loop, 4 clients (its saturation throughput, at any latency)",
         )
         result["speedup_vs_naive"] = round(result["rps"] / max(naive["achieved_rps"], 1e-9), 1)
-    result["server"] = "uvicorn 1 worker, asyncio loop + h11 (uvloop/httptools not installed), Redis store"
+    result["server"] = (
+        "uvicorn 1 worker, asyncio loop + h11 (uvloop/httptools not installed), Redis store"
+    )
     print(json.dumps(result, indent=1))
 
 

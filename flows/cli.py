@@ -99,6 +99,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_loop(args: argparse.Namespace) -> int:
+    from flows.closed_loop import closed_loop
+
+    result = closed_loop(
+        args.scorer_url,
+        args.data_dir,
+        n_requests=args.requests,
+        candidates=args.candidates,
+        seed=args.seed,
+        offer_log_dir=args.offer_log_dir,
+        out_dir=args.out,
+    )
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from scorer.main import serve
 
@@ -194,6 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--strategy", help="Lightning strategy (BERT): auto, ddp, ddp_spawn")
     r.add_argument("--precision", help="Lightning precision (BERT): 32-true, bf16-mixed")
     r.set_defaults(func=_cmd_run)
+
+    lp = sub.add_parser("loop", help="closed loop: simulated shoppers against a live scorer")
+    lp.add_argument("--scorer-url", default="http://127.0.0.1:8000")
+    lp.add_argument("--data-dir", required=True, help="a simulated market (needs ground truth)")
+    lp.add_argument("--requests", type=int, default=200)
+    lp.add_argument("--candidates", type=int, default=10)
+    lp.add_argument("--seed", type=int, default=0)
+    lp.add_argument("--offer-log-dir", help="the scorer's PRICING_OFFER_LOG_DIR, to export from")
+    lp.add_argument("--out", help="write the next training set (old tables + logged offers) here")
+    lp.set_defaults(func=_cmd_loop)
 
     sv = sub.add_parser("serve", help="serve the champion model (FastAPI)")
     sv.add_argument("--host", default="127.0.0.1")

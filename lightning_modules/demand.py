@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "num_workers": 0,
     "log_dir": None,  # a CSV logger writes here when set; no logger otherwise
     "serving_gap_s": 30.0,  # assumed seconds from a user's last event to the quote
+    "trainer": {},  # Lightning Trainer defaults (accelerator, devices, strategy, precision, ...)
 }
 _HPARAMS = ("d_model", "n_layers", "n_heads", "max_len", "dropout", "head_hidden", "lr", "weight_decay", "warmup_steps", "cosine")  # fmt: skip
 _STATE = "bert_state.pt"
@@ -80,7 +81,8 @@ class BertDemand(DemandModel):
             raise ValueError(f"unknown bert config keys: {sorted(unknown)}")
         self.config = {**DEFAULTS, **(config or {})}
         self.seed = seed
-        self.trainer_args = dict(trainer or {})
+        # The flow's devices/strategy/precision override the YAML's trainer block.
+        self.trainer_args = {**dict(self.config["trainer"] or {}), **dict(trainer or {})}
         self.module: PriceResponseModule | None = None
         self.vocab: Vocab | None = None
         self.catalog = pd.DataFrame()

@@ -37,17 +37,16 @@ from pricing import io as pio
 from pricing import schema as S
 from scorer.metrics import MetricsMiddleware, ScorerMetrics
 from scorer.offer_log import OfferLog
+from scorer.refresh import StateRefresher
 from scorer.schemas import (
     EventsRequest,
     EventsResponse,
     OutcomeRequest,
     OutcomeResponse,
-    QuotedItem,
     QuoteRequest,
     QuoteResponse,
     ReloadResponse,
 )
-from scorer.refresh import StateRefresher
 from scorer.serving import Pricer, QuoteBook, QuoteError, ServingModel, build_serving_model
 from scorer.state import InMemoryUserStore, UserStore, hydrate
 
@@ -386,9 +385,7 @@ def default_store(settings: Settings) -> UserStore:
     if settings.redis_url:
         from scorer.redis_store import RedisUserStore
 
-        return RedisUserStore.from_url(
-            settings.redis_url, max_user_events=settings.max_user_events
-        )
+        return RedisUserStore.from_url(settings.redis_url, max_user_events=settings.max_user_events)
     return InMemoryUserStore(max_user_events=settings.max_user_events)
 
 

@@ -111,6 +111,15 @@ def _json_default(obj: Any) -> Any:
     return str(obj)  # timestamps and other scalars the contract writes as text
 
 
+def _fresh_state(gen: Any, blob: Any) -> Any | None:
+    """The state in `blob` if it was computed from generation `gen` (the current one), else None."""
+    if not isinstance(blob, bytes) or len(blob) < _GEN.size:
+        return None
+    if _GEN.unpack_from(blob)[0] != int(gen or 0):
+        return None  # computed from a history that has moved on
+    return decode_state(memoryview(blob)[_GEN.size :])
+
+
 # --- the store -----------------------------------------------------------------------------------
 
 
@@ -148,9 +157,7 @@ class RedisUserStore:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_url(
-        cls, url: str, *, timeout: float = 0.25, **kwargs: Any
-    ) -> RedisUserStore:
+    def from_url(cls, url: str, *, timeout: float = 0.25, **kwargs: Any) -> RedisUserStore:
         """A store over `url` with short socket timeouts and a single immediate retry.
 
         The single retry makes the first command after a Redis restart reconnect transparently;
@@ -238,11 +245,7 @@ class RedisUserStore:
     def get_state(self, user_id: str, model_version: str) -> Any | None:
         k = self._k(user_id)
         gen, blob = self._call(lambda: self.client.mget(f"{k}:gen", f"{k}:st:{model_version}"))
-        if blob is None or len(blob) < _GEN.size:
-            return None
-        if _GEN.unpack_from(blob)[0] != int(gen or 0):
-            return None  # computed from a history that has moved on
-        return decode_state(memoryview(blob)[_GEN.size :])
+        return _fresh_state(gen, blob)
 
     def put_state(self, user_id: str, model_version: str, state: Any, generation: int) -> None:
         k = self._k(user_id)
@@ -253,6 +256,26 @@ class RedisUserStore:
                 args=[int(generation), blob, self.state_ttl],
             )
         )
+
+    def get_state_and_last_prices(
+        self, user_id: str, model_version: str, session_id: str | None, item_ids: Sequence[str]
+    ) -> tuple[Any | None, list[float | None] | None]:
+        """`get_state` and `get_last_prices` in one round trip (the quote path's only read)."""
+        k = self._k(user_id)
+
+        def run() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.mget(f"{k}:gen", f"{k}:st:{model_version}")
+            if session_id is not None and item_ids:
+                pipe.hmget(f"{k}:lp:{session_id}", list(item_ids))
+            return pipe.execute()  # type: ignore[no-any-return]
+
+        res = self._call(run)
+        state = _fresh_state(*res[0])
+        last = None
+        if len(res) > 1:
+            last = [None if v is None else float(v) for v in res[1]]
+        return state, last
 
     def mark_stale(self, user_id: str) -> None:
         k = self._k(user_id)
@@ -281,7 +304,7 @@ class RedisUserStore:
         if not prices:
             return
         key = f"{self._k(user_id)}:lp:{session_id}"
-        mapping = {i: repr(float(p)) for i, p in prices.items()}
+        mapping: dict[Any, Any] = {i: repr(float(p)) for i, p in prices.items()}
 
         def run() -> None:
             pipe = self.client.pipeline(transaction=False)

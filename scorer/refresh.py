@@ -91,4 +91,6 @@ class StateRefresher:
                         self.computed += 1
                 except Exception:  # noqa: BLE001 - one user's failure must not stop the worker
                     self.failed += 1
-                    log.warning("background state refresh failed for user %s", user_id, exc_info=True)
+                    log.warning(
+                        "background state refresh failed for user %s", user_id, exc_info=True
+                    )

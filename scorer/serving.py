@@ -10,6 +10,7 @@ import logging
 import threading
 import uuid
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +26,20 @@ from scorer.offer_log import QUOTE_ID, OfferLog
 from scorer.state import UserStore, events_frame
 
 log = logging.getLogger(__name__)
+
+
+_IO_POOL: ThreadPoolExecutor | None = None
+_IO_POOL_LOCK = threading.Lock()
+
+
+def _io_pool() -> ThreadPoolExecutor:
+    """A few threads for store writes that overlap the offer log's fsync (created on first use)."""
+    global _IO_POOL
+    if _IO_POOL is None:
+        with _IO_POOL_LOCK:
+            if _IO_POOL is None:
+                _IO_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-io")
+    return _IO_POOL
 
 
 class QuoteError(ValueError):
@@ -192,7 +207,8 @@ class Pricer:
             if leader:
                 with self._inflight_lock:
                     self._inflight.pop(key, None)
-                done.set()
+                if done is not None:
+                    done.set()
 
     def refresh(self, sm: ServingModel, user_id: str) -> bool:
         """Make the user's cached state current (the background refresher's job); True if computed."""
@@ -201,25 +217,32 @@ class Pricer:
         self.compute_state(sm, user_id)
         return True
 
-    def user_state(self, sm: ServingModel, user_id: str) -> tuple[Any, bool, bool]:
+    def user_state(
+        self, sm: ServingModel, user_id: str, prefetched: Any | None = None
+    ) -> tuple[Any, bool, bool]:
         """(state, personalized, degraded): cached per (user, version), recomputed once when stale.
 
         When the store fails, the process's own recent copy of the user's state is used (still
         personalized, flagged degraded), else the cold state (priced as a new user).
         """
         try:
-            state = self.store.get_state(user_id, sm.version)
+            state = (
+                prefetched if prefetched is not None else self.store.get_state(user_id, sm.version)
+            )
             if state is not None:
                 self.cache.put(user_id, sm.version, state)
                 return state, True, False
             state, personalized = self.compute_state(sm, user_id)
             return state, personalized, False
         except Exception:  # noqa: BLE001 - a store outage degrades the quote, never a 5xx
-            log.warning("user store failed for user %s; pricing from the local cache", user_id)
-            cached = self.cache.get(user_id, sm.version)
-            if cached is not None:
-                return cached, True, True
-            return sm.cold_state, False, True
+            return self._degraded_state(sm, user_id)
+
+    def _degraded_state(self, sm: ServingModel, user_id: str) -> tuple[Any, bool, bool]:
+        log.warning("user store failed for user %s; pricing from the local cache", user_id)
+        cached = self.cache.get(user_id, sm.version)
+        if cached is not None:
+            return cached, True, True
+        return sm.cold_state, False, True
 
     def quote(
         self, sm: ServingModel, user_id: str, items: list[str], session_id: str | None
@@ -238,13 +261,25 @@ class Pricer:
         lp, cost = sm.list_price[idx], sm.unit_cost[idx]
         g = sm.guardrails
 
-        state, personalized, degraded = self.user_state(sm, user_id)
+        # One store round trip for the cached state and the session's last prices when the store
+        # offers it (Redis); the generic protocol calls otherwise.
+        prefetched, last_prices, prefetch_failed = None, None, False
+        view = getattr(self.store, "get_state_and_last_prices", None)
+        if view is not None:
+            try:
+                prefetched, last_prices = view(user_id, sm.version, session_id, items)
+            except Exception:  # noqa: BLE001 - handled below as a store outage
+                prefetch_failed = True
+        if prefetch_failed:
+            state, personalized, degraded = self._degraded_state(sm, user_id)
+        else:
+            state, personalized, degraded = self.user_state(sm, user_id, prefetched)
         last = None
         if session_id is not None and not degraded:
             try:
-                last = np.array(
-                    self.store.get_last_prices(user_id, session_id, items), dtype=float
-                )  # None -> NaN: no bound
+                if last_prices is None:
+                    last_prices = self.store.get_last_prices(user_id, session_id, items)
+                last = np.array(last_prices, dtype=float)  # None -> NaN: no bound
             except Exception:  # noqa: BLE001
                 log.warning("user store failed reading last prices")
                 degraded = True
@@ -290,13 +325,20 @@ class Pricer:
             }
             for k, item in enumerate(items)
         ]
+        sticky: Future[None] | None = None
+        if session_id is not None and not degraded:
+            # Both are blocking I/O that release the GIL: the Redis write overlaps the fsync.
+            sticky = _io_pool().submit(
+                self.store.set_last_price,
+                user_id,
+                session_id,
+                dict(zip(items, price.tolist(), strict=True)),
+            )
         self.offer_log.append_quotes(log_rows)
         self.book.put(quote_id, log_rows)
-        if session_id is not None and not degraded:
+        if sticky is not None:
             try:
-                self.store.set_last_price(
-                    user_id, session_id, dict(zip(items, price.tolist(), strict=True))
-                )
+                sticky.result(timeout=5.0)
             except Exception:  # noqa: BLE001 - the quote stands; only stickiness is lost
                 log.warning("user store failed writing last prices")
                 degraded = True

@@ -74,6 +74,9 @@ class TextEncoder:
             return
         import torch
         from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a weight-loading bar per process is noise in run logs
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         path = minilm_path()

@@ -165,7 +165,13 @@ class PriceResponseNet(nn.Module):
         """User vectors (B, d) from event tensors; `query_table` overrides the cached vocabulary."""
         ev_item = batch["ev_item"]
         has_item = ev_item >= 0
-        item_vec = self.items(ev_item.clamp(min=0))
+        n_rows = self.items.item_text.shape[0]
+        if n_rows <= ev_item.numel():
+            # Small catalog: run the tower once per item and gather, not once per token.
+            table = self.items(torch.arange(n_rows, device=ev_item.device))
+            item_vec = table[ev_item.clamp(min=0)]
+        else:
+            item_vec = self.items(ev_item.clamp(min=0))
         table = self.query_text if query_table is None else query_table
         q = batch["ev_query"]
         return self.user(

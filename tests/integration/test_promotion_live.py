@@ -123,3 +123,26 @@ def test_unreachable_scorer_still_moves_the_alias_and_the_scorer_catches_up_by_w
     assert any("unreachable" in r for r in result["promotion_reasons"])
     assert tracking.alias_version("price-response", "champion") == "2"
     _wait_version(scorer, "2", timeout=30)  # the scorer polls the alias every second
+
+
+def test_closed_loop_turns_live_quotes_into_a_valid_next_training_set(
+    registry: dict, scorer: str, tmp_path: Path
+) -> None:
+    from flows.closed_loop import closed_loop
+
+    out = tmp_path / "next"
+    result = closed_loop(
+        scorer, str(registry["data"]), n_requests=15, candidates=4, seed=3,
+        offer_log_dir=str(tmp_path / "offer_log"), out_dir=str(out),
+    )  # fmt: skip
+    assert result["quoted_items"] == 60
+    assert result["model_versions"] == ["1"]
+    # limits: exact expected profit is positive and below the continuous oracle's
+    assert 0 < result["expected_profit_per_offer"] <= result["oracle_profit_per_offer"] + 1e-9
+    nxt = result["next_training_set"]
+    assert nxt["logged_offers"] == 60 and nxt["validation_passed"]
+    import pandas as pd
+
+    offers = pd.read_parquet(out / "offers.parquet")
+    logged = offers[offers["policy"].str.startswith("price-response@")]
+    assert len(logged) == 60 and logged["propensity"].between(0, 1, inclusive="right").all()

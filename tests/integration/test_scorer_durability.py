@@ -66,5 +66,7 @@ def test_kill_9_loses_no_acknowledged_log_entry(start_scorer: Callable[..., Any]
     assert not missing, f"{len(missing)} acknowledged outcomes lost, e.g. {sorted(missing)[:3]}"
     assert all(logged[o] == bought for o, bought in acked_outcomes.items())
     quoted = set(export_offers(sp.log_dir, include_pending=True)["offer_id"])
-    lost = [f"{q}:{i}" for q, items in acked_quotes.items() for i in items if f"{q}:{i}" not in quoted]
+    lost = [
+        f"{q}:{i}" for q, items in acked_quotes.items() for i in items if f"{q}:{i}" not in quoted
+    ]
     assert not lost, f"{len(lost)} acknowledged quoted offers lost, e.g. {lost[:3]}"

@@ -1,0 +1,74 @@
+"""Simulated shoppers for the closed loop: who asks for a quote, and whether they buy at the price shown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pricing import schema as S
+from pricing.simulator import GroundTruth
+
+
+@dataclass(frozen=True)
+class ShopperRequest:
+    user_id: str
+    session_id: str
+    item_ids: list[str]
+
+
+def shopper_requests(
+    truth: GroundTruth, n_requests: int, candidates: int, rng: np.random.Generator
+) -> list[ShopperRequest]:
+    """Quote requests of random users over items drawn from their category taste."""
+    n_items = len(truth.item_ids)
+    k = min(candidates, n_items)
+    users = rng.integers(0, len(truth.user_ids), n_requests)
+    out = []
+    for r, u in enumerate(users):
+        # taste-weighted item choice: weight of an item = user's taste for its category
+        w = truth.user_taste[u, truth.item_category] + 1e-9
+        items = rng.choice(n_items, size=k, replace=False, p=w / w.sum())
+        out.append(
+            ShopperRequest(
+                str(truth.user_ids[u]), f"loop-{r:06d}", [str(truth.item_ids[i]) for i in items]
+            )
+        )
+    return out
+
+
+def draw_outcomes(
+    truth: GroundTruth,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    prices: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(purchased 0/1, true probability) for each shown (user, item, price)."""
+    p = truth.purchase_probability(user_ids, item_ids, prices)
+    return (rng.random(len(p)) < p).astype(int), p
+
+
+def loop_summary(
+    quotes: pd.DataFrame, truth: GroundTruth, unit_cost: pd.Series
+) -> dict[str, float]:
+    """Realized and exact expected profit of the prices served, against list price and the oracle."""
+    users = quotes[S.USER_ID].to_numpy(str)
+    items = quotes[S.ITEM_ID].to_numpy(str)
+    cost = unit_cost.reindex(items).to_numpy(float)
+    price = quotes[S.PRICE].to_numpy(float)
+    lp = truth.list_price[truth.item_index(items)]
+    exp_profit = (price - cost) * truth.purchase_probability(users, items, price)
+    list_profit = (lp - cost) * truth.purchase_probability(users, items, lp)
+    _, oracle_value = truth.oracle(users, items, 0.7 * lp, 1.3 * lp, unit_cost=cost)
+    return {
+        "quoted_items": float(len(quotes)),
+        "realized_profit_per_offer": float(((price - cost) * quotes[S.PURCHASED]).mean()),
+        "expected_profit_per_offer": float(exp_profit.mean()),
+        "list_profit_per_offer": float(list_profit.mean()),
+        "oracle_profit_per_offer": float(np.mean(oracle_value)),
+        "live_uplift_vs_list": float(exp_profit.mean() / list_profit.mean() - 1.0),
+        "live_regret_vs_continuous_oracle": float(1.0 - exp_profit.mean() / np.mean(oracle_value)),
+        "explored_share": float((quotes[S.PROPENSITY] < 1).mean()),
+    }
