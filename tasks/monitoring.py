@@ -1,0 +1,54 @@
+"""Monitoring tasks: read the live offer log, compare it with the training data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from pricing import schema as S
+from pricing.io import read_table
+from pricing.monitoring import drift_report, live_calibration
+
+PREDICTED = "purchase_probability"
+
+
+def read_live_offers(offer_log_dir: Path) -> pd.DataFrame:
+    """Offers with outcomes from the scorer's log, with the probability predicted at quote time."""
+    from scorer.offer_log import OUTCOMES_FILE
+
+    path = Path(offer_log_dir) / OUTCOMES_FILE
+    if not path.exists():
+        return pd.DataFrame(columns=[*S.column_names(S.OFFERS), PREDICTED])
+    df = pd.read_json(path, lines=True, dtype=False)
+    return df.drop_duplicates(S.OFFER_ID, keep="last") if len(df) else df
+
+
+def monitor_report(data_dir: Path, offer_log_dir: Path) -> dict[str, Any]:
+    """Drift of live prices against the training offers, and live conversion against prediction."""
+    items = read_table(data_dir, S.ITEMS)
+    offers = read_table(data_dir, S.OFFERS)
+    assert items is not None and offers is not None
+    live = read_live_offers(offer_log_dir)
+    out: dict[str, Any] = {"live_offers": len(live)}
+    if len(live) == 0:
+        out["status"] = "no live outcomes yet"
+        return out
+    out.update(drift_report(offers, live, items))
+    if PREDICTED in live:
+        known = live[live[PREDICTED].notna()]
+        out.update(
+            {
+                f"live_{k}": v
+                for k, v in live_calibration(known[PREDICTED], known[S.PURCHASED]).items()
+            }
+        )
+    return out
+
+
+@task(name="monitor_live_traffic", retries=1, cache_policy=NO_CACHE)
+def monitor_live_traffic(data_dir: Path, offer_log_dir: Path) -> dict[str, Any]:
+    return monitor_report(data_dir, offer_log_dir)
