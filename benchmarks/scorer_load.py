@@ -284,8 +284,7 @@ def profile_quote(
         offer_log_dir=workdir / "offers-profile",
         redis_url=redis_url,
         alias_poll_seconds=0,
-        bootstrap_data_dir=data_dir,
-    )
+    )  # no bootstrap: the store is already hydrated (re-hydrating would mark every state stale)
     orig = app_mod.get_settings
     app_mod.get_settings = lambda: settings  # type: ignore[assignment]
     try:

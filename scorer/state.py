@@ -169,7 +169,9 @@ def hydrate(store: UserStore, events: pd.DataFrame, max_user_events: int) -> int
     """Load each user's last `max_user_events` events from a contract events table into `store`.
 
     Returns how many users were loaded. Runs once at startup so users known from the training
-    data get personalized prices from their first quote.
+    data get personalized prices from their first quote; users the store already has a history
+    for are skipped, so replicas starting against one Redis neither duplicate events nor mark
+    cached states stale.
     """
     if len(events) == 0:
         return 0
@@ -181,6 +183,8 @@ def hydrate(store: UserStore, events: pd.DataFrame, max_user_events: int) -> int
     df[S.TS] = df[S.TS].map(lambda t: t.isoformat() if t is not None else None)
     n = 0
     for user_id, group in df.groupby(S.USER_ID, sort=False):
+        if store.get_events(str(user_id))[0]:
+            continue  # a shared store (Redis) already knows the user: another replica hydrated it
         records: list[dict[str, Any]] = group.to_dict("records")  # type: ignore[assignment]
         store.append_events(str(user_id), records)
         n += 1
