@@ -82,7 +82,11 @@ class ScorerRuntime:
 
     def open(self) -> None:
         """Open the offer log (creates its directory), the pricer and the state refresher."""
-        self.offer_log = OfferLog(self.settings.offer_log_dir)
+        self.offer_log = OfferLog(
+            self.settings.offer_log_dir,
+            self.settings.offer_log_fsync,
+            self.settings.offer_log_fsync_interval_ms / 1000.0,
+        )
         self.pricer = Pricer(self.store, self.offer_log, self.rng, QuoteBook())
         self.refresher = StateRefresher(self._refresh_user)
         self.refresher.start()

@@ -322,6 +322,7 @@ class Pricer:
                 S.PRICE: float(price[k]),
                 S.PROPENSITY: float(propensity[k]),
                 S.POLICY: policy,
+                "purchase_probability": float(prob[k]),  # for live calibration (monitor flow)
             }
             for k, item in enumerate(items)
         ]
