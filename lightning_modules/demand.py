@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "max_len": 32,  # L: most recent events per history window
     "dropout": 0.1,
     "head_hidden": 64,
+    "ff_mult": 4,  # transformer feed-forward width, in multiples of d_model
     "batch_size": 256,
     "eval_batch_size": 2048,
     "lr": 2e-3,
@@ -49,7 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "serving_gap_s": 30.0,  # assumed seconds from a user's last event to the quote
     "trainer": {},  # Lightning Trainer defaults (accelerator, devices, strategy, precision, ...)
 }
-_HPARAMS = ("d_model", "n_layers", "n_heads", "max_len", "dropout", "head_hidden", "lr", "weight_decay", "warmup_steps", "cosine")  # fmt: skip
+_HPARAMS = ("d_model", "n_layers", "n_heads", "max_len", "dropout", "head_hidden", "ff_mult", "lr", "weight_decay", "warmup_steps", "cosine")  # fmt: skip
 _STATE = "bert_state.pt"
 _META = "bert.json"
 _CATALOG = "catalog.parquet"
@@ -145,7 +146,9 @@ class BertDemand(DemandModel):
         cfg, args = self.config, dict(self.trainer_args)
         callbacks: list[Any] = []
         if valid:
-            callbacks.append(EarlyStopping("val/loss", patience=int(cfg["patience"]), mode="min"))
+            callbacks.append(
+                EarlyStopping("val/loss", patience=int(cfg["patience"]), mode="min", strict=False)
+            )
             callbacks.append(
                 ModelCheckpoint(dirpath=root, monitor="val/loss", mode="min", save_top_k=1)
             )

@@ -33,6 +33,7 @@ class PriceResponseModule(pl.LightningModule):
         dropout: float = 0.1,
         head_hidden: int = 64,
         a_init: float = -2.0,
+        ff_mult: int = 4,
         lr: float = 2e-3,
         weight_decay: float = 0.01,
         warmup_steps: int = 50,
@@ -52,6 +53,7 @@ class PriceResponseModule(pl.LightningModule):
             dropout=dropout,
             head_hidden=head_hidden,
             a_init=a_init,
+            ff_mult=ff_mult,
         )
         self.val_auc = BinaryAUROC()
 

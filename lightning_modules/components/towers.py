@@ -60,6 +60,7 @@ class UserTower(nn.Module):
         n_heads: int,
         max_len: int,
         dropout: float = 0.1,
+        ff_mult: int = 4,
     ) -> None:
         super().__init__()
         self.max_len = max_len
@@ -75,7 +76,7 @@ class UserTower(nn.Module):
         layer = nn.TransformerEncoderLayer(
             d_model,
             n_heads,
-            dim_feedforward=4 * d_model,
+            dim_feedforward=ff_mult * d_model,
             dropout=dropout,
             activation="gelu",
             batch_first=True,
@@ -92,7 +93,7 @@ class UserTower(nn.Module):
         etype: Tensor,  # (B, L) long
         lpr: Tensor,  # (B, L) float, 0 where no price
         gap: Tensor,  # (B, L) long bucket
-        query_vec: Tensor,  # (B, L, text_dim)
+        query_vec: Tensor,  # (B, L, d) query text, already projected to d_model
         has_query: Tensor,  # (B, L) bool
         mask: Tensor,  # (B, L) bool, True for real events (left-padded: newest last)
     ) -> Tensor:
@@ -106,7 +107,7 @@ class UserTower(nn.Module):
             + self.gap_emb(gap)
             + self.pos_emb(pos).unsqueeze(0)
             + self.price_proj(price_inputs(lpr, has_price))
-            + self.query_proj(query_vec) * has_query.unsqueeze(-1).to(item_vec.dtype)
+            + query_vec * has_query.unsqueeze(-1).to(item_vec.dtype)
         )
         tok = tok * mask.unsqueeze(-1).to(tok.dtype)
         x = torch.cat([self.cls.to(tok.dtype).expand(b, 1, -1), tok], dim=1)
@@ -154,10 +155,11 @@ class PriceResponseNet(nn.Module):
         dropout: float = 0.1,
         head_hidden: int = 64,
         a_init: float = -2.0,
+        ff_mult: int = 4,
     ) -> None:
         super().__init__()
         self.items = ItemTower(n_items, n_categories, text_dim, d_model)
-        self.user = UserTower(d_model, text_dim, n_layers, n_heads, max_len, dropout)
+        self.user = UserTower(d_model, text_dim, n_layers, n_heads, max_len, dropout, ff_mult)
         self.head = PriceHead(d_model, head_hidden, a_init=a_init)
         self.register_buffer("query_text", torch.zeros(n_queries + 1, text_dim))  # row 0: none
 
@@ -174,13 +176,15 @@ class PriceResponseNet(nn.Module):
             item_vec = self.items(ev_item.clamp(min=0))
         table = self.query_text if query_table is None else query_table
         q = batch["ev_query"]
+        # Project the (small) query vocabulary once, then gather: not text_dim x d per token.
+        projected = self.user.query_proj(table)
         return self.user(
             item_vec,
             has_item,
             batch["ev_type"],
             batch["ev_lpr"],
             batch["ev_gap"],
-            table[q],
+            projected[q],
             q > 0,
             batch["ev_mask"],
         )

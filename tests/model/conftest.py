@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from mlops.models import PricingData
-from pricing.simulator import Market
+from pricing.simulator import Market, SimConfig, simulate
 from pricing.split import time_split
 
 # The tiny random-init text encoder and a small network: seconds on 2 CPU cores.
@@ -19,7 +19,7 @@ TINY_BERT: dict[str, Any] = {
     "max_len": 16,
     "batch_size": 128,
     "lr": 3e-3,
-    "max_epochs": 8,
+    "max_epochs": 6,
     "patience": 3,
     "warmup_steps": 10,
 }
@@ -40,11 +40,28 @@ def tiny_splits(tiny_market: Market) -> tuple[PricingData, PricingData, PricingD
     return splits(tiny_market)
 
 
+# Learning who is price-sensitive from behaviour needs more offers than the tiny market has
+# (~2k training offers there; ~9k here); still a few seconds of training.
+SMALL = SimConfig(n_users=400, n_items=40, n_days=28, seed=7)
+
+
 @pytest.fixture(scope="session")
-def trained_bert(tiny_splits: tuple[PricingData, PricingData, PricingData]) -> Any:
+def small_splits() -> tuple[PricingData, PricingData, PricingData]:
+    return splits(simulate(SMALL))
+
+
+@pytest.fixture(scope="session")
+def trained_bert(small_splits: tuple[PricingData, PricingData, PricingData]) -> Any:
+    """The model whose behaviour the tests check, trained on the small market."""
     from lightning_modules.demand import BertDemand
 
-    train, valid, _ = tiny_splits
+    train, valid, _ = small_splits
     model = BertDemand(TINY_BERT, seed=0)
     model.diagnostics = model.fit(train, valid)  # type: ignore[attr-defined]
     return model
+
+
+@pytest.fixture()
+def bert_config() -> dict[str, Any]:
+    """A copy of the tiny BERT config, for tests that train their own model."""
+    return dict(TINY_BERT)

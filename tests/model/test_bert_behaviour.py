@@ -46,8 +46,10 @@ def _history(items: pd.DataFrame, ratio: float, n: int = 8) -> pd.DataFrame:
     )
 
 
-def test_fit_beats_the_base_rate_and_reports_diagnostics(trained_bert: Any, tiny_splits: Any) -> None:
-    train, valid, test = tiny_splits
+def test_fit_beats_the_base_rate_and_reports_diagnostics(
+    trained_bert: Any, small_splits: Any
+) -> None:
+    train, valid, test = small_splits
     diag = trained_bert.diagnostics
     assert diag["epochs"] >= 1 and diag["samples_per_s"] > 0
     y = test.offers[S.PURCHASED].to_numpy(float)
@@ -56,8 +58,10 @@ def test_fit_beats_the_base_rate_and_reports_diagnostics(trained_bert: Any, tiny
     assert M.roc_auc(y, trained_bert.predict(test)) > 0.6
 
 
-def test_raising_the_price_never_raises_predicted_demand(trained_bert: Any, tiny_splits: Any) -> None:
-    test = tiny_splits[2]
+def test_raising_the_price_never_raises_predicted_demand(
+    trained_bert: Any, small_splits: Any
+) -> None:
+    test = small_splits[2]
     grid = _grid(test)
     grid[::7, -3:] = np.nan  # guardrails blank out some positions
     probs = trained_bert.predict_grid(test, grid)
@@ -72,9 +76,9 @@ def test_raising_the_price_never_raises_predicted_demand(trained_bert: Any, tiny
 
 
 def test_serving_demand_never_rises_with_price_and_matches_batch_prediction(
-    trained_bert: Any, tiny_splits: Any
+    trained_bert: Any, small_splits: Any
 ) -> None:
-    test = tiny_splits[2]
+    test = small_splits[2]
     model = trained_bert
     model.warm()
     catalog = model.catalog
@@ -104,7 +108,9 @@ def test_an_empty_history_works(trained_bert: Any) -> None:
     assert np.isfinite(state).all() and ((probs > 0) & (probs < 1)).all()
 
 
-def test_a_discount_buyer_gets_lower_optimal_prices_than_a_list_price_buyer(trained_bert: Any) -> None:
+def test_a_discount_buyer_gets_lower_optimal_prices_than_a_list_price_buyer(
+    trained_bert: Any,
+) -> None:
     model = trained_bert
     catalog = model.catalog
     rows = np.arange(len(catalog))
@@ -121,33 +127,47 @@ def test_a_discount_buyer_gets_lower_optimal_prices_than_a_list_price_buyer(trai
     assert (deal_price <= list_price + 1e-9).mean() > 0.8
 
 
-def test_protected_attributes_never_change_predictions(tiny_splits: Any) -> None:
+def test_protected_attributes_never_change_predictions(
+    tiny_splits: Any, bert_config: dict[str, Any]
+) -> None:
     from lightning_modules.demand import BertDemand
 
-    from .conftest import TINY_BERT
-
     train, valid, test = tiny_splits
-    other_users = train.users.assign(**{S.AGE_GROUP: train.users[S.AGE_GROUP].sample(frac=1.0, random_state=1).to_numpy()})
+    other_users = train.users.assign(
+        **{S.AGE_GROUP: train.users[S.AGE_GROUP].sample(frac=1.0, random_state=1).to_numpy()}
+    )
     assert (other_users[S.AGE_GROUP] != train.users[S.AGE_GROUP]).any()
-    preds = []
+    preds, models = [], []
     for users in (train.users, other_users):
-        model = BertDemand({**TINY_BERT, "max_epochs": 1, "max_steps": 4}, seed=3)
+        model = BertDemand({**bert_config, "max_epochs": 1, "max_steps": 4}, seed=3)
         model.fit(
             PricingData(train.offers, train.items, train.events, None, users),
             PricingData(valid.offers, valid.items, valid.events, None, users),
         )
-        preds.append(model.predict_grid(PricingData(test.offers, test.items, test.events, None, users), _grid(test)))
-    np.testing.assert_array_equal(preds[0], preds[1])
+        models.append(model)
+        preds.append(
+            model.predict_grid(
+                PricingData(test.offers, test.items, test.events, None, users), _grid(test)
+            )
+        )
+    # Trained on either table: the same model (up to CPU float reduction order).
+    np.testing.assert_allclose(preds[0], preds[1], rtol=0, atol=1e-6)
+    # One model, either table at prediction time: bit-identical.
+    again = models[0].predict_grid(
+        PricingData(test.offers.copy(), test.items, test.events.copy(), None, other_users),
+        _grid(test),
+    )
+    np.testing.assert_array_equal(again, preds[0])
 
 
 def test_save_load_round_trip_needs_no_text_encoder_for_items(
-    trained_bert: Any, tiny_splits: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    trained_bert: Any, small_splits: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from lightning_modules.components import text
     from lightning_modules.demand import BertDemand
     from mlops.models import load_model, save_model
 
-    test = tiny_splits[2]
+    test = small_splits[2]
     grid = _grid(test)
     before = trained_bert.predict_grid(test, grid)
     save_model(trained_bert, tmp_path / "m")
@@ -162,9 +182,13 @@ def test_save_load_round_trip_needs_no_text_encoder_for_items(
     np.testing.assert_allclose(loaded.predict_grid(fresh, grid), before, rtol=0, atol=1e-6)
     pd.testing.assert_frame_equal(loaded.catalog, trained_bert.catalog)
     events = test.events[test.events[S.USER_ID] == test.offers[S.USER_ID].iloc[0]]
-    np.testing.assert_allclose(loaded.user_state(events), trained_bert.user_state(events), atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.user_state(events), trained_bert.user_state(events), atol=1e-6
+    )
     # An unseen search query is the one thing serving encodes on the fly.
     monkeypatch.undo()
-    novel = events.iloc[:1].assign(**{S.EVENT_TYPE: S.SEARCH, S.ITEM_ID: None, S.PRICE: np.nan, S.QUERY: "never seen before"})
+    novel = events.iloc[:1].assign(
+        **{S.EVENT_TYPE: S.SEARCH, S.ITEM_ID: None, S.PRICE: np.nan, S.QUERY: "never seen before"}
+    )
     state = loaded.user_state(pd.concat([events, novel]))
     assert np.isfinite(state).all() and loaded._extra_queries == ["never seen before"]

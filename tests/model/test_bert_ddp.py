@@ -29,14 +29,19 @@ class StateHash(pl.Callback):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_ends_with_identical_weights(tiny_splits: Any, tmp_path: Path) -> None:
+def test_two_process_ddp_ends_with_identical_weights(
+    tiny_splits: Any, tmp_path: Path, bert_config: dict[str, Any]
+) -> None:
     from lightning_modules.demand import BertDemand
 
-    from .conftest import TINY_BERT
-
     train, valid, test = tiny_splits
-    trainer = {"accelerator": "cpu", "devices": 2, "strategy": "ddp_spawn", "callbacks": [StateHash(tmp_path)]}
-    model = BertDemand({**TINY_BERT, "max_epochs": 1, "max_steps": 6}, seed=0, trainer=trainer)
+    trainer = {
+        "accelerator": "cpu",
+        "devices": 2,
+        "strategy": "ddp_spawn",
+        "callbacks": [StateHash(tmp_path)],
+    }
+    model = BertDemand({**bert_config, "max_epochs": 1, "max_steps": 6}, seed=0, trainer=trainer)
     diag = model.fit(train, valid)
     hashes = [(tmp_path / f"rank{k}.txt").read_text() for k in range(2)]
     assert len(hashes[0]) == 64 and hashes[0] == hashes[1]
