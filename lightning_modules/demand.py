@@ -8,8 +8,11 @@ the user tower when a user has new events, and `demand()` runs only the head ove
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytorch_lightning as pl
 import torch
 
 from lightning_modules.components.text import TextEncoder, item_texts
@@ -46,6 +50,13 @@ DEFAULTS: dict[str, Any] = {
     "max_steps": -1,
     "patience": 2,
     "num_workers": 0,
+    "pin_memory": None,  # page-locked host batches for fast copies; None = on when training on CUDA
+    "trim_padding": False,  # cut each batch to its longest true history (same outputs, fewer tokens)
+    "accumulate_grad_batches": 1,  # optimizer step every k batches (effective batch k * batch_size)
+    "compile": False,  # torch.compile the network for the train/val steps (GPU; slow to build on CPU)
+    "checkpoint_dir": None,  # persistent checkpoints (last.ckpt, best) here; a temp dir when None
+    "checkpoint_every_n_steps": 200,  # last.ckpt every n optimizer steps (and at every epoch end)
+    "resume": True,  # continue from checkpoint_dir/last.ckpt when it exists
     "log_dir": None,  # a CSV logger writes here when set; no logger otherwise
     "serving_gap_s": 30.0,  # assumed seconds from a user's last event to the quote
     "trainer": {},  # Lightning Trainer defaults (accelerator, devices, strategy, precision, ...)
@@ -54,6 +65,51 @@ _HPARAMS = ("d_model", "n_layers", "n_heads", "max_len", "dropout", "head_hidden
 _STATE = "bert_state.pt"
 _META = "bert.json"
 _CATALOG = "catalog.parquet"
+LAST_CKPT = "last.ckpt"
+log = logging.getLogger(__name__)
+
+
+def is_global_zero() -> bool:
+    """True unless this process is a non-zero rank of a multi-process launch.
+
+    Reads the launcher's environment (RANK from torchrun or Lightning's own DDP launcher,
+    SLURM_PROCID under srun), so a flow can ask before training starts whether it should track,
+    register or promote anything.
+    """
+    from lightning_fabric.utilities.rank_zero import _get_rank
+
+    return (_get_rank() or 0) == 0
+
+
+class LastCheckpoint(pl.Callback):
+    """Writes `dirpath/last.ckpt` every n optimizer steps and at each epoch end, atomically.
+
+    The file is written next to its final name and renamed into place, so a run killed mid-write
+    (SIGKILL, preemption) always leaves the previous complete checkpoint behind.
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_steps: int) -> None:
+        self.path = Path(dirpath) / LAST_CKPT
+        self.every = max(int(every_n_steps), 1)
+        self._saved_step = -1
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        if trainer.global_step == self._saved_step:
+            return
+        self._saved_step = trainer.global_step
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        # global_step counts optimizer steps: with accumulation it stays put between them.
+        step = trainer.global_step
+        if step and step != self._saved_step and step % self.every == 0:
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._save(trainer)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -139,12 +195,13 @@ class BertDemand(DemandModel):
 
     # --- training --------------------------------------------------------------------------------
     def _trainer(self, root: str, valid: bool) -> Any:
-        import pytorch_lightning as pl
         from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
         from pytorch_lightning.loggers import CSVLogger
 
         cfg, args = self.config, dict(self.trainer_args)
         callbacks: list[Any] = []
+        if cfg["checkpoint_dir"]:
+            callbacks.append(LastCheckpoint(root, int(cfg["checkpoint_every_n_steps"])))
         if valid:
             callbacks.append(
                 EarlyStopping("val/loss", patience=int(cfg["patience"]), mode="min", strict=False)
@@ -166,13 +223,14 @@ class BertDemand(DemandModel):
             "default_root_dir": root,
             "callbacks": callbacks + list(args.pop("callbacks", [])),
             "deterministic": False,
+            "accumulate_grad_batches": int(cfg["accumulate_grad_batches"]),
+            # EpochSampler shards by rank itself and keeps the order a function of (seed, epoch).
+            "use_distributed_sampler": False,
         }
         kwargs.update(args)
         return pl.Trainer(**kwargs)
 
     def fit(self, train: PricingData, valid: PricingData | None = None) -> dict[str, float]:
-        import pytorch_lightning as pl
-
         cfg = self.config
         pl.seed_everything(self.seed, workers=True)
         self._set_catalog(train.items)
@@ -209,6 +267,11 @@ class BertDemand(DemandModel):
         )
         has_valid = valid is not None and len(valid) > 0
         on_gpu = torch.cuda.is_available() and self.trainer_args.get("accelerator", "auto") != "cpu"
+        if on_gpu:
+            torch.set_float32_matmul_precision("high")  # TF32 for whatever still runs in fp32
+        if cfg["compile"]:
+            module.compile_net()
+        pin = on_gpu if cfg["pin_memory"] is None else bool(cfg["pin_memory"])
         dm = PriceDataModule(
             train.offers,
             valid.offers if has_valid and valid is not None else None,
@@ -217,14 +280,32 @@ class BertDemand(DemandModel):
             max_len=int(cfg["max_len"]),
             batch_size=int(cfg["batch_size"]),
             num_workers=int(cfg["num_workers"]),
-            pin_memory=on_gpu,
+            pin_memory=pin,
             eval_batch_size=int(cfg["eval_batch_size"]),
+            seed=self.seed,
+            trim_padding=bool(cfg["trim_padding"]),
         )
-        with tempfile.TemporaryDirectory(prefix="bert-ckpt-") as root:
+        with contextlib.ExitStack() as stack:
+            if cfg["checkpoint_dir"]:
+                root = str(cfg["checkpoint_dir"])
+                Path(root).mkdir(parents=True, exist_ok=True)
+            else:
+                root = stack.enter_context(tempfile.TemporaryDirectory(prefix="bert-ckpt-"))
+            last = Path(root) / LAST_CKPT
+            ckpt_path = (
+                str(last) if cfg["checkpoint_dir"] and cfg["resume"] and last.exists() else None
+            )
+            if ckpt_path:
+                log.info("resuming BERT training from %s", ckpt_path)
             trainer = self._trainer(root, has_valid)
             t0 = time.perf_counter()
-            trainer.fit(module, datamodule=dm)
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
             fit_s = time.perf_counter() - t0
+            if not trainer.is_global_zero:
+                # A worker rank (Lightning's DDP launcher, torchrun, srun) re-ran the whole command:
+                # its share of training is done; evaluation, MLflow and registration are rank 0's.
+                log.info("rank %d finished training; exiting", trainer.global_rank)
+                raise SystemExit(0)
             best_path = trainer.checkpoint_callback.best_model_path if has_valid else ""
             best_score = trainer.checkpoint_callback.best_model_score if has_valid else None
             if best_path and Path(best_path).exists():
@@ -235,7 +316,8 @@ class BertDemand(DemandModel):
         self.warm()
         epochs = max(int(trainer.current_epoch), 1)
         steps = int(trainer.global_step)
-        samples = steps * int(cfg["batch_size"]) if steps else epochs * len(train)
+        per_step = int(cfg["batch_size"]) * int(cfg["accumulate_grad_batches"])
+        samples = steps * per_step if steps else epochs * len(train)
         return {
             "epochs": float(epochs),
             "steps": float(steps),

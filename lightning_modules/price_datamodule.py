@@ -2,16 +2,22 @@
 
 It is handed its splits (it never downloads, and never reads the users table, so protected
 attributes cannot reach the model); `lightning_modules.sequences` builds the windows.
+
+The training order is a function of (seed, epoch) only, sharded by rank under DDP, and the
+datamodule's state (epoch, batches done) travels in checkpoints, so a resumed run, even one killed
+mid-epoch, sees exactly the batches the uninterrupted run would have seen.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightning_modules.sequences import HistoryBatcher, Vocab, event_arrays
 
@@ -29,6 +35,65 @@ class _Positions(Dataset):
         return i
 
 
+def _rank_world() -> tuple[int, int]:
+    """(rank, world size) of the running process group; (0, 1) outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class EpochSampler(Sampler[int]):
+    """Positions in an order fixed by (seed, epoch), this rank's shard, minus the batches done.
+
+    Lightning calls `set_epoch` before every epoch (and we turn its own DistributedSampler off):
+    the order then depends on nothing but the seed and the epoch, never on the global RNG, which
+    dropout also draws from. Like DistributedSampler, the order is padded by wrapping around to a
+    multiple of the world size so every rank runs the same number of steps.
+
+    Args:
+        n: dataset size.
+        batch_size: positions per batch (to skip whole batches on resume).
+        shuffle: permute per epoch (training) or keep 0..n-1 (validation).
+        seed: the permutation seed.
+    """
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool = True, seed: int = 0) -> None:
+        self.n = n
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        self.resume_epoch = -1  # skip `resume_batches` batches when iterating this epoch
+        self.resume_batches = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume_at(self, epoch: int, batches: int) -> None:
+        """Make the next pass over `epoch` start after its first `batches` batches."""
+        self.resume_epoch, self.resume_batches = epoch, batches
+
+    def __len__(self) -> int:
+        # The full shard, also when resuming: Lightning sizes the LR schedule from it.
+        return math.ceil(self.n / _rank_world()[1])
+
+    def __iter__(self) -> Iterator[int]:
+        rank, world = _rank_world()
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.arange(self.n)
+        total = math.ceil(self.n / world) * world
+        if total > self.n and self.n:
+            order = torch.cat([order, order[: total - self.n]])
+        shard = order[rank:total:world]
+        if self.epoch == self.resume_epoch:
+            shard = shard[self.resume_batches * self.batch_size :]
+            self.resume_epoch = -1  # only the first pass after a restore is partial
+        return iter(shard.tolist())
+
+
 def loader(
     batcher: Callable[[Sequence[int]], dict[str, torch.Tensor]],
     n: int,
@@ -36,15 +101,24 @@ def loader(
     shuffle: bool = False,
     num_workers: int = 0,
     pin_memory: bool = False,
+    sampler: Sampler[int] | None = None,
+    seed: int = 0,
 ) -> DataLoader:
+    """Batches of `batcher(positions)`; `sampler` (if given) replaces `shuffle`.
+
+    The loader's own generator seeds worker processes, so iterating it never draws from the global
+    RNG (which would shift dropout masks between an uninterrupted and a resumed run).
+    """
     return DataLoader(
         _Positions(n),
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle if sampler is None else None,
+        sampler=sampler,
         collate_fn=batcher,
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
@@ -57,6 +131,8 @@ class PriceDataModule(pl.LightningDataModule):
         vocab: index spaces of the network.
         max_len: L, events per history window.
         batch_size, num_workers: DataLoader settings; pin_memory follows `pin_memory` (on for GPU).
+        seed: the data-order seed (the order of epoch e is a function of (seed, e)).
+        trim_padding: cut each batch to its longest true history (see `HistoryBatcher`).
     """
 
     def __init__(
@@ -70,6 +146,8 @@ class PriceDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         eval_batch_size: int = 2048,
+        seed: int = 0,
+        trim_padding: bool = False,
     ) -> None:
         super().__init__()
         self.train_offers = train_offers.reset_index(drop=True)
@@ -81,6 +159,10 @@ class PriceDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        self.seed = seed
+        self.trim_padding = trim_padding
+        self.train_sampler: EpochSampler | None = None
+        self._resume: dict[str, int] | None = None
         self.train_batcher: HistoryBatcher | None = None
         self.valid_batcher: HistoryBatcher | None = None
 
@@ -88,28 +170,56 @@ class PriceDataModule(pl.LightningDataModule):
         if self.train_batcher is not None:
             return
         ev = event_arrays(self.events, self.vocab)
-        self.train_batcher = HistoryBatcher(ev, self.train_offers, self.vocab, self.max_len)
+        trim = self.trim_padding
+        self.train_batcher = HistoryBatcher(ev, self.train_offers, self.vocab, self.max_len, trim)
         if self.valid_offers is not None and len(self.valid_offers):
-            self.valid_batcher = HistoryBatcher(ev, self.valid_offers, self.vocab, self.max_len)
+            self.valid_batcher = HistoryBatcher(
+                ev, self.valid_offers, self.vocab, self.max_len, trim
+            )
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_batcher is not None
+        n = len(self.train_batcher)
+        self.train_sampler = EpochSampler(n, self.batch_size, shuffle=True, seed=self.seed)
+        if self._resume is not None:
+            self.train_sampler.resume_at(self._resume["epoch"], self._resume["batches"])
+            self._resume = None
         return loader(
             self.train_batcher,
-            len(self.train_batcher),
+            n,
             self.batch_size,
-            shuffle=True,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
+            sampler=self.train_sampler,
+            seed=self.seed,
         )
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         if self.valid_batcher is None:
             return []
+        n = len(self.valid_batcher)
         return loader(
             self.valid_batcher,
-            len(self.valid_batcher),
+            n,
             self.eval_batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
+            sampler=EpochSampler(n, self.eval_batch_size, shuffle=False),
+            seed=self.seed,
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where training stands in the data: the epoch and the batches this rank has finished."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": int(trainer.current_epoch), "batches": int(progress.processed)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the data order where the checkpoint left it (applied to the next train loader)."""
+        if state_dict:
+            self._resume = {
+                "epoch": int(state_dict["epoch"]),
+                "batches": int(state_dict["batches"]),
+            }

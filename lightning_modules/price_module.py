@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import random
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,9 @@ class PriceResponseModule(pl.LightningModule):
 
     The frozen text vectors live in the network's buffers (filled by `set_text_vectors` before
     training) and travel in the state dict, so a checkpoint needs no text encoder to load.
+    Checkpoints also carry every RNG state, so a resumed run draws the same dropout masks as an
+    uninterrupted one. `compile_net()` makes training and validation steps run a `torch.compile`d
+    view of the network; the plain network (and the state dict) stay as they are.
     """
 
     def __init__(
@@ -56,6 +61,27 @@ class PriceResponseModule(pl.LightningModule):
             ff_mult=ff_mult,
         )
         self.val_auc = BinaryAUROC()
+        self._compile = False
+        self._compiled: Any = None
+
+    def compile_net(self, enabled: bool = True, **options: Any) -> None:
+        """Run the steps through `torch.compile(net, **options)` (built lazily, on the device)."""
+        self._compile, self._compile_options = enabled, options
+        self._compiled = None
+
+    def _step_net(self) -> Any:
+        if not self._compile:
+            return self.net
+        if self._compiled is None:
+            # Kept out of the module tree (plain __dict__ entry): no duplicate state-dict keys,
+            # and DDP/checkpointing see only the plain network, whose parameters it shares.
+            self.__dict__["_compiled"] = torch.compile(self.net, **self._compile_options)
+        return self._compiled
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state["_compiled"] = None  # rebuilt per process (ddp_spawn pickles the module)
+        return state
 
     def set_text_vectors(
         self, item_text: torch.Tensor, item_category: torch.Tensor, query_text: torch.Tensor
@@ -67,8 +93,33 @@ class PriceResponseModule(pl.LightningModule):
             self.net.query_text.copy_(query_text)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        a, b = self.net(batch)
+        a, b = self._step_net()(batch)
         return self.net.logit(a, b, batch["lpr"])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the RNG states (python, numpy, torch CPU and CUDA) with the weights."""
+        rng: dict[str, Any] = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            # This rank's own device: every rank is seeded alike and draws alike, so rank 0's
+            # state (the one written) is every rank's state.
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        checkpoint["rng_states"] = rng
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the RNG states `on_save_checkpoint` stored (when resuming a run)."""
+        rng = checkpoint.get("rng_states")
+        if not rng:
+            return
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            # Restored before the module moves to its device: set the current device's generator.
+            torch.cuda.set_rng_state(rng["cuda"], torch.cuda.current_device())
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logit = self(batch).float()

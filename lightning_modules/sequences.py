@@ -113,6 +113,10 @@ class HistoryBatcher:
         offers: the offers (contract columns); `purchased` is optional (serving has no label).
         vocab: index spaces.
         max_len: L, the number of most recent events kept per offer.
+        trim: cut the all-padding left columns of each batch (its width becomes the batch's longest
+            true history, at least 1). Histories are left-padded and positions count from the
+            newest event, so a trimmed batch gives the same outputs up to float noise (dropout
+            aside: its masks are drawn per tensor shape) while the transformer runs on fewer tokens.
     """
 
     def __init__(
@@ -121,8 +125,10 @@ class HistoryBatcher:
         offers: pd.DataFrame,
         vocab: Vocab,
         max_len: int,
+        trim: bool = False,
     ) -> None:
         self.max_len = max_len
+        self.trim = trim
         off_user = offers[S.USER_ID].astype(str).to_numpy()
         codes, uniques = pd.factorize(np.concatenate([events["user"], off_user]))
         ev_user, o_user = codes[: len(events["user"])], codes[len(events["user"]) :]
@@ -169,6 +175,9 @@ class HistoryBatcher:
     def __call__(self, idx: Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]:
         o = np.asarray(idx, dtype=np.int64)
         length = self.max_len
+        if self.trim and len(o):
+            true = np.minimum(self.end[o] - self.start[o], self.max_len)
+            length = max(int(true.max()), 1)
         pos = self.end[o, None] - length + np.arange(length)[None, :]
         mask = pos >= self.start[o, None]
         p = np.where(mask, pos, len(self.ev_ts) - 1)
