@@ -162,6 +162,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         '-d \'{"user_id": "u000001", "items": ["i00001", "i00002", "i00003"]}\''
     )
     os.environ.setdefault("PRICING_BOOTSTRAP_DATA_DIR", str(data_dir))
+    from mlops.settings import get_settings
+
+    get_settings.cache_clear()  # the flow read the settings before the bootstrap dir was set
     return _cmd_serve(argparse.Namespace(host="127.0.0.1", port=args.port))
 
 

@@ -15,6 +15,22 @@ from torchmetrics.classification import BinaryAUROC
 from lightning_modules.components.towers import PriceResponseNet
 
 
+def _numpy_state_out(state: Any) -> tuple[Any, ...]:
+    name, keys, pos, has_gauss, cached = state
+    return (
+        str(name),
+        torch.from_numpy(keys.astype(np.int64)),
+        int(pos),
+        int(has_gauss),
+        float(cached),
+    )
+
+
+def _numpy_state_in(state: Any) -> tuple[Any, ...]:
+    name, keys, pos, has_gauss, cached = state
+    return (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
+
+
 class PriceResponseModule(pl.LightningModule):
     """Built from plain hyperparameters, so `save_hyperparameters()` / `load_from_checkpoint()` work.
 
@@ -100,7 +116,8 @@ class PriceResponseModule(pl.LightningModule):
         """Store the RNG states (python, numpy, torch CPU and CUDA) with the weights."""
         rng: dict[str, Any] = {
             "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            # Plain types and tensors only: Lightning loads checkpoints with weights_only=True.
+            "numpy": _numpy_state_out(np.random.get_state()),
             "torch": torch.get_rng_state(),
         }
         if self.device.type == "cuda":
@@ -115,7 +132,7 @@ class PriceResponseModule(pl.LightningModule):
         if not rng:
             return
         random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
+        np.random.set_state(_numpy_state_in(rng["numpy"]))
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             # Restored before the module moves to its device: set the current device's generator.
@@ -137,7 +154,12 @@ class PriceResponseModule(pl.LightningModule):
         self.val_auc.update(torch.sigmoid(logit), batch["label"].long())
         self.log("val/auc", self.val_auc, batch_size=n)
 
-    def configure_optimizers(self) -> Any:
+    def build_optimizer(self, total_steps: int, fused: bool | None = None) -> tuple[Any, Any]:
+        """AdamW (no decay on embeddings, norms, biases) and its per-step LR schedule (or None).
+
+        Public so a plain PyTorch loop (benchmarks/train_throughput.py) trains with exactly the
+        optimizer the Trainer uses. `fused` defaults to on for CUDA parameters.
+        """
         hp = self.hparams
         decay, no_decay = [], []
         for name, p in self.named_parameters():
@@ -147,11 +169,12 @@ class PriceResponseModule(pl.LightningModule):
             {"params": decay, "weight_decay": hp.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        fused = self.device.type == "cuda"
+        if fused is None:
+            fused = self.device.type == "cuda"
         opt = torch.optim.AdamW(groups, lr=hp.lr, fused=fused)
         if not hp.cosine:
-            return opt
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
+            return opt, None
+        total = max(int(total_steps), 1)
         warm = min(hp.warmup_steps, max(total // 10, 1))
 
         def factor(step: int) -> float:
@@ -160,5 +183,10 @@ class PriceResponseModule(pl.LightningModule):
             t = min((step - warm) / max(total - warm, 1), 1.0)
             return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t))
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+    def configure_optimizers(self) -> Any:
+        opt, sched = self.build_optimizer(int(self.trainer.estimated_stepping_batches))
+        if sched is None:
+            return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

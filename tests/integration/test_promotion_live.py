@@ -146,3 +146,11 @@ def test_closed_loop_turns_live_quotes_into_a_valid_next_training_set(
     offers = pd.read_parquet(out / "offers.parquet")
     logged = offers[offers["policy"].str.startswith("price-response@")]
     assert len(logged) == 60 and logged["propensity"].between(0, 1, inclusive="right").all()
+
+    # the monitor flow reads the same log: live conversion against the predicted probability
+    from flows.monitor import monitor
+
+    report = monitor(str(registry["data"]), str(tmp_path / "offer_log"))
+    assert report["live_offers"] == 60
+    assert 0 < report["live_predicted_rate"] < 1 and report["live_n"] == 60
+    assert report["psi_price_ratio"] >= 0 and isinstance(report["alerts"], list)
