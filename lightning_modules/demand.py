@@ -53,7 +53,8 @@ DEFAULTS: dict[str, Any] = {
     "pin_memory": None,  # page-locked host batches for fast copies; None = on when training on CUDA
     "trim_padding": False,  # cut each batch to its longest true history (same outputs, fewer tokens)
     "accumulate_grad_batches": 1,  # optimizer step every k batches (effective batch k * batch_size)
-    "compile": False,  # torch.compile the network for the train/val steps (GPU; slow to build on CPU)
+    "compile": False,  # torch.compile the train/val steps: true (inductor) or a backend name
+    #                   ("aot_eager" checks the wiring on CPU in seconds; inductor takes minutes there)
     "checkpoint_dir": None,  # persistent checkpoints (last.ckpt, best) here; a temp dir when None
     "checkpoint_every_n_steps": 200,  # last.ckpt every n optimizer steps (and at every epoch end)
     "resume": True,  # continue from checkpoint_dir/last.ckpt when it exists
@@ -270,7 +271,8 @@ class BertDemand(DemandModel):
         if on_gpu:
             torch.set_float32_matmul_precision("high")  # TF32 for whatever still runs in fp32
         if cfg["compile"]:
-            module.compile_net()
+            backend = cfg["compile"] if isinstance(cfg["compile"], str) else "inductor"
+            module.compile_net(backend=backend)
         pin = on_gpu if cfg["pin_memory"] is None else bool(cfg["pin_memory"])
         dm = PriceDataModule(
             train.offers,

@@ -125,7 +125,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(tmp_path: Path) -> No
     killed_ckpt = torch.load(killed_dir / "last.ckpt", map_location="cpu", weights_only=False)
     assert killed_ckpt["global_step"] == KILL_AT
     assert killed_ckpt["PriceDataModule"]["epoch"] == 1
-    assert 0 < killed_ckpt["PriceDataModule"]["batches"]
+    assert killed_ckpt["PriceDataModule"]["batches"] > 0
     assert "rng_states" in killed_ckpt
     assert not (killed_dir / "last.ckpt.tmp").exists()
 
