@@ -15,6 +15,7 @@ from mlops import tracking
 from mlops.config import ExperimentConfig, load_config
 from mlops.models import DemandModel, PricingData
 from mlops.registry import CHAMPION
+from mlops.runtime import global_rank, is_primary_process
 from mlops.settings import get_settings
 from pricing import schema as S
 from pricing.policy import Guardrails
@@ -40,6 +41,14 @@ def _flatten(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def trainer_args(
+    devices: str | None, strategy: str | None, precision: str | None
+) -> dict[str, Any]:
+    """Lightning Trainer overrides from the CLI (only those given)."""
+    args = {"devices": devices, "strategy": strategy, "precision": precision}
+    return {k: v for k, v in args.items() if v}
 
 
 def _load_champion(name: str) -> tuple[str | None, DemandModel | None]:
@@ -120,6 +129,13 @@ def training(
     truth = load_ground_truth(data_path)
     guardrails = Guardrails.from_dict(cfg.guardrails.model_dump())
 
+    if not is_primary_process():
+        # A worker rank of a multi-process launch (torchrun, srun, Lightning's DDP launcher) re-runs
+        # this flow: it contributes its share of training and nothing else (no MLflow run, no
+        # registration); BertDemand.fit ends the process after training.
+        train_price_model(cfg.model, train, valid, cfg, trainer_args(devices, strategy, precision))
+        return {"model": cfg.model, "rank": global_rank(), "role": "worker"}
+
     tracking.configure(settings.tracking_uri)
     import mlflow
 
@@ -154,11 +170,7 @@ def training(
 
         # train: the main model and every baseline
         t = time.perf_counter()
-        trainer = {
-            k: v
-            for k, v in {"devices": devices, "strategy": strategy, "precision": precision}.items()
-            if v
-        }
+        trainer = trainer_args(devices, strategy, precision)
         names = [cfg.model] + [b for b in cfg.baselines if b != cfg.model]
         models: dict[str, DemandModel] = {}
         for name in names:

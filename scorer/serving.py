@@ -381,6 +381,7 @@ class Pricer:
             S.PROPENSITY: offer[S.PROPENSITY],
             S.POLICY: offer[S.POLICY],
             QUOTE_ID: offer.get(QUOTE_ID),
+            "purchase_probability": offer.get("purchase_probability"),
             "outcome_ts": datetime.now(UTC).isoformat(),
         }
         self.offer_log.append_outcome(row)

@@ -40,28 +40,39 @@ def _wait_version(url: str, version: str, timeout: float = 60.0) -> None:
     raise AssertionError(f"scorer never served version {version}: last /readyz {last}")
 
 
-@pytest.fixture()
-def registry(prefect_harness: None, mlflow_store: str, tiny_data_dir: Path, tmp_path: Path) -> dict:
-    """Version 1 promoted (champion), version 2 registered only (challenger)."""
+@pytest.fixture(scope="module")
+def registry(
+    prefect_harness: None, tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict]:
+    """Version 1 promoted (champion), version 2 registered only (challenger); one store per module."""
     from flows.training import training
+    from mlops.settings import get_settings
 
-    data = tmp_path / "data"
-    shutil.copytree(tiny_data_dir, data)
-    first = training(data_dir=str(data), model="lightgbm")
-    second = training(data_dir=str(data), model="logistic", promote=False)
-    assert first["promoted"] and not second["promoted"]
-    return {"uri": mlflow_store, "data": data, "first": first, "second": second}
+    tmp = tmp_path_factory.mktemp("live")
+    uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("PRICING_ARTIFACT_ROOT", str(tmp / "mlruns" / "artifacts"))
+        mp.setenv("PRICING_RUNS_DIR", str(tmp / "runs"))
+        get_settings.cache_clear()
+        data = tmp / "data"
+        shutil.copytree(tiny_data_dir, data)
+        first = training(data_dir=str(data), model="lightgbm")
+        second = training(data_dir=str(data), model="logistic", promote=False)
+        assert first["promoted"] and not second["promoted"]
+        yield {"uri": uri, "data": data, "tmp": tmp, "first": first, "second": second}
+    get_settings.cache_clear()
 
 
-@pytest.fixture()
-def scorer(registry: dict, tmp_path: Path) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def scorer(registry: dict) -> Iterator[str]:
     port = _free_port()
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": registry["uri"],
         "PRICING_ADMIN_TOKEN": TOKEN,
         "PRICING_ALIAS_POLL_SECONDS": "1",
-        "PRICING_OFFER_LOG_DIR": str(tmp_path / "offer_log"),
+        "PRICING_OFFER_LOG_DIR": str(registry["tmp"] / "offer_log"),
         "PRICING_BOOTSTRAP_DATA_DIR": str(registry["data"]),
     }
     env.pop("REDIS_URL", None)
@@ -78,6 +89,16 @@ def scorer(registry: dict, tmp_path: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.fixture(autouse=True)
+def champion_is_version_1(registry: dict, scorer: str) -> None:
+    """Each test starts from version 1 as champion, served (tests move the alias)."""
+    from mlops import tracking
+
+    tracking.configure(registry["uri"])
+    tracking.set_alias("price-response", "1", "champion")
+    _wait_version(scorer, "1", timeout=30)
 
 
 def _promote(registry: dict, scorer_url: str | None, token: str = TOKEN) -> dict:
@@ -128,12 +149,13 @@ def test_unreachable_scorer_still_moves_the_alias_and_the_scorer_catches_up_by_w
 def test_closed_loop_turns_live_quotes_into_a_valid_next_training_set(
     registry: dict, scorer: str, tmp_path: Path
 ) -> None:
+    log_dir = registry["tmp"] / "offer_log"
     from flows.closed_loop import closed_loop
 
     out = tmp_path / "next"
     result = closed_loop(
         scorer, str(registry["data"]), n_requests=15, candidates=4, seed=3,
-        offer_log_dir=str(tmp_path / "offer_log"), out_dir=str(out),
+        offer_log_dir=str(log_dir), out_dir=str(out),
     )  # fmt: skip
     assert result["quoted_items"] == 60
     assert result["model_versions"] == ["1"]
@@ -150,7 +172,7 @@ def test_closed_loop_turns_live_quotes_into_a_valid_next_training_set(
     # the monitor flow reads the same log: live conversion against the predicted probability
     from flows.monitor import monitor
 
-    report = monitor(str(registry["data"]), str(tmp_path / "offer_log"))
+    report = monitor(str(registry["data"]), str(log_dir))
     assert report["live_offers"] == 60
     assert 0 < report["live_predicted_rate"] < 1 and report["live_n"] == 60
     assert report["psi_price_ratio"] >= 0 and isinstance(report["alerts"], list)
