@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,15 +14,10 @@ import httpx
 import pytest
 
 from pricing.promotion import PromotionRule
+from scorer.testing import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TOKEN = "test-token"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_version(url: str, version: str, timeout: float = 60.0) -> None:
@@ -66,7 +60,7 @@ def registry(
 
 @pytest.fixture(scope="module")
 def scorer(registry: dict) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": registry["uri"],
@@ -139,7 +133,7 @@ def test_unreachable_scorer_still_moves_the_alias_and_the_scorer_catches_up_by_w
 ) -> None:
     from mlops import tracking
 
-    result = _promote(registry, f"http://127.0.0.1:{_free_port()}")
+    result = _promote(registry, f"http://127.0.0.1:{free_port()}")
     assert result["promoted"] and not result["scorer_notified"]
     assert any("unreachable" in r for r in result["promotion_reasons"])
     assert tracking.alias_version("price-response", "champion") == "2"
