@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from prefect import flow, get_run_logger
 
 from mlops import tracking
@@ -26,21 +24,9 @@ from tasks.data import simulate_market
 from tasks.evaluation import LIST_PRICE, evaluate_models_task, subset
 from tasks.features import build_features
 from tasks.registry import input_example, promote_model, register_model
+from tasks.tracking import log_evaluation, log_run_inputs
 from tasks.training import train_price_model
 from tasks.validation import validate_tables
-
-REPORT_METRICS = ("log_loss", "auc", "ece", "profit_regret", "uplift_vs_list")
-
-
-def _flatten(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else k
-        if isinstance(v, dict):
-            out.update(_flatten(key, v))
-        else:
-            out[key] = v
-    return out
 
 
 def trainer_args(
@@ -145,28 +131,15 @@ def training(
     )
     run_id = run.info.run_id
     try:
-        mlflow.log_params(_flatten("", cfg.model_dump(mode="json")))
-        mlflow.log_params(
-            {
-                "data_dir": str(data_path),
-                "feature_hash": feat_key,
-                **{f"resolved_split.{k}": v for k, v in split.summary().items()},
-            }
-        )
-        mlflow.set_tags(
-            {"dataset": dataset, "model": cfg.model, "simulated": str(truth is not None)}
-        )
-        mlflow.log_dict(
-            json.loads(Path(data_path, "validation.json").read_text()), "validation/validation.json"
-        )
-        mlflow.log_dict(
+        log_run_inputs(
+            cfg,
+            config_path,
+            data_path,
+            dataset,
+            split.summary(),
             {"features": list(feats.columns), "hash": feat_key, "cache_hit": cache_hit},
-            "features/metadata.json",
+            truth is not None,
         )
-        mlflow.log_text(
-            Path(config_path).read_text() if config_path else "", "config/experiment.yaml"
-        )
-        mlflow.log_dict(cfg.model_dump(mode="json"), "config/resolved.json")
 
         # train: the main model and every baseline
         t = time.perf_counter()
@@ -198,23 +171,8 @@ def training(
         champ_metrics = metrics.pop("champion", None)
         if champ_version is not None and champ_metrics is None:
             champ_metrics = tracking.version_metrics(registered, champ_version)
-        for name, vals in metrics.items():
-            mlflow.log_metrics({f"{name}/{k}": float(v) for k, v in vals.items() if np.isfinite(v)})
         main = metrics[cfg.model]
-        mlflow.log_metrics(
-            {k: float(main[k]) for k in REPORT_METRICS if k in main and np.isfinite(main[k])}
-        )
-        from mlops import plots
-
-        mlflow.log_figure(
-            plots.calibration_figure(
-                curves["y"], curves["offer_probs"], cfg.evaluation.calibration_bins
-            ),
-            "plots/calibration.png",
-        )
-        mlflow.log_figure(plots.demand_figure(curves, cfg.model), "plots/demand_curves.png")
-        mlflow.log_figure(plots.profit_figure(curves, cfg.model), "plots/profit_vs_price.png")
-        mlflow.log_dict(metrics, "metrics.json")
+        log_evaluation(metrics, curves, cfg.model, cfg.evaluation.calibration_bins)
         timings["evaluate"] = time.perf_counter() - t
 
         # register
