@@ -155,17 +155,22 @@ def loadgen(
     closed: int = 0,
     dump: Path | None = None,
     background: bool = False,
+    timeout: float = 10.0,
 ) -> Any:
     cmd = [sys.executable, str(HERE / "_loadgen.py"), "--port", str(port), "--bodies", str(bodies)]
-    cmd += ["--duration", str(duration)]
+    cmd += ["--duration", str(duration), "--timeout", str(timeout)]
     cmd += ["--closed", str(closed)] if closed else ["--rate", str(rate)]
     if dump is not None:
         cmd += ["--dump", str(dump)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
     if background:
         return proc
-    out, _ = proc.communicate(timeout=duration + 120)
+    out, _ = proc.communicate(timeout=duration + 10 * timeout + 60)
     return json.loads(out)
+
+
+class _SkipFast(Exception):
+    """--only-naive: skip the fast scorer's measurements."""
 
 
 # --- the measurements ----------------------------------------------------------------------------
@@ -355,6 +360,7 @@ def main() -> None:
     ap.add_argument("--naive-duration", type=float, default=10.0)
     ap.add_argument("--quick", action="store_true", help="shorter steps and fewer trials")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only-naive", action="store_true", help="measure the naive scorer alone")
     args = ap.parse_args()
     if args.quick:
         args.duration, args.freshness_trials, args.naive_duration = 2.0, 50, 5.0
@@ -378,15 +384,23 @@ def main() -> None:
         users = sorted(events[S.USER_ID].astype(str).unique().tolist())
         rng = np.random.default_rng(args.seed)
         bodies = workdir / "bodies.jsonl"
-        make_bodies(bodies, catalog, users, 2000, rng)
+        # 500 returning users: the steady state the design targets (user vectors cached, refreshed
+        # off the request path when events arrive). The warm-up pass is where each user's first
+        # quote pays one user-tower pass; its latency is reported as `warmup_p50_ms`.
+        make_bodies(bodies, catalog, users[:500], 2000, rng)
         queries = events.loc[events[S.EVENT_TYPE] == S.SEARCH, S.QUERY].dropna().astype(str)
         cheap = [q for q in queries.unique() if "cheap" in q.lower()]
         query = cheap[0] if cheap else (queries.iloc[0] if len(queries) else "cheap")
 
         port = free_port()
         proc = start_scorer(workdir, spec, redis_srv.url, naive=False, port=port, data_dir=data_dir)
+        if args.only_naive:
+            stop(proc)
         try:
-            loadgen(port, bodies, rate=200, duration=2.0)  # warm-up: every user's state cached
+            if args.only_naive:
+                raise _SkipFast
+            warm = loadgen(port, bodies, closed=4, duration=20.0)  # every user's state cached
+            result["warmup_p50_ms"] = warm["p50_ms"]
             best, steps = step_up(
                 port, bodies, [float(r) for r in args.rates.split(",")], args.duration
             )
@@ -414,26 +428,33 @@ def main() -> None:
                 bg.wait()
             result.update(fresh, freshness_background_rps=bg_rate, freshness_query=query)
             result.update(swap(port, bodies, bg_rate, workdir))
+        except _SkipFast:
+            pass
         finally:
             stop(proc)
-        result["profile"] = profile_quote(spec, redis_srv.url, bodies, workdir, data_dir)
+        if not args.only_naive:
+            result["profile"] = profile_quote(spec, redis_srv.url, bodies, workdir, data_dir)
 
         nport = free_port()
         proc = start_scorer(workdir, spec, redis_srv.url, naive=True, port=nport, data_dir=data_dir)
         try:
-            loadgen(nport, bodies, closed=2, duration=2.0)
-            naive = loadgen(nport, bodies, closed=4, duration=args.naive_duration)
+            # One naive request re-encodes 50 item texts and the history with BERT: seconds each,
+            # so requests get a long timeout, and one client saturates the CPU.
+            loadgen(nport, bodies, closed=1, duration=2.0, timeout=300.0)
+            naive = loadgen(nport, bodies, closed=1, duration=args.naive_duration, timeout=300.0)
         finally:
             stop(proc)
         result.update(
             naive_rps=naive["achieved_rps"],
             naive_p50_ms=naive["p50_ms"],
             naive_p99_ms=naive["p99_ms"],
-            naive_mode="closed loop, 4 clients (its saturation throughput, at any latency)",
+            naive_mode="closed loop, 1 client (its saturation throughput, at any latency)",
         )
-        result["speedup_vs_naive"] = round(result["rps"] / max(naive["achieved_rps"], 1e-9), 1)
+        if "rps" in result and naive["ok"]:
+            result["speedup_vs_naive"] = round(result["rps"] / naive["achieved_rps"], 1)
+    fast = [m for m in ("uvloop", "httptools") if importlib.util.find_spec(m)]
     result["server"] = (
-        "uvicorn 1 worker, asyncio loop + h11 (uvloop/httptools not installed), Redis store"
+        "uvicorn 1 worker, " + (" + ".join(fast) or "asyncio + h11") + ", Redis store"
     )
     print(json.dumps(result, indent=1))
 
