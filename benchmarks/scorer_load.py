@@ -435,11 +435,6 @@ def main() -> None:
         if not args.only_naive:
             result["profile"] = profile_quote(spec, redis_srv.url, bodies, workdir, data_dir)
 
-        # The naive scorer must not find the fast scorer's cached user states (same version
-        # numbers, another model): start it on an empty Redis.
-        import redis
-
-        redis.Redis.from_url(redis_srv.url).flushall()
         nport = free_port()
         proc = start_scorer(workdir, spec, redis_srv.url, naive=True, port=nport, data_dir=data_dir)
         try:

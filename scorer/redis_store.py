@@ -5,7 +5,7 @@ them together):
 
 - `{p}:{u}:ev`        list of the user's recent events (JSON), capped with LTRIM
 - `{p}:{u}:gen`       the user's history generation (INCR on every append or invalidation)
-- `{p}:{u}:st:{ver}`  the cached state for a model version: 8-byte generation + encoded state
+- `{p}:{u}:st:{model}`  the cached state for one model (name@version): 8-byte generation + encoded state
 - `{p}:{u}:lp:{sess}` hash item_id -> last quoted price within the session, with a TTL
 
 A state is written only if the generation it was computed from is still current (a Lua check-and-set),

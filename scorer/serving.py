@@ -177,7 +177,7 @@ class Pricer:
         Single-flight per (user, version): when the background refresher and a quote (or two quotes)
         want the same state at once, one computes and the others wait for its result.
         """
-        key = (user_id, sm.version)
+        key = (user_id, sm.policy)
         for _ in range(2):
             with self._inflight_lock:
                 done = self._inflight.get(key)
@@ -188,9 +188,9 @@ class Pricer:
             if leader:
                 break
             done.wait(timeout=5.0)
-            state = self.store.get_state(user_id, sm.version)
+            state = self.store.get_state(user_id, sm.policy)
             if state is not None:
-                self.cache.put(user_id, sm.version, state)
+                self.cache.put(user_id, sm.policy, state)
                 return state, True
             # the leader's state was already stale (more events arrived): compute our own
         else:
@@ -200,8 +200,8 @@ class Pricer:
             if not events:
                 return sm.cold_state, False
             state = sm.model.user_state(events_frame(events))
-            self.store.put_state(user_id, sm.version, state, generation)
-            self.cache.put(user_id, sm.version, state)
+            self.store.put_state(user_id, sm.policy, state, generation)
+            self.cache.put(user_id, sm.policy, state)
             return state, True
         finally:
             if leader:
@@ -212,7 +212,7 @@ class Pricer:
 
     def refresh(self, sm: ServingModel, user_id: str) -> bool:
         """Make the user's cached state current (the background refresher's job); True if computed."""
-        if self.store.get_state(user_id, sm.version) is not None:
+        if self.store.get_state(user_id, sm.policy) is not None:
             return False  # a quote got there first
         self.compute_state(sm, user_id)
         return True
@@ -227,10 +227,10 @@ class Pricer:
         """
         try:
             state = (
-                prefetched if prefetched is not None else self.store.get_state(user_id, sm.version)
+                prefetched if prefetched is not None else self.store.get_state(user_id, sm.policy)
             )
             if state is not None:
-                self.cache.put(user_id, sm.version, state)
+                self.cache.put(user_id, sm.policy, state)
                 return state, True, False
             state, personalized = self.compute_state(sm, user_id)
             return state, personalized, False
@@ -239,7 +239,7 @@ class Pricer:
 
     def _degraded_state(self, sm: ServingModel, user_id: str) -> tuple[Any, bool, bool]:
         log.warning("user store failed for user %s; pricing from the local cache", user_id)
-        cached = self.cache.get(user_id, sm.version)
+        cached = self.cache.get(user_id, sm.policy)
         if cached is not None:
             return cached, True, True
         return sm.cold_state, False, True
@@ -267,7 +267,7 @@ class Pricer:
         view = getattr(self.store, "get_state_and_last_prices", None)
         if view is not None:
             try:
-                prefetched, last_prices = view(user_id, sm.version, session_id, items)
+                prefetched, last_prices = view(user_id, sm.policy, session_id, items)
             except Exception:  # noqa: BLE001 - handled below as a store outage
                 prefetch_failed = True
         if prefetch_failed:

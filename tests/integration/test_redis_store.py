@@ -141,10 +141,11 @@ def test_event_refreshes_the_state_in_the_background_and_moves_the_quote(
         )
         assert r.status_code == 200 and r.json()["accepted"] == 2
         # the background refresher computes the new state before any quote asks for it
+        key = runtime.current.policy  # states are cached per model (name@version)
         deadline = time.monotonic() + 5
-        while runtime.store.get_state("u1", "1") is None and time.monotonic() < deadline:
+        while runtime.store.get_state("u1", key) is None and time.monotonic() < deadline:
             time.sleep(0.005)
-        assert runtime.store.get_state("u1", "1") == pytest.approx(7.0)  # 3 + 2 cheap searches
+        assert runtime.store.get_state("u1", key) == pytest.approx(7.0)  # 3 + 2 cheap searches
         assert runtime.refresher.computed >= 1
         after = _prices(c)
     assert after["personalized"] is True
