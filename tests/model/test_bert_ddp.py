@@ -7,9 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("torch")
-
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 

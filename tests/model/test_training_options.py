@@ -7,8 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
+import torch  # a hard dependency: imported, never skipped
 
 from lightning_modules.demand import DEFAULTS, BertDemand, is_global_zero  # noqa: E402
 from lightning_modules.price_datamodule import EpochSampler  # noqa: E402

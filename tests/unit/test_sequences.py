@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
-pytest.importorskip("torch")
+import torch  # noqa: F401 - a hard dependency: a missing torch fails, never skips
 
 from lightning_modules.sequences import (  # noqa: E402
     EVENT_TYPE_CODES,
