@@ -3,8 +3,24 @@
 Ta Feng holds purchases only (one row per line item: customer, day, product, units, cost, revenue).
 The training signal is made by pairing each basket (customer x day) with the products the customer
 could have bought that day -- their own past products, then the top sellers of their usual
-subclasses -- at that day's prevailing unit price, labelled 1 when the product is in the basket.
-Everything is vectorized pandas/numpy: the full file (817k lines) builds in seconds.
+subclasses -- at the prevailing unit price known before that day, labelled 1 when the product is in
+the basket. Everything is vectorized pandas/numpy: the full file (817k lines) builds in seconds.
+
+No future information: everything an offer carries was known before its day.
+
+- Offer price: the median unit price of the product's lines on the last day it sold strictly
+  before the offer's day (all customers' lines of that day, the buyer's earlier ones included,
+  since they were known by then). Never the offer day's own lines, so never the line of the basket
+  being labelled. Every offered product sold before the day, so this always exists.
+- Item `list_price` (modal unit price), `unit_cost` (median ASSET/AMOUNT) and `category` (modal
+  subclass) come from the training period only: lines strictly before the test start. A product
+  first sold in the test period gets them from the lines of its first day of sale alone: every
+  offer of it comes on a later day (a candidate must have sold before the offer's day), so this is
+  what was known as of the day before its first possible offer, whatever happens after.
+- Candidates (past products, best sellers) count only days strictly before the offer's day.
+
+Hence building from the source truncated at the test start (with the same `test_start`) gives the
+same training offers and the same prices for the items seen in training as the full source.
 """
 
 from __future__ import annotations
@@ -171,18 +187,33 @@ def _modal_by_group(keys: np.ndarray, values: np.ndarray, prefer_high: bool) -> 
     return counts.drop_duplicates("k").set_index("k")["v"]
 
 
-def build_items(lines: pd.DataFrame, product_ids: pd.Index) -> pd.DataFrame:
+def reference_lines(lines: pd.DataFrame, test_start: pd.Timestamp) -> pd.DataFrame:
+    """The lines that item figures may use: training lines, or the first sale day's for new items.
+
+    A product sold before `test_start` uses only its lines before it; a product first sold on or
+    after it uses only the lines of its first day of sale (it cannot be offered before the next
+    day, so no offer of it sees later lines through its item row).
+    """
+    p = lines["p"]
+    train = lines["day"] < test_start
+    seen_in_train = train.groupby(p).transform("any")
+    first_sale = lines["d"] == lines.groupby("p")["d"].transform("min")
+    return lines[train | (~seen_in_train & first_sale)]
+
+
+def build_items(ref: pd.DataFrame, product_ids: pd.Index) -> pd.DataFrame:
     """One row per product code (0..n-1, in `product_ids` order): text, modal list price, cost.
 
-    The list price is the modal unit price (2 dp; ties to the higher price, since promotions cut
-    prices, not raise them); the unit cost is the median ASSET/AMOUNT.
+    `ref` holds the lines each product's figures may use (see `reference_lines`). The list price
+    is their modal unit price (2 dp; ties to the higher price, since promotions cut prices, not
+    raise them); the unit cost is their median ASSET/AMOUNT; the category their modal subclass.
     """
-    p = lines["p"].to_numpy()
-    list_price = _modal_by_group(p, lines["unit_price"].round(2).to_numpy(), prefer_high=True)
+    p = ref["p"].to_numpy()
+    list_price = _modal_by_group(p, ref["unit_price"].round(2).to_numpy(), prefer_high=True)
     # A unit price under half a cent would round to 0; the contract wants list_price > 0.
     list_price = list_price.clip(lower=0.01)
-    unit_cost = lines.groupby("p")["unit_cost"].median().round(2)
-    category = _modal_by_group(p, lines[PRODUCT_SUBCLASS].to_numpy(), prefer_high=False)
+    unit_cost = ref.groupby("p")["unit_cost"].median().round(2)
+    category = _modal_by_group(p, ref[PRODUCT_SUBCLASS].to_numpy(), prefer_high=False)
     codes = np.arange(len(product_ids))
     ids = _take(product_ids, codes)
     cat = pd.Series(category.reindex(codes).to_numpy(), dtype="str")
@@ -200,45 +231,25 @@ def build_items(lines: pd.DataFrame, product_ids: pd.Index) -> pd.DataFrame:
 
 def prevailing_prices(
     lines: pd.DataFrame, n_products: int, n_days: int, list_price: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(product x day) grids of the price a customer would have met that day.
+) -> np.ndarray:
+    """(product x day) grid of the prevailing price known before each day (2 dp).
 
-    Returns:
-        (today, before): `today` is that day's median unit price of the product's lines, or if it
-        did not sell that day the last such price before it (forward fill), or if it never sold
-        up to that day its list price; `before` is the same using only days strictly before.
+    Cell (p, d) is the median unit price of p's lines on the last day before d that p sold (all
+    customers), else p's list price (p never sold before d: no offer can name it then). Day d's
+    own lines never count, so an offer's price cannot carry its basket's label.
     """
     daily = lines.groupby(["p", "d"])["unit_price"].median()
     grid = np.full((n_products, n_days), np.nan)
     grid[daily.index.get_level_values(0), daily.index.get_level_values(1)] = daily.to_numpy()
     grid = pd.DataFrame(grid).ffill(axis=1).to_numpy()
     before = np.concatenate([np.full((n_products, 1), np.nan), grid[:, :-1]], axis=1)
-    today = np.where(np.isnan(grid), list_price[:, None], grid)
     before = np.where(np.isnan(before), list_price[:, None], before)
-    return np.round(today, 2), np.round(before, 2)
+    return np.round(before, 2)
 
 
-def offer_prices(
-    cand: pd.DataFrame, lines: pd.DataFrame, today: np.ndarray, before: np.ndarray
-) -> np.ndarray:
-    """The prevailing price of each candidate (c, d, p), never moved by the customer's own lines.
-
-    A customer who bought the product that day would otherwise set (or sway) the day's median
-    with their own purchase, so the price would leak the label. For those offers the price is
-    the median over the other customers' lines that day, else the last prevailing price before
-    the day (else list price). Other offers have no own line that day, so `today` is exact.
-    """
-    price = today[cand["p"].to_numpy(), cand["d"].to_numpy()].copy()
-    pos = np.flatnonzero(cand["purchased"].to_numpy() == 1)
-    if len(pos) == 0:
-        return price
-    mine = cand.iloc[pos][["c", "d", "p"]].assign(row=pos)
-    others = mine.merge(lines[["c", "d", "p", "unit_price"]], on=["d", "p"], suffixes=("", "_o"))
-    others = others[others["c_o"] != others["c"]]
-    loo = others.groupby("row")["unit_price"].median().round(2)
-    price[pos] = before[mine["p"].to_numpy(), mine["d"].to_numpy()]
-    price[loo.index.to_numpy()] = loo.to_numpy()
-    return price
+def offer_prices(cand: pd.DataFrame, before: np.ndarray) -> np.ndarray:
+    """The price of each candidate (c, d, p): the prevailing price of p known before day d."""
+    return before[cand["p"].to_numpy(), cand["d"].to_numpy()].copy()
 
 
 def subclass_top_products(lines: pd.DataFrame, n_days: int, depth: int) -> pd.DataFrame:
@@ -381,22 +392,36 @@ def _sample_customers(customers: np.ndarray, max_customers: int | None, seed: in
     return np.sort(rng.choice(customers, size=max_customers, replace=False))
 
 
+def _test_start(test_start: str | pd.Timestamp | None, last_day: pd.Timestamp) -> pd.Timestamp:
+    """The test window's first day (UTC midnight): given, or the last `TEST_DAYS` days' first."""
+    if test_start is None:
+        return last_day - pd.Timedelta(days=TEST_DAYS - 1)
+    t = pd.Timestamp(test_start)
+    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    return t.normalize()
+
+
 def build_tafeng(
     source: str | Path,
     max_customers: int | None = None,
     seed: int = 0,
     max_candidates: int = 30,
+    test_start: str | pd.Timestamp | None = None,
 ) -> TaFengTables:
     """Build items, events, offers and users from the Ta Feng csv (or its zip).
 
-    Market-level figures (list prices, prevailing prices, subclass best sellers) come from every
-    valid line; events, offers and users only from the kept customers.
+    Market-level figures (item prices, prevailing prices, subclass best sellers) come from every
+    valid line, each only from what was known before it is used (module docstring); events,
+    offers and users only from the kept customers.
 
     Args:
         source: the Ta Feng file (`ta_feng.csv.zip` or the csv inside it).
         max_customers: keep a seeded random subsample of this many customers (None: all).
         seed: seed of the subsample.
         max_candidates: offers per basket at most.
+        test_start: first day of the test window (a date, UTC; the time of day is dropped).
+            None: the last `TEST_DAYS` days of the source. Item prices use only lines before it;
+            pass it to build a truncated source with the same training period.
 
     Raises:
         ContractError: the file cannot be read, lacks columns, or has no usable line.
@@ -418,15 +443,16 @@ def build_tafeng(
     lines["p"], lines["c"], lines["s"] = p_codes, c_codes, s_codes
     n_products = len(product_ids)
 
-    items_all = build_items(lines, product_ids)
-    today, before = prevailing_prices(lines, n_products, n_days, items_all[S.LIST_PRICE].to_numpy())
+    day_ts = pd.DatetimeIndex(first_day + pd.to_timedelta(np.arange(n_days), unit="D"))
+    day_str = pd.Index(day_ts.strftime("%Y%m%d"), dtype="str")
+    t_start = _test_start(test_start, day_ts[-1])
+
+    items_all = build_items(reference_lines(lines, t_start), product_ids)
+    before = prevailing_prices(lines, n_products, n_days, items_all[S.LIST_PRICE].to_numpy())
     top = subclass_top_products(lines, n_days, max_candidates)
 
     kept = _sample_customers(np.arange(len(customer_ids)), max_customers, seed)
     mine = lines[lines["c"].isin(kept)] if len(kept) < len(customer_ids) else lines
-
-    day_ts = pd.DatetimeIndex(first_day + pd.to_timedelta(np.arange(n_days), unit="D"))
-    day_str = pd.Index(day_ts.strftime("%Y%m%d"), dtype="str")
 
     # --- events: one purchase per line item, at the price paid ---------------------------------
     ev_user = _take(customer_ids, mine["c"].to_numpy())
@@ -446,7 +472,7 @@ def build_tafeng(
     )
     events = events.sort_values(S.TS, kind="stable").reset_index(drop=True)
 
-    # --- offers: candidate products of each basket at the day's prevailing price ---------------
+    # --- offers: candidate products of each basket at the price prevailing before the day -----
     cand, counts = build_candidates(mine, top, n_products, max_candidates)
     cand = cand.sort_values(["d", "c", "order"]).reset_index(drop=True)
     of_user = _take(customer_ids, cand["c"].to_numpy())
@@ -458,7 +484,7 @@ def build_tafeng(
             S.TS: day_ts[of_day],
             S.USER_ID: of_user,
             S.ITEM_ID: of_item,
-            S.PRICE: offer_prices(cand, lines, today, before),
+            S.PRICE: offer_prices(cand, before),
             S.PURCHASED: cand["purchased"].to_numpy(dtype=np.int64),
             S.PROPENSITY: np.full(len(cand), np.nan),
             S.POLICY: pd.Series([POLICY_NAME] * len(cand), dtype="str"),
@@ -478,8 +504,7 @@ def build_tafeng(
     used = np.union1d(mine["p"].unique(), cand["p"].unique())
     items = items_all.iloc[used].reset_index(drop=True)
 
-    test_start = day_ts[-1] - pd.Timedelta(days=TEST_DAYS - 1)
-    in_test = offers[S.TS] >= test_start
+    in_test = offers[S.TS] >= t_start
     stats: dict[str, Any] = {
         "source": str(source),
         "line_items_read": int(len(raw)),
@@ -504,7 +529,7 @@ def build_tafeng(
         "positives": int(offers[S.PURCHASED].sum()),
         "positive_rate": float(offers[S.PURCHASED].mean()) if len(offers) else 0.0,
         "test_days": TEST_DAYS,
-        "test_start": test_start.date().isoformat(),
+        "test_start": t_start.date().isoformat(),
         "offers_train": int((~in_test).sum()),
         "offers_test": int(in_test.sum()),
         "positives_test": int(offers.loc[in_test, S.PURCHASED].sum()),

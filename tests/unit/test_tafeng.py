@@ -149,13 +149,26 @@ def test_rejected_rows_are_counted_with_reason(hand) -> None:
     assert len(hand.tables[S.EVENTS]) + len(rej) == len(HAND_ROWS)
 
 
-def test_unit_price_cost_and_modal_list_price(hand) -> None:
-    items = hand.tables[S.ITEMS].set_index(S.ITEM_ID)
+def test_unit_price_cost_and_modal_list_price(tmp_path: Path) -> None:
+    # Test window after the last day: every line is training, so item figures use them all.
+    res = build_tafeng(write_zip(tmp_path / "t.zip", HAND_ROWS), test_start="2000-11-11")
+    items = res.tables[S.ITEMS].set_index(S.ITEM_ID)
     # A sold at 15, 15, 12, 15 a unit: the modal price, not the mean; cost 10, 10, 9, 10.
     assert items.loc[A, S.LIST_PRICE] == pytest.approx(15.0)
     assert items.loc[A, S.UNIT_COST] == pytest.approx(10.0)
     # B sold once at 20 and once at 22: a tie goes to the higher (undiscounted) price.
     assert items.loc[B, S.LIST_PRICE] == pytest.approx(22.0)
+    assert res.stats["test_start"] == "2000-11-11" and res.stats["offers_test"] == 0
+
+
+def test_items_first_sold_in_test_window_priced_from_their_first_day(hand) -> None:
+    # The default window (last 28 days) covers all of HAND_ROWS: no product sold in training,
+    # so each one's figures come from its first day of sale only.
+    items = hand.tables[S.ITEMS].set_index(S.ITEM_ID)
+    assert items.loc[A, S.LIST_PRICE] == pytest.approx(15.0)  # 11/1: 15 and 15
+    assert items.loc[A, S.UNIT_COST] == pytest.approx(10.0)
+    assert items.loc[B, S.LIST_PRICE] == pytest.approx(20.0)  # 11/2 at 20; 22 came later
+    assert items.loc[B, S.UNIT_COST] == pytest.approx(12.0)
     assert items.loc[A, S.TITLE] == f"subclass 100 product {A}"
     assert items.loc[A, S.CATEGORY] == "100"
     assert items.loc[A, S.BRAND] == ""
@@ -222,19 +235,19 @@ def test_adding_future_days_leaves_earlier_offers_unchanged(tmp_path: Path) -> N
     pd.testing.assert_frame_equal(o_full, part.tables[S.OFFERS])
 
 
-def test_prevailing_price_of_the_day_else_last_before(hand) -> None:
+def test_offer_price_is_the_last_prevailing_price_before_the_day(hand) -> None:
     def price(user: str, day: str, item: str) -> float:
         o = offers_of(hand, user, day)
         return float(o.loc[o[S.ITEM_ID] == item, S.PRICE].iloc[0])
 
     assert (hand.tables[S.OFFERS][S.PRICE] > 0).all()
-    assert price(C1, "2000-11-10", A) == pytest.approx(13.5)  # not sold: last day's median
-    assert price(C1, "2000-11-03", C) == pytest.approx(8.0)  # that day's only line was rejected
+    assert price(C1, "2000-11-10", A) == pytest.approx(13.5)  # last sale day 11/2: 15 and 12
+    assert price(C1, "2000-11-03", C) == pytest.approx(8.0)  # 11/1; 11/3's line was rejected
     assert price(C1, "2000-11-02", D) == pytest.approx(40.0)
-    # The buyer's own line never sets the price (it would leak the label): A on 11/2 sold at
-    # 15 to C1 and 12 to C3, so C1 is offered 12; B on 11/3 sold only to C1 (at 22), so C1 is
-    # offered the last price before that day, 20.
-    assert price(C1, "2000-11-02", A) == pytest.approx(12.0)
+    # The offer day's own lines never set the price (the buyer's would leak the label): A on
+    # 11/2 sold at 15 to C1 and 12 to C3, but C1 is offered 11/1's 15; B on 11/3 sold only to
+    # C1 (at 22), and C1 is offered 11/2's 20.
+    assert price(C1, "2000-11-02", A) == pytest.approx(15.0)
     assert price(C1, "2000-11-03", B) == pytest.approx(20.0)
 
 
