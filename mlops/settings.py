@@ -39,7 +39,9 @@ class Settings(BaseSettings):
     alias_poll_seconds: float = (
         30.0  # the scorer watches the champion alias at this interval (0: off)
     )
-    exploration: float = 0.05
+    # The operator's exploration share; when set it overrides the registered model's value
+    # (precedence: this variable > the model's registered guardrails > DEFAULT_EXPLORATION).
+    exploration: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 @lru_cache(maxsize=1)

@@ -1,7 +1,13 @@
 """One evaluation for every model and baseline: prediction quality, policy value, OPE, fairness.
 
-Every policy runs through the same optimizer and guardrails; where ground truth exists (the
-simulator), policy value and regret are computed exactly from the true demand, not sampled.
+Every policy's prices come from `pricing.policy.optimize`, the function the scorer quotes with, inside
+the same guardrails. Where ground truth exists (the simulator), policy value and regret are computed
+exactly from the true demand, not sampled:
+
+- `profit_regret` (the promotion gate's policy metric): 1 - policy profit / the profit of the exact
+  continuous optimum inside the same band and margin (`GroundTruth.oracle` over `price_bounds`);
+- `grid_regret`: the same against the best allowed grid price, i.e. what a perfect demand model
+  would reach on this grid and ladder. `profit_regret - grid_regret` is the cost of the grid itself.
 """
 
 from __future__ import annotations
@@ -14,9 +20,12 @@ import pandas as pd
 
 from pricing import metrics as M
 from pricing import ope
-from pricing.policy import Guardrails, candidate_prices, choose_prices
+from pricing.policy import Guardrails, PriceDecision, optimize, price_bounds
 
 TruthFn = Callable[[np.ndarray], np.ndarray]  # prices (n,) or (n, G) -> true purchase probability
+DemandFn = Callable[[np.ndarray], np.ndarray]  # prices (n, G) -> a model's purchase probability
+# (low (n,), high (n,), objective) -> the exact best price in [low, high] per offer
+OracleFn = Callable[[np.ndarray, np.ndarray, str], np.ndarray]
 
 
 @dataclass
@@ -30,16 +39,16 @@ class EvalInputs:
     propensity: np.ndarray  # NaN where unknown
     groups: np.ndarray | None = None  # protected group per offer (fairness report only)
     truth: TruthFn | None = None
+    oracle: OracleFn | None = None
 
     def __len__(self) -> int:
         return len(self.list_price)
 
 
-def pricing_grid(inputs: EvalInputs, guardrails: Guardrails) -> np.ndarray:
-    """The guardrailed price grid every policy chooses from (n, G)."""
-    grid = candidate_prices(inputs.list_price, inputs.unit_cost, guardrails)
-    assert isinstance(grid, np.ndarray)
-    return grid
+def choose(inputs: EvalInputs, guardrails: Guardrails, demand_fn: DemandFn) -> PriceDecision:
+    """The policy's decision on the test offers: exactly what the scorer would quote (no exploration,
+    no session history)."""
+    return optimize(demand_fn, inputs.list_price, inputs.unit_cost, guardrails)
 
 
 def logged_action_grid(inputs: EvalInputs) -> np.ndarray:
@@ -59,18 +68,20 @@ def _profit(price: np.ndarray, cost: np.ndarray, prob: np.ndarray, objective: st
 def evaluate_policy(
     inputs: EvalInputs,
     guardrails: Guardrails,
-    grid_probs: np.ndarray | None,
+    demand_fn: DemandFn | None,
     offer_probs: np.ndarray | None,
-    logged_grid_probs: np.ndarray | None = None,
+    *,
+    with_ope: bool = True,
     calibration_bins: int = 15,
-) -> dict[str, float]:
-    """Metrics of one model's policy on the test offers.
+) -> tuple[dict[str, float], PriceDecision | None]:
+    """Metrics of one model's policy on the test offers, and its decision (None for list price).
 
     Args:
-        grid_probs: the model's purchase probability on `pricing_grid(inputs, guardrails)`; None
-            means the list-price policy (no model).
-        offer_probs: the model's probability at each offered price (prediction metrics).
-        logged_grid_probs: the model on `logged_action_grid(inputs)` (for OPE); optional.
+        demand_fn: the model's purchase probability on a price grid; None means the list-price
+            policy (no model).
+        offer_probs: the model's probability at each offered price (prediction metrics, and the
+            doubly robust estimate's reward model at the logged price).
+        with_ope: also estimate the policy's value off-policy from the logged propensities.
     """
     out: dict[str, float] = {}
     y = inputs.purchased.astype(float)
@@ -80,51 +91,69 @@ def evaluate_policy(
         out["ece"] = M.expected_calibration_error(y, offer_probs, n_bins=calibration_bins)
         out["mean_pred"] = float(np.mean(offer_probs))
     out["purchase_rate"] = float(np.mean(y))
-    grid = pricing_grid(inputs, guardrails)
-    if grid_probs is None:
+    decision = None
+    if demand_fn is None:
         price = inputs.list_price.copy()
-        at_bound = np.zeros(len(price), bool)
+        out["guardrail_hit_share"] = 0.0
     else:
-        decision = choose_prices(grid, grid_probs, inputs.unit_cost, guardrails.objective)
+        decision = choose(inputs, guardrails, demand_fn)
         price = decision.price
-        at_bound = decision.at_floor | decision.at_ceiling
+        out["guardrail_hit_share"] = M.guardrail_hit_share(decision)
     out["mean_price_ratio"] = float(np.mean(price / inputs.list_price))
-    out["guardrail_hit_share"] = float(np.mean(at_bound))
     if inputs.groups is not None:
         disp = M.price_dispersion(price / inputs.list_price, inputs.groups)
         out["price_gap_protected"] = float(disp["max_gap"])
 
     if inputs.truth is not None:
-        true_grid = inputs.truth(grid)
-        oracle = choose_prices(grid, true_grid, inputs.unit_cost, guardrails.objective)
-        rep = M.policy_report(
-            price, oracle.price, inputs.list_price, inputs.unit_cost, inputs.truth
-        )
-        out.update({k: float(v) for k, v in rep.items()})
+        out.update(_policy_value(inputs, guardrails, price))
 
-    if logged_grid_probs is not None and grid_probs is not None:
-        out.update(_ope(inputs, logged_grid_probs, guardrails.objective))
-    return out
+    if with_ope and demand_fn is not None and offer_probs is not None:
+        out.update(_ope(inputs, guardrails, demand_fn, offer_probs))
+    return out, decision
 
 
-def _ope(inputs: EvalInputs, logged_grid_probs: np.ndarray, objective: str) -> dict[str, float]:
+def _policy_value(inputs: EvalInputs, guardrails: Guardrails, price: np.ndarray) -> dict[str, float]:
+    """Exact value and regret of `price` against the continuous and the grid oracle."""
+    assert inputs.truth is not None
+    grid_oracle = choose(inputs, guardrails, inputs.truth).price
+    if inputs.oracle is not None:
+        low, high, _ = price_bounds(inputs.list_price, inputs.unit_cost, guardrails)
+        oracle_price = inputs.oracle(low, high, guardrails.objective)
+    else:  # no exact optimizer for this truth: the grid oracle is the best we know
+        oracle_price = grid_oracle
+    rep = M.policy_report(
+        price,
+        oracle_price,
+        inputs.list_price,
+        inputs.unit_cost,
+        inputs.truth,
+        grid_oracle_prices=grid_oracle,
+    )
+    return {k: float(v) for k, v in rep.items()}
+
+
+def _ope(
+    inputs: EvalInputs, guardrails: Guardrails, demand_fn: DemandFn, offer_probs: np.ndarray
+) -> dict[str, float]:
     """IPS / SNIPS / DR of the model's greedy policy over the logging ladder."""
-    lgrid = logged_action_grid(inputs)
-    target = choose_prices(lgrid, logged_grid_probs, inputs.unit_cost, objective)
+    objective = guardrails.objective
+    target = optimize(
+        demand_fn, inputs.list_price, inputs.unit_cost, guardrails, grid=logged_action_grid(inputs)
+    )
     cost = inputs.unit_cost
     reward = _profit(inputs.offered_price, cost, inputs.purchased.astype(float), objective)
-    match = np.isclose(target.price, np.round(inputs.offered_price, 2), atol=0.005)
-    q_target = _profit(target.price, cost, target.probability, objective)
-    # the model's prediction at the logged price, read off the same ladder grid
-    col = np.abs(lgrid - inputs.offered_price[:, None]).argmin(1)
-    p_logged = logged_grid_probs[np.arange(len(col)), col]
-    q_logged = _profit(inputs.offered_price, cost, p_logged, objective)
+    match = ope.match_prices(target.price, inputs.offered_price)
+    q_target = np.nan_to_num(_profit(target.price, cost, target.probability, objective))
+    q_logged = _profit(inputs.offered_price, cost, np.asarray(offer_probs, dtype=float), objective)
     est = ope.ope_estimates(reward, match, inputs.propensity, q_target, q_logged)
     out = {f"ope_{k}": float(v) for k, v in est.items()}
     if inputs.truth is not None:
-        true_value = float(
-            np.mean(_profit(target.price, cost, inputs.truth(target.price), objective))
+        has = ~np.isnan(target.price)
+        value = np.zeros(len(inputs))
+        value[has] = _profit(
+            target.price[has], cost[has], inputs.truth(target.price)[has], objective
         )
+        true_value = float(np.mean(value))
         out["ope_true_value"] = true_value
         for k in ("ips", "snips", "dr"):
             if f"ope_{k}" in out and np.isfinite(out[f"ope_{k}"]) and true_value:

@@ -120,19 +120,28 @@ def policy_report(
     list_prices: Any,
     unit_cost: Any,
     true_prob_fn: Callable[[np.ndarray], np.ndarray],
+    grid_oracle_prices: Any | None = None,
 ) -> dict[str, float]:
     """Ground-truth value of a policy against the oracle (same guardrails) and against list price.
 
     `true_prob_fn(prices (n,)) -> probs (n,)` is the simulator's true demand for the evaluated pairs.
     Values are expected per pair; ratios are nan when their denominator is not positive.
 
+    Args:
+        oracle_prices: the exact best prices inside the guardrails (the continuous optimum).
+        grid_oracle_prices: the best allowed grid prices, when the policy chooses from a grid.
+
     Returns:
         expected_profit, expected_revenue, oracle_profit, oracle_revenue, list_profit, list_revenue,
         profit_regret (1 - policy/oracle profit: the share of the oracle's profit lost),
-        uplift_vs_list (policy/list profit - 1), n.
+        uplift_vs_list (policy/list profit - 1), n; with `grid_oracle_prices` also
+        grid_oracle_profit, grid_oracle_revenue and grid_regret (1 - policy/grid oracle profit).
     """
     out: dict[str, float] = {}
-    for name, prices in (("", policy_prices), ("oracle_", oracle_prices), ("list_", list_prices)):
+    named = [("", policy_prices), ("oracle_", oracle_prices), ("list_", list_prices)]
+    if grid_oracle_prices is not None:
+        named.append(("grid_oracle_", grid_oracle_prices))
+    for name, prices in named:
         price = np.asarray(prices, dtype=float)
         prob = np.asarray(true_prob_fn(price), dtype=float)
         profit = policy_value(price, unit_cost, prob, "profit")
@@ -140,6 +149,8 @@ def policy_report(
         out[f"{name or 'expected_'}profit"] = float(profit)
         out[f"{name or 'expected_'}revenue"] = float(revenue)
     out["profit_regret"] = 1.0 - _ratio(out["expected_profit"], out["oracle_profit"])
+    if grid_oracle_prices is not None:
+        out["grid_regret"] = 1.0 - _ratio(out["expected_profit"], out["grid_oracle_profit"])
     out["uplift_vs_list"] = _ratio(out["expected_profit"], out["list_profit"]) - 1.0
     out["n"] = float(np.asarray(policy_prices).size)
     return out

@@ -1,7 +1,10 @@
 """Pricing policy: guardrails, the candidate price grid, the vectorized optimizer, exploration, ranking.
 
-Every price in the project (baselines, the BERT model, the scorer, the ground-truth oracle) is chosen
-through `optimize`, so all policies are compared inside exactly the same guardrails.
+Every price in the project is chosen through `optimize`: the scorer's quotes, offline evaluation of
+every model and baseline, the grid oracle, and the off-policy estimates (which pass the logging
+policy's action set as `grid`). The decision carries its grid, the model's probabilities on it and
+the relaxed-constraint flags, so nobody rebuilds them; `explore` then randomizes a share of quotes.
+What is judged offline is therefore exactly what users are shown.
 
 Grid construction (why it looks like this):
 - Each candidate's grid is `grid_size` ladder prices spread over its *band* (band_low..band_high times
@@ -128,6 +131,8 @@ class PriceDecision:
         at_floor: the chosen price is the lowest allowed grid price (a guardrail binds from below).
         at_ceiling: the chosen price is the highest allowed grid price.
         fallback: the constraints were infeasible and were relaxed (see the module docstring).
+        grid: the (n, G) prices chosen from, NaN where not allowed (set by `optimize`).
+        probs: the demand function's probabilities on `grid`, NaN where not allowed.
     """
 
     price: np.ndarray
@@ -137,6 +142,8 @@ class PriceDecision:
     at_floor: np.ndarray
     at_ceiling: np.ndarray
     fallback: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    grid: np.ndarray | None = None
+    probs: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.fallback.shape != self.price.shape:
@@ -243,6 +250,38 @@ def _as_row(x: float | np.ndarray | None, n: int, name: str) -> np.ndarray:
     return arr
 
 
+def price_bounds(
+    list_price: float | np.ndarray,
+    unit_cost: float | np.ndarray,
+    g: Guardrails,
+    floor: float | np.ndarray | None = None,
+    ceiling: float | np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The allowed price interval per candidate before the ladder and the sticky window.
+
+    Returns (low, high, infeasible): low = max(band_low * list, floor, cost * (1 + min_margin)),
+    high = min(band_high * list, ceiling); where low > high the upper bounds win (`infeasible`), as
+    in `candidate_prices`, and low is set to high. The exact oracle of the evaluation optimizes over
+    this same interval, so grid and continuous regret share one definition of "allowed".
+    """
+    lp = np.atleast_1d(np.asarray(list_price, dtype=float))
+    if lp.ndim != 1:
+        raise ValueError(f"list_price must be a scalar or 1-D, got shape {lp.shape}")
+    n = lp.shape[0]
+    if not np.all(np.isfinite(lp) & (lp > 0)):
+        raise ValueError("list_price must be finite and > 0")
+    cost = _as_row(unit_cost, n, "unit_cost")
+    if not np.all(np.isfinite(cost)):
+        raise ValueError("unit_cost must be finite")
+    fl = _as_row(floor, n, "floor")
+    ce = _as_row(ceiling, n, "ceiling")
+    # fmax/fmin ignore NaN, so a missing floor/ceiling is simply no bound.
+    low = np.fmax(np.fmax(g.band_low * lp, fl), cost * (1.0 + g.min_margin))
+    high = np.fmin(g.band_high * lp, ce)
+    infeasible = low > high
+    return np.where(infeasible, high, low), high, infeasible
+
+
 def candidate_prices(
     list_price: float | np.ndarray,
     unit_cost: float | np.ndarray,
@@ -263,26 +302,15 @@ def candidate_prices(
         return_flags: also return a bool (n,) array marking rows whose constraints were infeasible and
             were relaxed (see the module docstring for the order).
     """
+    lo_base, hi_base, infeasible = price_bounds(list_price, unit_cost, g, floor, ceiling)
     lp = np.atleast_1d(np.asarray(list_price, dtype=float))
-    if lp.ndim != 1:
-        raise ValueError(f"list_price must be a scalar or 1-D, got shape {lp.shape}")
     n = lp.shape[0]
-    if not np.all(np.isfinite(lp) & (lp > 0)):
-        raise ValueError("list_price must be finite and > 0")
-    cost = _as_row(unit_cost, n, "unit_cost")
-    if not np.all(np.isfinite(cost)):
-        raise ValueError("unit_cost must be finite")
-    fl = _as_row(floor, n, "floor")
-    ce = _as_row(ceiling, n, "ceiling")
     last = _as_row(last_price, n, "last_price")
     size = int(g.grid_size)
     code0 = _LADDER_CODE[g.ladder]
 
     band_lo, band_hi = g.band_low * lp, g.band_high * lp
-    # fmax/fmin ignore NaN, so a missing floor/ceiling/last price is simply no bound.
-    lo_base = np.fmax(np.fmax(band_lo, fl), cost * (1.0 + g.min_margin))
-    hi_base = np.fmin(band_hi, ce)
-    infeasible = lo_base > hi_base
+    # A NaN last price is no sticky bound (fmax/fmin ignore NaN).
     lo = np.fmax(lo_base, last * (1.0 - g.max_session_change))
     hi = np.fmin(hi_base, last * (1.0 + g.max_session_change))
     sticky_broken = ~infeasible & (lo > hi)
@@ -419,28 +447,61 @@ def optimize(
     floor: float | np.ndarray | None = None,
     ceiling: float | np.ndarray | None = None,
     last_price: float | np.ndarray | None = None,
+    *,
+    grid: np.ndarray | None = None,
 ) -> PriceDecision:
-    """Build the grid, ask `demand_fn` for purchase probabilities, and choose (objective from `g`).
+    """Choose every candidate's price: build the grid, ask `demand_fn`, pick (objective from `g`).
 
     `demand_fn(prices (n, G)) -> probs (n, G)` is called once with the full grid. Disallowed positions
     are filled with the row's lowest allowed price before the call (so models never see NaN) and
     whatever comes back there is ignored.
+
+    Args:
+        grid: an explicit (n, G) action set instead of the guardrail grid (off-policy evaluation
+            chooses among the logging policy's prices); positions outside `price_bounds` are not
+            allowed, and a row with none allowed gets no price (NaN), flagged `fallback`.
+
+    Returns:
+        The decision, with the grid, the probabilities on it and the relaxed-constraint flags.
     """
-    grid, fallback = candidate_prices(
-        list_price,
-        unit_cost,
-        g,
-        floor=floor,
-        ceiling=ceiling,
-        last_price=last_price,
-        return_flags=True,
-    )
+    if grid is None:
+        grid, fallback = candidate_prices(
+            list_price,
+            unit_cost,
+            g,
+            floor=floor,
+            ceiling=ceiling,
+            last_price=last_price,
+            return_flags=True,
+        )
+    else:
+        grid = np.asarray(grid, dtype=float)
+        low, high, _ = price_bounds(list_price, unit_cost, g, floor, ceiling)
+        if grid.ndim != 2 or grid.shape[0] != low.shape[0]:
+            raise ValueError(f"grid must have shape ({low.shape[0]}, G), got {grid.shape}")
+        # Half a cent of tolerance: logged prices are rounded to cents, bounds are not.
+        with np.errstate(invalid="ignore"):
+            inside = (grid >= low[:, None] - 0.005) & (grid <= high[:, None] + 0.005)
+        grid = np.where(inside, grid, np.nan)
+        fallback = np.all(np.isnan(grid), axis=1)
     allowed = ~np.isnan(grid)
     first = np.min(np.where(allowed, grid, np.inf), axis=1, keepdims=True)
-    filled = np.where(allowed, grid, first)
+    filled = np.where(allowed, grid, np.where(np.isfinite(first), first, 1.0))
     probs = np.asarray(demand_fn(filled), dtype=float)
     if probs.shape != grid.shape:
         raise ValueError(f"demand_fn returned shape {probs.shape}, expected {grid.shape}")
-    decision = choose_prices(grid, np.where(allowed, probs, np.nan), unit_cost, g.objective)
+    probs = np.where(allowed, probs, np.nan)
+    decision = choose_prices(grid, probs, unit_cost, g.objective)
     decision.fallback = fallback
+    decision.grid = grid
+    decision.probs = probs
     return decision
+
+
+def quoted_probability(decision: PriceDecision, price: np.ndarray) -> np.ndarray:
+    """The decision's probability at each quoted price (the greedy price or an explored one)."""
+    if decision.grid is None or decision.probs is None:
+        raise ValueError("the decision has no grid: build it with optimize()")
+    rows = np.arange(len(decision))
+    col = np.argmax(decision.grid == np.asarray(price, dtype=float)[:, None], axis=1)
+    return decision.probs[rows, col]

@@ -371,6 +371,9 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
             "model_version": sm.version,
             "degraded": problem is not None,
             "store": problem or "ok",
+            # what quotes run with, and who set it (operator environment > registered > default)
+            "guardrails": sm.guardrails.to_dict(),
+            "guardrail_sources": sm.guardrail_sources,
         }
     )
 

@@ -11,7 +11,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,18 +59,40 @@ class ServingModel:
     unit_cost: np.ndarray
     cold_state: Any  # the state of a user with no events
     run_id: str | None = None
+    guardrail_sources: dict[str, str] = field(default_factory=dict)  # key -> where it came from
 
     @property
     def policy(self) -> str:
         return f"{self.name}@{self.version}"
 
 
-def build_serving_model(handle: ModelHandle, exploration: float) -> ServingModel:
-    """Warm the handle's model and index its catalog.
+DEFAULT_EXPLORATION = 0.05  # serving's exploration share when neither operator nor model sets one
 
-    The guardrails it was evaluated with are merged over the defaults; the exploration share comes
-    from settings unless those guardrails set one.
+
+def serving_guardrails(
+    registered: dict[str, Any] | None, exploration: float | None
+) -> tuple[P.Guardrails, dict[str, str]]:
+    """The guardrails a served model quotes with, and where each value came from.
+
+    Precedence, per key: the operator's environment (only `PRICING_EXPLORATION` today) over the
+    guardrails the model was registered with, over the defaults (`DEFAULT_EXPLORATION` for
+    exploration, `Guardrails`' for the rest).
     """
+    registered = dict(registered or {})
+    values: dict[str, Any] = {"exploration": DEFAULT_EXPLORATION}
+    sources = {k: "default" for k in P.Guardrails().to_dict()}
+    for key, value in registered.items():
+        if key in sources:
+            values[key] = value
+            sources[key] = "registered model"
+    if exploration is not None:
+        values["exploration"] = exploration
+        sources["exploration"] = "environment (PRICING_EXPLORATION)"
+    return P.Guardrails.from_dict(values, strict=False), sources
+
+
+def build_serving_model(handle: ModelHandle, exploration: float | None) -> ServingModel:
+    """Warm the handle's model and index its catalog; guardrails by `serving_guardrails`."""
     model = handle.model
     model.warm()
     catalog: pd.DataFrame = model.catalog  # type: ignore[attr-defined]
@@ -78,9 +100,7 @@ def build_serving_model(handle: ModelHandle, exploration: float) -> ServingModel
     index = {item_id: pos for pos, item_id in enumerate(ids)}
     if len(index) != len(ids):
         raise ValueError(f"model {handle.name}@{handle.version}: catalog item ids are not unique")
-    guardrails = P.Guardrails.from_dict(
-        {"exploration": exploration, **(handle.guardrails or {})}, strict=False
-    )
+    guardrails, sources = serving_guardrails(handle.guardrails, exploration)
     return ServingModel(
         name=handle.name,
         version=str(handle.version),
@@ -91,6 +111,7 @@ def build_serving_model(handle: ModelHandle, exploration: float) -> ServingModel
         unit_cost=catalog[S.UNIT_COST].to_numpy(dtype=float),
         cold_state=model.user_state(events_frame([])),
         run_id=handle.run_id,
+        guardrail_sources=sources,
     )
 
 
@@ -244,6 +265,15 @@ class Pricer:
             return cached, True, True
         return sm.cold_state, False, True
 
+    @staticmethod
+    def _demand(sm: ServingModel, state: Any, idx: np.ndarray, grid: np.ndarray) -> np.ndarray:
+        probs = np.asarray(sm.model.demand(state, idx, grid), dtype=float)
+        if probs.shape != grid.shape:
+            raise RuntimeError(
+                f"model {sm.policy} returned shape {probs.shape}, expected {grid.shape}"
+            )
+        return probs
+
     def quote(
         self, sm: ServingModel, user_id: str, items: list[str], session_id: str | None
     ) -> PricedItems:
@@ -284,26 +314,14 @@ class Pricer:
                 log.warning("user store failed reading last prices")
                 degraded = True
 
-        grid = P.candidate_prices(lp, cost, g, last_price=last)
-        assert isinstance(grid, np.ndarray)
-        allowed = ~np.isnan(grid)
-        # Models never see NaN: disallowed positions take the row's lowest allowed price and are ignored.
-        filled = np.where(
-            allowed, grid, np.min(np.where(allowed, grid, np.inf), axis=1, keepdims=True)
+        decision = P.optimize(
+            lambda grid: self._demand(sm, state, idx, grid), lp, cost, g, last_price=last
         )
-        probs = np.asarray(sm.model.demand(state, idx, filled), dtype=float)
-        if probs.shape != grid.shape:
-            raise RuntimeError(
-                f"model {sm.policy} returned shape {probs.shape}, expected {grid.shape}"
-            )
-        probs = np.where(allowed, probs, np.nan)
-        decision = P.choose_prices(grid, probs, cost, g.objective)
+        assert decision.grid is not None
         with self._rng_lock:
-            price, propensity, explored = P.explore(decision, grid, g.exploration, self.rng)
+            price, propensity, explored = P.explore(decision, decision.grid, g.exploration, self.rng)
 
-        rows = np.arange(len(items))
-        col = np.argmax(grid == price[:, None], axis=1)
-        prob = probs[rows, col]
+        prob = P.quoted_probability(decision, price)
         profit = (price - cost) * prob
         value = profit if g.objective == "profit" else price * prob
         rank = P.rank_by_value(value)

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from mlops.models import DemandModel, PricingData
 from pricing import metrics as M
 from pricing import schema as S
-from pricing.evaluation import EvalInputs, evaluate_policy, logged_action_grid, pricing_grid
+from pricing.evaluation import EvalInputs, evaluate_policy
 from pricing.policy import Guardrails
 from pricing.simulator import GroundTruth
 
@@ -39,7 +39,8 @@ def eval_inputs(test: PricingData, truth: GroundTruth | None) -> EvalInputs:
     if test.users is not None and S.AGE_GROUP in test.users:
         age = test.users.set_index(S.USER_ID)[S.AGE_GROUP].astype(str)
         groups = offers[S.USER_ID].astype(str).map(age).fillna("unknown").to_numpy()
-    truth_fn = None
+    truth_fn = oracle_fn = None
+    unit_cost = test.unit_cost()
     if truth is not None:
         users = offers[S.USER_ID].astype(str).to_numpy()
         items = offers[S.ITEM_ID].astype(str).to_numpy()
@@ -48,6 +49,10 @@ def eval_inputs(test: PricingData, truth: GroundTruth | None) -> EvalInputs:
             with np.errstate(invalid="ignore"):  # NaN grid positions stay NaN
                 return truth.purchase_probability(users, items, prices)
 
+        def oracle_fn(low: np.ndarray, high: np.ndarray, objective: str) -> np.ndarray:
+            price, _ = truth.oracle(users, items, low, high, unit_cost, objective)  # type: ignore[arg-type]
+            return price
+
     prop = (
         pd.to_numeric(offers[S.PROPENSITY], errors="coerce").to_numpy(float)
         if S.PROPENSITY in offers
@@ -55,12 +60,13 @@ def eval_inputs(test: PricingData, truth: GroundTruth | None) -> EvalInputs:
     )
     return EvalInputs(
         list_price=test.list_price(),
-        unit_cost=test.unit_cost(),
+        unit_cost=unit_cost,
         offered_price=offers[S.PRICE].to_numpy(float),
         purchased=offers[S.PURCHASED].to_numpy(float),
         propensity=prop,
         groups=groups,
         truth=truth_fn,
+        oracle=oracle_fn,
     )
 
 
@@ -83,23 +89,29 @@ def evaluate_models(
         idx = np.sort(np.random.default_rng(seed).choice(len(test), max_offers, replace=False))
         test = subset(test, idx)
     inputs = eval_inputs(test, truth)
-    grid = pricing_grid(inputs, guardrails)
-    lgrid = logged_action_grid(inputs)
     with_ope = bool(np.isfinite(inputs.propensity).any())
     metrics: dict[str, dict[str, float]] = {}
-    curves: dict[str, Any] = {"y": inputs.purchased, "grid": grid, "probs": {}, "offer_probs": {}}
+    curves: dict[str, Any] = {"y": inputs.purchased, "probs": {}, "offer_probs": {}, "price": {}}
     for name, model in models.items():
-        gp = model.predict_grid(test, grid)
         op = model.predict(test)
-        lp = model.predict_grid(test, lgrid) if with_ope else None
-        metrics[name] = evaluate_policy(inputs, guardrails, gp, op, lp, calibration_bins)
-        curves["probs"][name] = gp
+        metrics[name], decision = evaluate_policy(
+            inputs,
+            guardrails,
+            lambda grid, m=model: m.predict_grid(test, grid),
+            op,
+            with_ope=with_ope,
+            calibration_bins=calibration_bins,
+        )
+        assert decision is not None and decision.grid is not None
+        curves["grid"] = decision.grid  # the same guardrail grid for every model
+        curves["probs"][name] = decision.probs
+        curves["price"][name] = decision.price
         curves["offer_probs"][name] = op
-    ref = evaluate_policy(inputs, guardrails, None, None)
+    ref, _ = evaluate_policy(inputs, guardrails, None, None)
     ref["log_loss"] = M.log_loss(inputs.purchased, np.full(len(inputs), base_rate))
     metrics[LIST_PRICE] = ref
-    if truth is not None:
-        curves["truth"] = inputs.truth(grid)  # type: ignore[misc]
+    if truth is not None and "grid" in curves:
+        curves["truth"] = inputs.truth(curves["grid"])  # type: ignore[misc]
     curves["unit_cost"] = inputs.unit_cost
     curves["list_price"] = inputs.list_price
     return metrics, curves

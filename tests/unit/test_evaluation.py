@@ -1,0 +1,62 @@
+"""Regret against the exact oracle and against the best grid price (`pricing.evaluation`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pricing.evaluation import EvalInputs, evaluate_policy
+from pricing.policy import Guardrails, price_bounds
+from pricing.simulator import Market
+
+G = Guardrails(min_margin=0.05, grid_size=9)
+
+
+def _inputs(market: Market, n: int = 400) -> EvalInputs:
+    truth = market.truth
+    offers = market.tables["offers"].iloc[:n]
+    users = offers["user_id"].astype(str).to_numpy()
+    items = offers["item_id"].astype(str).to_numpy()
+    catalog = market.tables["items"].set_index("item_id").loc[items]
+    cost = catalog["unit_cost"].to_numpy(float)
+
+    def true_p(p: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            return truth.purchase_probability(users, items, p)
+
+    def oracle(lo: np.ndarray, hi: np.ndarray, objective: str) -> np.ndarray:
+        return truth.oracle(users, items, lo, hi, cost, objective)[0]  # type: ignore[arg-type]
+
+    return EvalInputs(
+        list_price=catalog["list_price"].to_numpy(float),
+        unit_cost=cost,
+        offered_price=offers["price"].to_numpy(float),
+        purchased=offers["purchased"].to_numpy(float),
+        propensity=offers["propensity"].to_numpy(float),
+        truth=true_p,
+        oracle=oracle,
+    )
+
+
+def test_the_true_demand_has_zero_grid_regret_and_small_exact_regret(tiny_market: Market) -> None:
+    x = _inputs(tiny_market)
+    m, _ = evaluate_policy(x, G, x.truth, None, with_ope=False)
+    assert m["grid_regret"] == pytest.approx(0.0, abs=1e-12)
+    # The grid (9 cent prices over 0.7-1.3x) loses a little against the exact optimum: never gains.
+    assert 0.0 < m["profit_regret"] < 0.02
+    assert m["oracle_profit"] > m["grid_oracle_profit"]
+
+
+def test_profit_regret_is_against_the_exact_optimum_inside_band_and_margin(
+    tiny_market: Market,
+) -> None:
+    x = _inputs(tiny_market)
+    m, _ = evaluate_policy(x, G, None, None)  # the list-price policy
+    low, high, _ = price_bounds(x.list_price, x.unit_cost, G)
+    assert x.oracle is not None and x.truth is not None
+    exact = x.oracle(low, high, "profit")
+    assert np.all((exact >= low - 1e-9) & (exact <= high + 1e-9))
+    exact_profit = float(np.mean((exact - x.unit_cost) * x.truth(exact)))
+    assert m["oracle_profit"] == pytest.approx(exact_profit, rel=1e-12)
+    assert m["profit_regret"] == pytest.approx(1 - m["expected_profit"] / exact_profit, rel=1e-12)
+    assert m["profit_regret"] > m["grid_regret"] > 0
