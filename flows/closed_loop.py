@@ -11,7 +11,7 @@ from pricing import schema as S
 from pricing.io import read_table
 from pricing.shoppers import loop_summary
 from pricing.simulator import load_ground_truth
-from tasks.closed_loop import export_offer_log, run_shoppers_task
+from tasks.closed_loop import export_offer_log, run_shoppers_task, served_guardrails
 from tasks.validation import validate_tables
 
 
@@ -42,7 +42,7 @@ def closed_loop(
     cost = items.set_index(S.ITEM_ID)[S.UNIT_COST].astype(float)
     result: dict[str, Any] = {
         "model_versions": sorted(quotes["model_version"].astype(str).unique().tolist()),
-        **loop_summary(quotes, truth, cost),
+        **loop_summary(quotes, truth, cost, served_guardrails(scorer_url)),
     }
     if offer_log_dir and out_dir:
         result["next_training_set"] = export_offer_log(

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from pricing import schema as S
+from pricing.policy import Guardrails, price_bounds
 from pricing.simulator import GroundTruth
 
 
@@ -51,9 +52,17 @@ def draw_outcomes(
 
 
 def loop_summary(
-    quotes: pd.DataFrame, truth: GroundTruth, unit_cost: pd.Series
+    quotes: pd.DataFrame,
+    truth: GroundTruth,
+    unit_cost: pd.Series,
+    guardrails: Guardrails | None = None,
 ) -> dict[str, float]:
-    """Realized and exact expected profit of the prices served, against list price and the oracle."""
+    """Realized and exact expected profit of the prices served, against list price and the oracle.
+
+    The oracle is the exact best price inside the served guardrails' band and margin
+    (`price_bounds`), the same interval offline evaluation's `profit_regret` uses.
+    """
+    g = guardrails or Guardrails()
     users = quotes[S.USER_ID].to_numpy(str)
     items = quotes[S.ITEM_ID].to_numpy(str)
     cost = unit_cost.reindex(items).to_numpy(float)
@@ -61,7 +70,8 @@ def loop_summary(
     lp = truth.list_price[truth.item_index(items)]
     exp_profit = (price - cost) * truth.purchase_probability(users, items, price)
     list_profit = (lp - cost) * truth.purchase_probability(users, items, lp)
-    _, oracle_value = truth.oracle(users, items, 0.7 * lp, 1.3 * lp, unit_cost=cost)
+    low, high, _ = price_bounds(lp, cost, g)
+    _, oracle_value = truth.oracle(users, items, low, high, unit_cost=cost)
     return {
         "quoted_items": float(len(quotes)),
         "realized_profit_per_offer": float(((price - cost) * quotes[S.PURCHASED]).mean()),

@@ -13,8 +13,16 @@ from prefect.cache_policies import NO_CACHE
 
 from pricing import schema as S
 from pricing.io import read_table, write_table
+from pricing.policy import Guardrails
 from pricing.shoppers import draw_outcomes, shopper_requests
 from pricing.simulator import GroundTruth
+
+
+def served_guardrails(scorer_url: str) -> Guardrails:
+    """The guardrails the live scorer quotes with (from its `/readyz`), for the loop's oracle."""
+    r = httpx.get(f"{scorer_url.rstrip('/')}/readyz", timeout=10.0)
+    r.raise_for_status()
+    return Guardrails.from_dict(r.json().get("guardrails"), strict=False)
 
 
 def run_shoppers(

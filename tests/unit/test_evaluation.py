@@ -60,3 +60,28 @@ def test_profit_regret_is_against_the_exact_optimum_inside_band_and_margin(
     assert m["oracle_profit"] == pytest.approx(exact_profit, rel=1e-12)
     assert m["profit_regret"] == pytest.approx(1 - m["expected_profit"] / exact_profit, rel=1e-12)
     assert m["profit_regret"] > m["grid_regret"] > 0
+
+
+def test_closed_loop_oracle_uses_the_served_band_and_margin(tiny_market: Market) -> None:
+    """Shoppers quoted the exact optimum inside the served guardrails show zero live regret."""
+    import pandas as pd
+
+    from pricing.shoppers import loop_summary
+
+    g = Guardrails(min_margin=0.6)  # binds for many items: the oracle must respect it too
+    offers = tiny_market.tables["offers"].iloc[:300]
+    items_tbl = tiny_market.tables["items"].set_index("item_id")
+    users = offers["user_id"].astype(str).to_numpy()
+    items = offers["item_id"].astype(str).to_numpy()
+    lp = items_tbl.loc[items, "list_price"].to_numpy(float)
+    cost = items_tbl["unit_cost"].astype(float)
+    low, high, _ = price_bounds(lp, cost.loc[items].to_numpy(), g)
+    price, _ = tiny_market.truth.oracle(
+        users, items, low, high, unit_cost=cost.loc[items].to_numpy()
+    )
+    assert np.any(low > 0.7 * lp + 1e-9)  # the margin moved some floors
+    quotes = pd.DataFrame(
+        {"user_id": users, "item_id": items, "price": price, "purchased": 0, "propensity": 1.0}
+    )
+    summary = loop_summary(quotes, tiny_market.truth, cost, g)
+    assert summary["live_regret_vs_continuous_oracle"] == pytest.approx(0.0, abs=1e-12)
