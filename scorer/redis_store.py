@@ -6,6 +6,7 @@ them together):
 - `{p}:{u}:ev`        list of the user's recent events (JSON), capped with LTRIM
 - `{p}:{u}:gen`       the user's history generation (INCR on every append or invalidation)
 - `{p}:{u}:st:{model}`  the cached state for one model (name@version): 8-byte generation + encoded state
+  (data only, never pickle: see `encode_state`; a blob that does not decode is a cache miss)
 - `{p}:{u}:lp:{sess}` hash item_id -> last quoted price within the session, with a TTL
 
 A state is written only if the generation it was computed from is still current (a Lua check-and-set),
@@ -18,7 +19,9 @@ not a connect timeout. redis-py's pool reconnects on its own once Redis is back.
 
 from __future__ import annotations
 
-import pickle
+import base64
+import logging
+import math
 import struct
 import threading
 import time
@@ -27,6 +30,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import orjson
+import pandas as pd
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -34,6 +38,7 @@ from redis.retry import Retry
 from scorer.state import Event
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _GEN = struct.Struct("<q")
 _F64 = struct.Struct("<d")
@@ -54,9 +59,23 @@ class StoreUnavailable(ConnectionError):
 
 
 # --- state encoding ------------------------------------------------------------------------------
+#
+# Data only: whatever is in Redis, decoding builds floats, numeric numpy arrays (or tensors), and
+# tuples/lists/dicts/Series of those, never objects of a type the blob names. Anyone who can write to
+# Redis can at worst make a user's state wrong (then `_fresh_state` treats an undecodable blob as a
+# miss), not run code in the scorer. So: no pickle anywhere.
+
+_MAX_NDIM = 8
+_ARRAY_KINDS = "fiub"  # float, signed, unsigned, bool: plain bytes, no object or void dtypes
+
+
+class StateDecodeError(ValueError):
+    """A cached state blob that is not one `encode_state` writes (corrupt, foreign or hostile)."""
 
 
 def _encode_array(a: np.ndarray) -> bytes:
+    if a.dtype.kind not in _ARRAY_KINDS or a.ndim > _MAX_NDIM:
+        raise TypeError(f"no data-only encoding for an array of dtype {a.dtype}, ndim {a.ndim}")
     a = np.ascontiguousarray(a)
     dtype = a.dtype.str.encode()
     head = bytes([len(dtype)]) + dtype + bytes([a.ndim]) + struct.pack(f"<{a.ndim}q", *a.shape)
@@ -64,45 +83,144 @@ def _encode_array(a: np.ndarray) -> bytes:
 
 
 def _decode_array(buf: memoryview) -> np.ndarray:
+    """The inverse of `_encode_array`, checking every length before it trusts it."""
     n = buf[0]
-    dtype = np.dtype(bytes(buf[1 : 1 + n]).decode())
+    dtype = np.dtype(bytes(buf[1 : 1 + n]).decode("ascii"))
+    if dtype.kind not in _ARRAY_KINDS or dtype.hasobject:
+        raise StateDecodeError(f"array dtype {dtype} is not plain numeric")
     pos = 1 + n
     ndim = buf[pos]
+    if ndim > _MAX_NDIM:
+        raise StateDecodeError(f"array of {ndim} dimensions")
     shape = struct.unpack_from(f"<{ndim}q", buf, pos + 1)
     pos += 1 + 8 * ndim
+    if any(d < 0 for d in shape) or len(buf) - pos != math.prod(shape) * dtype.itemsize:
+        raise StateDecodeError(f"array of shape {shape} does not match its {len(buf) - pos} bytes")
     return np.frombuffer(buf[pos:], dtype=dtype).reshape(shape).copy()
 
 
-def encode_state(state: Any) -> bytes:
-    """Compact bytes for a user state: raw float64/array bytes when possible, pickle otherwise.
+def _is_tensor(x: Any) -> bool:
+    return type(x).__module__ == "torch" and type(x).__name__ == "Tensor"
 
-    Tags: `f` a float, `a` a numeric numpy array, `t` a torch tensor (stored as its numpy bytes),
-    `p` anything else (opaque tuples, pandas objects) as pickle.
+
+def _tensor(a: np.ndarray) -> Any:
+    import torch  # only a model that uses tensors gets here
+
+    return torch.from_numpy(a)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+_SCALAR = (type(None), bool, int, float, str)
+
+
+def _to_tree(x: Any) -> Any:
+    """`x` as JSON: scalars as themselves, containers and arrays as `{"~": kind, ...}` nodes."""
+    if x is None or isinstance(x, bool | str):
+        return x
+    if isinstance(x, int | np.integer):
+        return int(x)
+    if isinstance(x, float | np.floating):
+        f = float(x)
+        return f if math.isfinite(f) else {"~": "float", "v": repr(f)}  # JSON has no nan/inf
+    if isinstance(x, np.bool_):
+        return bool(x)
+    if isinstance(x, np.ndarray):
+        return {"~": "nd", "v": _b64(_encode_array(x))}
+    if _is_tensor(x):
+        return {"~": "tensor", "v": _b64(_encode_array(x.detach().cpu().numpy()))}
+    if isinstance(x, tuple):
+        return {"~": "tuple", "v": [_to_tree(v) for v in x]}
+    if isinstance(x, list):
+        return {"~": "list", "v": [_to_tree(v) for v in x]}
+    if isinstance(x, dict):
+        if not all(isinstance(_to_tree(k), _SCALAR) for k in x):
+            raise TypeError("no data-only encoding for a dict with non-scalar keys in a user state")
+        return {"~": "dict", "v": [[_to_tree(k), _to_tree(v)] for k, v in x.items()]}
+    if isinstance(x, pd.Series):
+        return {
+            "~": "series",
+            "index": [_to_tree(k) for k in x.index],
+            "v": _to_tree(x.to_numpy()),
+            "name": _to_tree(x.name),
+        }
+    raise TypeError(f"no data-only encoding for a {type(x).__qualname__} in a user state")
+
+
+def _from_tree(t: Any) -> Any:
+    """The inverse of `_to_tree`: builds only the types listed there."""
+    if isinstance(t, _SCALAR):
+        return t
+    if not isinstance(t, dict) or not isinstance(t.get("~"), str):
+        raise StateDecodeError(f"unexpected JSON node {type(t).__name__}")
+    kind, v = t["~"], t.get("v")
+    if kind == "float" and v in ("nan", "inf", "-inf"):
+        return float(v)
+    if kind in ("nd", "tensor") and isinstance(v, str):
+        a = _decode_array(memoryview(base64.b64decode(v, validate=True)))
+        return a if kind == "nd" else _tensor(a)
+    if kind in ("tuple", "list") and isinstance(v, list):
+        items = [_from_tree(e) for e in v]
+        return tuple(items) if kind == "tuple" else items
+    if kind == "dict" and isinstance(v, list):
+        out = {}
+        for pair in v:
+            if not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[0], _SCALAR):
+                raise StateDecodeError("malformed dict item")
+            out[pair[0]] = _from_tree(pair[1])
+        return out
+    if kind == "series" and isinstance(t.get("index"), list):
+        index = t["index"]
+        values = _from_tree(v)
+        name = t.get("name")
+        if not all(isinstance(k, _SCALAR) for k in index) or not isinstance(name, _SCALAR):
+            raise StateDecodeError("malformed series index or name")
+        if not isinstance(values, np.ndarray) or values.shape != (len(index),):
+            raise StateDecodeError("series values do not match its index")
+        return pd.Series(values, index=pd.Index(index), name=name)
+    raise StateDecodeError(f"unknown JSON node kind {kind!r}")
+
+
+def encode_state(state: Any) -> bytes:
+    """Compact, data-only bytes for a user state (a one-byte tag, then the payload).
+
+    Tags: `f` a float (8 bytes), `a` a numeric numpy array and `t` a torch tensor (dtype, shape
+    and raw bytes), `j` anything else built from those, tuples, lists, dicts and pandas Series
+    (JSON; arrays inside as base64 of the same array bytes). Raises TypeError for other types.
     """
-    if isinstance(state, float | int | np.floating | np.integer) and not isinstance(state, bool):
+    if isinstance(state, float | np.floating):
         return b"f" + _F64.pack(float(state))
-    if isinstance(state, np.ndarray) and state.dtype.kind in "fiub":
+    if isinstance(state, np.ndarray) and state.dtype.kind in _ARRAY_KINDS:
         return b"a" + _encode_array(state)
-    if type(state).__module__ == "torch" and type(state).__name__ == "Tensor":
+    if _is_tensor(state):
         return b"t" + _encode_array(state.detach().cpu().numpy())
-    return b"p" + pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+    return b"j" + orjson.dumps(_to_tree(state))
 
 
 def decode_state(data: bytes | memoryview) -> Any:
-    """The inverse of `encode_state`."""
+    """The inverse of `encode_state`; raises `StateDecodeError` (a ValueError) on a foreign blob.
+
+    Blobs of the old pickle format (tag `p`) are refused like any other foreign blob: the scorer
+    recomputes those states once and overwrites them.
+    """
     buf = memoryview(data)
     tag = bytes(buf[:1])
-    if tag == b"f":
-        return _F64.unpack_from(buf, 1)[0]
-    if tag == b"a":
-        return _decode_array(buf[1:])
-    if tag == b"t":
-        import torch  # only a model that uses tensors gets here
-
-        return torch.from_numpy(_decode_array(buf[1:]))
-    if tag == b"p":
-        return pickle.loads(buf[1:])  # noqa: S301 - our own Redis, written by our own scorer
-    raise ValueError(f"unknown state encoding tag {tag!r}")
+    try:
+        if tag == b"f" and len(buf) == 1 + _F64.size:
+            return _F64.unpack_from(buf, 1)[0]
+        if tag == b"a":
+            return _decode_array(buf[1:])
+        if tag == b"t":
+            return _tensor(_decode_array(buf[1:]))
+        if tag == b"j":
+            return _from_tree(orjson.loads(buf[1:]))
+    except StateDecodeError:
+        raise
+    except (ValueError, TypeError, IndexError, KeyError, struct.error, RecursionError) as exc:
+        raise StateDecodeError(f"malformed state ({tag!r}): {type(exc).__name__}: {exc}") from exc
+    raise StateDecodeError(f"unknown state encoding (tag {tag!r}, {len(buf)} bytes)")
 
 
 def _json_default(obj: Any) -> Any:
@@ -111,13 +229,48 @@ def _json_default(obj: Any) -> Any:
     return str(obj)  # timestamps and other scalars the contract writes as text
 
 
-def _fresh_state(gen: Any, blob: Any) -> Any | None:
-    """The state in `blob` if it was computed from generation `gen` (the current one), else None."""
+def _fresh_state(gen: Any, blob: Any, where: str = "") -> Any | None:
+    """The state in `blob` if it was computed from generation `gen` (the current one), else None.
+
+    A blob that does not decode (corrupt, foreign, hostile) is a miss, with one warning: the caller
+    recomputes the state and overwrites it. Nothing in it is ever executed.
+    """
     if not isinstance(blob, bytes) or len(blob) < _GEN.size:
         return None
-    if _GEN.unpack_from(blob)[0] != int(gen or 0):
-        return None  # computed from a history that has moved on
-    return decode_state(memoryview(blob)[_GEN.size :])
+    try:
+        if _GEN.unpack_from(blob)[0] != int(gen or 0):
+            return None  # computed from a history that has moved on
+        return decode_state(memoryview(blob)[_GEN.size :])
+    except Exception as exc:  # noqa: BLE001 - whatever is in Redis, a bad blob is only a miss
+        log.warning("ignoring an undecodable cached user state %s: %.200s", where, exc)
+        return None
+
+
+def _prices(raw: Sequence[Any]) -> list[float | None]:
+    """Sticky prices as stored (text); an unparsable one counts as absent (no bound)."""
+    out: list[float | None] = []
+    for v in raw:
+        try:
+            out.append(None if v is None else float(v))
+        except ValueError:
+            log.warning("ignoring an unparsable sticky price %r", v[:32])
+            out.append(None)
+    return out
+
+
+def _events(raw: Sequence[bytes], where: str) -> list[Event]:
+    """A user's events as stored (JSON objects); an entry that is not one is dropped, logged."""
+    out: list[Event] = []
+    for b in raw:
+        try:
+            e = orjson.loads(b)
+        except orjson.JSONDecodeError:
+            e = None
+        if isinstance(e, dict):
+            out.append(e)
+        else:
+            log.warning("dropping a malformed event in %s:ev: %r", where, b[:64])
+    return out
 
 
 # --- the store -----------------------------------------------------------------------------------
@@ -155,10 +308,14 @@ class RedisUserStore:
         self._down_until = 0.0
         self._last_error: str | None = None
         self._lock = threading.Lock()
+        self._unencodable: set[type] = set()
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 0.25, **kwargs: Any) -> RedisUserStore:
         """A store over `url` with short socket timeouts and a single immediate retry.
+
+        `url` carries the credentials, e.g. `redis://:PASSWORD@redis:6379/0` (`requirepass`) or
+        `redis://USER:PASSWORD@host:6379/0` (an ACL user); percent-encode special characters.
 
         The single retry makes the first command after a Redis restart reconnect transparently;
         redis-py's default (several retries with backoff) would stall a quote for seconds.
@@ -238,18 +395,27 @@ class RedisUserStore:
             pipe.lrange(f"{k}:ev", 0, -1)
             pipe.get(f"{k}:gen")
             raw, gen = pipe.execute()
-            return [orjson.loads(b) for b in raw], int(gen or 0)
+            return _events(raw, k), int(gen or 0)
 
         return self._call(run)
 
     def get_state(self, user_id: str, model_version: str) -> Any | None:
         k = self._k(user_id)
-        gen, blob = self._call(lambda: self.client.mget(f"{k}:gen", f"{k}:st:{model_version}"))
-        return _fresh_state(gen, blob)
+        key = f"{k}:st:{model_version}"
+        gen, blob = self._call(lambda: self.client.mget(f"{k}:gen", key))
+        return _fresh_state(gen, blob, key)
 
     def put_state(self, user_id: str, model_version: str, state: Any, generation: int) -> None:
+        """Cache `state` if `generation` is still current; a state type with no data-only
+        encoding is not cached (logged once per type): the scorer then recomputes it when needed."""
         k = self._k(user_id)
-        blob = _GEN.pack(int(generation)) + encode_state(state)
+        try:
+            blob = _GEN.pack(int(generation)) + encode_state(state)
+        except TypeError as exc:
+            if type(state) not in self._unencodable:
+                self._unencodable.add(type(state))
+                log.warning("not caching user states of model %s: %s", model_version, exc)
+            return
         self._call(
             lambda: self._put_state(
                 keys=[f"{k}:gen", f"{k}:st:{model_version}"],
@@ -271,10 +437,9 @@ class RedisUserStore:
             return pipe.execute()  # type: ignore[no-any-return]
 
         res = self._call(run)
-        state = _fresh_state(*res[0])
-        last = None
-        if len(res) > 1:
-            last = [None if v is None else float(v) for v in res[1]]
+        gen, blob = res[0]
+        state = _fresh_state(gen, blob, f"{k}:st:{model_version}")
+        last = _prices(res[1]) if len(res) > 1 else None
         return state, last
 
     def mark_stale(self, user_id: str) -> None:
@@ -297,8 +462,7 @@ class RedisUserStore:
         if not item_ids:
             return []
         key = f"{self._k(user_id)}:lp:{session_id}"
-        raw = self._call(lambda: self.client.hmget(key, list(item_ids)))
-        return [None if v is None else float(v) for v in raw]
+        return _prices(self._call(lambda: self.client.hmget(key, list(item_ids))))
 
     def set_last_price(self, user_id: str, session_id: str, prices: Mapping[str, float]) -> None:
         if not prices:

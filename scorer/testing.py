@@ -159,17 +159,22 @@ class RedisServer:
     """A throwaway redis-server on a free loopback port: no persistence, killed on `stop()`.
 
     Used by the integration tests and the load benchmark; `restart()` brings it back on the same
-    port (to test reconnection after an outage).
+    port (to test reconnection after an outage). With `password` it runs with `--requirepass` and
+    `url` carries the password, like the served setup (infra/).
     """
 
-    def __init__(self, binary: str, port: int | None = None) -> None:
+    def __init__(self, binary: str, port: int | None = None, password: str | None = None) -> None:
         self.binary = binary
         self.port = port or free_port()
+        self.password = password
         self.proc: Any = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        from urllib.parse import quote
+
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         import subprocess
@@ -179,8 +184,12 @@ class RedisServer:
 
         cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         cmd += ["--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning"]
+        if self.password:
+            cmd += ["--requirepass", self.password]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, socket_connect_timeout=0.2
+        )
         deadline = time.monotonic() + timeout
         try:
             while True:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import pickle
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,6 +143,73 @@ def test_state_encoding_round_trips(state: Any) -> None:
     assert len(encode_state(np.ones(64, dtype=np.float32))) < 64 * 4 + 32  # compact, not pickle
 
 
+class _Exploit:
+    """Unpickling this runs `os.system` (creating a marker file): what a Redis writer could plant."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _plant(store: RedisUserStore, user: str, model: str, payload: bytes) -> None:
+    """Write `payload` as the user's cached state for `model`, at the current generation."""
+    k = store._k(user)
+    gen = int(store.client.get(f"{k}:gen") or 0)
+    store.client.set(f"{k}:st:{model}", struct.pack("<q", gen) + payload)
+
+
+def test_a_pickle_planted_in_redis_is_a_miss_never_executed(
+    store: RedisUserStore, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pwned"
+    store.append_events("u1", [_event(0)])
+    for payload in (b"p" + pickle.dumps(_Exploit(marker)), pickle.dumps(_Exploit(marker))):
+        _plant(store, "u1", "toy@1", payload)
+        assert store.get_state("u1", "toy@1") is None
+        state, last = store.get_state_and_last_prices("u1", "toy@1", "s1", ["a"])
+        assert state is None and last == [None]
+    assert not marker.exists()
+
+
+def test_garbage_in_redis_never_breaks_reads(store: RedisUserStore) -> None:
+    k = store._k("u1")
+    store.append_events("u1", [_event(0)])
+    store.client.rpush(f"{k}:ev", b"{not json", b"[1, 2]")
+    store.set_last_price("u1", "s1", {"a": 9.5})
+    store.client.hset(f"{k}:lp:s1", "b", "lots")
+    assert [e[S.EVENT_ID] for e in store.get_events("u1")[0]] == ["e0"]
+    assert store.get_last_prices("u1", "s1", ["a", "b"]) == [9.5, None]
+    _plant(store, "u1", "toy@1", b"f" + struct.pack("<d", 1.0))
+    assert store.get_state("u1", "toy@1") == 1.0
+    store.client.set(f"{k}:gen", "x")
+    assert store.get_state("u1", "toy@1") is None
+
+
+def test_an_unencodable_state_is_not_cached_and_does_not_raise(store: RedisUserStore) -> None:
+    generation = store.append_events("u1", [_event(0)])
+    store.put_state("u1", "odd@1", object(), generation)
+    assert store.get_state("u1", "odd@1") is None
+
+
+def test_password_protected_redis_via_url(redis_server: RedisServer) -> None:
+    with RedisServer(redis_server.binary, password="s3cr:t/p@ss") as secured:
+        assert secured.url.startswith("redis://:s3cr%3At%2Fp%40ss@127.0.0.1:")
+        store = RedisUserStore.from_url(secured.url)
+        assert store.ping() and store.append_events("u1", [_event(0)]) == 1
+        assert store.get_events("u1")[1] == 1
+        store.close()
+        for url in (
+            f"redis://127.0.0.1:{secured.port}/0",
+            f"redis://:wrong@127.0.0.1:{secured.port}/0",
+        ):
+            anonymous = RedisUserStore.from_url(url)
+            with pytest.raises(StoreUnavailable):
+                anonymous.get_events("u1")
+            anonymous.close()
+
+
 def test_store_fails_fast_and_reconnects(redis_server: RedisServer, store: RedisUserStore) -> None:
     store.append_events("u1", [_event(0)])
     redis_server.stop()
@@ -205,6 +275,29 @@ def test_event_refreshes_the_state_in_the_background_and_moves_the_quote(
     old = {q["item_id"]: q["price"] for q in before["items"]}
     new = {q["item_id"]: q["price"] for q in after["items"]}
     assert all(new[i] <= old[i] for i in old) and sum(new[i] < old[i] for i in old) >= 3
+
+
+def test_a_quote_over_a_planted_pickle_recomputes_the_state(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    marker = tmp_path / "pwned"
+    app = create_app(_settings(tmp_path, redis_server.url), lambda: toy_handle("1"), seed=0)
+    with TestClient(app) as c:
+        runtime = app.state.runtime
+        key = runtime.current.policy
+        r = c.post(
+            "/v1/events",
+            json={"user_id": "u1", "events": [{"event_type": "search", "query": "cheap tv"}] * 2},
+        )
+        assert r.status_code == 200
+        deadline = time.monotonic() + 5
+        while runtime.store.get_state("u1", key) is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        _plant(runtime.store, "u1", key, b"p" + pickle.dumps(_Exploit(marker)))
+        got = _prices(c, session_id="s1")
+        assert got["personalized"] is True and got["degraded"] is False
+        assert runtime.store.get_state("u1", key) == pytest.approx(7.0)  # recomputed, rewritten
+    assert not marker.exists()
 
 
 def test_redis_down_degrades_but_answers_then_recovers(
