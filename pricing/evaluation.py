@@ -12,7 +12,7 @@ exactly from the true demand, not sampled:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +20,7 @@ import pandas as pd
 
 from pricing import metrics as M
 from pricing import ope
+from pricing import schema as S
 from pricing.policy import Guardrails, PriceDecision, optimize, price_bounds
 
 TruthFn = Callable[[np.ndarray], np.ndarray]  # prices (n,) or (n, G) -> true purchase probability
@@ -44,6 +45,38 @@ class EvalInputs:
     def __len__(self) -> int:
         return len(self.list_price)
 
+    def subset(self, idx: np.ndarray) -> EvalInputs:
+        """Rows `idx` (a slice of the test set); truth and oracle still answer for those rows."""
+        idx = np.asarray(idx, dtype=np.int64)
+        n = len(self)
+        truth = oracle = None
+        if self.truth is not None:
+            full_truth = self.truth
+
+            def truth(prices: np.ndarray) -> np.ndarray:
+                full = np.full((n, *np.shape(prices)[1:]), np.nan)
+                full[idx] = prices
+                return full_truth(full)[idx]
+
+        if self.oracle is not None:
+            full_oracle, lp = self.oracle, self.list_price
+
+            def oracle(low: np.ndarray, high: np.ndarray, objective: str) -> np.ndarray:
+                lo_full, hi_full = lp.copy(), lp.copy()  # any valid band for rows not asked about
+                lo_full[idx], hi_full[idx] = low, high
+                return full_oracle(lo_full, hi_full, objective)[idx]
+
+        return EvalInputs(
+            list_price=self.list_price[idx],
+            unit_cost=self.unit_cost[idx],
+            offered_price=self.offered_price[idx],
+            purchased=self.purchased[idx],
+            propensity=self.propensity[idx],
+            groups=None if self.groups is None else self.groups[idx],
+            truth=truth,
+            oracle=oracle,
+        )
+
 
 def choose(inputs: EvalInputs, guardrails: Guardrails, demand_fn: DemandFn) -> PriceDecision:
     """The policy's decision on the test offers: exactly what the scorer would quote (no exploration,
@@ -59,6 +92,55 @@ def logged_action_grid(inputs: EvalInputs) -> np.ndarray:
     """
     ratios = np.unique(np.round(inputs.offered_price / inputs.list_price, 2))
     return np.round(inputs.list_price[:, None] * ratios[None, :], 2)
+
+
+COLD_USER_EVENTS = 3  # a user with fewer events than this before the offer is a cold user
+SLICE_METRICS = ("log_loss", "auc", "ece", "profit_regret", "grid_regret", "expected_profit")
+
+
+def _ns(ts: pd.Series) -> np.ndarray:
+    """UTC timestamps as int64 nanoseconds (an empty column has no datetime dtype to compare)."""
+    if len(ts) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return pd.to_datetime(ts, utc=True).astype("datetime64[ns, UTC]").astype("int64").to_numpy()
+
+
+def cold_start_slices(
+    offers: pd.DataFrame,
+    events: pd.DataFrame,
+    train_items: Collection[str] | None = None,
+    min_events: int = COLD_USER_EVENTS,
+) -> dict[str, np.ndarray]:
+    """Row positions of the test offers in each cold-start slice.
+
+    - `cold_items`: offers on items unseen in training: not in `train_items` (the training offers'
+      items) and with no event before the first test offer; without `train_items`, events only.
+    - `cold_users`: offers whose user had fewer than `min_events` events strictly before the offer.
+    """
+    ts = pd.to_datetime(offers[S.TS], utc=True)
+    ev_ts = pd.to_datetime(events[S.TS], utc=True)
+    item = offers[S.ITEM_ID].astype(str)
+    seen = set(events.loc[(ev_ts < ts.min()).to_numpy(), S.ITEM_ID].dropna().astype(str))
+    if train_items is not None:
+        seen |= {str(i) for i in train_items}
+    cold_items = np.flatnonzero(~item.isin(seen).to_numpy())
+
+    ev = pd.DataFrame({"_ts": _ns(ev_ts), "_u": events[S.USER_ID].astype(str).to_numpy()})
+    ev = ev.sort_values("_ts", kind="stable")
+    ev["_n"] = ev.groupby("_u").cumcount() + 1  # events of this user up to and including this one
+    q = pd.DataFrame(
+        {
+            "_ts": _ns(ts),
+            "_u": offers[S.USER_ID].astype(str).to_numpy(),
+            "_row": np.arange(len(offers)),
+        }
+    ).sort_values("_ts", kind="stable")
+    n_before = np.zeros(len(offers), dtype=np.int64)
+    if len(ev) and len(q):
+        # strictly before the offer: the last event with ts < offer ts
+        counts = pd.merge_asof(q, ev, on="_ts", by="_u", allow_exact_matches=False)
+        n_before[counts["_row"].to_numpy()] = counts["_n"].fillna(0).to_numpy(dtype=np.int64)
+    return {"cold_items": cold_items, "cold_users": np.flatnonzero(n_before < min_events)}
 
 
 def _profit(price: np.ndarray, cost: np.ndarray, prob: np.ndarray, objective: str) -> np.ndarray:
@@ -112,7 +194,9 @@ def evaluate_policy(
     return out, decision
 
 
-def _policy_value(inputs: EvalInputs, guardrails: Guardrails, price: np.ndarray) -> dict[str, float]:
+def _policy_value(
+    inputs: EvalInputs, guardrails: Guardrails, price: np.ndarray
+) -> dict[str, float]:
     """Exact value and regret of `price` against the continuous and the grid oracle."""
     assert inputs.truth is not None
     grid_oracle = choose(inputs, guardrails, inputs.truth).price

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from mlops.models import DemandModel, PricingData
 from pricing import metrics as M
 from pricing import schema as S
-from pricing.evaluation import EvalInputs, evaluate_policy
+from pricing.evaluation import SLICE_METRICS, EvalInputs, cold_start_slices, evaluate_policy
 from pricing.policy import Guardrails
 from pricing.simulator import GroundTruth
 
@@ -79,16 +80,20 @@ def evaluate_models(
     max_offers: int | None = None,
     seed: int = 0,
     calibration_bins: int = 15,
+    train_items: Collection[str] | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Metrics per model (plus the list-price policy) and the arrays the plots need.
 
     The list-price entry carries the base-rate predictor's log loss: the reference a first model
-    must beat on real data, where profit cannot be computed.
+    must beat on real data, where profit cannot be computed. Each model also gets its metrics on the
+    cold-start slices (`pricing.evaluation.cold_start_slices`) as `cold_items/<metric>` and
+    `cold_users/<metric>`, with the slice's size as `<slice>/n`.
     """
     if max_offers is not None and len(test) > max_offers:
         idx = np.sort(np.random.default_rng(seed).choice(len(test), max_offers, replace=False))
         test = subset(test, idx)
     inputs = eval_inputs(test, truth)
+    slices = cold_start_slices(test.offers, test.events, train_items)
     with_ope = bool(np.isfinite(inputs.propensity).any())
     metrics: dict[str, dict[str, float]] = {}
     curves: dict[str, Any] = {"y": inputs.purchased, "probs": {}, "offer_probs": {}, "price": {}}
@@ -107,14 +112,38 @@ def evaluate_models(
         curves["probs"][name] = decision.probs
         curves["price"][name] = decision.price
         curves["offer_probs"][name] = op
+        metrics[name].update(_slice_metrics(model, test, inputs, op, slices, guardrails))
     ref, _ = evaluate_policy(inputs, guardrails, None, None)
     ref["log_loss"] = M.log_loss(inputs.purchased, np.full(len(inputs), base_rate))
+    ref.update(_slice_metrics(None, test, inputs, None, slices, guardrails))
     metrics[LIST_PRICE] = ref
     if truth is not None and "grid" in curves:
         curves["truth"] = inputs.truth(curves["grid"])  # type: ignore[misc]
     curves["unit_cost"] = inputs.unit_cost
     curves["list_price"] = inputs.list_price
     return metrics, curves
+
+
+def _slice_metrics(
+    model: DemandModel | None,
+    test: PricingData,
+    inputs: EvalInputs,
+    offer_probs: np.ndarray | None,
+    slices: dict[str, np.ndarray],
+    guardrails: Guardrails,
+) -> dict[str, float]:
+    """A model's metrics on each cold-start slice (None = the list-price policy)."""
+    out: dict[str, float] = {}
+    for name, idx in slices.items():
+        out[f"{name}/n"] = float(len(idx))
+        if len(idx) == 0:
+            continue
+        part = subset(test, idx)
+        demand = None if model is None else (lambda grid, p=part: model.predict_grid(p, grid))
+        probs = None if offer_probs is None else offer_probs[idx]
+        m, _ = evaluate_policy(inputs.subset(idx), guardrails, demand, probs, with_ope=False)
+        out.update({f"{name}/{k}": v for k, v in m.items() if k in SLICE_METRICS})
+    return out
 
 
 @task(name="evaluate_models", cache_policy=NO_CACHE)

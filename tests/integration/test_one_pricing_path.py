@@ -59,11 +59,15 @@ def test_evaluation_scores_the_prices_the_scorer_quotes(tmp_path: Path) -> None:
         }
     )
     test = PricingData(offers=offers, items=catalog, events=events_frame([]))
-    _, curves = evaluate_models(
+    metrics, curves = evaluate_models(
         {"toy": model}, test, None, Guardrails.from_dict(REGISTERED), base_rate=0.5
     )
     evaluated = dict(zip(items, curves["price"]["toy"].tolist(), strict=True))
     assert evaluated == quoted
+    # A user with no events: every offer is in the cold-user slice, so its metrics are the whole set's.
+    toy = metrics["toy"]
+    assert toy["cold_users/n"] == len(items) and toy["cold_items/n"] == len(items)
+    assert toy["cold_users/log_loss"] == pytest.approx(toy["log_loss"])
 
 
 def test_operator_exploration_overrides_the_registered_value(

@@ -85,3 +85,36 @@ def test_closed_loop_oracle_uses_the_served_band_and_margin(tiny_market: Market)
     )
     summary = loop_summary(quotes, tiny_market.truth, cost, g)
     assert summary["live_regret_vs_continuous_oracle"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_cold_start_slices_on_a_constructed_case() -> None:
+    import pandas as pd
+
+    from pricing.evaluation import cold_start_slices
+
+    t = pd.Timestamp("2026-01-10", tz="UTC")
+    offers = pd.DataFrame(
+        {
+            "ts": [t, t, t + pd.Timedelta(days=1), t],
+            "user_id": ["u1", "u2", "u2", "u3"],
+            "item_id": ["A", "C", "A", "B"],
+        }
+    )
+    day = pd.Timedelta(days=1)
+    events = pd.DataFrame(
+        {
+            "ts": [t - 3 * day, t - 2 * day, t - day, t - day, t - day, t, t - day],
+            "user_id": ["u1", "u1", "u1", "u2", "u2", "u2", "u3"],
+            # B was seen in an event before the test window; C only appears in it
+            "item_id": ["A", "A", "A", "A", "A", "C", "B"],
+        }
+    )
+    s = cold_start_slices(offers, events, train_items={"A"})
+    assert s["cold_items"].tolist() == [1]  # C: not trained on, no event before the test start
+    # u1 has 3 events before; u2 has 2 before its first offer (the one at t itself doesn't count)
+    # and 3 before its second; u3 has 1
+    assert s["cold_users"].tolist() == [1, 3]
+    # without the training items, only events before the test start count: A and B are seen
+    assert cold_start_slices(offers, events)["cold_items"].tolist() == [1]
+    empty = events.iloc[:0]
+    assert cold_start_slices(offers, empty, {"A", "B", "C"})["cold_users"].tolist() == [0, 1, 2, 3]
