@@ -1,0 +1,368 @@
+"""Statistics over seeds: Student-t intervals, paired differences, verdicts, the compare summary.
+
+One seed of the evaluation is one draw: a new simulated market (and training seed), or a new
+training seed on fixed real data. A model's metric over N seeds gets the interval
+mean ± t_{0.975, N-1} · sd / √N. A model against the best baseline is compared *paired*: the
+per-seed difference (model minus baseline, on the same market and test offers) and its t interval,
+which removes the seed-to-seed variation both share. README's wording rule: a model is "better"
+only where that paired interval excludes zero in the good direction.
+
+The t quantile is computed here, without scipy (`pricing/` imports numpy, pandas and the standard
+library only): the Student-t CDF through the regularized incomplete beta function (a continued
+fraction, as in Numerical Recipes' `betacf`), inverted by bisection. It agrees with scipy to 1e-10
+for the degrees of freedom a seed count gives (checked in tests/unit/test_stats.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+LIST_PRICE = "list_price"  # the list-price policy: a reference, never the best baseline
+LEVEL = 0.95
+# Metric-key prefixes of the evaluation's cold-start slices (`cold_items/log_loss`, ...).
+SLICES = ("cold_items", "cold_users")
+
+# Which way is good, per metric; metrics not listed are descriptive (price ratio, purchase rate,
+# oracle profit, counts) and get no verdict.
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "profit_regret": False,
+    "grid_regret": False,
+    "log_loss": False,
+    "ece": False,
+    "price_gap_protected": False,
+    "ope_ips_rel_error": False,
+    "ope_snips_rel_error": False,
+    "ope_dr_rel_error": False,
+    "auc": True,
+    "uplift_vs_list": True,
+    "expected_profit": True,
+    "expected_revenue": True,
+    "ope_ips": True,
+    "ope_snips": True,
+    "ope_dr": True,
+    "ope_true_value": True,
+}
+# What a person reads first (the Markdown table and the plot), after the primary metric.
+HEADLINE = ("profit_regret", "grid_regret", "uplift_vs_list", "log_loss", "auc", "ece")
+
+BETTER, WORSE, NO_DIFFERENCE, NOT_AVAILABLE = "better", "worse", "no difference", "n/a"
+
+
+# --- the t distribution ---------------------------------------------------------------------------
+
+
+def _beta_cf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz's method)."""
+    tiny, eps = 1e-300, 1e-15
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 1000):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < eps:
+            break
+    return h
+
+
+def regularized_beta(x: float, a: float, b: float) -> float:
+    """I_x(a, b), the regularized incomplete beta function, for 0 <= x <= 1 and a, b > 0."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    front = math.exp(log_front)
+    # The continued fraction converges fast on this side of the mean; use the symmetry otherwise.
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _beta_cf(a, b, x) / a
+    return 1.0 - front * _beta_cf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with `df` degrees of freedom."""
+    if df <= 0:
+        raise ValueError(f"degrees of freedom must be positive, got {df}")
+    if math.isinf(t):
+        return 1.0 if t > 0 else 0.0
+    tail = 0.5 * regularized_beta(df / (df + t * t), df / 2.0, 0.5)
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The `p` quantile of Student's t with `df` degrees of freedom (e.g. t_{0.975, 4} = 2.776)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    if df <= 0:
+        raise ValueError(f"degrees of freedom must be positive, got {df}")
+    if p == 0.5:
+        return 0.0
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:  # bracket: t_{0.9995, 1} is about 637, so this stops quickly
+        lo, hi = hi, hi * 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+# --- intervals and verdicts -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean over seeds and its two-sided t interval; `lo`, `hi` are nan with fewer than 2 values."""
+
+    mean: float
+    lo: float
+    hi: float
+    n: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "lo": self.lo, "hi": self.hi}
+
+
+def _finite(values: Iterable[float]) -> np.ndarray:
+    arr = np.asarray(list(values), dtype=float)
+    return arr[np.isfinite(arr)]
+
+
+def mean_interval(values: Iterable[float], level: float = LEVEL) -> Interval:
+    """Mean ± t_{(1+level)/2, n-1} · sd/√n over the finite `values` (sd with n-1 in the denominator).
+
+    With one finite value the interval is undefined (lo = hi = nan); with none, all are nan.
+    """
+    x = _finite(values)
+    n = len(x)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    mean = float(np.mean(x))
+    if n == 1:
+        return Interval(mean, math.nan, math.nan, 1)
+    half = t_quantile(0.5 + level / 2.0, n - 1) * float(np.std(x, ddof=1)) / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n)
+
+
+def paired_interval(
+    model: Sequence[float], baseline: Sequence[float], level: float = LEVEL
+) -> Interval:
+    """The t interval of the per-seed difference model - baseline (seeds where both are finite)."""
+    if len(model) != len(baseline):
+        raise ValueError(f"paired values need the same seeds, got {len(model)} and {len(baseline)}")
+    diff = np.asarray(model, dtype=float) - np.asarray(baseline, dtype=float)
+    return mean_interval(diff, level)
+
+
+def verdict(lo: float, hi: float, higher_is_better: bool | None) -> str:
+    """ "better" / "worse" only where the paired interval [lo, hi] excludes zero, else "no difference".
+
+    "n/a" when the interval is undefined (one seed) or the metric has no good direction.
+    """
+    if higher_is_better is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return NOT_AVAILABLE
+    if lo > 0:
+        return BETTER if higher_is_better else WORSE
+    if hi < 0:
+        return WORSE if higher_is_better else BETTER
+    return NO_DIFFERENCE
+
+
+# --- the compare summary --------------------------------------------------------------------------
+
+PerSeed = Mapping[int, Mapping[str, Mapping[str, float]]]  # seed -> model -> metric -> value
+
+
+def _split_keys(per_seed: PerSeed) -> tuple[list[str], dict[str, list[str]]]:
+    """Model names (first-seen order) and each model's plain (non-slice) metric names."""
+    models: dict[str, list[str]] = {}
+    for by_model in per_seed.values():
+        for name, metrics in by_model.items():
+            keys = models.setdefault(name, [])
+            for k, v in metrics.items():
+                if "/" not in k and k not in keys and isinstance(v, int | float):
+                    keys.append(k)
+    return list(models), models
+
+
+def best_baseline(means: Mapping[str, float], main: str, higher_is_better: bool = False) -> str:
+    """The model other than `main` and list price with the best mean primary metric.
+
+    Falls back to list price when there is no other baseline (or none has a finite value).
+    """
+    candidates = {
+        k: v for k, v in means.items() if k not in (main, LIST_PRICE) and math.isfinite(v)
+    }
+    if not candidates:
+        return LIST_PRICE
+    pick = max if higher_is_better else min
+    return pick(candidates, key=lambda k: candidates[k])
+
+
+def summarize(per_seed: PerSeed, main: str, primary: str, level: float = LEVEL) -> dict[str, Any]:
+    """The compare summary (what `compare.json` holds; nan where undefined).
+
+    `{"primary", "seeds", "main", "best_baseline", "level", "models", "paired", "slices",
+    "metric_direction", "verdicts"}`: per model and metric the mean, t interval and per-seed values;
+    per model other than the best baseline, the paired difference against it for every metric with
+    a good direction; the cold-start slices' means over seeds (empty when the evaluation has none).
+    """
+    seeds = list(per_seed)
+    names, metric_names = _split_keys(per_seed)
+
+    def values(name: str, metric: str) -> list[float]:
+        return [float(per_seed[s].get(name, {}).get(metric, math.nan)) for s in seeds]
+
+    models: dict[str, dict[str, Any]] = {}
+    for name in names:
+        models[name] = {}
+        for metric in metric_names[name]:
+            vals = values(name, metric)
+            models[name][metric] = {**mean_interval(vals, level).as_dict(), "per_seed": vals}
+
+    primary_up = HIGHER_IS_BETTER.get(primary, False)
+    means = {n: models[n].get(primary, {}).get("mean", math.nan) for n in names}
+    best = best_baseline(means, main, primary_up)
+
+    paired: dict[str, dict[str, Any]] = {}
+    verdicts: dict[str, dict[str, str]] = {}
+    directed = [m for m in metric_names.get(best, []) if m in HIGHER_IS_BETTER]
+    for name in names:
+        if name == best:
+            continue
+        paired[name], verdicts[name] = {}, {}
+        for metric in directed:
+            if metric not in models[name]:
+                continue
+            iv = paired_interval(values(name, metric), values(best, metric), level)
+            paired[name][metric] = {"vs": best, **iv.as_dict()}
+            verdicts[name][metric] = verdict(iv.lo, iv.hi, HIGHER_IS_BETTER[metric])
+
+    slices: dict[str, dict[str, dict[str, float]]] = {}
+    for prefix in SLICES:
+        for name in names:
+            keys = {
+                k for s in seeds for k in per_seed[s].get(name, {}) if k.startswith(f"{prefix}/")
+            }
+            for key in sorted(keys):
+                x = _finite(values(name, key))
+                mean = float(np.mean(x)) if len(x) else math.nan
+                slices.setdefault(prefix, {}).setdefault(name, {})[key.split("/", 1)[1]] = mean
+
+    metrics_seen = {m for ms in metric_names.values() for m in ms}
+    return {
+        "primary": primary,
+        "seeds": seeds,
+        "main": main,
+        "best_baseline": best,
+        "level": level,
+        "models": models,
+        "paired": paired,
+        "slices": slices,
+        "metric_direction": {
+            m: {"higher_is_better": up} for m, up in HIGHER_IS_BETTER.items() if m in metrics_seen
+        },
+        "verdicts": verdicts,
+    }
+
+
+def headline_metrics(summary: Mapping[str, Any]) -> list[str]:
+    """The primary metric, then the other headline metrics that some model reports."""
+    seen = {m for metrics in summary["models"].values() for m in metrics}
+    order = [summary["primary"], *HEADLINE]
+    return [m for i, m in enumerate(order) if m in seen and m not in order[:i]]
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4f}" if math.isfinite(x) else "n/a"
+
+
+def _fmt_interval(entry: Mapping[str, float]) -> str:
+    mean, lo, hi = entry["mean"], entry["lo"], entry["hi"]
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{_fmt(mean)} [n/a]"
+    return f"{_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def markdown_table(summary: Mapping[str, Any], metrics: Sequence[str] | None = None) -> str:
+    """The summary as Markdown: mean [95% interval] per model and metric, the paired difference
+    against the best baseline, and the verdict the README's wording rule allows."""
+    metrics = list(metrics) if metrics is not None else headline_metrics(summary)
+    best, n = summary["best_baseline"], len(summary["seeds"])
+    pct = f"{summary.get('level', LEVEL):.0%}"
+    lines = [
+        f"# Compare over {n} seed{'s' if n != 1 else ''}",
+        "",
+        f"Primary metric: `{summary['primary']}`. Main model: `{summary['main']}`. "
+        f"Best baseline: `{best}`. Intervals: {pct} Student-t over seeds"
+        + (" (n/a with one seed)." if n < 2 else "."),
+        'Paired: the per-seed difference model minus best baseline; "better" only where its '
+        "interval excludes zero in the metric's good direction.",
+        "",
+        f"| metric | model | mean [{pct} CI] | paired vs `{best}` | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for metric in metrics:
+        for name, by_metric in summary["models"].items():
+            if metric not in by_metric:
+                continue
+            if name == best:
+                paired, word = "(reference)", ""
+            elif metric in summary["paired"].get(name, {}):
+                paired = _fmt_interval(summary["paired"][name][metric])
+                word = summary["verdicts"][name][metric]
+            else:
+                paired, word = "", "n/a"
+            lines.append(
+                f"| {metric} | {name} | {_fmt_interval(by_metric[metric])} | {paired} | {word} |"
+            )
+    if summary["slices"]:
+        lines += ["", "## Cold-start slices (means over seeds)", ""]
+        for slice_name, by_model in summary["slices"].items():
+            keys = sorted({k for vals in by_model.values() for k in vals})
+            lines += [f"### {slice_name}", "", "| model | " + " | ".join(keys) + " |"]
+            lines.append("|---|" + "---|" * len(keys))
+            for name, vals in by_model.items():
+                cells = " | ".join(_fmt(vals.get(k, math.nan)) for k in keys)
+                lines.append(f"| {name} | {cells} |")
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def json_safe(obj: Any) -> Any:
+    """`obj` with every non-finite float replaced by None, so it can be written as strict JSON."""
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

@@ -1,0 +1,186 @@
+"""pricing.stats: the t quantile, intervals over seeds, paired differences, verdicts, the summary."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from pricing import stats
+
+
+# t_{p, df} from printed tables (Student's t, two-sided 95% and 99%).
+@pytest.mark.parametrize(
+    ("p", "df", "expected"),
+    [
+        (0.975, 1, 12.7062),
+        (0.975, 2, 4.3027),
+        (0.975, 4, 2.7764),
+        (0.975, 9, 2.2622),
+        (0.975, 29, 2.0452),
+        (0.995, 5, 4.0321),
+        (0.95, 10, 1.8125),
+        (0.025, 4, -2.7764),
+    ],
+)
+def test_t_quantile_matches_the_printed_table(p: float, df: int, expected: float) -> None:
+    assert stats.t_quantile(p, df) == pytest.approx(expected, abs=1e-4)
+
+
+def test_t_quantile_limits() -> None:
+    assert stats.t_quantile(0.5, 3) == 0.0
+    assert stats.t_quantile(0.975, 10**6) == pytest.approx(1.959964, abs=1e-5)  # the normal's
+    for df in (1, 3, 30):
+        q = stats.t_quantile(0.9, df)
+        assert stats.t_cdf(q, df) == pytest.approx(0.9, abs=1e-12)
+    with pytest.raises(ValueError):
+        stats.t_quantile(1.0, 3)
+    with pytest.raises(ValueError):
+        stats.t_quantile(0.9, 0)
+
+
+def test_t_quantile_agrees_with_scipy() -> None:
+    t = pytest.importorskip("scipy.stats").t
+    for df in (1, 2, 3, 5, 8, 19, 30, 50, 200):
+        for p in (0.6, 0.9, 0.95, 0.975, 0.995, 0.9995):
+            assert stats.t_quantile(p, df) == pytest.approx(t.ppf(p, df), rel=1e-9)
+
+
+def test_mean_interval_by_hand() -> None:
+    # values 1..5: mean 3, sd sqrt(2.5), n 5, t_{0.975,4} = 2.776445105...
+    iv = stats.mean_interval([1, 2, 3, 4, 5])
+    half = 2.7764451051977987 * math.sqrt(2.5) / math.sqrt(5)
+    assert (iv.mean, iv.n) == (3.0, 5)
+    assert iv.lo == pytest.approx(3 - half, abs=1e-9) and iv.hi == pytest.approx(3 + half, abs=1e-9)
+
+
+def test_mean_interval_with_one_seed_is_undefined_and_nan_values_are_left_out() -> None:
+    one = stats.mean_interval([0.3])
+    assert one.mean == 0.3 and math.isnan(one.lo) and math.isnan(one.hi)
+    assert math.isnan(stats.mean_interval([]).mean)
+    assert stats.mean_interval([1.0, math.nan, 3.0]).n == 2
+    flat = stats.mean_interval([0.2, 0.2, 0.2])  # no spread: a zero-width interval, not nan
+    assert flat.lo == pytest.approx(0.2) and flat.hi == pytest.approx(0.2)
+
+
+def test_paired_interval_on_a_constructed_case() -> None:
+    model = [0.20, 0.22, 0.25]
+    baseline = [0.25, 0.26, 0.28]
+    # differences -0.05, -0.04, -0.03: mean -0.04, sd 0.01, n 3, t_{0.975,2} = 4.302652729911275
+    iv = stats.paired_interval(model, baseline)
+    half = 4.302652729911275 * 0.01 / math.sqrt(3)
+    assert iv.mean == pytest.approx(-0.04)
+    assert iv.lo == pytest.approx(-0.04 - half, abs=1e-9)
+    assert iv.hi == pytest.approx(-0.04 + half, abs=1e-9)
+    assert iv.hi < 0  # the interval excludes zero
+    # unpaired, the same numbers overlap: pairing removes the shared seed-to-seed variation
+    a, b = stats.mean_interval(model), stats.mean_interval(baseline)
+    assert a.hi > b.lo
+    with pytest.raises(ValueError):
+        stats.paired_interval([1.0], [1.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "higher_is_better", "expected"),
+    [
+        (-0.06, -0.01, False, "better"),  # a loss went down on every plausible value
+        (-0.06, -0.01, True, "worse"),  # AUC went down
+        (0.01, 0.06, False, "worse"),
+        (0.01, 0.06, True, "better"),
+        (-0.02, 0.03, False, "no difference"),
+        (-0.02, 0.0, False, "no difference"),  # touching zero does not exclude it
+        (0.0, 0.0, True, "no difference"),
+        (math.nan, math.nan, False, "n/a"),  # one seed
+        (-0.06, -0.01, None, "n/a"),  # a descriptive metric has no good direction
+    ],
+)
+def test_verdict(lo: float, hi: float, higher_is_better: bool | None, expected: str) -> None:
+    assert stats.verdict(lo, hi, higher_is_better) == expected
+
+
+def _per_seed(with_slices: bool = False) -> dict[int, dict[str, dict[str, float]]]:
+    regret = {
+        "bert": [0.10, 0.12, 0.11],
+        "logistic": [0.16, 0.18, 0.17],
+        "lightgbm": [0.14, 0.15, 0.17],
+        "list_price": [0.05, 0.05, 0.05],  # never the best baseline, however low
+    }
+    auc = {
+        "bert": [0.70, 0.71, 0.69],
+        "logistic": [0.66, 0.69, 0.70],
+        "lightgbm": [0.69, 0.70, 0.71],
+    }
+    out: dict[int, dict[str, dict[str, float]]] = {}
+    for i, seed in enumerate((3, 4, 5)):
+        out[seed] = {}
+        for name in regret:
+            m = {"profit_regret": regret[name][i], "mean_price_ratio": 1.0}
+            if name in auc:
+                m["auc"] = auc[name][i]
+                if with_slices:
+                    m["cold_items/profit_regret"] = 0.2 + i / 100
+                    m["cold_items/n"] = 10.0
+                    m["cold_users/log_loss"] = 0.5
+            out[seed][name] = m
+    return out
+
+
+def test_summarize_shape_best_baseline_paired_and_verdicts() -> None:
+    s = stats.summarize(_per_seed(), main="bert", primary="profit_regret")
+    assert s["primary"] == "profit_regret" and s["seeds"] == [3, 4, 5]
+    assert s["best_baseline"] == "lightgbm"  # lowest mean regret among non-main, non-list-price
+    assert set(s["models"]) == {"bert", "logistic", "lightgbm", "list_price"}
+    entry = s["models"]["bert"]["profit_regret"]
+    assert set(entry) == {"mean", "lo", "hi", "per_seed"}
+    assert entry["per_seed"] == [0.10, 0.12, 0.11] and entry["lo"] < entry["mean"] < entry["hi"]
+    assert "auc" not in s["models"]["list_price"]
+    assert set(s["paired"]) == {"bert", "logistic", "list_price"}  # all but the best baseline
+    pr = s["paired"]["bert"]["profit_regret"]
+    assert set(pr) == {"vs", "mean", "lo", "hi"} and pr["vs"] == "lightgbm"
+    want = stats.paired_interval([0.10, 0.12, 0.11], [0.14, 0.15, 0.17])
+    assert (pr["mean"], pr["lo"], pr["hi"]) == pytest.approx((want.mean, want.lo, want.hi))
+    assert "mean_price_ratio" not in s["paired"]["bert"]  # descriptive: no paired verdict
+    assert s["verdicts"]["bert"]["profit_regret"] == "better"
+    assert s["verdicts"]["bert"]["auc"] == "no difference"
+    assert s["metric_direction"]["auc"] == {"higher_is_better": True}
+    assert s["metric_direction"]["profit_regret"] == {"higher_is_better": False}
+    assert s["slices"] == {}
+
+
+def test_summarize_slices_are_means_over_seeds() -> None:
+    s = stats.summarize(_per_seed(with_slices=True), main="bert", primary="profit_regret")
+    assert set(s["slices"]) == {"cold_items", "cold_users"}
+    assert s["slices"]["cold_items"]["bert"]["profit_regret"] == pytest.approx(0.21)
+    assert s["slices"]["cold_items"]["logistic"]["n"] == 10.0
+    assert s["slices"]["cold_users"]["lightgbm"] == {"log_loss": 0.5}
+    assert "cold_items/profit_regret" not in s["models"]["bert"]  # slices stay out of models
+
+
+def test_summarize_one_seed_says_n_a_and_writes_strict_json() -> None:
+    one = {0: _per_seed()[3]}
+    s = stats.summarize(one, main="bert", primary="profit_regret")
+    entry = s["models"]["bert"]["profit_regret"]
+    assert math.isnan(entry["lo"]) and math.isnan(entry["hi"])
+    assert s["verdicts"]["bert"]["profit_regret"] == "n/a"
+    text = json.dumps(stats.json_safe(s), allow_nan=False)
+    assert json.loads(text)["models"]["bert"]["profit_regret"]["lo"] is None
+    assert "[n/a]" in stats.markdown_table(s)
+
+
+def test_best_baseline_falls_back_to_list_price_and_follows_direction() -> None:
+    assert stats.best_baseline({"bert": 0.1, "list_price": 0.3}, "bert") == "list_price"
+    means = {"bert": 0.7, "a": 0.6, "b": 0.65, "list_price": math.nan}
+    assert stats.best_baseline(means, "bert", higher_is_better=True) == "b"
+    assert stats.best_baseline(means, "bert", higher_is_better=False) == "a"
+
+
+def test_markdown_table_has_intervals_paired_column_and_verdicts() -> None:
+    s = stats.summarize(_per_seed(with_slices=True), main="bert", primary="profit_regret")
+    md = stats.markdown_table(s)
+    assert "| metric | model | mean [95% CI] | paired vs `lightgbm` | verdict |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| profit_regret | bert |"))
+    assert row.endswith("| better |") and "[" in row
+    assert "| profit_regret | lightgbm |" in md and "(reference)" in md
+    assert "no difference" in md and "### cold_items" in md
+    assert stats.headline_metrics(s) == ["profit_regret", "auc"]
