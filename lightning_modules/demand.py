@@ -441,7 +441,11 @@ class BertDemand(DemandModel):
 
     @classmethod
     def load(cls, path: Path) -> BertDemand:
-        """Load what `save` wrote; needs no training data and no text encoder (until an unseen query)."""
+        """Load what `save` wrote; needs no training data and no text encoder (until an unseen query).
+
+        Trusts its directory: go through `mlops.models.load_model`, which checks every file
+        against the sha256 in the manifest before torch or pyarrow reads it.
+        """
         path = Path(path)
         meta = json.loads((path / _META).read_text())
         m = cls(meta["config"], seed=int(meta["seed"]))

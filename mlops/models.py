@@ -8,7 +8,12 @@ online state. Baselines (pooled logistic, LightGBM) live here; the BERT model pl
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
+import os
+import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +25,8 @@ import pandas as pd
 from pricing import features as F
 from pricing import schema as S
 from pricing.logistic import fit_logistic, predict_logistic
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -84,7 +91,8 @@ class DemandModel(ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, path: Path) -> DemandModel: ...
+    def load(cls, path: Path) -> DemandModel:
+        """Read what `save` wrote. Trusts the directory: `load_model` checks the files first."""
 
 
 class FeatureModel(DemandModel):
@@ -273,14 +281,177 @@ def model_class(name: str) -> type[DemandModel]:
     raise ValueError(f"unknown model {name!r}: choose bert, lightgbm or logistic")
 
 
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 2  # 1 (implicit): {"model": name} only; 2: + sha256 and size of every file
+ALLOW_UNVERIFIED_ENV = "PRICING_ALLOW_UNVERIFIED_MODELS"
+_CHUNK = 1 << 20
+
+
+class ModelIntegrityError(RuntimeError):
+    """A saved model's files do not match its manifest (or it has none to check against).
+
+    Raised by `load_model` before any parser (LightGBM, torch, pyarrow) opens a file: native
+    parsers may crash the whole process on a truncated file instead of raising.
+
+    Attributes:
+        path: the model directory.
+        file: the file that failed (relative to `path`), or the manifest itself.
+        reason: what is wrong with it, in words.
+    """
+
+    def __init__(self, path: Path, file: str, reason: str) -> None:
+        self.path = Path(path)
+        self.file = file
+        self.reason = reason
+        super().__init__(f"model file {self.path / file} failed its integrity check: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across processes (Prefect, DDP)
+        return (type(self), (self.path, self.file, self.reason))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_digests(path: Path) -> dict[str, dict[str, Any]]:
+    """sha256 and size of every file under `path` (recursive, POSIX relative names), manifest excluded."""
+    path = Path(path)
+    out: dict[str, dict[str, Any]] = {}
+    for f in sorted(path.rglob("*")):
+        if not f.is_file():
+            continue
+        rel = f.relative_to(path).as_posix()
+        if rel == MANIFEST or rel.startswith(f".{MANIFEST}."):
+            continue
+        out[rel] = {"sha256": _sha256(f), "size": f.stat().st_size}
+    return out
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write `text` to a temp file next to `path`, fsync it, rename it over `path`, fsync the folder.
+
+    A reader sees the old manifest, the new one, or none: never a torn one.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def save_model(model: DemandModel, path: Path) -> None:
-    """Save a model with a small manifest naming its class, so `load_model` needs no other hint."""
+    """Save a model and, last, its manifest: the class name plus the sha256 and size of every file.
+
+    The manifest is written after the model's files and atomically, so a directory whose save was
+    interrupted has no manifest (or a stale one that no longer matches) and `load_model` refuses it.
+    """
+    path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    (path / MANIFEST).unlink(missing_ok=True)  # an old manifest must not vouch for new files
     model.save(path)
-    (path / "manifest.json").write_text(json.dumps({"model": model.name}))
+    manifest = {"format": MANIFEST_FORMAT, "model": model.name, "files": file_digests(path)}
+    _write_atomically(path / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
 
 
-def load_model(path: Path) -> DemandModel:
-    """Load what `save_model` wrote."""
-    name = json.loads((Path(path) / "manifest.json").read_text())["model"]
-    return model_class(name).load(Path(path))
+def _allow_unverified(allow: bool | None) -> bool:
+    if allow is not None:
+        return allow
+    return os.environ.get(ALLOW_UNVERIFIED_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _safe_member(path: Path, rel: str) -> Path:
+    """`path / rel`, refusing names that would step outside the model directory."""
+    p = Path(rel)
+    if not rel or p.is_absolute() or ".." in p.parts:
+        raise ModelIntegrityError(path, MANIFEST, f"lists an unsafe file name {rel!r}")
+    return path / p
+
+
+def verify_model_dir(path: Path, *, allow_unverified: bool | None = None) -> dict[str, Any]:
+    """Check every file a model's manifest lists (size, then sha256); returns the manifest.
+
+    Only `json` reads anything before the checks pass. Files not in the manifest are ignored (no
+    loader reads them). A manifest without hashes (written before they were recorded) is refused
+    unless `allow_unverified` is true, or, when it is None, the environment variable
+    PRICING_ALLOW_UNVERIFIED_MODELS is 1/true: re-save or re-register such models instead.
+
+    Raises:
+        ModelIntegrityError: naming the first file that is missing, truncated or altered, or the
+            manifest when it is missing, unreadable or has no hashes (and that is not allowed).
+    """
+    path = Path(path)
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise ModelIntegrityError(path, MANIFEST, "missing (an interrupted save, or not a model)")
+    try:
+        manifest = json.loads(mpath.read_text())
+        name = manifest["model"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise ModelIntegrityError(path, MANIFEST, f"unreadable: {exc}") from exc
+    if not isinstance(name, str):
+        raise ModelIntegrityError(path, MANIFEST, f"names no model class: {name!r}")
+    files = manifest.get("files")
+    if files is None:
+        if _allow_unverified(allow_unverified):
+            log.warning(
+                "loading %s without an integrity check: its manifest has no file hashes (%s set)",
+                path,
+                ALLOW_UNVERIFIED_ENV,
+            )
+            return dict(manifest)
+        raise ModelIntegrityError(
+            path,
+            MANIFEST,
+            "has no file hashes (saved before they were recorded); re-save the model, or set "
+            f"{ALLOW_UNVERIFIED_ENV}=1 to load it unchecked",
+        )
+    if not isinstance(files, dict) or not files:
+        raise ModelIntegrityError(path, MANIFEST, "lists no files")
+    for rel, want in sorted(files.items()):
+        f = _safe_member(path, rel)
+        try:
+            size_want, sha_want = int(want["size"]), str(want["sha256"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelIntegrityError(path, MANIFEST, f"bad entry for {rel!r}: {want!r}") from exc
+        if not f.is_file():
+            raise ModelIntegrityError(path, rel, "missing")
+        size = f.stat().st_size
+        if size != size_want:
+            raise ModelIntegrityError(
+                path, rel, f"size {size} bytes, the manifest says {size_want} (truncated?)"
+            )
+        sha = _sha256(f)
+        if sha != sha_want:
+            raise ModelIntegrityError(
+                path, rel, f"sha256 {sha[:12]}..., the manifest says {sha_want[:12]}..."
+            )
+    return dict(manifest)
+
+
+def load_model(path: Path, *, allow_unverified: bool | None = None) -> DemandModel:
+    """Load what `save_model` wrote, after `verify_model_dir` checked every file against its hash.
+
+    The per-class `load` methods trust their directory; this is the entry point that checks it.
+
+    Raises:
+        ModelIntegrityError: a file is missing, truncated or altered, or the manifest cannot vouch
+            for them (see `verify_model_dir` for manifests saved without hashes).
+    """
+    path = Path(path)
+    manifest = verify_model_dir(path, allow_unverified=allow_unverified)
+    return model_class(manifest["model"]).load(path)
