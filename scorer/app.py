@@ -18,9 +18,11 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -31,7 +33,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mlops.registry import ModelHandle
+from mlops.registry import ModelHandle, ModelLoadError
 from mlops.settings import Settings, get_settings
 from pricing import io as pio
 from pricing import schema as S
@@ -54,6 +56,67 @@ log = logging.getLogger(__name__)
 
 Loader = Callable[[], ModelHandle | None]
 VersionProbe = Callable[[], str | None]
+
+RELOAD_BACKOFF_MAX_S = 1800.0  # a known-bad version is retried at least this often
+_ERROR_CHARS = 500
+
+
+def short_error(exc: BaseException) -> str:
+    """`Type: message`, first line only and bounded: what /readyz and one log line can carry."""
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+    return text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 3] + "..."
+
+
+@dataclass
+class ReloadStatus:
+    """What the scorer knows about reloads: the alias target, the last failure and its backoff.
+
+    A version that failed to load is not retried at every alias poll: the watch waits
+    `base_s * 2**failures` seconds (capped at `max_s`) after each consecutive failure of that same
+    version. It tries at once when the alias moves to another version, and an operator's
+    POST /admin/reload always tries. Cleared by a successful reload, or when the alias comes back
+    to the served version (nothing is pending any more).
+    """
+
+    base_s: float
+    max_s: float = RELOAD_BACKOFF_MAX_S
+    clock: Callable[[], float] = time.monotonic
+    alias_target: str | None = None  # the version the champion alias points at, as last seen
+    last_error: str | None = None  # short, never a traceback
+    failed_version: str | None = None
+    failures: int = 0  # consecutive failures of `failed_version`
+    retry_at: float = 0.0  # clock() time from which the watch may retry `failed_version`
+
+    def due(self, version: str) -> bool:
+        """Whether the alias watch should try loading `version` now."""
+        return version != self.failed_version or self.clock() >= self.retry_at
+
+    def failed(self, version: str | None, error: str) -> float:
+        """Record a failed load of `version` (None: unknown); returns the backoff in seconds."""
+        if version is not None and version == self.failed_version:
+            self.failures += 1
+        else:
+            self.failed_version, self.failures = version, 1
+        if version is not None:
+            self.alias_target = version
+        delay = min(self.base_s * 2**self.failures, self.max_s)
+        self.retry_at = self.clock() + delay
+        self.last_error = error
+        return delay
+
+    def clear(self) -> None:
+        """Forget failures: a reload succeeded, or the alias points at the served version again."""
+        self.last_error, self.failed_version, self.failures, self.retry_at = None, None, 0, 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The /readyz fields."""
+        retry = max(0.0, self.retry_at - self.clock()) if self.failures else None
+        return {
+            "alias_target": self.alias_target,
+            "last_reload_error": self.last_error,
+            "reload_failures": self.failures,
+            "next_reload_retry_s": None if retry is None else round(retry, 1),
+        }
 
 
 class ScorerRuntime:
@@ -79,6 +142,7 @@ class ScorerRuntime:
         self.pricer: Pricer | None = None
         self.refresher: StateRefresher | None = None
         self._reload_lock = asyncio.Lock()
+        self.reload_status = ReloadStatus(base_s=max(settings.alias_poll_seconds, 1.0))
 
     def open(self) -> None:
         """Open the offer log (creates its directory), the pricer and the state refresher."""
@@ -118,17 +182,29 @@ class ScorerRuntime:
             self.offer_log.close()
 
     def _load(self) -> ServingModel | None:
+        """Load and warm the champion (in a worker thread); None when there is no champion.
+
+        A model whose files fail their integrity check raises here (`ModelLoadError` from the
+        registry loader) before any native parser reads them, so a corrupt artifact is an
+        exception, never a crashed process.
+        """
         handle = self.loader()
         if handle is None:
             return None
         return build_serving_model(handle, self.settings.exploration)
 
-    async def reload(self) -> tuple[ServingModel, str | None]:
+    async def reload(self, expected: str | None = None) -> tuple[ServingModel, str | None]:
         """Load, warm and swap in the champion; returns (new, previous version).
+
+        `expected` is the version the caller believes the alias points at (the alias watch knows
+        it), used to name the failed version when the loader's error does not.
+
+        On failure the old model keeps serving; the error is recorded in `reload_status`
+        (shown on /readyz, backs off the alias watch) and logged as one line, no traceback.
 
         Raises:
             LookupError: no champion is registered.
-            Exception: whatever loading or warming raised; the old model keeps serving.
+            Exception: whatever loading or warming raised.
         """
         async with self._reload_lock:
             try:
@@ -137,31 +213,79 @@ class ScorerRuntime:
                     raise LookupError(
                         f"no champion registered for model {self.settings.registered_model!r}"
                     )
-            except Exception:
+            except Exception as exc:
                 self.metrics.reloads.labels(result="error").inc()
+                if not isinstance(exc, LookupError):
+                    self._reload_failed(exc, expected)
                 raise
             previous = self.current.version if self.current is not None else None
             self.current = sm  # the atomic swap: one reference assignment
+            self.reload_status.clear()
+            self.reload_status.alias_target = sm.version
             self.metrics.set_model(sm.name, sm.version)
             self.metrics.reloads.labels(result="ok").inc()
             log.info("serving %s (was %s)", sm.policy, previous)
             return sm, previous
 
+    def _reload_failed(self, exc: Exception, expected: str | None) -> None:
+        """Record a failed load for /readyz and the watch's backoff; log it as one line."""
+        version = exc.version if isinstance(exc, ModelLoadError) else expected
+        error = short_error(exc)
+        status = self.reload_status
+        delay = status.failed(version, error)
+        current = self.current
+        if current is None:
+            self.not_ready_reason = f"model load failed: {error}"
+        log.error(
+            "reload of %s failed (%d in a row; the alias watch retries it in %.0f s); "
+            "serving %s: %s",
+            f"version {version}" if version is not None else "the champion",
+            status.failures,
+            delay,
+            f"version {current.version}" if current is not None else "nothing",
+            error,
+        )
+
+    async def check_alias(self) -> bool:
+        """One poll of the alias watch; returns whether it tried a reload.
+
+        Reloads when the champion alias points at another version than the served one, unless
+        that version failed recently and its backoff has not run out. Never raises (but for
+        cancellation): failures are recorded by `reload`, and the old model keeps serving.
+        """
+        assert self.version_probe is not None
+        try:
+            found = await asyncio.to_thread(self.version_probe)
+        except Exception as exc:  # noqa: BLE001 - the registry is down: keep serving, say so once
+            log.warning("alias watch: cannot read the champion alias: %s", short_error(exc))
+            return False
+        if found is None:
+            return False
+        version = str(found)
+        status = self.reload_status
+        status.alias_target = version
+        current = self.current
+        if current is not None and current.version == version:
+            if status.failures:
+                log.info("champion alias is back on the served version %s", version)
+                status.clear()
+            return False
+        if not status.due(version):
+            return False
+        if version == status.failed_version:
+            log.info("alias watch: retrying version %s (backoff ran out)", version)
+        else:
+            log.info("champion alias moved to version %s; reloading", version)
+        with contextlib.suppress(Exception):  # recorded and logged by reload
+            await self.reload(expected=version)
+        return True
+
     async def watch_alias(self, interval: float) -> None:
-        """Poll the champion alias and reload when it moves (runs until cancelled)."""
+        """Poll the champion alias every `interval` s (`check_alias`) until cancelled."""
         assert self.version_probe is not None
         while True:
             await asyncio.sleep(interval)
-            try:
-                version = await asyncio.to_thread(self.version_probe)
-                current = self.current
-                if version is not None and (current is None or str(version) != current.version):
-                    log.info("champion alias moved to version %s; reloading", version)
-                    await self.reload()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - keep watching; the old model keeps serving
-                log.exception("alias watch: reload failed")
+            await self.check_alias()
 
 
 def _default_loader(settings: Settings) -> tuple[Loader, VersionProbe]:
@@ -355,12 +479,18 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
 
     A store outage keeps the answer 200 (quotes still answer, degraded) but says so:
     `"degraded": true` and `"store"` with the reason.
+
+    Both answers carry the reload status: `alias_target` (the version the champion alias points
+    at), `last_reload_error` (short, null after a success), `reload_failures` (in a row, same
+    version) and `next_reload_retry_s` (the alias watch's backoff). A failed reload keeps the
+    answer 200 while an older version serves: `model_version` != `alias_target` shows it.
     """
     sm = runtime.current
+    reload_status = runtime.reload_status.as_dict()
     if sm is None:
         return JSONResponse(
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            content={"ready": False, "reason": runtime.not_ready_reason},
+            content={"ready": False, "reason": runtime.not_ready_reason, **reload_status},
         )
     problem = await asyncio.to_thread(runtime.store_status)
     runtime.metrics.store_up.set(0 if problem else 1)
@@ -374,6 +504,7 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
             # what quotes run with, and who set it (operator environment > registered > default)
             "guardrails": sm.guardrails.to_dict(),
             "guardrail_sources": sm.guardrail_sources,
+            **reload_status,
         }
     )
 
