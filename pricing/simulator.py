@@ -1,23 +1,53 @@
 """Market simulator: the embedded default data source and the yardstick with ground truth.
 
 It writes the four contract tables (items, events, offers, users) and keeps what no real shop
-knows: each user's latent price sensitivity, taste and brand-tier affinity, and the true demand
+knows: each user's latent price sensitivity, taste, brand-tier affinity and shopping intents, and
+the true demand
 
     P(u, i, p) = sigmoid(alpha(u, i) - beta(u, i) * log(p / list_price_i)),
     alpha(u, i) = intercept + user_alpha[u] + category_alpha[u, cat_i] + tier_alpha[u, tier_i]
-                  + quality[i],
-    beta(u, i)  = user_beta[u] * category_sensitivity[cat_i]  (> 0: demand falls with price).
+                  + quality[i] + sum_k intent[u, k] * tag[i, k] * tag_alpha[k],
+    beta(u, i)  = user_beta[u] * category_sensitivity[cat_i]
+                  * exp(sum_k intent[u, k] * tag[i, k] * tag_log_beta[k])   (> 0).
 
 Behaviour reveals the latent traits the way it would in a shop: deal seekers search "cheap
 coffee", browse budget brands and buy mostly at discounted prices; insensitive users search
 "premium coffee", browse premium brands and buy at any price. The logging policy randomizes the
 price on a ladder around list price and records the propensity, so the offers are valid training
 data and support off-policy evaluation. Everything is vectorized numpy and seeded.
+
+Two presets (`SimConfig.preset(name)`, `pricing simulate --preset NAME`):
+
+- ``realistic`` (the default, `SimConfig()`): where language matters.
+  *Intents*: besides cheap / plain / premium, users hold latent needs (gift, bulk, healthy, eco)
+  and search them in many phrasings ("cheap coffee", "coffee on sale", "best price coffee",
+  "coffee gift set", "organic tea", "dog food family size", ...). *Item text with a true effect*:
+  titles and descriptions carry words such as "gift box", "family size", "organic", "decaf",
+  "grain-free", "refillable"; an item with a word of need k (`tag[i, k] = 1`) raises alpha and
+  moves beta (`TAG_EFFECTS`) for users holding need k (`intent[u, k]` in [0.4, 1], else 0), and
+  nobody else. The words exist only in the text: a model learns them by reading it. *Novelty in
+  the test period*, all from `novelty_start` on: a held-out set of phrasings
+  (`HELDOUT_TEMPLATES`) replaces the usual one in `unseen_phrasing_share` of searches and never
+  occurs before; `cold_item_share` of the items arrive with only their text (no event, no offer
+  before their arrival); `new_user_share` of the users arrive then too, with no history.
+- ``classic``: the market before intents and novelty, reproduced exactly (same tables and
+  truth for the same seed): no need intents, no tags, no held-out phrasings, no arrivals.
+
+Placing the test split. `pricing.split.time_split` puts the test at the last `test_fraction`
+(0.2) of the offers' time span, measured from the first to the last offer. `novelty_start` is an
+upper bound of that boundary for `test_fraction = 1 - test_start_fraction` (0.8 by default): it
+is computed from the earliest session and the end of the span, plus an hour for the last
+sessions' tails, so whatever the market's size every held-out phrasing, cold item and new user
+falls inside the split's test part (none in train or validation). Use the default split, or
+`time_split(offers, test_start=truth.novelty_start)` for a test made of novelty-era offers only.
+Cold items, new users and unseen phrasings are listed in the ground truth (`item_arrival_ms`,
+`user_arrival_ms`, `heldout_queries`) for evaluation slices; no table carries them.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -30,7 +60,7 @@ from pricing.io import write_table
 
 LOGGING_POLICY = "logging-ladder@1"
 GROUND_TRUTH_DIR = "ground_truth"
-_GT_FORMAT_VERSION = 1
+_GT_FORMAT_VERSION = 2
 
 Objective = Literal["profit", "revenue"]
 
@@ -119,6 +149,90 @@ _QUERY_TEMPLATES: tuple[tuple[str, ...], ...] = (
 )
 QUERY_CLASSES: tuple[str, ...] = ("cheap", "plain", "premium")
 
+# --- intents and item text with a true effect (the realistic preset) ----------------------------
+
+# Needs a user may hold besides a price attitude; each shows in searches and in item words.
+NEED_INTENTS: tuple[str, ...] = ("gift", "bulk", "healthy", "eco")
+# What a search expresses: the price attitudes (classic order) and then the needs.
+INTENTS: tuple[str, ...] = QUERY_CLASSES + NEED_INTENTS
+
+# Phrasings per intent; {q} is the category's query noun. The usual set occurs all the time.
+INTENT_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "cheap": ("cheap {q}", "{q} on sale", "budget {q}", "best price {q}", "discount {q}",
+              "{q} deal", "{q} coupon"),
+    "plain": ("{q}", "{q} reviews", "{q} near me", "new {q}", "buy {q}"),
+    "premium": ("premium {q}", "best {q}", "luxury {q}", "top rated {q}", "high end {q}"),
+    "gift": ("{q} gift", "{q} gift set", "{q} gift idea", "{q} present", "birthday {q} gift"),
+    "bulk": ("bulk {q}", "{q} family size", "{q} multipack", "{q} value pack", "large {q} pack"),
+    "healthy": ("organic {q}", "healthy {q}", "natural {q}", "{q} no additives", "clean {q}"),
+    "eco": ("eco friendly {q}", "sustainable {q}", "{q} recycled", "{q} plastic free",
+            "ethical {q}"),
+}  # fmt: skip
+# Held-out phrasings: the same intents in words never used before `novelty_start`.
+HELDOUT_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "cheap": ("affordable {q}", "low cost {q}", "{q} for less", "inexpensive {q}"),
+    "plain": ("{q} online", "which {q} to buy", "{q} recommendations"),
+    "premium": ("finest {q}", "top of the line {q}", "{q} worth the splurge",
+                "professional grade {q}"),
+    "gift": ("{q} hamper", "thank you present {q}", "{q} for a housewarming",
+             "{q} stocking filler"),
+    "bulk": ("stock up on {q}", "{q} wholesale", "jumbo {q}", "{q} economy size"),
+    "healthy": ("chemical free {q}", "{q} without additives", "non toxic {q}", "wholesome {q}"),
+    "eco": ("zero waste {q}", "environmentally friendly {q}", "planet friendly {q}",
+            "{q} low carbon"),
+}  # fmt: skip
+
+# Words of each need in item text, per category (absent: the need does not apply there). An
+# item's tag for need k is 1 exactly when its title holds one of these words, including the
+# classic attribute and noun words that happen to be one ("organic", "decaf", "grain-free").
+TAG_WORDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "coffee": {"gift": ("gift box", "gift set"), "bulk": ("family size", "bulk pack"),
+               "healthy": ("organic", "decaf"), "eco": ("fair trade", "compostable")},
+    "tea": {"gift": ("gift box", "gift tin"), "bulk": ("family size", "value pack"),
+            "healthy": ("organic", "decaf", "caffeine-free"), "eco": ("plastic-free", "fair trade")},
+    "shampoo": {"gift": ("gift set",), "bulk": ("family size", "value pack"),
+                "healthy": ("paraben-free", "natural"), "eco": ("refillable", "eco")},
+    "skincare": {"gift": ("gift set", "gift box"), "bulk": ("value pack",),
+                 "healthy": ("fragrance-free", "clean formula"),
+                 "eco": ("refillable", "recycled packaging")},
+    "headphones": {"gift": ("gift edition", "gift box"), "eco": ("recycled plastic",)},
+    "running shoes": {"gift": ("gift box",), "eco": ("recycled", "vegan")},
+    "cookware": {"gift": ("gift set",), "healthy": ("non-toxic", "pfas-free"),
+                 "eco": ("recycled aluminium",)},
+    "dog food": {"bulk": ("bulk bag", "value pack"), "healthy": ("grain-free", "natural"),
+                 "eco": ("sustainable",)},
+    "vitamins": {"bulk": ("value pack", "bulk pack"), "healthy": ("vegan", "sugar-free"),
+                 "eco": ("plastic-free",)},
+    "backpacks": {"gift": ("gift edition",), "eco": ("recycled",)},
+    "olive oil": {"gift": ("gift tin", "gift box"), "bulk": ("family size", "bulk tin"),
+                  "healthy": ("organic", "cold pressed"), "eco": ("sustainable",)},
+    "board games": {"gift": ("gift edition", "gift box"), "eco": ("recycled cardboard",)},
+    "laundry detergent": {"bulk": ("family size", "bulk pack"),
+                          "healthy": ("sensitive skin", "hypoallergenic"),
+                          "eco": ("eco", "refillable")},
+}  # fmt: skip
+# Needs whose words sit before the product noun ("decaf ... coffee"); the others follow the size.
+_TAG_BEFORE_NOUN = frozenset({"healthy", "eco"})
+_TAG_ADD_PROB = 0.55  # share of items given one extra need word (besides attribute words)
+
+# True effect of a matching item word for a user holding the need, at strength 1: (change of
+# alpha, change of log beta). Gift and health buyers pay up; bulk buyers compare unit prices.
+TAG_EFFECTS: dict[str, tuple[float, float]] = {
+    "gift": (0.9, -0.4),
+    "bulk": (0.7, 0.3),
+    "healthy": (1.0, -0.3),
+    "eco": (0.8, -0.2),
+}
+# Prevalence of each need and how it leans with standardized sensitivity z (logit slope).
+_NEED_PREVALENCE = np.array([0.2, 0.25, 0.3, 0.2])
+_NEED_Z_SLOPE = np.array([-0.4, 0.5, -0.2, -0.3])
+_NEED_STRENGTH = (0.4, 1.0)  # uniform strength of a held need
+_NEED_SEARCH_WEIGHT = 2.0  # a need's weight against plain searches, times its strength
+_INTENT_BROWSE_BONUS = 1.0  # browsing: items matching the session's searched intent
+_NEED_BROWSE_BONUS = 0.8  # browsing: items matching the user's needs, times strength
+_NEW_ITEM_BONUS = 0.7  # new arrivals are featured
+_ARRIVAL_WINDOW = 0.5  # arrivals fall in the first half of [novelty_start, end]
+
 # --- users -------------------------------------------------------------------------------------
 
 SEGMENTS: tuple[str, ...] = ("insensitive", "regular", "deal_seeker")
@@ -192,16 +306,25 @@ _CART_ABANDON = 0.2  # share of non-buying clickers who still add to cart
 
 @dataclass(frozen=True)
 class SimConfig:
-    """Size, seed and logging policy of a simulated market.
+    """Size, seed, logging policy and realism of a simulated market.
 
-    Defaults give about 97k offers, 165k events and an 11% purchase rate for 2,000 users over
-    six weeks.
+    Defaults (the ``realistic`` preset) give about 100k offers, 170k events and an 11% purchase
+    rate for 2,000 users over six weeks; `SimConfig.preset("classic")` is the market without
+    intents and novelty, table for table what it was.
 
     Args:
         sessions_per_user_week: mean sessions per user and week (users vary around it).
         offers_per_session: mean item views (each one an offer) per session, at least 1.
         ladder: price multipliers of list price the logging policy picks from.
         ladder_probs: the logging policy's probabilities for `ladder` (sum to 1).
+        intents: users hold needs (gift, bulk, healthy, eco) that show in their searches, item
+            text carries need words, and a matching word moves the user's true demand.
+        test_start_fraction: where the test period starts as a share of the span; keep it at
+            1 - the split's `test_fraction`. Novelty starts at the split's boundary or just after.
+        unseen_phrasing_share: share of searches from `novelty_start` on that use a held-out
+            phrasing (needs `intents`).
+        cold_item_share: share of items that arrive after `novelty_start` (text only before).
+        new_user_share: share of users whose first session is after `novelty_start`.
     """
 
     n_users: int = 2000
@@ -213,6 +336,11 @@ class SimConfig:
     offers_per_session: float = 3.3
     ladder: tuple[float, ...] = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
     ladder_probs: tuple[float, ...] = (0.08, 0.10, 0.14, 0.36, 0.14, 0.10, 0.08)
+    intents: bool = True
+    test_start_fraction: float = 0.8
+    unseen_phrasing_share: float = 0.3
+    cold_item_share: float = 0.08
+    new_user_share: float = 0.08
 
     def __post_init__(self) -> None:
         if self.n_users < 1 or self.n_days < 1:
@@ -227,6 +355,39 @@ class SimConfig:
             raise ValueError(f"ladder_probs must sum to 1, got {sum(self.ladder_probs)}")
         if self.sessions_per_user_week <= 0 or self.offers_per_session < 1:
             raise ValueError("sessions_per_user_week must be > 0 and offers_per_session >= 1")
+        if not 0.0 < self.test_start_fraction < 1.0:
+            raise ValueError("test_start_fraction must be in (0, 1)")
+        for name in ("unseen_phrasing_share", "cold_item_share", "new_user_share"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.unseen_phrasing_share > 0 and not self.intents:
+            raise ValueError("unseen_phrasing_share needs intents=True (held-out intent phrasings)")
+
+    @classmethod
+    def preset(cls, name: str = "realistic", **overrides: Any) -> SimConfig:
+        """The config of a named market (`PRESETS`), with `overrides` (sizes, seed, ...) on top."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown simulator preset {name!r}; choose from {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @property
+    def has_novelty(self) -> bool:
+        """Whether anything happens only from `novelty_start` on (phrasings, items, users)."""
+        return self.unseen_phrasing_share > 0 or self.cold_item_share > 0 or self.new_user_share > 0
+
+
+# Named markets: "realistic" is SimConfig()'s defaults; "classic" is the market before intents
+# and novelty, reproduced exactly for the same seed.
+PRESETS: dict[str, dict[str, Any]] = {
+    "realistic": {},
+    "classic": {
+        "intents": False,
+        "unseen_phrasing_share": 0.0,
+        "cold_item_share": 0.0,
+        "new_user_share": 0.0,
+    },
+}
+DEFAULT_PRESET = "realistic"
 
 
 # --- numerics ----------------------------------------------------------------------------------
@@ -271,12 +432,48 @@ class GroundTruth:
     segments: tuple[str, ...] = SEGMENTS
     age_groups: tuple[str, ...] = AGE_GROUPS
     regions: tuple[str, ...] = REGIONS
+    # Needs and item words (realistic preset; K = 0 in the classic one, where they add nothing).
+    needs: tuple[str, ...] = ()  # (K,) names of the need intents
+    user_intent: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (U, K) strength
+    item_tags: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (I, K) 0/1 words
+    tag_alpha: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (K,)
+    tag_log_beta: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (K,)
+    # Arrivals: ms after the market's start when a user/item first exists (0: from the start).
+    user_arrival_ms: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    item_arrival_ms: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    novelty_start: str | None = None  # ISO UTC time from which novelty may occur
+    heldout_queries: tuple[str, ...] = ()  # phrasings that never occur before `novelty_start`
     _user_index: pd.Index = field(init=False, repr=False)
     _item_index: pd.Index = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._user_index = pd.Index(np.asarray(self.user_ids).astype(str))
         self._item_index = pd.Index(np.asarray(self.item_ids).astype(str))
+        n_users, n_items, k = len(self.user_ids), len(self.item_ids), len(self.needs)
+        # Empty defaults take the market's shape, so a truth without needs or arrivals is valid.
+        if np.size(self.user_intent) == 0:
+            self.user_intent = np.zeros((n_users, k))
+        if np.size(self.item_tags) == 0:
+            self.item_tags = np.zeros((n_items, k))
+        if np.size(self.tag_alpha) == 0:
+            self.tag_alpha = np.zeros(k)
+        if np.size(self.tag_log_beta) == 0:
+            self.tag_log_beta = np.zeros(k)
+        if np.size(self.user_arrival_ms) == 0:
+            self.user_arrival_ms = np.zeros(n_users, dtype=np.int64)
+        if np.size(self.item_arrival_ms) == 0:
+            self.item_arrival_ms = np.zeros(n_items, dtype=np.int64)
+        expected = {
+            "user_intent": (n_users, k),
+            "item_tags": (n_items, k),
+            "tag_alpha": (k,),
+            "tag_log_beta": (k,),
+            "user_arrival_ms": (n_users,),
+            "item_arrival_ms": (n_items,),
+        }
+        for name, shape in expected.items():
+            if np.shape(getattr(self, name)) != shape:
+                raise ValueError(f"{name} has shape {np.shape(getattr(self, name))}, want {shape}")
 
     # -- id -> position ---------------------------------------------------------------------------
 
@@ -318,6 +515,11 @@ class GroundTruth:
             + self.item_quality[i]
         )
         beta = self.user_beta[u] * self.category_sensitivity[cat]
+        if len(self.needs):
+            # A need word moves demand only for users holding that need (intent 0 otherwise).
+            match = self.user_intent[u] * self.item_tags[i]
+            alpha = alpha + match @ self.tag_alpha
+            beta = beta * np.exp(match @ self.tag_log_beta)
         return alpha, beta
 
     def demand_params(self, user_ids: Any, item_ids: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -445,9 +647,38 @@ class GroundTruth:
         )
         for t, name in enumerate(self.tiers):
             frame[f"affinity_{name}"] = self.tier_affinity[:, t]
+        for k, name in enumerate(self.needs):
+            frame[f"intent_{name}"] = self.user_intent[:, k]
+        frame["new_user"] = self.user_arrival_ms > 0
         for col in ("segment", "top_category", S.AGE_GROUP, "region"):
             frame[col] = frame[col].astype("str")
         return frame
+
+    def item_traits(self) -> pd.DataFrame:
+        """One row per item: category, tier, quality, need words (tags) and arrival (cold items)."""
+        frame = pd.DataFrame(
+            {
+                S.ITEM_ID: pd.array(self.item_ids, dtype="str"),
+                S.CATEGORY: pd.array(np.asarray(self.categories)[self.item_category], dtype="str"),
+                "tier": pd.array(np.asarray(self.tiers)[self.item_tier], dtype="str"),
+                "quality": self.item_quality,
+                "cold": self.item_arrival_ms > 0,
+                "arrival_ms": self.item_arrival_ms,
+            }
+        )
+        for k, name in enumerate(self.needs):
+            frame[f"tag_{name}"] = self.item_tags[:, k].astype(bool)
+        return frame
+
+    @property
+    def cold_item_ids(self) -> np.ndarray:
+        """Items that arrive after the market's start (no event or offer before their arrival)."""
+        return np.asarray(self.item_ids).astype(str)[self.item_arrival_ms > 0]
+
+    @property
+    def new_user_ids(self) -> np.ndarray:
+        """Users whose first session is after the market's start (no history before it)."""
+        return np.asarray(self.user_ids).astype(str)[self.user_arrival_ms > 0]
 
     # -- persistence -----------------------------------------------------------------------------
 
@@ -455,9 +686,12 @@ class GroundTruth:
         "user_ids", "item_ids", "user_beta", "user_segment", "user_alpha", "user_taste",
         "category_alpha", "tier_affinity", "tier_alpha", "user_age_group", "user_region",
         "item_category", "item_tier", "item_quality", "list_price", "unit_cost",
-        "category_sensitivity",
+        "category_sensitivity", "user_intent", "item_tags", "tag_alpha", "tag_log_beta",
+        "user_arrival_ms", "item_arrival_ms",
     )  # fmt: skip
-    _NAMES: ClassVar[tuple[str, ...]] = ("categories", "tiers", "segments", "age_groups", "regions")
+    _NAMES: ClassVar[tuple[str, ...]] = (
+        "categories", "tiers", "segments", "age_groups", "regions", "needs", "heldout_queries",
+    )  # fmt: skip
 
     def save(self, directory: str | Path) -> Path:
         """Write arrays.npz, meta.json and user_traits.parquet (for people) under `directory`."""
@@ -467,7 +701,11 @@ class GroundTruth:
         arrays["user_ids"] = arrays["user_ids"].astype(str)
         arrays["item_ids"] = arrays["item_ids"].astype(str)
         np.savez_compressed(directory / "arrays.npz", **arrays)  # type: ignore[arg-type]
-        meta: dict[str, Any] = {"format_version": _GT_FORMAT_VERSION, "intercept": self.intercept}
+        meta: dict[str, Any] = {
+            "format_version": _GT_FORMAT_VERSION,
+            "intercept": self.intercept,
+            "novelty_start": self.novelty_start,
+        }
         meta.update({name: list(getattr(self, name)) for name in self._NAMES})
         (directory / "meta.json").write_text(json.dumps(meta, indent=2))
         self.user_traits().to_parquet(directory / "user_traits.parquet", index=False)
@@ -475,15 +713,20 @@ class GroundTruth:
 
     @classmethod
     def load(cls, directory: str | Path) -> GroundTruth:
-        """Read what `save` wrote."""
+        """Read what `save` wrote (format 1, before needs and arrivals, reads as a classic truth)."""
         directory = Path(directory)
         meta = json.loads((directory / "meta.json").read_text())
-        if meta.get("format_version") != _GT_FORMAT_VERSION:
+        if meta.get("format_version") not in (1, _GT_FORMAT_VERSION):
             raise ValueError(f"unsupported ground truth format in {directory}: {meta}")
         with np.load(directory / "arrays.npz", allow_pickle=False) as data:
-            arrays: dict[str, Any] = {name: data[name] for name in cls._ARRAYS}
-        names: dict[str, Any] = {name: tuple(meta[name]) for name in cls._NAMES}
-        return cls(intercept=float(meta["intercept"]), **arrays, **names)
+            arrays: dict[str, Any] = {name: data[name] for name in cls._ARRAYS if name in data}
+        names: dict[str, Any] = {name: tuple(meta[name]) for name in cls._NAMES if name in meta}
+        return cls(
+            intercept=float(meta["intercept"]),
+            novelty_start=meta.get("novelty_start"),
+            **arrays,
+            **names,
+        )
 
 
 def _expand(x: np.ndarray, like: np.ndarray) -> np.ndarray:
@@ -550,8 +793,13 @@ def _within_group_rank(group_sizes: np.ndarray) -> np.ndarray:
 
 
 def _simulate_catalog(
-    config: SimConfig, rng: np.random.Generator
+    config: SimConfig, rng: np.random.Generator, rng_real: np.random.Generator
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Items: category, tier, brand, price, cost and text; with intents, need words and tags.
+
+    `rng` draws what the classic market draws, in its order; everything the realistic preset
+    adds comes from `rng_real`, so the classic catalog stays the same for the same seed.
+    """
     n_cat, n = len(CATEGORIES), config.n_items
     popularity = np.array([c.popularity for c in CATEGORIES])
     # Every category gets at least one item; the rest follow category popularity.
@@ -581,23 +829,38 @@ def _simulate_catalog(
     unit_cost = np.round(list_price * rng.uniform(0.45, 0.75, size=n), 2)
     quality = rng.normal(0.0, _QUALITY_SD, size=n)
     popularity_item = rng.normal(0.0, 0.5, size=n)  # browsing prominence, not demand
+    if config.intents:  # one extra need word for some items: which need, which of its words
+        add_word = rng_real.random(n) < _TAG_ADD_PROB
+        need_u, word_u = rng_real.random(n), rng_real.random(n)
 
     titles, brands, descriptions = [], [], []
     # One Python pass over the catalog (hundreds to thousands of items), never over events.
     for j in range(n):
         cat = CATEGORIES[category[j]]
         brand = BRANDS[tier[j]][brand_idx[j]]
+        attribute, noun_j, size_j = cat.attributes[attr[j]], cat.nouns[noun[j]], cat.sizes[size[j]]
+        before, after = "", ""
+        if config.intents and add_word[j]:
+            needs = list(TAG_WORDS[cat.name])
+            need = needs[int(need_u[j] * len(needs))]
+            options = [w for w in TAG_WORDS[cat.name][need] if w not in (attribute, noun_j)]
+            if options:
+                word = options[int(word_u[j] * len(options))]
+                before, after = (word, "") if need in _TAG_BEFORE_NOUN else ("", word)
         words = [
             brand,
             _TIER_WORDS[tier[j]][tier_word[j]],
-            cat.attributes[attr[j]],
-            cat.nouns[noun[j]],
-            cat.sizes[size[j]],
+            before,
+            attribute,
+            noun_j,
+            size_j,
+            after,
         ]
         titles.append(" ".join(w for w in words if w))
         brands.append(brand)
+        extra = f" {(before or after).capitalize()}." if (before or after) else ""
         descriptions.append(
-            f"{cat.nouns[noun[j]].capitalize()} by {brand}: {cat.attributes[attr[j]]}, {cat.sizes[size[j]]}. "
+            f"{noun_j.capitalize()} by {brand}: {attribute}, {size_j}.{extra} "
             f"A {TIERS[tier[j]]} pick in {cat.name}."
         )
     item_ids = np.asarray(_format_ids("i", n, 5), dtype=str)
@@ -620,11 +883,62 @@ def _simulate_catalog(
         "list_price": list_price,
         "unit_cost": unit_cost,
         "popularity": popularity_item,
+        "tags": item_tags(titles, category) if config.intents else np.zeros((n, 0)),
+        "cold": _pick_cold_items(category, config.cold_item_share, rng_real),
     }
     return items, arrays
 
 
-def _simulate_users(config: SimConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def item_tags(titles: Any, category: np.ndarray) -> np.ndarray:
+    """(I, K) 0/1: whether each title holds one of its category's words for each need.
+
+    Whole words or phrases only ("eco" is not in "second"); what the text says is what counts,
+    whether the word came from the classic attributes or was added for a need.
+    """
+    tags = np.zeros((len(category), len(NEED_INTENTS)))
+    for j, title in enumerate(titles):
+        patterns = _TAG_PATTERNS[CATEGORIES[int(category[j])].name]
+        for k, pattern in patterns.items():
+            tags[j, k] = pattern.search(str(title).lower()) is not None
+    return tags
+
+
+def _tag_patterns() -> dict[str, dict[int, re.Pattern[str]]]:
+    out: dict[str, dict[int, re.Pattern[str]]] = {}
+    for cat, by_need in TAG_WORDS.items():
+        out[cat] = {
+            NEED_INTENTS.index(need): re.compile(
+                r"(?<![\w-])(?:" + "|".join(re.escape(w) for w in words) + r")(?![\w-])"
+            )
+            for need, words in by_need.items()
+        }
+    return out
+
+
+_TAG_PATTERNS = _tag_patterns()
+
+
+def _pick_cold_items(category: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """A bool mask of `round(share * I)` items that arrive late; every category keeps one old item."""
+    n = len(category)
+    cold = np.zeros(n, dtype=bool)
+    n_cold = int(round(share * n))
+    if n_cold == 0:
+        return cold
+    old_left = np.bincount(category, minlength=len(CATEGORIES))
+    for j in rng.permutation(n):
+        if cold.sum() >= n_cold:
+            break
+        if old_left[category[j]] > 1:
+            cold[j] = True
+            old_left[category[j]] -= 1
+    return cold
+
+
+def _simulate_users(
+    config: SimConfig, rng: np.random.Generator, rng_real: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Users' latent traits; with intents, their needs. `rng_real` draws only what is new."""
     n, n_cat = config.n_users, len(CATEGORIES)
     segment = rng.choice(len(SEGMENTS), size=n, p=_SEGMENT_PROBS).astype(np.int8)
     log_beta = rng.normal(_SEGMENT_LOG_MEDIAN[segment], _SEGMENT_LOG_SIGMA[segment])
@@ -646,6 +960,21 @@ def _simulate_users(config: SimConfig, rng: np.random.Generator) -> dict[str, np
     # Query attitude: P(cheap-like) rises and P(premium-like) falls with sensitivity.
     p_cheap = _sigmoid(1.4 * z - 0.9)
     p_premium = _sigmoid(-1.4 * z - 1.2)
+    query_cdf = np.stack([p_cheap, 1.0 - p_premium, np.ones(n)], axis=1)
+    intent = np.zeros((n, 0))
+    if config.intents:
+        # Needs: held or not (prevalence leaning with sensitivity), and how strongly.
+        logit = np.log(_NEED_PREVALENCE / (1 - _NEED_PREVALENCE)) + z[:, None] * _NEED_Z_SLOPE
+        held = rng_real.random((n, len(NEED_INTENTS))) < _sigmoid(logit)
+        intent = held * rng_real.uniform(*_NEED_STRENGTH, size=held.shape)
+        # Searches: the price attitude keeps its shares; needs take theirs from plain searches.
+        need_w = _NEED_SEARCH_WEIGHT * intent
+        rest = (1.0 - p_cheap - p_premium) / (1.0 + need_w.sum(axis=1))
+        probs = np.column_stack([p_cheap, rest, p_premium, rest[:, None] * need_w])
+        query_cdf = np.cumsum(probs, axis=1)
+        query_cdf[:, -1] = 1.0
+    new_user = np.zeros(n, dtype=bool)
+    new_user[rng_real.permutation(n)[: int(round(config.new_user_share * n))]] = True
     return {
         "user_ids": np.asarray(_format_ids("u", n, 6), dtype=str),
         "segment": segment,
@@ -659,17 +988,22 @@ def _simulate_users(config: SimConfig, rng: np.random.Generator) -> dict[str, np
         "age_group": age_group,
         "region": region,
         "activity": activity,
-        "query_cdf": np.stack([p_cheap, 1.0 - p_premium, np.ones(n)], axis=1),
+        "query_cdf": query_cdf,
+        "intent": intent,
+        "new": new_user,
     }
 
 
 def simulate(config: SimConfig | None = None) -> Market:
     """Simulate a market: items, users, sessions of behaviour and logged offers, plus truth."""
     config = config or SimConfig()
-    seeds = np.random.SeedSequence(config.seed).spawn(4)
-    rng_items, rng_users, rng_sessions, rng_offers = (np.random.default_rng(s) for s in seeds)
-    items, it = _simulate_catalog(config, rng_items)
-    us = _simulate_users(config, rng_users)
+    # The first four streams are the classic market's; the fifth feeds only what realism adds.
+    seeds = np.random.SeedSequence(config.seed).spawn(5)
+    rng_items, rng_users, rng_sessions, rng_offers = (np.random.default_rng(s) for s in seeds[:4])
+    real_items, real_users, real_sessions = (np.random.default_rng(s) for s in seeds[4].spawn(3))
+    items, it = _simulate_catalog(config, rng_items, real_items)
+    us = _simulate_users(config, rng_users, real_users)
+    needs = NEED_INTENTS if config.intents else ()
     truth = GroundTruth(
         user_ids=us["user_ids"],
         item_ids=it["item_ids"],
@@ -689,6 +1023,11 @@ def simulate(config: SimConfig | None = None) -> Market:
         list_price=it["list_price"],
         unit_cost=it["unit_cost"],
         category_sensitivity=np.array([c.sensitivity for c in CATEGORIES]),
+        needs=needs,
+        user_intent=us["intent"],
+        item_tags=it["tags"],
+        tag_alpha=np.array([TAG_EFFECTS[k][0] for k in needs]),
+        tag_log_beta=np.array([TAG_EFFECTS[k][1] for k in needs]),
     )
     users = pd.DataFrame(
         {
@@ -697,7 +1036,16 @@ def simulate(config: SimConfig | None = None) -> Market:
             "region": _str_column(us["region"], list(REGIONS)),
         }
     )
-    events, offers = _simulate_behaviour(config, truth, it, us, rng_sessions, rng_offers)
+    events, offers, novelty = _simulate_behaviour(
+        config, truth, it, us, rng_sessions, rng_offers, real_sessions
+    )
+    if config.has_novelty:
+        truth.user_arrival_ms = novelty["user_arrival_ms"]
+        truth.item_arrival_ms = novelty["item_arrival_ms"]
+        start = pd.Timestamp(config.start, tz="UTC")
+        truth.novelty_start = (start + pd.Timedelta(novelty["novelty_ms"], unit="ms")).isoformat()
+        if config.unseen_phrasing_share > 0:
+            truth.heldout_queries = PHRASEBOOK.heldout_phrases
     tables = {S.ITEMS: items, S.EVENTS: events, S.OFFERS: offers, S.USERS: users}
     return Market(tables=tables, truth=truth)
 
@@ -709,9 +1057,19 @@ def _simulate_behaviour(
     us: dict[str, np.ndarray],
     rng: np.random.Generator,
     rng_offers: np.random.Generator,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Sessions -> searches, views (= offers) with ladder prices, funnels; all vectorized."""
+    rng_real: np.random.Generator,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Sessions -> searches, views (= offers) with ladder prices, funnels; all vectorized.
+
+    `rng` and `rng_offers` draw what the classic market draws, in its order; what the realistic
+    preset adds (arrivals, new users' sessions, intent phrasings) comes from `rng_real`.
+
+    Returns:
+        (events, offers, novelty) with novelty's `novelty_ms`, `user_arrival_ms` and
+        `item_arrival_ms` (ms after the start; arrivals 0 for who is there from the start).
+    """
     n_cat = len(CATEGORIES)
+    span_ms = config.n_days * _DAY_MS
     # Sessions: Poisson per user around an activity level, spread over days with a daily rhythm.
     lam = config.sessions_per_user_week * config.n_days / 7.0 * us["activity"]
     n_sess_user = rng.poisson(lam)
@@ -721,6 +1079,20 @@ def _simulate_behaviour(
     hour_cdf = np.cumsum(_HOUR_WEIGHTS) / _HOUR_WEIGHTS.sum()
     hour = np.minimum(np.searchsorted(hour_cdf, rng.random(n_sess)), 23)
     sess_start = (day * 86_400 + hour * 3_600) * 1_000 + rng.integers(0, 3_600_000, size=n_sess)
+    novelty_ms = span_ms  # nothing new happens unless the config asks for it
+    user_arrival = np.zeros(config.n_users, dtype=np.int64)
+    item_arrival = np.zeros(len(it["category"]), dtype=np.int64)
+    if config.has_novelty:
+        novelty_ms = _novelty_start_ms(config, sess_start[~us["new"][sess_user]])
+        if us["new"].any():
+            sess_user, sess_start, user_arrival = _new_user_sessions(
+                config, us["new"], lam, sess_user, sess_start, novelty_ms, hour_cdf, rng_real
+            )
+            n_sess = len(sess_user)
+        window = _ARRIVAL_WINDOW * (span_ms - novelty_ms)
+        item_arrival[it["cold"]] = novelty_ms + np.round(
+            rng_real.random(int(it["cold"].sum())) * window
+        ).astype(np.int64)
     order = np.argsort(sess_start, kind="stable")  # session ids follow time
     sess_user, sess_start = sess_user[order], sess_start[order]
     taste_cdf = np.cumsum(us["taste"], axis=1)
@@ -733,24 +1105,34 @@ def _simulate_behaviour(
     search_rank = _within_group_rank(n_search)
     search_user = sess_user[search_sess]
     q_class = _inverse_cdf(us["query_cdf"][search_user], rng.random(len(search_sess)))
-    n_templates = len(_QUERY_TEMPLATES[0])
-    q_template = rng.integers(0, n_templates, size=len(search_sess))
-    q_noun = rng.integers(0, 3, size=len(search_sess))
     search_cat = focus[search_sess]
-    query_code = (
-        (search_cat * len(QUERY_CLASSES) + q_class) * n_templates + q_template
-    ) * 3 + q_noun
-    phrases = np.array(
-        [
-            _QUERY_TEMPLATES[k][t].format(q=cat.queries[w])
-            for cat in CATEGORIES
-            for k in range(len(QUERY_CLASSES))
-            for t in range(n_templates)
-            for w in range(3)
-        ]
-    )
-    vocabulary, phrase_code = np.unique(phrases, return_inverse=True)  # templates repeat words
-    query_code = phrase_code[query_code]
+    if config.intents:  # q_class indexes INTENTS; held-out phrasings only from novelty_start on
+        late = sess_start[search_sess] >= novelty_ms
+        query_code, vocabulary = _intent_queries(
+            q_class, search_cat, late, config.unseen_phrasing_share, rng_real
+        )
+        # A session's intent is what its first search asked for (-1: no search).
+        first = search_rank == 0
+        session_intent = np.full(n_sess, -1, dtype=np.int64)
+        session_intent[search_sess[first]] = q_class[first]
+    else:
+        n_templates = len(_QUERY_TEMPLATES[0])
+        q_template = rng.integers(0, n_templates, size=len(search_sess))
+        q_noun = rng.integers(0, 3, size=len(search_sess))
+        query_code = (
+            (search_cat * len(QUERY_CLASSES) + q_class) * n_templates + q_template
+        ) * 3 + q_noun
+        phrases = np.array(
+            [
+                _QUERY_TEMPLATES[k][t].format(q=cat.queries[w])
+                for cat in CATEGORIES
+                for k in range(len(QUERY_CLASSES))
+                for t in range(n_templates)
+                for w in range(3)
+            ]
+        )
+        vocabulary, phrase_code = np.unique(phrases, return_inverse=True)  # words repeat
+        query_code = phrase_code[query_code]
     search_offset_s = search_rank * rng.uniform(8.0, 30.0, size=len(search_sess))
     search_ts = sess_start[search_sess] + np.round(search_offset_s * 1000).astype(np.int64)
 
@@ -762,16 +1144,32 @@ def _simulate_behaviour(
     other = _inverse_cdf(taste_cdf[view_user], rng.random(n_off))
     view_cat = np.where(rng.random(n_off) < _FOCUS_SHARE, focus[view_sess], other)
     # Item: a few random candidates of the category, Gumbel-max on tier affinity + prominence.
+    # Candidates come from the items already there when the session starts (cold items later).
     counts = np.bincount(it["category"], minlength=n_cat)
     starts = np.cumsum(counts) - counts
+    cold = it["cold"].any()
+    if cold:
+        slot_item, available = _available_items(
+            it["category"], item_arrival, view_cat, sess_start[view_sess]
+        )
+    else:
+        available = counts[view_cat]
     cand = starts[view_cat, None] + (
-        rng.random((n_off, _N_CANDIDATES)) * counts[view_cat, None]
+        rng.random((n_off, _N_CANDIDATES)) * available[:, None]
     ).astype(np.int64)
+    if cold:
+        cand = slot_item[cand]
     score = (
         us["tier_affinity"][view_user[:, None], it["tier"][cand]]
         + it["popularity"][cand]
         + rng.gumbel(size=(n_off, _N_CANDIDATES))
     )
+    if cold:
+        score += _NEW_ITEM_BONUS * it["cold"][cand]
+    if config.intents:
+        score += _browse_bonus(
+            us["intent"], it["tags"], it["tier"], session_intent, view_user, view_sess, cand
+        )
     view_item = cand[np.arange(n_off), score.argmax(axis=1)]
 
     # Logging policy: a random rung of the ladder, with its probability as propensity.
@@ -869,7 +1267,202 @@ def _simulate_behaviour(
             S.PRICE: ev_price[e_order],
         }
     )
-    return events, offers
+    novelty = {
+        "novelty_ms": novelty_ms,
+        "user_arrival_ms": user_arrival,
+        "item_arrival_ms": item_arrival,
+    }
+    return events, offers, novelty
+
+
+_DAY_MS = 86_400_000
+_FIRST_VIEW_MAX_MS = 70_000  # a session's first view comes at most 2 * 25 s + 20 s after it opens
+_TAIL_MS = 3_600_000  # the last sessions end within an hour of the span's end
+
+
+def _novelty_start_ms(config: SimConfig, old_starts: np.ndarray) -> int:
+    """An upper bound of where `time_split(offers, test_fraction=1 - f)` puts its test start.
+
+    The split's boundary is lo + f * (hi - lo) = (1 - f) * lo + f * hi over the offers' first
+    and last times; lo <= the earliest session's start + its first view's delay and hi <= the
+    span's end + a tail. Rounded up to the minute.
+    """
+    f = config.test_start_fraction
+    lo = (int(old_starts.min()) if len(old_starts) else 0) + _FIRST_VIEW_MAX_MS
+    hi = config.n_days * _DAY_MS + _TAIL_MS
+    bound = (1.0 - f) * lo + f * hi
+    return int(np.ceil(bound / 60_000.0)) * 60_000
+
+
+def _new_user_sessions(
+    config: SimConfig,
+    new: np.ndarray,
+    lam: np.ndarray,
+    sess_user: np.ndarray,
+    sess_start: np.ndarray,
+    novelty_ms: int,
+    hour_cdf: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Replace new users' sessions by ones from their arrival on; the first opens at arrival.
+
+    Arrivals spread over the first `_ARRIVAL_WINDOW` of [novelty_start, end]; a new user's
+    session count is 1 + Poisson(their rate over the time left), so they are not hyperactive.
+
+    Returns:
+        (session users, session starts, arrival ms per user: 0 for users there from the start).
+    """
+    span_ms = config.n_days * _DAY_MS
+    keep = ~new[sess_user]
+    new_users = np.flatnonzero(new)
+    arrival_new = novelty_ms + np.round(
+        rng.random(len(new_users)) * _ARRIVAL_WINDOW * (span_ms - novelty_ms)
+    ).astype(np.int64)
+    count = 1 + rng.poisson(lam[new_users] * (span_ms - arrival_new) / span_ms)
+    users = np.repeat(new_users, count)
+    arrival = np.repeat(arrival_new, count)
+    # The daily rhythm over the days left; a draw before the arrival moves after it, uniformly.
+    first_day = arrival // _DAY_MS
+    day = first_day + (rng.random(len(users)) * (config.n_days - first_day)).astype(np.int64)
+    hour = np.minimum(np.searchsorted(hour_cdf, rng.random(len(users))), 23)
+    start = day * _DAY_MS + hour * 3_600_000 + rng.integers(0, 3_600_000, size=len(users))
+    early = start < arrival
+    start[early] = arrival[early] + (
+        rng.random(int(early.sum())) * (span_ms - arrival[early])
+    ).astype(np.int64)
+    start[np.cumsum(count) - count] = arrival_new  # the first visit is the arrival
+    user_arrival = np.zeros(len(new), dtype=np.int64)
+    user_arrival[new_users] = arrival_new
+    return (
+        np.concatenate([sess_user[keep], users]),
+        np.concatenate([sess_start[keep], start]),
+        user_arrival,
+    )
+
+
+def _available_items(
+    category: np.ndarray, arrival: np.ndarray, view_cat: np.ndarray, at: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Items a view can pick: per category, those there from the start, then arrivals so far.
+
+    Returns:
+        (slot_item, available): `slot_item` maps a position in the category-sorted catalog to an
+        item so that each category's items present from the start come first and the cold ones
+        follow by arrival; `available[v]` counts the items of view v's category there at `at[v]`.
+    """
+    n_cat = len(CATEGORIES)
+    slot_item = np.lexsort((arrival, category))  # by category, then arrival (0 first)
+    available = np.zeros(len(view_cat), dtype=np.int64)
+    for c in range(n_cat):
+        in_c = view_cat == c
+        times = np.sort(arrival[category == c])
+        available[in_c] = np.searchsorted(times, at[in_c], side="right")
+    return slot_item, available
+
+
+def _browse_bonus(
+    intent: np.ndarray,
+    tags: np.ndarray,
+    tier: np.ndarray,
+    session_intent: np.ndarray,
+    view_user: np.ndarray,
+    view_sess: np.ndarray,
+    cand: np.ndarray,
+) -> np.ndarray:
+    """(n_views, candidates) score bonus: items matching the user's needs and the session's search.
+
+    The session's searched intent favours budget items after a cheap search, premium ones after a
+    premium search and items with the need's words after a need search.
+    """
+    bonus = _NEED_BROWSE_BONUS * np.einsum("vk,vck->vc", intent[view_user], tags[cand])
+    matches = np.column_stack([tier == 0, np.zeros(len(tier)), tier == len(TIERS) - 1, tags])
+    si = session_intent[view_sess]
+    searched = si >= 0
+    bonus[searched] += _INTENT_BROWSE_BONUS * matches[cand[searched], si[searched, None]]
+    return bonus
+
+
+@dataclass(frozen=True)
+class _Phrasebook:
+    """Every intent phrasing for every category and query noun, coded for vectorized sampling."""
+
+    phrase_code: np.ndarray  # (C * n_templates * 3,) code into `vocabulary`
+    vocabulary: np.ndarray  # sorted distinct phrases
+    seen: np.ndarray  # (n_intents, max) template ids of the usual phrasings (padded)
+    n_seen: np.ndarray  # (n_intents,)
+    held: np.ndarray  # (n_intents, max) template ids of the held-out phrasings (padded)
+    n_held: np.ndarray  # (n_intents,)
+    n_templates: int
+    heldout_phrases: tuple[str, ...]
+
+
+def _build_phrasebook() -> _Phrasebook:
+    templates: list[str] = []
+    seen_ids: list[list[int]] = []
+    held_ids: list[list[int]] = []
+    for intent in INTENTS:
+        for table, ids in ((INTENT_TEMPLATES, seen_ids), (HELDOUT_TEMPLATES, held_ids)):
+            ids.append(list(range(len(templates), len(templates) + len(table[intent]))))
+            templates.extend(table[intent])
+
+    def padded(ids: list[list[int]]) -> np.ndarray:
+        out = np.zeros((len(ids), max(len(x) for x in ids)), dtype=np.int64)
+        for k, x in enumerate(ids):
+            out[k, : len(x)] = x
+        return out
+
+    phrases = [t.format(q=q) for cat in CATEGORIES for t in templates for q in cat.queries]
+    vocabulary, phrase_code = np.unique(np.array(phrases), return_inverse=True)
+    held_set = {templates[t] for ids in held_ids for t in ids}
+    heldout = {t.format(q=q) for cat in CATEGORIES for t in held_set for q in cat.queries}
+    usual = {
+        t.format(q=q)
+        for cat in CATEGORIES
+        for t in templates
+        if t not in held_set
+        for q in cat.queries
+    }
+    if heldout & usual:  # a held-out phrasing must never be produced by a usual template
+        raise ValueError(
+            f"held-out phrasings collide with usual ones: {sorted(heldout & usual)[:5]}"
+        )
+    return _Phrasebook(
+        phrase_code=phrase_code,
+        vocabulary=vocabulary,
+        seen=padded(seen_ids),
+        n_seen=np.array([len(x) for x in seen_ids]),
+        held=padded(held_ids),
+        n_held=np.array([len(x) for x in held_ids]),
+        n_templates=len(templates),
+        heldout_phrases=tuple(sorted(heldout)),
+    )
+
+
+PHRASEBOOK = _build_phrasebook()
+
+
+def _intent_queries(
+    intent: np.ndarray,
+    category: np.ndarray,
+    late: np.ndarray,
+    unseen_share: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Phrase codes and vocabulary for searches of `intent` in `category`.
+
+    A search at or after novelty (`late`) takes a held-out phrasing with probability
+    `unseen_share`; every other search takes a usual one, so held-out phrasings occur only late.
+    """
+    book = PHRASEBOOK
+    n = len(intent)
+    heldout = late & (rng.random(n) < unseen_share)
+    u = rng.random(n)
+    usual = book.seen[intent, (u * book.n_seen[intent]).astype(np.int64)]
+    new = book.held[intent, (u * book.n_held[intent]).astype(np.int64)]
+    template = np.where(heldout, new, usual)
+    noun = rng.integers(0, 3, size=n)
+    code = (category * book.n_templates + template) * 3 + noun
+    return book.phrase_code[code], book.vocabulary
 
 
 def _timestamps(start: pd.Timestamp, ms: np.ndarray) -> pd.Series:
