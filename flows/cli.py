@@ -237,7 +237,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _model_error(exc: BaseException) -> BaseException | None:
+    """The unloadable-model error (`ModelLoadError`, `ModelIntegrityError`) in `exc`'s chain, if any.
+
+    Looked up in `sys.modules`: if those modules were never imported, no such error was raised.
+    """
+    classes = tuple(
+        getattr(sys.modules[mod], cls)
+        for mod, cls in (
+            ("mlops.registry", "ModelLoadError"),
+            ("mlops.models", "ModelIntegrityError"),
+        )
+        if mod in sys.modules
+    )
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen and classes:
+        if isinstance(cur, classes):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; 2: bad input data, 3: a model file failed its integrity check or did not load.
+
+    Those print one `error:` line, no traceback; the training flow has already ended its MLflow
+    run as FAILED, and a normal exit lets Prefect stop its temporary server (atexit).
+    """
     args = build_parser().parse_args(argv)
     try:
         rc: Any = args.func(args)
@@ -246,6 +274,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        model_error = _model_error(exc)
+        if model_error is None:
+            raise
+        print(f"error: {model_error}", file=sys.stderr)
+        return 3
     return int(rc or 0)
 
 
