@@ -18,9 +18,11 @@ from pricing.io import ContractError
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from pricing.simulator import SimConfig, simulate, write_market
+    from pricing.simulator import DEFAULT_PRESET, SimConfig, simulate, write_market
 
-    cfg = SimConfig(
+    preset = getattr(args, "preset", None) or DEFAULT_PRESET
+    cfg = SimConfig.preset(
+        preset,
         **{
             k: v
             for k, v in {
@@ -30,14 +32,14 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                 "seed": args.seed,
             }.items()
             if v is not None
-        }
+        },
     )
     t0 = time.perf_counter()
     market = simulate(cfg)
     paths = write_market(market, args.out, fmt=args.format)
     sizes = {name: len(df) for name, df in market.tables.items()}
     print(
-        f"simulated {sizes} in {time.perf_counter() - t0:.1f}s -> {args.out} "
+        f"simulated {sizes} ({preset} market) in {time.perf_counter() - t0:.1f}s -> {args.out} "
         f"(+ ground truth in {Path(args.out) / 'ground_truth'})"
     )
     for name, path in paths.items():
@@ -178,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--items", type=int)
     s.add_argument("--days", type=int)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--preset",
+        choices=["realistic", "classic"],  # pricing.simulator.PRESETS (not imported: fast --help)
+        default="realistic",
+        help="realistic (default): need intents in many phrasings, need words in item text that "
+        "move demand, held-out phrasings, cold items and new users in the test period; classic: "
+        "the market before those, reproduced exactly for the same seed",
+    )
     s.add_argument("--format", choices=["parquet", "csv"], default="parquet")
     s.set_defaults(func=_cmd_simulate)
 
