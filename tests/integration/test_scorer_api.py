@@ -108,7 +108,8 @@ def test_quote_shape_ranking_and_guardrails(client: TestClient, registry: FakeRe
 
 def test_exploration_records_propensities(tmp_path: Path) -> None:
     handle = toy_handle("1", guardrails={"exploration": 0.5, "grid_size": 5})
-    app = create_app(_settings(tmp_path), lambda: handle, seed=1)
+    # no PRICING_EXPLORATION: the registered 0.5 applies (the environment's value would override it)
+    app = create_app(_settings(tmp_path, exploration=None), lambda: handle, seed=1)
     with TestClient(app) as c:
         quoted = [
             q for _ in range(20) for q in _quote(c, items=[f"i{k}" for k in range(10)])["items"]
