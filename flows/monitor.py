@@ -24,6 +24,9 @@ def monitor(data_dir: str, offer_log_dir: str) -> dict[str, Any]:
     alerts = []
     if report.get("psi_price_ratio", 0) > PSI_ALERT:
         alerts.append(f"price mix drifted: PSI {report['psi_price_ratio']:.3f} > {PSI_ALERT}")
+    skipped = report.get("offer_log_skipped_lines", 0)
+    if skipped:
+        alerts.append(f"offer log: {skipped} unreadable or incomplete lines skipped")
     z = report.get("live_z", float("nan"))
     if isinstance(z, float) and math.isfinite(z) and abs(z) > Z_ALERT:
         alerts.append(

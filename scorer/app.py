@@ -38,7 +38,7 @@ from mlops.settings import Settings, get_settings
 from pricing import io as pio
 from pricing import schema as S
 from scorer.metrics import MetricsMiddleware, ScorerMetrics
-from scorer.offer_log import OfferLog
+from scorer.offer_log import OfferLog, OfferLogError
 from scorer.refresh import StateRefresher
 from scorer.schemas import (
     EventsRequest,
@@ -501,6 +501,8 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
             "model_version": sm.version,
             "degraded": problem is not None,
             "store": problem or "ok",
+            # why the last offer log write failed (quotes and outcomes answer 503); null: healthy
+            "offer_log_error": runtime.offer_log.last_error if runtime.offer_log else None,
             # what quotes run with, and who set it (operator environment > registered > default)
             "guardrails": sm.guardrails.to_dict(),
             "guardrail_sources": sm.guardrail_sources,
@@ -513,6 +515,19 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
 async def metrics(runtime: RuntimeDep) -> Response:
     """Prometheus exposition of this app's registry."""
     return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+# --- error responses -----------------------------------------------------------------------------
+
+
+async def offer_log_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """503 when the offer log cannot take a record: nothing was acknowledged, retry later."""
+    assert isinstance(exc, OfferLogError)
+    return JSONResponse(
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        content={"detail": f"offer log unavailable, nothing recorded; retry later: {exc.reason}"},
+        headers={"Retry-After": "5"},
+    )
 
 
 # --- the factory ---------------------------------------------------------------------------------
@@ -599,5 +614,6 @@ def create_app(
     app.state.runtime = runtime
     app.include_router(v1)
     app.include_router(ops)
+    app.add_exception_handler(OfferLogError, offer_log_error_handler)
     app.add_middleware(MetricsMiddleware, metrics=runtime.metrics)
     return app

@@ -4,17 +4,41 @@
 one line per reported outcome: the full offer row plus `purchased`. `export_offers` joins them into
 the contract's `offers` table, the training signal of the next run.
 
-Appends are acknowledged only once handed to the operating system (they survive a kill -9 of the
-scorer); the `fsync` mode decides whether the disk flush happens before the acknowledgement or
-within a short interval after it (see `_Appender`).
+Writing. Appends are acknowledged only once every byte is handed to the operating system (they
+survive a crash or kill -9 of the scorer); the `fsync` mode decides whether the disk flush happens
+before the acknowledgement or within a short interval after it (see `_Appender`). A failed write
+(a full disk, a file size limit, an I/O error) is cut back to the start of its line and raised as
+`OfferLogError`, never acknowledged: the file holds only whole lines, and the next append starts on
+a fresh line. `OfferLog.last_error` says what failed until an append succeeds again.
+
+Reading. One tolerant reader (`parse_row`, `read_log`) serves the export, the monitor flow and the
+outcome lookup: bytes in, every line parsed on its own, only JSON objects with the required fields
+kept, the rest counted as skipped. A log is written by a process that can die mid-line, on disks
+that can fill up or rot, so one bad line must cost one line, never the whole read.
+
+Lookup. `find_quote` answers from an in-memory index of quote id -> byte spans of `quotes.jsonl`,
+filled as lines are appended and, for lines already on disk when the log is opened (or written by
+another process), by reading only the bytes past what is indexed. An unknown id costs a dict miss
+and a `fstat`, not a scan of the log.
+
+One process writes a log directory (the scorer runs one uvicorn worker). Several processes may
+append to the same files (O_APPEND keeps whole writes whole, and the index catches up on lines it
+did not write), but then a failed write cannot always be cut back (another process may have
+appended behind it): it is then terminated with a newline instead, leaving one invalid line that
+readers skip.
 """
 
 from __future__ import annotations
 
-import json
+import errno
+import logging
+import math
 import os
+import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,31 +47,206 @@ import pandas as pd
 
 from pricing import schema as S
 
+log = logging.getLogger(__name__)
+
 QUOTES_FILE = "quotes.jsonl"
 OUTCOMES_FILE = "outcomes.jsonl"
 QUOTE_ID = "quote_id"
+PREDICTED = "purchase_probability"  # the model's probability at quote time (live calibration)
+
+_LINE_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE  # one JSON line per row
 
 
-_ORJSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
+class OfferLogError(RuntimeError):
+    """The offer log could not take (or give back) a record; nothing was acknowledged.
+
+    The scorer answers 503 with `reason` and a Retry-After: the caller may retry once the operator
+    has freed space (or the disk recovered).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --- the tolerant reader ---------------------------------------------------------------------------
+
+# The log's timestamps must fit pandas' nanosecond range (export) and be plausible.
+_TS_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+_TS_MAX = datetime(2262, 1, 1, tzinfo=UTC)
+
+
+def _text(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _optional_number(v: Any) -> bool:
+    return v is None or _number(v)
+
+
+def _label(v: Any) -> bool:
+    return v is True or v is False or (type(v) is int and v in (0, 1))
+
+
+def _timestamp(v: Any) -> bool:
+    if not isinstance(v, str):
+        return False
+    try:
+        ts = datetime.fromisoformat(v)
+    except ValueError:
+        return False
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return _TS_MIN <= ts < _TS_MAX
+
+
+Check = Callable[[Any], bool]
+
+# What a row needs to be usable: a quote row to answer an outcome, an outcome row to train on.
+_OFFER_FIELDS: dict[str, Check] = {
+    S.OFFER_ID: _text,
+    S.TS: _timestamp,
+    S.USER_ID: _text,
+    S.ITEM_ID: _text,
+    S.PRICE: _number,
+    S.PROPENSITY: _optional_number,
+    S.POLICY: _text,
+}
+QUOTE_FIELDS: Mapping[str, Check] = {**_OFFER_FIELDS, QUOTE_ID: _text}
+OUTCOME_FIELDS: Mapping[str, Check] = {**_OFFER_FIELDS, S.PURCHASED: _label}
+_FIELDS_OF = {QUOTES_FILE: QUOTE_FIELDS, OUTCOMES_FILE: OUTCOME_FIELDS}
+
+
+def parse_row(line: bytes, fields: Mapping[str, Check]) -> dict[str, Any] | None:
+    """One log line as a row, or None when it is not a JSON object with valid `fields`.
+
+    Never raises: invalid UTF-8, a torn line, a non-object value, a missing field or a wrong type
+    all give None.
+    """
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if type(obj) is not dict:
+        return None
+    for name, check in fields.items():
+        if name not in obj or not check(obj[name]):
+            return None
+    return obj
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    """The non-blank lines of a file, as bytes (no decoding: a bad byte spoils only its line)."""
+    with open(path, "rb") as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                yield line
+
+
+@dataclass
+class LogRows:
+    """What `read_log` kept (column-wise, so a large log is not a list of dicts) and skipped."""
+
+    columns: dict[str, list[Any]]
+    kept: int = 0
+    skipped: int = 0
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.columns)
+
+
+def read_log(
+    path: Path, fields: Mapping[str, Check], extra: Sequence[str] = (), what: str = ""
+) -> LogRows:
+    """The valid rows of one log file, projected onto `fields` and `extra` (missing extras: None).
+
+    A line that `parse_row` rejects is counted in `skipped` (and logged once per read), not raised:
+    the export, the monitor flow and the outcome lookup all read the log this way.
+    """
+    names = [*fields, *(c for c in extra if c not in fields)]
+    out = LogRows({c: [] for c in names})
+    if not path.exists():
+        return out
+    cols = [out.columns[c] for c in names]
+    for line in _lines(path):
+        row = parse_row(line, fields)
+        if row is None:
+            out.skipped += 1
+            continue
+        out.kept += 1
+        for name, col in zip(names, cols, strict=True):
+            col.append(row.get(name))
+    if out.skipped:
+        log.warning(
+            "offer log %s%s: skipped %d unreadable or incomplete lines (kept %d)",
+            path,
+            f" ({what})" if what else "",
+            out.skipped,
+            out.kept,
+        )
+    return out
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+def _write_all(fd: int, data: bytes) -> int:
+    """Write every byte of `data` (os.write may write less than asked); returns the count.
+
+    Raises OSError with `.written` set to the bytes already written when a write fails.
+    """
+    view = memoryview(data)
+    written = 0
+    while written < len(data):
+        try:
+            n = os.write(fd, view[written:])
+        except OSError as exc:
+            exc.written = written  # type: ignore[attr-defined]
+            raise
+        if n <= 0:  # not expected from a regular file; never spin
+            stalled = OSError(errno.EIO, "write returned no progress")
+            stalled.written = written  # type: ignore[attr-defined]
+            raise stalled
+        written += n
+    return written
 
 
 class _Appender:
     """One append-only file.
 
-    Every append reaches the operating system (one `write` on an O_APPEND descriptor) before it is
-    acknowledged, so it survives a crash or `kill -9` of the process. What it takes to survive a
-    crash of the machine is the `fsync` mode:
+    Every append reaches the operating system in full (a loop over `os.write` on an O_APPEND
+    descriptor) before it is acknowledged, so it survives a crash or `kill -9` of the process. What
+    it takes to survive a crash of the machine is the `fsync` mode:
     - "always": fsync before acknowledging (group commit: concurrent appenders share one fsync);
     - "interval": a background thread fsyncs every `interval_s`, bounding what a power loss can
       take to that window, and keeping the disk flush off the quote path.
+
+    A failed write is truncated back to where it started (or, when that fails or another process
+    wrote behind it, the next append starts with a newline), so a broken record never glues onto
+    the next one.
     """
 
-    def __init__(self, path: Path, fsync: str = "interval", interval_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        path: Path,
+        fsync: str = "interval",
+        interval_s: float = 0.05,
+        on_truncate: Callable[[int], None] | None = None,
+    ) -> None:
         if fsync not in ("always", "interval"):
             raise ValueError(f"fsync must be 'always' or 'interval', got {fsync!r}")
         self.path = path
         self.fsync = fsync
+        self.last_error: str | None = None
+        self._on_truncate = on_truncate
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # A torn last line from an earlier crash must not swallow the first line we write.
+        self._needs_newline = _ends_mid_line(path)
         self._write_lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._written = 0
@@ -60,16 +259,63 @@ class _Appender:
             )
             self._syncer.start()
 
-    def append(self, records: Sequence[Mapping[str, Any]]) -> None:
-        if not records:
+    def append(self, data: bytes, written_at: Callable[[int], None] | None = None) -> None:
+        """Append whole lines; `written_at(offset of the first line)` runs under the write lock.
+
+        Raises:
+            OfferLogError: the write (or, in "always" mode, the fsync) failed; the file was cut
+                back to whole lines and nothing of this call is acknowledged.
+        """
+        if not data:
             return
-        data = b"".join(orjson.dumps(r, option=_ORJSON_OPTS) + b"\n" for r in records)
         with self._write_lock:
-            os.write(self._fd, data)
+            if self._closed.is_set():
+                raise OfferLogError(f"offer log {self.path.name} is closed")
+            prefix = b"\n" if self._needs_newline else b""
+            payload = prefix + data if prefix else data
+            start: int | None = None
+            try:
+                start = os.lseek(self._fd, 0, os.SEEK_END)
+                _write_all(self._fd, payload)
+            except OSError as exc:
+                self._recover(start, exc)
+                raise OfferLogError(self.last_error or str(exc)) from exc
+            try:
+                end = os.lseek(self._fd, 0, os.SEEK_CUR)
+            except OSError:
+                end = -1  # written in full; only the direct indexing is skipped
+            self._needs_newline = False
+            self.last_error = None
             self._written += 1
             mine = self._written
+            # With O_APPEND, the write landed at [end - len, end); `start` is exact unless another
+            # process appended in between, and then the caller's index catches up by reading.
+            if written_at is not None and end - len(payload) == start:
+                written_at(start + len(prefix))
         if self.fsync == "always":
-            self._sync_upto(mine)
+            try:
+                self._sync_upto(mine)
+            except OSError as exc:
+                self.last_error = f"{self.path.name}: fsync failed: {_describe(exc)}"
+                raise OfferLogError(self.last_error) from exc
+
+    def _recover(self, start: int | None, exc: OSError) -> None:
+        """After a failed write: cut the file back to `start`, or make the next append start a line."""
+        written = int(getattr(exc, "written", 0))
+        self.last_error = f"{self.path.name}: write failed: {_describe(exc)}"
+        log.error("offer log %s: write failed, record not acknowledged: %s", self.path, exc)
+        if start is None or written == 0:
+            return  # nothing of ours reached the file
+        try:
+            size = os.fstat(self._fd).st_size
+            if size == start + written:  # only our partial bytes follow `start`
+                os.ftruncate(self._fd, start)
+                if self._on_truncate is not None:
+                    self._on_truncate(start)
+                return
+        except OSError as trunc_exc:
+            log.error("offer log %s: could not cut back a failed write: %s", self.path, trunc_exc)
+        self._needs_newline = True
 
     def _sync_upto(self, mine: int) -> None:
         with self._sync_lock:
@@ -82,7 +328,11 @@ class _Appender:
     def _sync_loop(self, interval_s: float) -> None:
         while not self._closed.wait(interval_s):
             if self._written > self._synced:
-                self._sync_upto(self._written)
+                try:
+                    self._sync_upto(self._written)
+                except OSError as exc:  # keep trying; say so on /readyz meanwhile
+                    self.last_error = f"{self.path.name}: fsync failed: {_describe(exc)}"
+                    log.error("offer log %s: fsync failed: %s", self.path, exc)
 
     def close(self) -> None:
         if self._closed.is_set():
@@ -91,8 +341,126 @@ class _Appender:
         if self._syncer is not None:
             self._syncer.join(timeout=5)
         with self._write_lock:
-            os.fsync(self._fd)
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                log.error("offer log %s: final fsync failed: %s", self.path, exc)
             os.close(self._fd)
+
+
+def _describe(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0, "")
+    return f"{name + ' ' if name else ''}{exc.strerror or exc}".strip()
+
+
+def _ends_mid_line(path: Path) -> bool:
+    """True when a non-empty file does not end with a newline (a torn write before a crash)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except OSError:
+        return False
+
+
+# --- the quote index -------------------------------------------------------------------------------
+
+# Where a quote row names its quote: `"quote_id":"<id>"` as orjson writes it (fast path), or with
+# spaces and escapes (foreign writers, odd ids). The first such key on a line counts.
+_QUOTE_KEY = b'"quote_id"'
+_QUOTE_VALUE_RE = re.compile(rb'\s*:\s*"((?:[^"\\\n]|\\.)*)"')
+_SPAN_BITS = 24  # a span packs (start << 24) | length into one int: 16 MiB per span at most
+_SPAN_MAX = (1 << _SPAN_BITS) - 1
+_CHUNK = 8 << 20
+
+
+def _key(quote_id: str) -> bytes:
+    """The index key of a quote id: its JSON-escaped bytes, as they appear in the log."""
+    return orjson.dumps(quote_id)[1:-1]
+
+
+@dataclass
+class _QuoteIndex:
+    """quote id (JSON-escaped bytes) -> byte spans of its lines in `quotes.jsonl`.
+
+    About 100-150 bytes per quote. A span is one int, `(start << 24) | length`; a quote whose
+    lines are not contiguous (another process interleaved, or it was logged twice) keeps a list.
+    `upto` is the offset up to which the file is indexed; `generation` moves when the file was cut
+    back, so a reader that started before does not index bytes that are gone.
+    """
+
+    spans: dict[bytes, int | list[int]] = field(default_factory=dict)
+    upto: int = 0
+    generation: int = 0
+
+    def add(self, key: bytes, start: int, end: int) -> None:
+        while end - start > _SPAN_MAX:  # (only a quote of ~50,000 items gets here)
+            self.add(key, start, start + _SPAN_MAX)
+            start += _SPAN_MAX
+        packed = (start << _SPAN_BITS) | (end - start)
+        old = self.spans.get(key)
+        if old is None:
+            self.spans[key] = packed
+            return
+        last = old[-1] if isinstance(old, list) else old
+        last_start, last_len = last >> _SPAN_BITS, last & _SPAN_MAX
+        if last_start + last_len == start and last_len + (end - start) <= _SPAN_MAX:
+            merged = (last_start << _SPAN_BITS) | (last_len + end - start)
+            if isinstance(old, list):
+                old[-1] = merged
+            else:
+                self.spans[key] = merged
+        elif isinstance(old, list):
+            old.append(packed)
+        else:
+            self.spans[key] = [old, packed]
+
+    def get(self, key: bytes) -> list[tuple[int, int]] | None:
+        found = self.spans.get(key)
+        if found is None:
+            return None
+        packed = found if isinstance(found, list) else [found]
+        return [(p >> _SPAN_BITS, (p >> _SPAN_BITS) + (p & _SPAN_MAX)) for p in packed]
+
+
+def _index_chunk(chunk: bytes, base: int) -> list[tuple[bytes, int, int]]:
+    """(key, start, end) spans of quote rows in `chunk` (whole lines, at file offset `base`).
+
+    Consecutive lines of one quote (how a quote is written: one append) make one span. Plain
+    `bytes.find` rather than one regex over the chunk: about twice as fast on a large log.
+    """
+    found: list[tuple[bytes, int, int]] = []
+    key, start, end = b"", -1, -1
+    n, step = len(chunk), len(_QUOTE_KEY)
+    find, rfind = chunk.find, chunk.rfind
+    i = find(_QUOTE_KEY)
+    while i >= 0:
+        line_end = find(b"\n", i)
+        line_end = n if line_end < 0 else line_end + 1
+        v = i + step
+        j = find(b'"', v + 2, line_end) if chunk[v : v + 2] == b':"' else -1
+        if j >= 0 and find(b"\\", v + 2, j) < 0:
+            k = chunk[v + 2 : j]
+        else:
+            m = _QUOTE_VALUE_RE.match(chunk, v, line_end)
+            if m is None:  # "quote_id" inside some string, not a key: look further on the line
+                i = find(_QUOTE_KEY, v)
+                continue
+            k = m.group(1)
+        line_start = rfind(b"\n", 0, i) + 1
+        if k == key and line_start == end:
+            end = line_end
+        else:
+            if start >= 0:
+                found.append((key, base + start, base + end))
+            key, start, end = k, line_start, line_end
+        i = find(_QUOTE_KEY, line_end)
+    if start >= 0:
+        found.append((key, base + start, base + end))
+    return found
 
 
 class OfferLog:
@@ -103,78 +471,184 @@ class OfferLog:
     ) -> None:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._quotes = _Appender(self.log_dir / QUOTES_FILE, fsync, fsync_interval_s)
+        self._index = _QuoteIndex()
+        self._index_lock = threading.Lock()
+        self._catch_up_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._quotes = _Appender(
+            self.log_dir / QUOTES_FILE, fsync, fsync_interval_s, on_truncate=self._cut_back
+        )
         self._outcomes = _Appender(self.log_dir / OUTCOMES_FILE, fsync, fsync_interval_s)
+        self._read_fd = os.open(self.log_dir / QUOTES_FILE, os.O_RDONLY)
+        # Index what is already on disk off the startup path; a lookup meanwhile waits for it.
+        self._indexer = threading.Thread(
+            target=self._catch_up_logged, name="offer-log-index", daemon=True
+        )
+        self._indexer.start()
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last append failed, until one succeeds again (None: the log is healthy)."""
+        errors = [e for e in (self._quotes.last_error, self._outcomes.last_error) if e]
+        return "; ".join(errors) or None
 
     def append_quotes(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Durably append offer rows (no `purchased`), one per quoted item."""
-        self._quotes.append(rows)
+        """Durably append offer rows (no `purchased`), one per quoted item, and index them.
+
+        Raises:
+            OfferLogError: nothing was logged (disk full, I/O error); answer 503, never acknowledge.
+        """
+        if not rows:
+            return
+        lines = [orjson.dumps(r, option=_LINE_OPTS) for r in rows]
+        ids = [r.get(QUOTE_ID) for r in rows]
+
+        def index(offset: int) -> None:
+            with self._index_lock:
+                if offset != self._index.upto:
+                    return  # lines before ours are not indexed yet: the catch-up reads ours too
+                if isinstance(ids[0], str) and ids.count(ids[0]) == len(ids):  # one quote
+                    end = offset + sum(map(len, lines))
+                    self._index.add(_key(ids[0]), offset, end)
+                    self._index.upto = end
+                    return
+                # One span per run of rows with the same quote id.
+                pos = run_start = offset
+                run_qid: Any = None
+                for qid, line in zip(ids, lines, strict=True):
+                    if qid != run_qid:
+                        if isinstance(run_qid, str):
+                            self._index.add(_key(run_qid), run_start, pos)
+                        run_qid, run_start = qid, pos
+                    pos += len(line)
+                if isinstance(run_qid, str):
+                    self._index.add(_key(run_qid), run_start, pos)
+                self._index.upto = pos
+
+        self._quotes.append(b"".join(lines), index)
 
     def append_outcome(self, row: Mapping[str, Any]) -> None:
-        """Durably append one offer row with its `purchased` label."""
-        self._outcomes.append([row])
+        """Durably append one offer row with its `purchased` label.
+
+        Raises:
+            OfferLogError: nothing was logged; answer 503, never acknowledge.
+        """
+        self._outcomes.append(orjson.dumps(row, option=_LINE_OPTS))
 
     def find_quote(self, quote_id: str) -> list[dict[str, Any]]:
-        """The logged rows of one quote, scanning the quote log (the slow path for old quotes)."""
-        needle = f'"{QUOTE_ID}":{json.dumps(quote_id)}'
+        """The logged rows of one quote ([] when unknown), through the index: no scan of the log."""
+        key = _key(quote_id)
+        with self._index_lock:
+            spans = self._index.get(key)
+        if spans is None:
+            self._catch_up()  # lines another process (or the startup index) has not indexed yet
+            with self._index_lock:
+                spans = self._index.get(key)
+            if spans is None:
+                return []
         rows = []
-        with open(self.log_dir / QUOTES_FILE, encoding="utf-8") as f:
-            for line in f:
-                if needle in line:
-                    row = json.loads(line)
-                    if row.get(QUOTE_ID) == quote_id:
+        try:
+            for start, end in spans:
+                data = os.pread(self._read_fd, end - start, start)
+                for line in data.split(b"\n"):
+                    row = parse_row(line, QUOTE_FIELDS) if line.strip() else None
+                    if row is not None and row[QUOTE_ID] == quote_id:
                         rows.append(row)
+        except OSError as exc:
+            raise OfferLogError(f"{QUOTES_FILE}: read failed: {_describe(exc)}") from exc
         return rows
 
+    def _cut_back(self, offset: int) -> None:
+        """A failed write was truncated at `offset`: forget any indexing past it."""
+        with self._index_lock:
+            self._index.generation += 1
+            self._index.upto = min(self._index.upto, offset)
+
+    def _catch_up_logged(self) -> None:
+        try:
+            self._catch_up()
+        except Exception:  # noqa: BLE001 - lookups retry the catch-up and report their own errors
+            log.exception("offer log: indexing %s failed", self.log_dir / QUOTES_FILE)
+
+    def _catch_up(self) -> None:
+        """Index the whole lines of `quotes.jsonl` past `upto` (reads only the unindexed bytes)."""
+        with self._catch_up_lock:
+            while not self._closing.is_set():
+                with self._index_lock:
+                    start, generation = self._index.upto, self._index.generation
+                size = os.fstat(self._read_fd).st_size
+                if size <= start:
+                    return
+                want = min(size - start, _CHUNK)
+                chunk = os.pread(self._read_fd, want, start)
+                cut = chunk.rfind(b"\n") + 1
+                while cut == 0 and len(chunk) < size - start:  # a line longer than the chunk
+                    want = min(size - start, 2 * len(chunk))
+                    chunk = os.pread(self._read_fd, want, start)
+                    cut = chunk.rfind(b"\n") + 1
+                if cut == 0:
+                    return  # only a line still being written (or torn) is left
+                entries = _index_chunk(chunk[:cut], start)
+                with self._index_lock:
+                    if self._index.generation != generation or self._index.upto != start:
+                        continue  # cut back, or an append indexed these bytes: read again
+                    for key, s, e in entries:
+                        self._index.add(key, s, e)
+                    self._index.upto = start + cut
+
     def close(self) -> None:
+        self._closing.set()
+        self._indexer.join(timeout=5)
         self._quotes.close()
         self._outcomes.close()
+        os.close(self._read_fd)
 
+
+# --- the export ------------------------------------------------------------------------------------
 
 OFFER_COLUMNS: tuple[str, ...] = tuple(S.column_names(S.OFFERS))
 
 
-def _read_jsonl(path: Path) -> pd.DataFrame:
-    if not path.exists():
-        return pd.DataFrame(columns=list(OFFER_COLUMNS))
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:  # a torn last line after a crash: not acknowledged
-                    continue
-    return pd.DataFrame(rows)
+def read_outcomes(log_dir: str | Path, extra: Sequence[str] = ()) -> LogRows:
+    """The valid outcome rows of a log directory (the monitor flow's and the export's reader)."""
+    return read_log(Path(log_dir) / OUTCOMES_FILE, OUTCOME_FIELDS, extra, what="outcomes")
 
 
 def export_offers(log_dir: str | Path, include_pending: bool = False) -> pd.DataFrame:
     """The contract `offers` table from the logs: one row per offer with a reported outcome.
+
+    Lines that are not valid offer rows (torn, invalid bytes, missing fields, bad timestamps) are
+    skipped and counted: `df.attrs["skipped_lines"]` (also logged as a warning).
 
     Args:
         log_dir: the scorer's offer log directory.
         include_pending: also emit quoted offers with no outcome yet, as not purchased (only right
             once the outcome window has closed).
     """
-    outcomes = _read_jsonl(Path(log_dir) / OUTCOMES_FILE)
-    if len(outcomes):
-        # A repeated report for the same offer replaces the earlier one.
-        outcomes = outcomes.drop_duplicates(S.OFFER_ID, keep="last")
+    read = read_outcomes(log_dir)
+    skipped = read.skipped
+    outcomes = read.frame()
+    # A repeated report for the same offer replaces the earlier one.
+    outcomes = outcomes.drop_duplicates(S.OFFER_ID, keep="last")
     if include_pending:
-        quotes = _read_jsonl(Path(log_dir) / QUOTES_FILE)
-        if len(quotes):
-            pending = quotes[~quotes[S.OFFER_ID].isin(outcomes.get(S.OFFER_ID, []))].copy()
-            pending[S.PURCHASED] = 0
-            outcomes = pd.concat([outcomes, pending], ignore_index=True)
-    for col in OFFER_COLUMNS:
-        if col not in outcomes.columns:
-            outcomes[col] = None
+        quoted = read_log(Path(log_dir) / QUOTES_FILE, QUOTE_FIELDS, what="quotes")
+        skipped += quoted.skipped
+        quotes = quoted.frame().drop_duplicates(S.OFFER_ID, keep="last")
+        pending = quotes[~quotes[S.OFFER_ID].isin(outcomes[S.OFFER_ID])].copy()
+        pending[S.PURCHASED] = 0
+        outcomes = pd.concat([outcomes, pending], ignore_index=True)
     out = outcomes[list(OFFER_COLUMNS)].reset_index(drop=True)
-    out[S.TS] = pd.to_datetime(out[S.TS], utc=True, format="ISO8601")
+    ts = pd.to_datetime(out[S.TS], utc=True, format="ISO8601", errors="coerce")
+    bad_ts = ts.isna()
+    if bad_ts.any():  # valid for Python's parser, not for pandas'
+        skipped += int(bad_ts.sum())
+        out, ts = out[~bad_ts], ts[~bad_ts]
+    out = out.assign(**{S.TS: ts})
     for col in (S.OFFER_ID, S.USER_ID, S.ITEM_ID, S.POLICY):
         out[col] = out[col].astype(str)
     out[S.PRICE] = out[S.PRICE].astype(float)
     out[S.PURCHASED] = out[S.PURCHASED].astype(int)
     out[S.PROPENSITY] = pd.to_numeric(out[S.PROPENSITY], errors="coerce").astype(float)
-    return out.sort_values([S.TS, S.OFFER_ID], kind="stable").reset_index(drop=True)
+    out = out.sort_values([S.TS, S.OFFER_ID], kind="stable").reset_index(drop=True)
+    out.attrs["skipped_lines"] = skipped
+    return out

@@ -113,7 +113,12 @@ def next_training_set(data_dir: Path, offer_log_dir: Path, out_dir: Path) -> dic
         import shutil
 
         shutil.copytree(gt, out_dir / "ground_truth", dirs_exist_ok=True)
-    return {"logged_offers": len(new), "offers": len(offers)}
+    return {
+        "logged_offers": len(new),
+        "offers": len(offers),
+        # lines of the offer log that were not valid offer rows (torn, bad bytes, missing fields)
+        "skipped_log_lines": int(new.attrs.get("skipped_lines", 0)),
+    }
 
 
 @task(name="export_offer_log", retries=1, cache_policy=NO_CACHE)

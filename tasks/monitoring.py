@@ -17,14 +17,21 @@ PREDICTED = "purchase_probability"
 
 
 def read_live_offers(offer_log_dir: Path) -> pd.DataFrame:
-    """Offers with outcomes from the scorer's log, with the probability predicted at quote time."""
-    from scorer.offer_log import OUTCOMES_FILE
+    """Offers with outcomes from the scorer's log, with the probability predicted at quote time.
 
-    path = Path(offer_log_dir) / OUTCOMES_FILE
-    if not path.exists():
-        return pd.DataFrame(columns=[*S.column_names(S.OFFERS), PREDICTED])
-    df = pd.read_json(path, lines=True, dtype=False)
-    return df.drop_duplicates(S.OFFER_ID, keep="last") if len(df) else df
+    Read with the offer log's tolerant reader: a torn line, invalid bytes or a row without the
+    offer fields is skipped, and counted in `df.attrs["skipped_lines"]`.
+    """
+    from scorer.offer_log import read_outcomes
+
+    read = read_outcomes(offer_log_dir, extra=[PREDICTED])
+    df = read.frame().drop_duplicates(S.OFFER_ID, keep="last")
+    df[S.PRICE] = df[S.PRICE].astype(float)
+    df[S.PURCHASED] = df[S.PURCHASED].astype(int)
+    df[PREDICTED] = pd.to_numeric(df[PREDICTED], errors="coerce").astype(float)
+    df = df.reset_index(drop=True)
+    df.attrs["skipped_lines"] = read.skipped
+    return df
 
 
 def monitor_report(data_dir: Path, offer_log_dir: Path) -> dict[str, Any]:
@@ -33,13 +40,16 @@ def monitor_report(data_dir: Path, offer_log_dir: Path) -> dict[str, Any]:
     offers = read_table(data_dir, S.OFFERS)
     assert items is not None and offers is not None
     live = read_live_offers(offer_log_dir)
-    out: dict[str, Any] = {"live_offers": len(live)}
+    out: dict[str, Any] = {
+        "live_offers": len(live),
+        "offer_log_skipped_lines": int(live.attrs.get("skipped_lines", 0)),
+    }
     if len(live) == 0:
         out["status"] = "no live outcomes yet"
         return out
     out.update(drift_report(offers, live, items))
     if PREDICTED in live:
-        known = live[live[PREDICTED].notna()]
+        known = live[live[PREDICTED].between(0.0, 1.0)]
         out.update(
             {
                 f"live_{k}": v

@@ -70,3 +70,21 @@ def test_kill_9_loses_no_acknowledged_log_entry(start_scorer: Callable[..., Any]
         f"{q}:{i}" for q, items in acked_quotes.items() for i in items if f"{q}:{i}" not in quoted
     ]
     assert not lost, f"{len(lost)} acknowledged quoted offers lost, e.g. {lost[:3]}"
+
+    # A new process on the same log answers outcomes for the old quotes (indexed from the file,
+    # torn tail and all) and keeps the log whole.
+    again = start_scorer(log_dir=sp.log_dir)
+    some = list(acked_quotes.items())[:20]
+    with httpx.Client(base_url=again.url, timeout=5) as c:
+        for qid, items in some:
+            r = c.post(
+                "/v1/outcomes", json={"quote_id": qid, "item_id": items[-1], "purchased": True}
+            )
+            assert r.status_code == 200, r.text
+        r = c.post(
+            "/v1/outcomes", json={"quote_id": "never-quoted", "item_id": "i0", "purchased": True}
+        )
+        assert r.status_code == 404
+    again.stop()
+    offers = export_offers(sp.log_dir)
+    assert {f"{q}:{items[-1]}" for q, items in some} <= set(offers["offer_id"])
