@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     bootstrap_data_dir: Path | None = None  # events to hydrate the online store at startup
     max_candidates: int = 500
     max_user_events: int = 200
+    # Request bodies above this are refused with 413 while being read (never buffered in full).
+    max_body_bytes: int = Field(default=1 << 20, gt=0)
+    # Recent quotes kept in memory for outcome lookup, in offer rows (about 0.5 KB each); older
+    # quotes are found through the offer log's index.
+    quote_book_max_rows: int = Field(default=100_000, ge=0)
     alias_poll_seconds: float = (
         30.0  # the scorer watches the champion alias at this interval (0: off)
     )

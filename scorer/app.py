@@ -29,6 +29,7 @@ from typing import Annotated, Any
 import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -151,7 +152,9 @@ class ScorerRuntime:
             self.settings.offer_log_fsync,
             self.settings.offer_log_fsync_interval_ms / 1000.0,
         )
-        self.pricer = Pricer(self.store, self.offer_log, self.rng, QuoteBook())
+        self.pricer = Pricer(
+            self.store, self.offer_log, self.rng, QuoteBook(self.settings.quote_book_max_rows)
+        )
         self.refresher = StateRefresher(self._refresh_user)
         self.refresher.start()
         self._reload_lock = asyncio.Lock()  # bound to the loop that runs this app
@@ -517,7 +520,99 @@ async def metrics(runtime: RuntimeDep) -> Response:
     return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-# --- error responses -----------------------------------------------------------------------------
+# --- request limits and error responses ----------------------------------------------------------
+
+_MAX_ERRORS_SHOWN = 20
+_MAX_ERROR_TEXT = 300
+
+
+class BodyLimitMiddleware:
+    """Pure ASGI middleware: refuse request bodies over `max_bytes` with 413, while reading them.
+
+    A declared Content-Length over the limit is answered before a byte of the body is read; a
+    chunked (or lying) body is counted as it arrives and cut off at the limit, so a 19 MB body
+    never sits in memory or in the JSON parser on the event loop.
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _detail(self) -> str:
+        return (
+            f"request body too large: the limit is {self.max_bytes} bytes (PRICING_MAX_BODY_BYTES)"
+        )
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    break
+                if declared > self.max_bytes:
+                    response = JSONResponse(
+                        {"detail": self._detail()},
+                        status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+                        headers={"Connection": "close"},
+                    )
+                    await response(scope, receive, send)
+                    return
+                break
+        received = 0
+
+        async def limited_receive() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # FastAPI re-raises an HTTPException from reading the body; its handler answers.
+                    raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=self._detail())
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _safe_text(value: Any) -> str:
+    """`value` as short text that always encodes as UTF-8 JSON (lone surrogates escaped)."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > _MAX_ERROR_TEXT:
+        text = text[: _MAX_ERROR_TEXT - 3] + "..."
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _safe_error(error: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "type": _safe_text(error.get("type", "")),
+        "loc": [
+            part if isinstance(part, int) else _safe_text(part) for part in error.get("loc", ())
+        ],
+        "msg": _safe_text(error.get("msg", "")),
+    }
+    ctx = error.get("ctx")
+    if isinstance(ctx, dict) and ctx:
+        out["ctx"] = {_safe_text(k): _safe_text(v) for k, v in ctx.items()}
+    return out
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """422 with where and why, never the offending input.
+
+    FastAPI's default echoes each error's `input`, and cannot encode a NaN or a lone surrogate
+    (a 500 for a client's mistake); echoing a 1 MB body back is no help either.
+    """
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    detail: list[Any] = [_safe_error(e) for e in errors[:_MAX_ERRORS_SHOWN]]
+    if len(errors) > _MAX_ERRORS_SHOWN:
+        detail.append({"msg": f"... and {len(errors) - _MAX_ERRORS_SHOWN} more errors"})
+    return JSONResponse(
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": detail}
+    )
 
 
 async def offer_log_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -614,6 +709,9 @@ def create_app(
     app.state.runtime = runtime
     app.include_router(v1)
     app.include_router(ops)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(OfferLogError, offer_log_error_handler)
+    # Added first, so it runs inside the metrics middleware: 413s are counted too.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=runtime.metrics)
     return app

@@ -134,18 +134,37 @@ class PricedItems:
 
 
 class QuoteBook:
-    """Recent quotes in memory (bounded, LRU), for outcome lookup without touching the disk."""
+    """Recent quotes in memory, for outcome lookup without touching the disk.
 
-    def __init__(self, max_quotes: int = 100_000) -> None:
-        self.max_quotes = max_quotes
+    Bounded by offer rows, not by quotes: a quote holds one row (about 0.5 KB) per quoted item, so
+    a cap by quote count lets 300-item quotes take 15 GB. The oldest quotes go first; an evicted
+    quote is still found through the offer log's index.
+    """
+
+    def __init__(self, max_rows: int = 100_000) -> None:
+        self.max_rows = max_rows
         self._quotes: OrderedDict[str, dict[str, dict[str, Any]]] = OrderedDict()
+        self._rows = 0
         self._lock = threading.Lock()
 
+    @property
+    def rows(self) -> int:
+        """Offer rows held now (at most `max_rows`)."""
+        return self._rows
+
     def put(self, quote_id: str, rows: list[dict[str, Any]]) -> None:
+        by_item = {r[S.ITEM_ID]: r for r in rows}
         with self._lock:
-            self._quotes[quote_id] = {r[S.ITEM_ID]: r for r in rows}
-            while len(self._quotes) > self.max_quotes:
-                self._quotes.popitem(last=False)
+            old = self._quotes.pop(quote_id, None)
+            if old is not None:
+                self._rows -= len(old)
+            if len(by_item) > self.max_rows:
+                return  # larger than the whole book: the offer log's index serves it
+            self._quotes[quote_id] = by_item
+            self._rows += len(by_item)
+            while self._rows > self.max_rows:
+                _, evicted = self._quotes.popitem(last=False)
+                self._rows -= len(evicted)
 
     def get(self, quote_id: str) -> dict[str, dict[str, Any]] | None:
         with self._lock:
@@ -377,7 +396,11 @@ class Pricer:
         )
 
     def find_quote(self, quote_id: str) -> dict[str, dict[str, Any]] | None:
-        """The logged offers of a quote by item id: memory first, then the quote log; None if unknown."""
+        """The logged offers of a quote by item id: memory first, then the quote log; None if unknown.
+
+        The log lookup goes through its quote-id index (no scan); `OfferLogError` when it cannot be
+        read.
+        """
         rows = self.book.get(quote_id)
         if rows is None:
             found = self.offer_log.find_quote(quote_id)
