@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,7 +25,9 @@ class Settings(BaseSettings):
     runs_dir: Path = Path("runs")
 
     scorer_url: str | None = None  # e.g. http://127.0.0.1:8000; promotion notifies it when set
-    admin_token: str = "change-me"  # bearer token for POST /admin/reload
+    # Bearer token for POST /admin/reload. No default: reload is refused until one is set, and
+    # `pricing serve` refuses a placeholder (WEAK_ADMIN_TOKENS) on any non-loopback address.
+    admin_token: str | None = Field(default=None, repr=False)
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
     offer_log_dir: Path = Path("runs/offer_log")
     # "interval": every acknowledged log line is written to the OS (survives kill -9 of the scorer)
@@ -47,6 +49,15 @@ class Settings(BaseSettings):
     # The operator's exploration share; when set it overrides the registered model's value
     # (precedence: this variable > the model's registered guardrails > DEFAULT_EXPLORATION).
     exploration: float | None = Field(default=None, ge=0.0, le=1.0)
+
+    @field_validator("admin_token")
+    @classmethod
+    def _blank_token_is_none(cls, v: str | None) -> str | None:
+        return v if v and v.strip() else None
+
+
+# Placeholder tokens (the old default, the .env example's): accepted only on loopback.
+WEAK_ADMIN_TOKENS = frozenset({"change-me"})
 
 
 @lru_cache(maxsize=1)

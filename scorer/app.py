@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -331,19 +332,30 @@ ModelDep = Annotated[ServingModel, Depends(get_model)]
 _bearer = HTTPBearer(auto_error=False)
 
 
+def _token_digest(token: str) -> bytes:
+    # Compared as fixed-length digests: `compare_digest` on the raw tokens returns early when the
+    # lengths differ, which tells an attacker the token's length.
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
 async def require_admin(
     runtime: RuntimeDep,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
+    """Admin routes need `Authorization: Bearer <PRICING_ADMIN_TOKEN>`; none without a token set."""
+    expected = runtime.settings.admin_token
+    if not expected:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            detail="admin token not configured: set PRICING_ADMIN_TOKEN to enable /admin routes",
+        )
     if creds is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             detail="missing bearer token (Authorization: Bearer <admin token>)",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    if not secrets.compare_digest(
-        creds.credentials.encode(), runtime.settings.admin_token.encode()
-    ):
+    if not hmac.compare_digest(_token_digest(creds.credentials), _token_digest(expected)):
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="invalid admin token")
 
 

@@ -10,6 +10,15 @@ mkdir -p "$RUN" mlruns
 export PRICING_REPO_DIR="$PWD"
 export PREFECT_API_URL="http://127.0.0.1:${PREFECT_PORT:-4200}/api"
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
+# The scorer's reload token, shared with the worker (promotions notify the scorer): yours if set,
+# else one generated once and kept in .run/admin-token (never a default anyone can guess).
+if [ -z "${PRICING_ADMIN_TOKEN:-}" ]; then
+  if [ ! -s "$RUN/admin-token" ]; then
+    (umask 077; "$BIN/python" -c 'import secrets; print(secrets.token_hex(32))' >"$RUN/admin-token")
+  fi
+  PRICING_ADMIN_TOKEN="$(cat "$RUN/admin-token")"
+fi
+export PRICING_ADMIN_TOKEN
 
 start() {  # name, command...
   local name=$1; shift

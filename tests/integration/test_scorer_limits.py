@@ -1,4 +1,4 @@
-"""Bounded bodies, bounded memory, no 5xx for any input (issue 10, item 5).
+"""Bounded bodies, bounded memory, no 5xx for any input, and the admin token (issue 10, items 5, 7).
 
 In process with TestClient, plus one real uvicorn to show that a large body is refused while it
 is being sent, not after it has been buffered.
@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from mlops.settings import Settings
+from mlops.settings import Settings, get_settings
+from scorer import main as scorer_main
 from scorer.app import create_app
 from scorer.schemas import MAX_CONTEXT_DEPTH, MAX_CONTEXT_NODES
 from scorer.serving import QuoteBook
@@ -230,3 +231,66 @@ def test_an_evicted_quote_is_still_found(tmp_path: Path) -> None:
             json={"quote_id": first["quote_id"], "item_id": "i2", "purchased": True},
         )
         assert r.status_code == 200, r.text
+
+
+# --- item 7: the admin token ----------------------------------------------------------------------
+
+
+def test_there_is_no_default_admin_token_and_reload_is_refused_without_one(
+    tmp_path: Path,
+) -> None:
+    assert Settings.model_fields["admin_token"].default is None
+    assert Settings(_env_file=None, admin_token="  ").admin_token is None
+    app = create_app(_settings(tmp_path, admin_token=None), lambda: toy_handle("1"), seed=0)
+    with TestClient(app) as c:
+        for headers in ({}, {"Authorization": "Bearer change-me"}, {"Authorization": "Bearer "}):
+            r = c.post("/admin/reload", headers=headers)
+            assert r.status_code == 403, r.text
+            assert "admin token not configured" in r.json()["detail"]
+
+
+def test_reload_compares_the_whole_token(tmp_path: Path) -> None:
+    with TestClient(create_app(_settings(tmp_path), lambda: toy_handle("1"), seed=0)) as c:
+        for wrong in ("", TOKEN[:-1], TOKEN + "x", "change-me", TOKEN.upper()):
+            r = c.post("/admin/reload", headers={"Authorization": f"Bearer {wrong}"})
+            assert r.status_code in (401, 403), (wrong, r.status_code)
+        r = c.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(
+    ("token", "host", "ok"),
+    [
+        ("change-me", "0.0.0.0", False),
+        ("change-me", "::", False),
+        ("change-me", "10.1.2.3", False),
+        ("change-me", "scorer.internal", False),
+        ("change-me", "127.0.0.1", True),
+        ("change-me", "localhost", True),
+        ("change-me", "::1", True),
+        (None, "0.0.0.0", True),  # no token: reload is refused, nothing to guess
+        (TOKEN, "0.0.0.0", True),
+    ],
+)
+def test_serve_refuses_the_placeholder_token_off_loopback(
+    token: str | None, host: str, ok: bool
+) -> None:
+    settings = Settings(_env_file=None, admin_token=token)
+    if ok:
+        scorer_main.check_admin_token(settings, host)
+    else:
+        with pytest.raises(scorer_main.UnsafeSettingsError, match="change-me"):
+            scorer_main.check_admin_token(settings, host)
+
+
+def test_pricing_serve_exits_before_listening(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    monkeypatch.setenv("PRICING_ADMIN_TOKEN", "change-me")
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("uvicorn started"))
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit, match="PRICING_ADMIN_TOKEN"):
+            scorer_main.serve(host="0.0.0.0")
+    finally:
+        get_settings.cache_clear()
