@@ -93,7 +93,8 @@ def training(
 
     # features
     t = time.perf_counter()
-    feats, feat_key, cache_hit = build_features(tables, runs_dir / "cache")
+    fb = build_features(tables, runs_dir / "cache")
+    feats, feat_key, cache_hit = fb.features, fb.key, fb.cache_hit
     timings["features"] = time.perf_counter() - t
 
     offers = tables[S.OFFERS].reset_index(drop=True)

@@ -177,6 +177,20 @@ def version_metrics(name: str, version: str) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
+def run_version(name: str, run_id: str) -> str | None:
+    """The version of `name` registered from run `run_id`, or None.
+
+    Registration is then idempotent: a retry after a failure that came after the version was created
+    (setting its alias or tags) reuses that version instead of registering a second one. Filtered on
+    `run_id` server-side and on the name here, so the name needs no quoting in the filter.
+    """
+    import mlflow
+
+    found = mlflow.MlflowClient().search_model_versions(f"run_id = '{run_id}'")
+    versions = sorted(int(mv.version) for mv in found if mv.name == name)
+    return str(versions[0]) if versions else None
+
+
 def load_version(name: str, version: str) -> ModelHandle:
     """Load a registered version as a servable handle."""
     import mlflow.pyfunc

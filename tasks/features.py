@@ -1,9 +1,28 @@
-"""Build the per-offer features once per data version: cached on disk by a hash of the inputs."""
+"""Build the per-offer features once per data *and* code version, cached on disk as Parquet.
+
+The cache key hashes the input tables and the feature code: the source of `pricing/features.py`
+and `pricing/schema.py` plus the source of the `offer_features` function actually called. Prefect's
+`INPUTS + TASK_SOURCE` cache policy was not used: TASK_SOURCE hashes the task function's own source
+(this file), so a fix in `pricing/features.py` would still hit the old entry, and INPUTS would hash
+every table through Prefect's serializer on top of our hash.
+
+Cache files are written to a temporary file in the same folder and renamed into place
+(`os.replace`, atomic on POSIX), so a run killed mid-write never leaves half a file under a valid
+name; a cache file that cannot be read anyway (truncated by an older version, a full disk) counts as
+a miss and is rebuilt and rewritten.
+"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
+import logging
+import os
+import uuid
 from pathlib import Path
+from types import ModuleType
+from typing import Any, NamedTuple
 
 import pandas as pd
 from prefect import get_run_logger, task
@@ -12,41 +31,132 @@ from prefect.cache_policies import NO_CACHE
 from pricing import features as F
 from pricing import schema as S
 
+log = logging.getLogger(__name__)
 
-def table_hash(tables: dict[str, pd.DataFrame]) -> str:
-    """A content hash of the tables features depend on (row-wise, order-sensitive)."""
-    h = hashlib.sha256(F.__name__.encode())
+FEATURE_MODULES: tuple[ModuleType, ...] = (F, S)
+
+
+class FeatureBuild(NamedTuple):
+    """What `build_features` returns: the features and where they came from."""
+
+    features: pd.DataFrame
+    key: str  # the cache key: data and feature code
+    cache_hit: bool
+    data_hash: str  # the tables alone: the data version recorded on each registered model
+
+
+@functools.cache
+def _read_source(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
+def _module_source(module: ModuleType) -> bytes:
+    """The source file of `module`, read once per process.
+
+    Once: the key must describe the code this process imported, not a file edited on disk since
+    (which the process does not run).
+    """
+    return _read_source(inspect.getfile(module))
+
+
+def _callable_source(fn: Any) -> bytes:
+    """The source of `fn`, or its bytecode when the source is not available."""
+    try:
+        return inspect.getsource(fn).encode()
+    except (OSError, TypeError):
+        code = getattr(fn, "__code__", None)
+        return code.co_code if code is not None else repr(fn).encode()
+
+
+def source_hash(modules: tuple[ModuleType, ...]) -> str:
+    """A hash of the source files of `modules` (what changes when their code does)."""
+    h = hashlib.sha256()
+    for module in modules:
+        h.update(module.__name__.encode())
+        h.update(_module_source(module))
+    return h.hexdigest()
+
+
+def feature_code_hash() -> str:
+    """The feature code's identity: its modules' source and the `offer_features` being called."""
+    h = hashlib.sha256(source_hash(FEATURE_MODULES).encode())
+    h.update(_callable_source(F.offer_features))
     h.update(repr(F.FEATURES).encode())
+    return h.hexdigest()
+
+
+def data_hash(tables: dict[str, pd.DataFrame]) -> str:
+    """A content hash of the tables features depend on (row-wise, order-sensitive)."""
+    h = hashlib.sha256()
     for name in (S.ITEMS, S.EVENTS, S.OFFERS):
         df = tables[name]
         h.update(name.encode())
+        h.update(repr(list(df.columns)).encode())
         h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
     return h.hexdigest()[:16]
 
 
-def build_offer_features(
-    tables: dict[str, pd.DataFrame], cache_dir: Path
-) -> tuple[pd.DataFrame, str, bool]:
-    """Features of every offer, from `cache_dir/features-<hash>.parquet` when already built.
+def cache_key(data: str, code: str) -> str:
+    """The cache file's key: the data version and the feature code version."""
+    return hashlib.sha256(f"{data}:{code}".encode()).hexdigest()[:16]
 
-    Returns (features, hash, cache_hit).
+
+def _read_cache(path: Path, n_rows: int) -> pd.DataFrame | None:
+    """The cached features, or None when absent or unreadable (then the caller rebuilds)."""
+    if not path.exists():
+        return None
+    try:
+        feats = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable cache file is a miss, never a crash
+        log.warning("feature cache %s unreadable (%s): rebuilding", path, exc)
+        return None
+    if len(feats) != n_rows:
+        log.warning(
+            "feature cache %s has %d rows, expected %d: rebuilding", path, len(feats), n_rows
+        )
+        return None
+    return feats
+
+
+def write_atomic(df: pd.DataFrame, path: Path) -> None:
+    """Write `df` as Parquet to `path` through a temporary file and `os.replace`.
+
+    Readers see either the old file or the complete new one, never a partial write; two processes
+    building the same key concurrently each rename a complete file.
     """
-    key = table_hash(tables)
-    path = Path(cache_dir) / f"features-{key}.parquet"
-    if path.exists():
-        return pd.read_parquet(path), key, True
-    feats = F.offer_features(tables[S.OFFERS], tables[S.EVENTS], tables[S.ITEMS])
     path.parent.mkdir(parents=True, exist_ok=True)
-    feats.reset_index(drop=True).to_parquet(path, index=False)
-    return feats.reset_index(drop=True), key, False
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        df.to_parquet(tmp, index=False)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def build_offer_features(tables: dict[str, pd.DataFrame], cache_dir: Path) -> FeatureBuild:
+    """Features of every offer, from `cache_dir/features-<key>.parquet` when already built."""
+    data = data_hash(tables)
+    key = cache_key(data, feature_code_hash())
+    path = Path(cache_dir) / f"features-{key}.parquet"
+    cached = _read_cache(path, len(tables[S.OFFERS]))
+    if cached is not None:
+        return FeatureBuild(cached, key, True, data)
+    feats = F.offer_features(tables[S.OFFERS], tables[S.EVENTS], tables[S.ITEMS])
+    feats = feats.reset_index(drop=True)
+    write_atomic(feats, path)
+    return FeatureBuild(feats, key, False, data)
 
 
 @task(name="build_features", cache_policy=NO_CACHE)
-def build_features(
-    tables: dict[str, pd.DataFrame], cache_dir: Path
-) -> tuple[pd.DataFrame, str, bool]:
-    feats, key, hit = build_offer_features(tables, cache_dir)
+def build_features(tables: dict[str, pd.DataFrame], cache_dir: Path) -> FeatureBuild:
+    """The flow's feature step (see `build_offer_features`), logged."""
+    result = build_offer_features(tables, cache_dir)
     get_run_logger().info(
-        "features %s (%d rows): %s", key, len(feats), "cache hit" if hit else "built"
+        "features %s (%d rows): %s",
+        result.key,
+        len(result.features),
+        "cache hit" if result.cache_hit else "built",
     )
-    return feats, key, hit
+    return result

@@ -1,4 +1,7 @@
-"""Register the trained model in MLflow, then decide on promotion and push it to the scorer."""
+"""Register the trained model in MLflow, then decide on promotion and push it to the scorer.
+
+Registration is idempotent per MLflow run: a Prefect retry reuses the run's version.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from mlops import tracking
 from mlops.models import DemandModel
-from mlops.registry import CHAMPION
+from mlops.registry import CHALLENGER, CHAMPION
 from pricing import schema as S
 from pricing.promotion import PromotionDecision, PromotionRule, decide
 
@@ -27,13 +30,24 @@ def register(
     input_example: pd.DataFrame,
     evaluation: dict[str, Any],
 ) -> str:
-    """Log the pyfunc to the run, register a version (alias `challenger`), tag it with its evaluation."""
+    """Log the pyfunc to the run, register a version (alias `challenger`), tag it with its evaluation.
+
+    Idempotent per run: when run `run_id` already has a version of `registered_model` (an earlier
+    attempt failed after `create_model_version`, e.g. while setting the alias or a tag), that version
+    is reused and only the alias and tags are (re)written.
+    """
     import mlflow
 
-    active = mlflow.active_run()
-    same = active is not None and active.info.run_id == run_id
-    with contextlib.nullcontext() if same else mlflow.start_run(run_id=run_id):
-        _, version = tracking.log_price_model(model, guardrails, input_example, registered_model)
+    version = tracking.run_version(registered_model, run_id)
+    if version is None:
+        active = mlflow.active_run()
+        same = active is not None and active.info.run_id == run_id
+        with contextlib.nullcontext() if same else mlflow.start_run(run_id=run_id):
+            _, version = tracking.log_price_model(
+                model, guardrails, input_example, registered_model
+            )
+    else:
+        tracking.set_alias(registered_model, version, CHALLENGER)
     tracking.tag_version(
         registered_model,
         version,
@@ -43,8 +57,16 @@ def register(
 
 
 @task(name="register_model", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def register_model(*args: Any, **kwargs: Any) -> str:
-    return register(*args, **kwargs)
+def register_model(
+    model: DemandModel,
+    run_id: str,
+    registered_model: str,
+    guardrails: dict[str, Any],
+    input_example: pd.DataFrame,
+    evaluation: dict[str, Any],
+) -> str:
+    """`register` as a task; its retries are safe because `register` is idempotent per run."""
+    return register(model, run_id, registered_model, guardrails, input_example, evaluation)
 
 
 def notify_scorer(
