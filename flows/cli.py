@@ -93,6 +93,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         precision=args.precision,
         seed=args.seed,
+        force_promote=args.force_promote,
     )
     text = json.dumps(result, indent=2, default=str)
     if args.report_json:
@@ -146,6 +147,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             model=args.model,
             config=None,
             no_promote=False,
+            force_promote=False,
             devices=None,
             strategy=None,
             precision=None,
@@ -217,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", help="bert, lightgbm or logistic (default: from config)")
     r.add_argument("--config", help="experiment YAML (default: configs/default.yaml)")
     r.add_argument("--no-promote", action="store_true")
+    r.add_argument(
+        "--force-promote",
+        action="store_true",
+        help="promote past a champion whose metrics are not comparable with this run's (missing, "
+        "or from other data/split); the challenger must still beat the reference and pass every "
+        "other rule. Recorded on the version as the `forced_promotion` tag",
+    )
     r.add_argument("--report-json")
     r.add_argument("--seed", type=int)
     r.add_argument("--devices", help="Lightning devices (BERT): 1, 4, auto")

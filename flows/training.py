@@ -23,7 +23,13 @@ from pricing.split import time_split
 from tasks.data import simulate_market
 from tasks.evaluation import LIST_PRICE, evaluate_models_task, subset
 from tasks.features import build_features
-from tasks.registry import input_example, promote_model, register_model
+from tasks.registry import (
+    champion_for_gate,
+    evaluation_protocol,
+    input_example,
+    promote_model,
+    register_model,
+)
 from tasks.tracking import log_evaluation, log_run_inputs
 from tasks.training import train_price_model
 from tasks.validation import validate_tables
@@ -62,9 +68,12 @@ def training(
     strategy: str | None = None,
     precision: str | None = None,
     seed: int | None = None,
+    force_promote: bool = False,
 ) -> dict[str, Any]:
     """Train, evaluate against the baselines, register and (if it wins) promote a price-response model.
 
+    `force_promote` (`pricing run --force-promote`): an operator's override for a champion whose
+    metrics cannot be compared with this run's (recorded on the version as `forced_promotion`).
     Returns the run report (also what `pricing run --report-json` writes).
     """
     t_start = time.perf_counter()
@@ -169,9 +178,20 @@ def training(
             cfg.seed,
             cfg.evaluation.calibration_bins,
         )
-        champ_metrics = metrics.pop("champion", None)
-        if champ_version is not None and champ_metrics is None:
-            champ_metrics = tracking.version_metrics(registered, champ_version)
+        # What the metrics were measured on: recorded on the version, and what makes a champion's
+        # stored metrics comparable when the champion itself could not be evaluated.
+        evaluation = {
+            "metrics": metrics[cfg.model],
+            "dataset": dataset,
+            "data_hash": fb.data_hash,
+            "split": split.summary(),
+            "protocol": evaluation_protocol(
+                guardrails.to_dict(), cfg.evaluation.max_test_offers, len(test), cfg.seed
+            ),
+        }
+        champion = champion_for_gate(
+            registered, champ_version, metrics.pop("champion", None), evaluation
+        )
         main = metrics[cfg.model]
         log_evaluation(metrics, curves, cfg.model, cfg.evaluation.calibration_bins)
         timings["evaluate"] = time.perf_counter() - t
@@ -184,7 +204,7 @@ def training(
             registered,
             guardrails.to_dict(),
             input_example(test.offers),
-            {"metrics": main, "dataset": dataset, "split": split.summary()},
+            evaluation,
         )
         timings["register"] = time.perf_counter() - t
 
@@ -196,7 +216,7 @@ def training(
             registered,
             version,
             main,
-            champ_metrics,
+            champion,
             champ_version,
             metrics[LIST_PRICE],
             truth is not None,
@@ -206,6 +226,7 @@ def training(
             smoke_items,
             smoke_user,
             promote,
+            force_promote,
         )
         timings["promote"] = time.perf_counter() - t
         mlflow.set_tags({"promoted": str(promotion["promoted"]), "model_version": version})

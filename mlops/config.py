@@ -43,6 +43,8 @@ class PromotionConfig(_Strict):
     tolerance: float = 0.005  # how much worse the other metric may get (absolute)
     min_improvement: float = 0.0
     max_price_gap: float = 0.15  # fairness: max gap of mean price/list between protected groups
+    # Whether a challenger whose fairness was not evaluated (no protected-group column) is blocked.
+    require_fairness: bool = False
 
 
 class ValidationConfig(_Strict):

@@ -168,13 +168,27 @@ def tag_version(name: str, version: str, tags: dict[str, Any]) -> None:
         )
 
 
-def version_metrics(name: str, version: str) -> dict[str, Any]:
-    """The evaluation a version was registered with (stored as a version tag)."""
+def version_evaluation(name: str, version: str) -> dict[str, Any]:
+    """The evaluation record a version was registered with (the `evaluation` version tag).
+
+    `{"metrics": {...}, "dataset": ..., "data_hash": ..., "split": {...}, "protocol": {...}}`;
+    empty when the tag is missing (deleted, or a version registered by hand).
+    """
     import mlflow
 
     mv = mlflow.MlflowClient().get_model_version(name, str(version))
     raw = (mv.tags or {}).get("evaluation")
     return json.loads(raw) if raw else {}
+
+
+def version_metrics(name: str, version: str) -> dict[str, Any]:
+    """The metrics a version was registered with (the `metrics` of its evaluation record).
+
+    Only the numbers: whether they may be compared with another run's is for
+    `pricing.promotion.stored_champion_metrics` to say, from the whole `version_evaluation`.
+    """
+    metrics = version_evaluation(name, version).get("metrics")
+    return metrics if isinstance(metrics, dict) else {}
 
 
 def run_version(name: str, run_id: str) -> str | None:

@@ -1,13 +1,23 @@
 """Register the trained model in MLflow, then decide on promotion and push it to the scorer.
 
-Registration is idempotent per MLflow run: a Prefect retry reuses the run's version.
+Registration is idempotent per MLflow run (a Prefect retry reuses the run's version). Each version
+records what its metrics were measured on (dataset, data hash, split, evaluation protocol), so a
+champion's stored metrics are compared only when they are comparable. Moving the `champion` alias is
+a compare-and-set against the champion that was evaluated (see `promote`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import getpass
+import hashlib
 import json
+import re
+import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,8 +28,62 @@ from prefect.cache_policies import NO_CACHE
 from mlops import tracking
 from mlops.models import DemandModel
 from mlops.registry import CHALLENGER, CHAMPION
+from pricing import evaluation as _evaluation
+from pricing import metrics as _metrics
+from pricing import ope as _ope
+from pricing import policy as _policy
 from pricing import schema as S
-from pricing.promotion import PromotionDecision, PromotionRule, decide
+from pricing.promotion import (
+    NotComparable,
+    PromotionDecision,
+    PromotionRule,
+    decide,
+    stored_champion_metrics,
+)
+from tasks.features import source_hash
+
+# The code that defines the metrics: stored metrics computed by other code are not comparable.
+METRICS_MODULES = (_evaluation, _metrics, _ope, _policy)
+
+
+def evaluation_protocol(
+    guardrails: dict[str, Any], max_test_offers: int | None, n_test: int, seed: int
+) -> dict[str, Any]:
+    """How the metrics were measured, beyond the data and split: recorded on each version.
+
+    Guardrails shape the policy metrics (band, ladder, grid); `exploration` is left out because
+    evaluation prices greedily. The sampling seed matters only when the test set was sampled.
+    """
+    test_offers = n_test if max_test_offers is None else min(n_test, max_test_offers)
+    return {
+        "guardrails": {k: v for k, v in sorted(guardrails.items()) if k != "exploration"},
+        "test_offers": test_offers,
+        "sample_seed": seed if test_offers < n_test else None,
+        "metrics_code": source_hash(METRICS_MODULES)[:16],
+    }
+
+
+def champion_for_gate(
+    registered_model: str,
+    champion_version: str | None,
+    live_metrics: dict[str, float] | None,
+    evaluation: dict[str, Any],
+) -> dict[str, float] | NotComparable | None:
+    """What the gate compares the challenger with.
+
+    None without a champion; the champion's metrics measured in this run when it could be loaded;
+    otherwise its stored metrics, only if they were measured on the same dataset, data, split and
+    protocol as `evaluation` (this run's record), else `NotComparable` with the reason.
+    """
+    if champion_version is None:
+        return None
+    if live_metrics is not None:
+        return live_metrics
+    try:
+        stored = tracking.version_evaluation(registered_model, champion_version)
+    except Exception as exc:  # noqa: BLE001 - an unreadable record is a non-comparable champion
+        return NotComparable(f"champion v{champion_version}'s record is unreadable ({exc})")
+    return stored_champion_metrics(champion_version, stored, evaluation)
 
 
 def register(
@@ -51,7 +115,13 @@ def register(
     tracking.tag_version(
         registered_model,
         version,
-        {"evaluation": evaluation, "model_kind": model.name, "run_id": run_id},
+        {
+            "evaluation": evaluation,
+            "model_kind": model.name,
+            "run_id": run_id,
+            "dataset": str(evaluation.get("dataset", "")),
+            "data_hash": str(evaluation.get("data_hash", "")),
+        },
     )
     return version
 
@@ -111,11 +181,62 @@ def notify_scorer(
     return "ok", f"scorer reloaded and serves version {served} (smoke quote ok)"
 
 
+def _lock_path(registered_model: str) -> Path:
+    """The promotion lock file for `registered_model` in the current registry.
+
+    Next to the database for a sqlite store (every process that can write that file can lock it);
+    in the temp folder for any other store, keyed by the registry URI (same host only).
+    """
+    import mlflow
+
+    uri = mlflow.get_registry_uri()
+    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", registered_model)
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///")).resolve()
+        return db.with_name(f"{db.name}.{slug}.promotion.lock")
+    digest = hashlib.sha256(f"{uri}|{registered_model}".encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"pricing-promotion-{slug}-{digest}.lock"
+
+
+@contextlib.contextmanager
+def promotion_lock(registered_model: str, timeout_s: float = 600.0) -> Iterator[bool]:
+    """Hold the exclusive promotion lock of `registered_model`; yields False if not had in time.
+
+    `fcntl.flock` on a lock file: exclusive between processes and between threads (each call opens
+    its own file description), released by the kernel if the holder dies, so a crashed run never
+    leaves a stale lock behind.
+    """
+    path = _lock_path(registered_model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.05)
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _operator() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return "unknown"
+
+
 def promote(
     registered_model: str,
     version: str,
     challenger: dict[str, float],
-    champion: dict[str, float] | None,
+    champion: dict[str, float] | NotComparable | None,
     champion_version: str | None,
     reference: dict[str, float],
     simulated: bool,
@@ -125,49 +246,161 @@ def promote(
     smoke_items: list[str],
     smoke_user: str,
     allowed: bool = True,
+    force: bool = False,
+    lock_timeout_s: float = 600.0,
 ) -> dict[str, Any]:
-    """Apply the gate; move the alias; notify the scorer and roll back if it does not serve the new version."""
-    decision: PromotionDecision = decide(challenger, champion, reference, simulated, rule)
+    """Apply the gate; move the alias (compare-and-set); notify the scorer, roll back if it fails.
+
+    The alias moves only if it still points at `champion_version`, the champion the challenger was
+    evaluated against; otherwise the result is "not promoted: champion changed" and the caller
+    re-runs to evaluate against the new champion. MLflow has no compare-and-set on aliases, so:
+
+    1. An exclusive `promotion_lock` (a `flock`ed file next to the sqlite registry) serializes every
+       promotion through this function: read the alias, compare, set it, notify the scorer, roll
+       back if needed, all under the lock. Two runs at once: the second to get the lock reads the
+       first one's version, not the one it evaluated, and stops. flock is kernel-enforced, dies
+       with its holder (no stale lock) and is cheap; the embedded sqlite store is local anyway.
+    2. The alias is re-read right after setting it. A writer that does not take the lock (a remote
+       registry promoted from another host, or a person moving the alias by hand) is detected if it
+       moved the alias between our read and our re-read: then its write stands (it came last and we
+       must not undo it) and this run reports not promoted. A tag-based lock was not used: without
+       an atomic create-if-absent, "write a tag and re-read it" lets two writers both read their own
+       tag when their writes do not interleave, so it would not exclude anything.
+
+    `force` (`--force-promote`) lets a challenger past a champion whose metrics are not comparable
+    (see `pricing.promotion.decide`); when it was needed, the version gets a `forced_promotion` tag.
+    """
+    decision: PromotionDecision = decide(
+        challenger, champion, reference, simulated, rule, force=force
+    )
     out: dict[str, Any] = {
         "promoted": False,
         "promotion_reasons": list(decision.reasons),
         "previous_champion": champion_version,
         "scorer_notified": False,
+        "forced": False,
+        "champion_changed": False,
     }
+    reasons: list[str] = out["promotion_reasons"]
     if not allowed:
-        out["promotion_reasons"].append("promotion disabled (--no-promote)")
+        reasons.append("promotion disabled (--no-promote)")
         decision.promote = False
     if decision.promote:
-        tracking.set_alias(registered_model, version, CHAMPION)
-        out["promoted"] = True
-        if scorer_url:
-            status, msg = notify_scorer(scorer_url, admin_token, version, smoke_items, smoke_user)
-            out["scorer_notified"] = status == "ok"
-            out["promotion_reasons"].append(msg)
-            if status == "failed":
-                if champion_version is not None:
-                    tracking.set_alias(registered_model, champion_version, CHAMPION)
-                    out["promotion_reasons"].append(
-                        f"rolled back alias to version {champion_version}"
-                    )
+        with promotion_lock(registered_model, lock_timeout_s) as locked:
+            if not locked:
+                reasons.append(
+                    f"not promoted: promotion lock {_lock_path(registered_model)} busy "
+                    f"for {lock_timeout_s:.0f}s"
+                )
+            elif _move_alias(registered_model, version, champion_version, decision, out):
+                if scorer_url:
+                    _hand_over(
+                        registered_model, version, champion_version, scorer_url, admin_token,
+                        smoke_items, smoke_user, out,
+                    )  # fmt: skip
                 else:
-                    tracking.delete_alias(registered_model, CHAMPION)
-                    out["promotion_reasons"].append("rolled back: no champion alias")
-                out["promoted"] = False
-                tracking.tag_version(registered_model, version, {"promotion": out})
-                raise RuntimeError(f"promotion of version {version} rolled back: {msg}")
-        else:
-            out["promotion_reasons"].append(
-                "no scorer configured (PRICING_SCORER_URL): alias moved, scorer not notified; "
-                "a running scorer picks it up by watching the alias"
-            )
-    tracking.tag_version(registered_model, version, {"promotion": out, "decided_at": time.time()})
+                    reasons.append(
+                        "no scorer configured (PRICING_SCORER_URL): alias moved, scorer not "
+                        "notified; a running scorer picks it up by watching the alias"
+                    )
+    tags: dict[str, Any] = {"promotion": out, "decided_at": time.time()}
+    if out["promoted"] and decision.forced:
+        out["forced"] = True
+        tags["forced_promotion"] = {
+            "forced": True,
+            "by": _operator(),
+            "at": time.time(),
+            "previous_champion": champion_version,
+            "reasons": decision.reasons,
+        }
+    tracking.tag_version(registered_model, version, tags)
     return out
 
 
+def _move_alias(
+    registered_model: str,
+    version: str,
+    champion_version: str | None,
+    decision: PromotionDecision,
+    out: dict[str, Any],
+) -> bool:
+    """The compare-and-set of `promote` (the caller holds the lock): True if the alias moved."""
+    reasons: list[str] = out["promotion_reasons"]
+    current = tracking.alias_version(registered_model, CHAMPION)
+    if current != champion_version:
+        out["champion_changed"] = True
+        reasons.append(
+            "not promoted: champion changed (evaluated against "
+            f"{'v' + champion_version if champion_version else 'no champion'}, alias now at "
+            f"{'v' + current if current else 'no version'}); re-run to evaluate against it"
+        )
+        return False
+    tracking.set_alias(registered_model, version, CHAMPION)
+    after = tracking.alias_version(registered_model, CHAMPION)
+    if after != version:
+        out["champion_changed"] = True
+        reasons.append(
+            f"not promoted: champion changed during promotion (alias moved to v{after} by a writer "
+            "outside the promotion lock; left as is)"
+        )
+        return False
+    out["promoted"] = True
+    return True
+
+
+def _hand_over(
+    registered_model: str,
+    version: str,
+    champion_version: str | None,
+    scorer_url: str,
+    admin_token: str,
+    smoke_items: list[str],
+    smoke_user: str,
+    out: dict[str, Any],
+) -> None:
+    """Tell the scorer; if it answers but does not serve `version`, put the old champion back.
+
+    Runs under the promotion lock, so nobody compares against `version` before it is confirmed.
+    """
+    reasons: list[str] = out["promotion_reasons"]
+    status, msg = notify_scorer(scorer_url, admin_token, version, smoke_items, smoke_user)
+    out["scorer_notified"] = status == "ok"
+    reasons.append(msg)
+    if status != "failed":
+        return
+    if champion_version is not None:
+        tracking.set_alias(registered_model, champion_version, CHAMPION)
+        reasons.append(f"rolled back alias to version {champion_version}")
+    else:
+        tracking.delete_alias(registered_model, CHAMPION)
+        reasons.append("rolled back: no champion alias")
+    out["promoted"] = False
+    tracking.tag_version(registered_model, version, {"promotion": out})
+    raise RuntimeError(f"promotion of version {version} rolled back: {msg}")
+
+
 @task(name="promote_model", cache_policy=NO_CACHE)
-def promote_model(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    result = promote(*args, **kwargs)
+def promote_model(
+    registered_model: str,
+    version: str,
+    challenger: dict[str, float],
+    champion: dict[str, float] | NotComparable | None,
+    champion_version: str | None,
+    reference: dict[str, float],
+    simulated: bool,
+    rule: PromotionRule,
+    scorer_url: str | None,
+    admin_token: str,
+    smoke_items: list[str],
+    smoke_user: str,
+    allowed: bool = True,
+    force: bool = False,
+) -> dict[str, Any]:
+    """`promote` as a task (no retries: a second attempt would re-decide on a moved alias)."""
+    result = promote(
+        registered_model, version, challenger, champion, champion_version, reference, simulated,
+        rule, scorer_url, admin_token, smoke_items, smoke_user, allowed=allowed, force=force,
+    )  # fmt: skip
     get_run_logger().info("promotion: %s", json.dumps(result))
     return result
 

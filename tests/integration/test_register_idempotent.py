@@ -54,4 +54,6 @@ def test_a_register_retry_after_a_failed_tag_reuses_the_runs_version(
 
     versions = mlflow.MlflowClient().search_model_versions(f"name = '{NAME}'")
     assert [(str(mv.version), mv.run_id) for mv in versions] == [(version, run_id)]
+    assert tracking.version_evaluation(NAME, version)["data_hash"] == RECORD["data_hash"]
+    assert tracking.version_metrics(NAME, version) == {"log_loss": 0.3}
     assert tracking.alias_version(NAME, "challenger") == version

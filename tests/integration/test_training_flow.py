@@ -15,6 +15,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
+def _loses_to_champion(reason: str) -> bool:
+    """The starved model loses to the champion on the primary metric or on the guard metric."""
+    return "does not beat champion" in reason or ("worsens" in reason and "champion" in reason)
+
+
 @pytest.fixture()
 def data_dir(tiny_data_dir: Path, tmp_path: Path) -> Path:
     out = tmp_path / "data"
@@ -49,13 +54,17 @@ def test_training_registers_promotes_then_keeps_a_worse_challenger_out(
     second = training(data_dir=str(data_dir), config_path=str(CONFIGS / "worse.yaml"))
     assert second["model_version"] == "2"
     assert second["promoted"] is False
-    assert any("does not beat champion" in r for r in second["promotion_reasons"])
+    assert any(_loses_to_champion(r) for r in second["promotion_reasons"])
     assert second["feature_cache_hit"] is True
     tracking.configure(mlflow_store)
     assert tracking.alias_version("price-response", "champion") == "1"
     assert tracking.alias_version("price-response", "challenger") == "2"
-    stored = tracking.version_metrics("price-response", "2")["metrics"]
+    stored = tracking.version_metrics("price-response", "2")
     assert stored["profit_regret"] == pytest.approx(second["metrics"]["lightgbm"]["profit_regret"])
+    record = tracking.version_evaluation("price-response", "2")
+    assert record["dataset"] == "data" and len(record["data_hash"]) == 16
+    assert record["split"] == second["split"] and "guardrails" in record["protocol"]
+    assert record["data_hash"] == tracking.version_evaluation("price-response", "1")["data_hash"]
 
     # the registered pyfunc loads and predicts for the input schema it was logged with
     import mlflow.pyfunc
@@ -86,3 +95,43 @@ def test_bad_data_fails_the_flow_with_a_clear_message(
         training(data_dir=str(data_dir), model="logistic")
     q = pd.read_parquet(data_dir / "quarantine" / "offers.parquet")
     assert len(q) == len(offers) // 10 and q["reason"].str.contains("purchased").all()
+
+
+def test_an_unloadable_champion_is_compared_on_stored_metrics_or_blocks_unless_forced(
+    prefect_harness: None, mlflow_store: str, data_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 10.1: with the champion's artifacts deleted, a worse challenger was promoted."""
+    import json
+
+    import mlflow
+
+    from flows.training import training
+    from mlops import tracking
+
+    first = training(data_dir=str(data_dir), model="lightgbm")
+    assert first["promoted"] and first["model_version"] == "1"
+    shutil.rmtree(tmp_path / "mlruns" / "artifacts")  # the champion cannot be loaded any more
+
+    # its stored metrics were measured on the same data, split and protocol: they count
+    worse = training(data_dir=str(data_dir), config_path=str(CONFIGS / "worse.yaml"))
+    assert worse["promoted"] is False
+    assert any(_loses_to_champion(r) for r in worse["promotion_reasons"])
+    assert not any("by default" in r for r in worse["promotion_reasons"])
+
+    # without them the champion is not comparable: blocked, with the reason
+    tracking.configure(mlflow_store)
+    client = mlflow.MlflowClient()
+    client.delete_model_version_tag("price-response", "1", "evaluation")
+    blocked = training(data_dir=str(data_dir), model="lightgbm")
+    assert blocked["promoted"] is False
+    assert any("champion not comparable" in r for r in blocked["promotion_reasons"])
+    assert tracking.alias_version("price-response", "champion") == "1"
+
+    # an operator forces it: promoted, and the version says so
+    forced = training(data_dir=str(data_dir), model="lightgbm", force_promote=True)
+    assert forced["promoted"] is True and forced["forced"] is True
+    version = forced["model_version"]
+    tracking.configure(mlflow_store)
+    assert tracking.alias_version("price-response", "champion") == version
+    tag = json.loads(client.get_model_version("price-response", version).tags["forced_promotion"])
+    assert tag["forced"] is True and tag["previous_champion"] == "1"
