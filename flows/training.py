@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from mlops import tracking
 from mlops.config import ExperimentConfig, load_config
@@ -31,7 +32,7 @@ from tasks.registry import (
     register_model,
 )
 from tasks.tracking import log_evaluation, log_run_inputs
-from tasks.training import train_price_model
+from tasks.training import fit_model, train_price_model
 from tasks.validation import validate_tables
 
 
@@ -57,6 +58,30 @@ def _load_champion(name: str) -> tuple[str | None, DemandModel | None]:
         return version, None
 
 
+@task(name="train_worker_share", cache_policy=NO_CACHE)
+def train_worker_share(
+    name: str,
+    train: PricingData,
+    valid: PricingData | None,
+    config: ExperimentConfig,
+    trainer: dict[str, Any],
+) -> dict[str, Any]:
+    """A worker rank's part of a multi-process launch: its share of training, ended as a result.
+
+    `BertDemand.fit` ends a worker rank with `SystemExit(0)` once its share is done (evaluation,
+    MLflow and registration are rank 0's). Prefect records a SystemExit as a Crashed run, so a
+    clean exit is caught here and the worker reports a normal result; any other exit code is raised.
+    """
+    rank = global_rank()
+    try:
+        fit_model(name, train, valid, config, trainer)
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            raise
+    get_run_logger().info("rank %d finished its share of training %s", rank, name)
+    return {"model": name, "rank": rank, "role": "worker", "trained": True}
+
+
 @flow(name="training", log_prints=True)
 def training(
     data_dir: str | None = None,
@@ -74,7 +99,8 @@ def training(
 
     `force_promote` (`pricing run --force-promote`): an operator's override for a champion whose
     metrics cannot be compared with this run's (recorded on the version as `forced_promotion`).
-    Returns the run report (also what `pricing run --report-json` writes).
+    Returns the run report (also what `pricing run --report-json` writes); a worker rank of a
+    multi-process launch returns `{"model", "rank", "role": "worker", "trained"}`.
     """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -128,9 +154,10 @@ def training(
     if not is_primary_process():
         # A worker rank of a multi-process launch (torchrun, srun, Lightning's DDP launcher) re-runs
         # this flow: it contributes its share of training and nothing else (no MLflow run, no
-        # registration); BertDemand.fit ends the process after training.
-        train_price_model(cfg.model, train, valid, cfg, trainer_args(devices, strategy, precision))
-        return {"model": cfg.model, "rank": global_rank(), "role": "worker"}
+        # registration), and ends as a normal result, not a SystemExit (a Crashed run).
+        return train_worker_share(
+            cfg.model, train, valid, cfg, trainer_args(devices, strategy, precision)
+        )
 
     tracking.configure(settings.tracking_uri)
     import mlflow

@@ -135,3 +135,23 @@ def test_an_unloadable_champion_is_compared_on_stored_metrics_or_blocks_unless_f
     assert tracking.alias_version("price-response", "champion") == version
     tag = json.loads(client.get_model_version("price-response", version).tags["forced_promotion"])
     assert tag["forced"] is True and tag["previous_champion"] == "1"
+
+
+def test_a_worker_rank_ends_with_a_normal_worker_result_not_a_crash(
+    prefect_harness: None, mlflow_store: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 10.8: rank 1 of a DDP launch ended with SystemExit, recorded as a Crashed flow run."""
+    from flows.training import training
+    from mlops.models import LightGBMDemand
+
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("RANK", "1")
+
+    def worker_fit(self: object, *args: object, **kwargs: object) -> None:
+        raise SystemExit(0)  # what BertDemand.fit does on a worker rank once its share is trained
+
+    monkeypatch.setattr(LightGBMDemand, "fit", worker_fit)
+    state = training(data_dir=str(data_dir), model="lightgbm", return_state=True)
+    assert state.is_completed(), state
+    assert state.result() == {"model": "lightgbm", "rank": 1, "role": "worker", "trained": True}
