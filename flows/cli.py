@@ -102,6 +102,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from flows.compare import compare
+
+    result = compare(
+        seeds=args.seeds,
+        simulate=args.simulate,
+        data_dir=args.data_dir,
+        models=[m for m in args.models.split(",") if m.strip()] if args.models else None,
+        config_path=args.config,
+        out_dir=args.out,
+    )
+    print(json.dumps(result, indent=2, default=str))
+    print(f"\n{Path(args.out) / 'compare.md'}:\n")
+    print((Path(args.out) / "compare.md").read_text())
+    return 0
+
+
 def _cmd_loop(args: argparse.Namespace) -> int:
     from flows.closed_loop import closed_loop
 
@@ -232,6 +249,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--strategy", help="Lightning strategy (BERT): auto, ddp, ddp_spawn")
     r.add_argument("--precision", help="Lightning precision (BERT): 32-true, bf16-mixed")
     r.set_defaults(func=_cmd_run)
+
+    c = sub.add_parser(
+        "compare",
+        help="evaluate the main model and baselines over N seeds: intervals, paired differences",
+    )
+    csrc = c.add_mutually_exclusive_group(required=True)
+    csrc.add_argument("--data-dir", help="fixed data: only the training seed changes per seed")
+    csrc.add_argument(
+        "--simulate", action="store_true", help="a new simulated market per seed (seed s)"
+    )
+    c.add_argument("--seeds", type=int, required=True, help="how many seeds (config seed, +1, ...)")
+    c.add_argument("--models", help="main model first, then baselines: lightgbm,logistic")
+    c.add_argument("--config", help="experiment YAML (default: configs/default.yaml)")
+    c.add_argument("--out", required=True, help="writes compare.json, compare.md, seed-<s>.json")
+    c.set_defaults(func=_cmd_compare)
 
     lp = sub.add_parser("loop", help="closed loop: simulated shoppers against a live scorer")
     lp.add_argument("--scorer-url", default="http://127.0.0.1:8000")

@@ -204,6 +204,7 @@ def training(
             cfg.evaluation.max_test_offers,
             cfg.seed,
             cfg.evaluation.calibration_bins,
+            train_items=set(train.offers[S.ITEM_ID].astype(str)),
         )
         # What the metrics were measured on: recorded on the version, and what makes a champion's
         # stored metrics comparable when the champion itself could not be evaluated.
