@@ -141,7 +141,7 @@ def register_model(
 
 def notify_scorer(
     scorer_url: str,
-    token: str,
+    token: str | None,
     expected_version: str,
     smoke_items: list[str],
     smoke_user: str,
@@ -150,8 +150,16 @@ def notify_scorer(
     """Ask the scorer to reload, then check with a smoke quote that it serves `expected_version`.
 
     Returns (status, message) with status "ok", "unreachable" (nothing answered: the scorer will
-    find the new alias by itself) or "failed" (it answered but does not serve the new version).
+    find the new alias by itself), "skipped" (no admin token is configured, so the scorer cannot be
+    asked; it finds the alias by itself too) or "failed" (it answered but does not serve the new
+    version).
     """
+    if not token:
+        return (
+            "skipped",
+            "no admin token (PRICING_ADMIN_TOKEN) configured: scorer not notified; "
+            "it picks the new champion up by watching the alias",
+        )
     try:
         r = httpx.post(
             f"{scorer_url}/admin/reload",
@@ -242,7 +250,7 @@ def promote(
     simulated: bool,
     rule: PromotionRule,
     scorer_url: str | None,
-    admin_token: str,
+    admin_token: str | None,
     smoke_items: list[str],
     smoke_user: str,
     allowed: bool = True,
@@ -353,7 +361,7 @@ def _hand_over(
     version: str,
     champion_version: str | None,
     scorer_url: str,
-    admin_token: str,
+    admin_token: str | None,
     smoke_items: list[str],
     smoke_user: str,
     out: dict[str, Any],
@@ -390,7 +398,7 @@ def promote_model(
     simulated: bool,
     rule: PromotionRule,
     scorer_url: str | None,
-    admin_token: str,
+    admin_token: str | None,
     smoke_items: list[str],
     smoke_user: str,
     allowed: bool = True,

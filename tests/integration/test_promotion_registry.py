@@ -177,3 +177,25 @@ def test_a_writer_outside_the_lock_that_moves_the_alias_mid_promotion_is_not_und
     assert not out["promoted"] and out["champion_changed"]
     assert any("during promotion" in r for r in out["promotion_reasons"])
     assert tracking.alias_version(NAME, "champion") == "3"
+
+
+def test_no_admin_token_promotes_and_leaves_the_scorer_to_the_alias_watch(
+    registry: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no token configured the scorer is not asked (a 'Bearer None' would be refused and the
+    promotion rolled back); the alias moves and the result says why nothing was notified."""
+    import httpx
+
+    from tasks.registry import promote
+
+    def no_http(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the scorer must not be called without a token")
+
+    monkeypatch.setattr(httpx, "post", no_http)
+    out = promote(
+        NAME, "2", BETTER, CHAMP, "1", REF, True, PromotionRule(),
+        "http://127.0.0.1:9", None, ["i1"], "u1",
+    )  # fmt: skip
+    assert out["promoted"] and not out["scorer_notified"]
+    assert any("no admin token" in r for r in out["promotion_reasons"])
+    assert str(registry.get_model_version_by_alias(NAME, "champion").version) == "2"
