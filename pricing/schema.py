@@ -39,6 +39,7 @@ PROPENSITY = "propensity"
 POLICY = "policy"
 
 AGE_GROUP = "age_group"
+INCOME = "income"
 REASON = "reason"
 
 # --- event types -------------------------------------------------------------------------------
@@ -95,7 +96,7 @@ CONTRACT: dict[str, tuple[Column, ...]] = {
 }
 
 # User attributes that must never reach a model; they are used only to report price dispersion.
-PROTECTED_ATTRIBUTES: tuple[str, ...] = (AGE_GROUP,)
+PROTECTED_ATTRIBUTES: tuple[str, ...] = (AGE_GROUP, INCOME)
 
 # The unique key of each table.
 PRIMARY_KEYS: dict[str, str] = {ITEMS: ITEM_ID, EVENTS: EVENT_ID, OFFERS: OFFER_ID, USERS: USER_ID}
