@@ -38,7 +38,8 @@ class EvalInputs:
     offered_price: np.ndarray
     purchased: np.ndarray
     propensity: np.ndarray  # NaN where unknown
-    groups: np.ndarray | None = None  # protected group per offer (fairness report only)
+    # protected attribute -> each offer's group (fairness report only, never a model input)
+    groups: dict[str, np.ndarray] | None = None
     truth: TruthFn | None = None
     oracle: OracleFn | None = None
 
@@ -72,7 +73,7 @@ class EvalInputs:
             offered_price=self.offered_price[idx],
             purchased=self.purchased[idx],
             propensity=self.propensity[idx],
-            groups=None if self.groups is None else self.groups[idx],
+            groups=None if self.groups is None else {k: v[idx] for k, v in self.groups.items()},
             truth=truth,
             oracle=oracle,
         )
@@ -182,9 +183,15 @@ def evaluate_policy(
         price = decision.price
         out["guardrail_hit_share"] = M.guardrail_hit_share(decision)
     out["mean_price_ratio"] = float(np.mean(price / inputs.list_price))
-    if inputs.groups is not None:
-        disp = M.price_dispersion(price / inputs.list_price, inputs.groups)
-        out["price_gap_protected"] = float(disp["max_gap"])
+    if inputs.groups:
+        # price_gap/<attribute> per protected attribute; price_gap_protected is the widest of them
+        # (what the promotion gate's fairness check compares with its cap)
+        gaps = {
+            attr: float(M.price_dispersion(price / inputs.list_price, grp)["max_gap"])
+            for attr, grp in inputs.groups.items()
+        }
+        out.update({f"price_gap/{attr}": gap for attr, gap in gaps.items()})
+        out["price_gap_protected"] = float(np.nanmax(list(gaps.values())))
 
     if inputs.truth is not None:
         out.update(_policy_value(inputs, guardrails, price))

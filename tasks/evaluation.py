@@ -36,10 +36,16 @@ def subset(data: PricingData, idx: np.ndarray) -> PricingData:
 def eval_inputs(test: PricingData, truth: GroundTruth | None) -> EvalInputs:
     """Arrays the evaluation needs; `truth` becomes an exact true-demand function for these rows."""
     offers = test.offers
-    groups = None
-    if test.users is not None and S.AGE_GROUP in test.users:
-        age = test.users.set_index(S.USER_ID)[S.AGE_GROUP].astype(str)
-        groups = offers[S.USER_ID].astype(str).map(age).fillna("unknown").to_numpy()
+    groups: dict[str, np.ndarray] = {}
+    if test.users is not None:
+        users = test.users.set_index(S.USER_ID)
+        for attr in S.PROTECTED_ATTRIBUTES:
+            if attr in users:
+                # an empty value, like a user missing from the table, is no group: left out of the
+                # group means (and counted) by price_dispersion
+                col = users[attr].astype("string").replace("", pd.NA)
+                if col.notna().any():
+                    groups[attr] = offers[S.USER_ID].astype(str).map(col).to_numpy(object)
     truth_fn = oracle_fn = None
     unit_cost = test.unit_cost()
     if truth is not None:
@@ -65,7 +71,7 @@ def eval_inputs(test: PricingData, truth: GroundTruth | None) -> EvalInputs:
         offered_price=offers[S.PRICE].to_numpy(float),
         purchased=offers[S.PURCHASED].to_numpy(float),
         propensity=prop,
-        groups=groups,
+        groups=groups or None,
         truth=truth_fn,
         oracle=oracle_fn,
     )

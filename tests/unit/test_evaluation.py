@@ -118,3 +118,28 @@ def test_cold_start_slices_on_a_constructed_case() -> None:
     assert cold_start_slices(offers, events)["cold_items"].tolist() == [1]
     empty = events.iloc[:0]
     assert cold_start_slices(offers, empty, {"A", "B", "C"})["cold_users"].tolist() == [0, 1, 2, 3]
+
+
+def test_price_gap_per_protected_attribute_and_the_widest_for_the_gate(tiny_market: Market) -> None:
+    from pricing import metrics as M
+
+    x = _inputs(tiny_market, n=6)
+    x.groups = {
+        "age_group": np.array(["a", "a", "b", "b", None, None], dtype=object),
+        "income": np.array(["lo", "hi", "lo", "hi", "lo", None], dtype=object),
+    }
+    # Even rows are very price sensitive, odd rows not: their chosen prices differ.
+    sensitive = (np.arange(6) % 2 == 0)[:, None]
+
+    def demand(grid: np.ndarray) -> np.ndarray:
+        ratio = grid / x.list_price[:, None]
+        return np.where(sensitive, np.exp(-40 * (ratio - 0.7)), 0.5)
+
+    m, decision = evaluate_policy(x, G, demand, None)
+    assert decision is not None
+    ratio = decision.price / x.list_price
+    gaps = {k: M.price_dispersion(ratio, g)["max_gap"] for k, g in x.groups.items()}
+    assert m["price_gap/age_group"] == pytest.approx(gaps["age_group"])
+    assert m["price_gap/income"] == pytest.approx(gaps["income"])
+    assert m["price_gap/income"] > 0.2  # the sensitive rows are the "lo" incomes
+    assert m["price_gap_protected"] == max(gaps.values())
