@@ -83,14 +83,42 @@ def _cmd_completejourney(args: argparse.Namespace) -> int:
     return 0
 
 
+def _url_only_options(args: argparse.Namespace) -> None:
+    """--since/--until/--out go with --data-url: refuse them with a folder or the simulator."""
+    if getattr(args, "data_url", None):
+        return
+    if getattr(args, "since", None) or getattr(args, "until", None):
+        raise ContractError("--since/--until select rows of a database source: add --data-url")
+    if getattr(args, "out", None):
+        raise ContractError("--out is for --data-url: a folder's report goes into the folder")
+
+
+def _read_data_url(args: argparse.Namespace) -> Path:
+    """`--data-url`: read the contract tables into `--out` (default runs/data/<database>-<time>)."""
+    from mlops.database import DataWindow, default_snapshot_dir, snapshot_database
+    from mlops.settings import get_settings
+
+    url = args.data_url
+    out = Path(args.out) if args.out else default_snapshot_dir(get_settings().runs_dir, url)
+    window = DataWindow.parse(args.since, args.until)
+    t0 = time.perf_counter()
+    snap = snapshot_database(url, out, window)
+    bounds = ", ".join(f"{k} {v}" for k, v in window.to_dict().items() if v) or "all rows"
+    print(f"read {snap.rows} ({bounds}) from {snap.source} in {time.perf_counter() - t0:.1f}s")
+    print(f"  -> {out} (the report and quarantine go here too; the database is only read)")
+    return out
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from expectations import validate_data_dir
 
-    report = validate_data_dir(args.data_dir, threshold=args.threshold, build_docs=not args.no_docs)
+    _url_only_options(args)
+    data_dir = _read_data_url(args) if getattr(args, "data_url", None) else Path(args.data_dir)
+    report = validate_data_dir(data_dir, threshold=args.threshold, build_docs=not args.no_docs)
     print(report.summary_text())
     if report.docs_index:
         print(f"Data Docs: {report.docs_index}")
-    print(f"Report: {Path(args.data_dir) / 'validation.json'}")
+    print(f"Report: {data_dir / 'validation.json'}")
     if not report.passed:
         for err in report.errors:
             print(f"error: {err}", file=sys.stderr)
@@ -101,6 +129,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from flows.training import training
 
+    _url_only_options(args)
     result = training(
         data_dir=args.data_dir,
         simulate=args.simulate,
@@ -112,11 +141,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
         precision=args.precision,
         seed=args.seed,
         force_promote=args.force_promote,
+        data_url=getattr(args, "data_url", None),
+        since=getattr(args, "since", None),
+        until=getattr(args, "until", None),
     )
     text = json.dumps(result, indent=2, default=str)
     if args.report_json:
         Path(args.report_json).write_text(text)
     print(text)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from mlops.database import export_data_dir, safe_url
+
+    t0 = time.perf_counter()
+    rows = export_data_dir(args.from_dir, args.to_url, replace=args.replace)
+    print(
+        f"exported {rows} from {args.from_dir} to {safe_url(args.to_url)} "
+        f"in {time.perf_counter() - t0:.1f}s"
+    )
+    if (Path(args.from_dir) / "ground_truth").exists():
+        print("  (ground_truth/ is not a contract table: it stays in the folder)")
     return 0
 
 
@@ -207,6 +253,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _cmd_serve(argparse.Namespace(host="127.0.0.1", port=args.port))
 
 
+DATA_URL_HELP = (
+    "read the contract tables (or views) items, events, offers and users from a database: "
+    "postgresql://user:password@host:5432/db (another schema: ?options=-csearch_path%%3Dshop)"
+)
+SINCE_HELP = "with --data-url: events and offers with ts >= this (ISO 8601; UTC when naive)"
+UNTIL_HELP = "with --data-url: events and offers with ts < this (ISO 8601; UTC when naive)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pricing", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -259,11 +313,34 @@ def build_parser() -> argparse.ArgumentParser:
         "margin, typical of US grocery)",
     )
     cj.set_defaults(func=_cmd_completejourney)
+    ex = dsub.add_parser(
+        "export",
+        help="load a data folder's contract tables into a database (for --data-url, demos, tests)",
+    )
+    ex.add_argument("--from", dest="from_dir", required=True, help="a data folder")
+    ex.add_argument(
+        "--to", dest="to_url", required=True, help="a database URL: postgresql://user@host/db"
+    )
+    ex.add_argument(
+        "--replace",
+        action="store_true",
+        help="drop the contract tables already there (and a users table the folder lacks)",
+    )
+    ex.set_defaults(func=_cmd_export)
 
     v = sub.add_parser(
         "validate", help="validate a data dir against the contract (Great Expectations)"
     )
-    v.add_argument("--data-dir", required=True)
+    vsrc = v.add_mutually_exclusive_group(required=True)
+    vsrc.add_argument("--data-dir")
+    vsrc.add_argument("--data-url", help=DATA_URL_HELP)
+    v.add_argument("--since", help=SINCE_HELP)
+    v.add_argument("--until", help=UNTIL_HELP)
+    v.add_argument(
+        "--out",
+        help="with --data-url: folder for the rows read, validation.json, quarantine/ and "
+        "gx_docs/ (default: runs/data/<database>-<UTC time>)",
+    )
     v.add_argument("--threshold", type=float, default=0.01, help="max bad-row share per table")
     v.add_argument("--no-docs", action="store_true", help="skip building Data Docs")
     v.set_defaults(func=_cmd_validate)
@@ -274,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = r.add_mutually_exclusive_group()
     src.add_argument("--data-dir")
     src.add_argument("--simulate", action="store_true", help="simulate a fresh default market")
+    src.add_argument("--data-url", help=DATA_URL_HELP)
+    r.add_argument("--since", help=SINCE_HELP)
+    r.add_argument("--until", help=UNTIL_HELP)
     r.add_argument("--model", help="bert, lightgbm or logistic (default: from config)")
     r.add_argument("--config", help="experiment YAML (default: configs/default.yaml)")
     r.add_argument("--no-promote", action="store_true")

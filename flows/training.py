@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from mlops import tracking
 from mlops.config import ExperimentConfig, load_config
+from mlops.database import DataWindow, database_name, default_snapshot_dir
 from mlops.models import DemandModel, PricingData
 from mlops.registry import CHAMPION
 from mlops.runtime import global_rank, is_primary_process
@@ -21,7 +22,7 @@ from pricing.policy import Guardrails
 from pricing.promotion import PromotionRule
 from pricing.simulator import load_ground_truth
 from pricing.split import time_split
-from tasks.data import simulate_market
+from tasks.data import read_database, simulate_market
 from tasks.evaluation import LIST_PRICE, evaluate_models_task, subset
 from tasks.features import build_features
 from tasks.registry import (
@@ -94,11 +95,17 @@ def training(
     precision: str | None = None,
     seed: int | None = None,
     force_promote: bool = False,
+    data_url: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate against the baselines, register and (if it wins) promote a price-response model.
 
     `force_promote` (`pricing run --force-promote`): an operator's override for a champion whose
     metrics cannot be compared with this run's (recorded on the version as `forced_promotion`).
+    `data_url` (`pricing run --data-url postgresql://...`): read the contract tables from a
+    database, `since <= ts < until` in events and offers (ISO 8601, UTC when naive), into
+    `<runs_dir>/data/<database>-<time>/`, where the validation report and quarantine go too.
     Returns the run report (also what `pricing run --report-json` writes); a worker rank of a
     multi-process launch returns `{"model", "rank", "role": "worker", "trained"}`.
     """
@@ -112,7 +119,11 @@ def training(
 
     # ingest
     t = time.perf_counter()
-    if simulate or data_dir is None:
+    if data_url:
+        window = DataWindow.parse(since, until)
+        data_path = read_database(data_url, default_snapshot_dir(runs_dir, data_url), window)
+        dataset = database_name(data_url)
+    elif simulate or data_dir is None:
         data_path = simulate_market(runs_dir / f"sim-seed{cfg.seed}", cfg.simulate, cfg.seed)
         dataset = "simulated"
     else:
