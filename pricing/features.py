@@ -4,31 +4,22 @@ Training and serving share one definition: both reduce a user's events to the sa
 (`HISTORY_SUMS`), then `finalize_history` turns sums into features. Training computes the sums
 cumulatively and joins them to each offer strictly before its `ts` (no leakage); serving computes
 them over the user's events held by the scorer.
+
+`offer_features` (cached per data and code version by the feature task) holds only what needs no
+fitting: price, item, item popularity as of the offer and user history. What a model fits on its
+training split is computed by the model from the same events: the learned search keywords
+(`pricing.keywords`, `KEYWORD_FEATURES` via `keyword_features`) and, for the text baseline, the
+user's recent items and searches (`recent_events`).
 """
 
 from __future__ import annotations
 
-import re
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pricing import schema as S
-
-CHEAP_WORDS = (
-    "cheap",
-    "deal",
-    "deals",
-    "discount",
-    "budget",
-    "sale",
-    "bargain",
-    "affordable",
-    "offer",
-)
-PREMIUM_WORDS = ("premium", "best", "luxury", "quality", "top", "pro", "finest", "gourmet")
-_CHEAP_RE = re.compile(r"\b(?:" + "|".join(CHEAP_WORDS) + r")\b", re.IGNORECASE)
-_PREMIUM_RE = re.compile(r"\b(?:" + "|".join(PREMIUM_WORDS) + r")\b", re.IGNORECASE)
 
 # Price relative to list below/above which a view counts as "on discount" / "marked up".
 LOW_RATIO = 0.97
@@ -53,20 +44,35 @@ USER_FEATURES = (
     "u_log_purchases",
     "u_buy_rate",
     "u_paid_ratio",
-    "u_cheap_share",
-    "u_premium_share",
     "u_conv_low",
     "u_conv_high",
     "u_conv_gap",
     "u_cat_share",
 )
+# Shares of the user's searches holding a learned cheap / premium keyword: they need a fitted
+# `QueryKeywords`, so models compute them (`keyword_features`); `finalize_history` names them too.
+KEYWORD_FEATURES = ("u_cheap_share", "u_premium_share")
 ITEM_FEATURES = ("i_log_list_price", "i_margin")
+# The item's events and purchases strictly before the offer: the last `POPULARITY_WINDOW`, and its
+# shrunk purchase rate per view over all earlier history.
+POPULARITY_FEATURES = ("i_log_events_7d", "i_log_buys_7d", "i_buy_rate")
+POPULARITY_WINDOW = pd.Timedelta(days=7)
+# What `item_popularity` gives an item without earlier events (a catalog saved without a snapshot).
+NO_HISTORY_POPULARITY: dict[str, float] = {
+    "i_log_events_7d": 0.0,
+    "i_log_buys_7d": 0.0,
+    "i_buy_rate": 0.1,
+}
 PRICE_FEATURES = ("log_price_ratio",)
-FEATURES = PRICE_FEATURES + ITEM_FEATURES + USER_FEATURES
+FEATURES = PRICE_FEATURES + ITEM_FEATURES + POPULARITY_FEATURES + USER_FEATURES
 
 
-def event_sums(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
-    """Per-event indicator columns (one row per event) whose sums are the user's history state."""
+def event_sums(events: pd.DataFrame, items: pd.DataFrame, keywords: Any = None) -> pd.DataFrame:
+    """Per-event indicator columns (one row per event) whose sums are the user's history state.
+
+    `keywords` (a fitted `pricing.keywords.QueryKeywords`) flags cheap / premium searches; without
+    it `n_cheap` and `n_premium` are zero.
+    """
     list_price = events[S.ITEM_ID].map(items.set_index(S.ITEM_ID)[S.LIST_PRICE])
     ratio = (events[S.PRICE].astype("float64") / list_price.astype("float64")).to_numpy()
     etype = events[S.EVENT_TYPE].astype(str).to_numpy()
@@ -78,6 +84,7 @@ def event_sums(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
         if S.QUERY in events
         else pd.Series("", index=events.index)
     )
+    cheap, premium = _keyword_flags(query, keywords)
     with np.errstate(invalid="ignore"):
         low = np.nan_to_num(ratio, nan=1.0) < LOW_RATIO
         high = np.nan_to_num(ratio, nan=1.0) > HIGH_RATIO
@@ -88,8 +95,8 @@ def event_sums(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
             "n_purchases": is_buy.astype(float),
             "n_searches": is_search.astype(float),
             "sum_paid_ratio": np.where(is_buy, np.nan_to_num(ratio, nan=1.0), 0.0),
-            "n_cheap": (is_search & query.str.contains(_CHEAP_RE).to_numpy()).astype(float),
-            "n_premium": (is_search & query.str.contains(_PREMIUM_RE).to_numpy()).astype(float),
+            "n_cheap": (is_search & cheap).astype(float),
+            "n_premium": (is_search & premium).astype(float),
             "n_low_views": (is_view & low).astype(float),
             "n_low_buys": (is_buy & low).astype(float),
             "n_high_views": (is_view & high).astype(float),
@@ -100,8 +107,18 @@ def event_sums(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _keyword_flags(query: pd.Series, keywords: Any) -> tuple[np.ndarray, np.ndarray]:
+    if keywords is None:
+        return np.zeros(len(query), bool), np.zeros(len(query), bool)
+    cheap, premium = keywords.flags(query)
+    return np.asarray(cheap, bool), np.asarray(premium, bool)
+
+
 def finalize_history(sums: pd.DataFrame, cat_count: np.ndarray | pd.Series) -> pd.DataFrame:
     """Turn raw history sums (and the count of events in the offer item's category) into features.
+
+    Returns `USER_FEATURES` and `KEYWORD_FEATURES` (the latter zero when the sums were built
+    without keywords).
 
     Shrunk ratios (a prior of a few pseudo-events) keep users with short histories near the average.
     """
@@ -147,11 +164,153 @@ def price_features(price: np.ndarray, list_price: np.ndarray) -> np.ndarray:
     return np.log(np.asarray(price, float) / np.asarray(list_price, float))
 
 
+def _ts_ns(ts: Any) -> np.ndarray:
+    """Timestamps as int64 nanoseconds since the epoch (UTC): one dtype for every as-of join."""
+    return pd.DatetimeIndex(pd.to_datetime(pd.Series(ts), utc=True)).as_unit("ns").asi8
+
+
+def _last_before(
+    key: np.ndarray, ts: np.ndarray, ev_key: np.ndarray, ev_ts: np.ndarray, values: pd.DataFrame
+) -> pd.DataFrame:
+    """Per query row: `values` at the latest event row with the same key strictly before its ts.
+
+    `values` is aligned with the event arrays; among events with equal ts the last one given wins.
+    Rows without an earlier event get NaN. The result is aligned with the query rows.
+    """
+    left = pd.DataFrame({"_row": np.arange(len(key)), "_k": key, "_t": ts})
+    right = values.reset_index(drop=True).assign(_k=ev_key, _t=ev_ts)
+    joined = pd.merge_asof(
+        left.sort_values("_t", kind="stable"),
+        right.sort_values("_t", kind="stable"),
+        on="_t",
+        by="_k",
+        allow_exact_matches=False,  # strictly before: an event at the offer's own ts never counts
+        direction="backward",
+    )
+    return joined.sort_values("_row")[list(values.columns)].reset_index(drop=True)
+
+
+def _counts_before(
+    key: np.ndarray, ts: np.ndarray, ev_key: np.ndarray, ev_ts: np.ndarray, counts: pd.DataFrame
+) -> pd.DataFrame:
+    """Per query row: the sums of `counts` over events with the same key strictly before its ts."""
+    order = np.argsort(ev_ts, kind="stable")
+    cum = counts.iloc[order].groupby(ev_key[order]).cumsum()
+    return _last_before(key, ts, ev_key[order], ev_ts[order], cum).fillna(0.0)
+
+
+def item_popularity(
+    offers: pd.DataFrame, events: pd.DataFrame, window: pd.Timedelta = POPULARITY_WINDOW
+) -> pd.DataFrame:
+    """`POPULARITY_FEATURES` of each offer's item from events strictly before the offer's ts.
+
+    Counts over a trailing `window` (not all history) so that they mean the same early and late
+    in the data; the purchase rate per view is shrunk like the user's (`u_buy_rate`).
+    """
+    ev = events[events[S.ITEM_ID].notna()]
+    etype = ev[S.EVENT_TYPE].astype(str).to_numpy()
+    counts = pd.DataFrame(
+        {
+            "n": np.ones(len(ev)),
+            "views": (etype == S.VIEW).astype(float),
+            "buys": (etype == S.PURCHASE).astype(float),
+        }
+    )
+    ev_key = ev[S.ITEM_ID].astype(str).to_numpy()
+    ev_ts = _ts_ns(ev[S.TS])
+    key = offers[S.ITEM_ID].astype(str).to_numpy()
+    ts = _ts_ns(offers[S.TS])
+    now = _counts_before(key, ts, ev_key, ev_ts, counts)
+    old = _counts_before(key, ts - int(window.value), ev_key, ev_ts, counts)
+    return pd.DataFrame(
+        {
+            "i_log_events_7d": np.log1p((now["n"] - old["n"]).to_numpy()),
+            "i_log_buys_7d": np.log1p((now["buys"] - old["buys"]).to_numpy()),
+            "i_buy_rate": ((now["buys"] + 0.1) / (now["views"] + 1.0)).to_numpy(),
+        },
+        index=offers.index,
+    )
+
+
+def popularity_snapshot(items: pd.DataFrame, events: pd.DataFrame, at: Any) -> pd.DataFrame:
+    """`POPULARITY_FEATURES` of every catalog item as of `at` (events strictly before it).
+
+    What serving uses: the scorer holds no item events, so a model keeps its catalog's popularity
+    as of the end of its own data.
+    """
+    probe = pd.DataFrame(
+        {S.ITEM_ID: items[S.ITEM_ID].astype(str).to_numpy(), S.TS: pd.Timestamp(at)}
+    )
+    return item_popularity(probe, events).set_axis(items.index)
+
+
+def keyword_features(offers: pd.DataFrame, events: pd.DataFrame, keywords: Any) -> pd.DataFrame:
+    """`KEYWORD_FEATURES` of each offer: the user's searches strictly before it, flagged by `keywords`.
+
+    The same shares `finalize_history` computes from `event_sums(..., keywords)` at serving time.
+    """
+    is_search = events[S.EVENT_TYPE].astype(str) == S.SEARCH
+    search = events[is_search]
+    query = (
+        search[S.QUERY].fillna("").astype(str)
+        if S.QUERY in search
+        else pd.Series("", index=search.index)
+    )
+    cheap, premium = _keyword_flags(query, keywords)
+    counts = pd.DataFrame(
+        {"n": np.ones(len(search)), "cheap": cheap.astype(float), "premium": premium.astype(float)}
+    )
+    c = _counts_before(
+        offers[S.USER_ID].astype(str).to_numpy(),
+        _ts_ns(offers[S.TS]),
+        search[S.USER_ID].astype(str).to_numpy(),
+        _ts_ns(search[S.TS]),
+        counts,
+    )
+    return pd.DataFrame(
+        {
+            "u_cheap_share": (c["cheap"] / (c["n"] + 1.0)).to_numpy(),
+            "u_premium_share": (c["premium"] / (c["n"] + 1.0)).to_numpy(),
+        },
+        index=offers.index,
+    )
+
+
+def recent_events(user: np.ndarray, ts: Any, ev_user: np.ndarray, ev_ts: Any, k: int) -> np.ndarray:
+    """Per query row: the positions (into the event arrays) of the user's last `k` events strictly
+    before `ts`, oldest first, right-aligned; -1 where the user has fewer earlier events.
+
+    Returns an (n, k) int64 array. Among events with equal ts the order given wins.
+    """
+    n = len(user)
+    m = len(ev_user)
+    if not m or not n or k <= 0:
+        return np.full((n, max(k, 0)), -1, np.int64)
+    ev_user = np.asarray(ev_user).astype(str)
+    ev_ns = _ts_ns(ev_ts)
+    order = np.lexsort((ev_ns, ev_user))  # by user, then time (stable within ties)
+    sorted_user = ev_user[order]
+    pos = pd.DataFrame(
+        {
+            "end": np.arange(1, m + 1, dtype=float),
+            "count": pd.Series(sorted_user).groupby(sorted_user).cumcount().to_numpy() + 1.0,
+        }
+    )
+    last = _last_before(np.asarray(user).astype(str), _ts_ns(ts), sorted_user, ev_ns[order], pos)
+    end = last["end"].fillna(0).to_numpy(np.int64)
+    count = np.minimum(last["count"].fillna(0).to_numpy(np.int64), k)
+    cols = np.arange(k)
+    at = end[:, None] - k + cols[None, :]
+    valid = cols[None, :] >= (k - count)[:, None]
+    return np.where(valid, order[np.clip(at, 0, m - 1)], -1)
+
+
 def offer_features(offers: pd.DataFrame, events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     """Features of each offer from the user's events strictly before the offer's ts.
 
     Returns a frame aligned with `offers` (same index and order) with columns `FEATURES` plus
-    `category` (for models that embed it).
+    `category` (for models that embed it). Nothing here is fitted: the same tables give the same
+    features whatever the split.
     """
     items = items.assign(**{S.ITEM_ID: items[S.ITEM_ID].astype(str)})
     cat_of = items.set_index(S.ITEM_ID)[S.CATEGORY].astype(str)
@@ -208,6 +367,9 @@ def offer_features(offers: pd.DataFrame, events: pd.DataFrame, items: pd.DataFra
     out["log_price_ratio"] = price_features(offers[S.PRICE].to_numpy(float), lp)
     out["i_log_list_price"] = ifeat["i_log_list_price"].to_numpy()
     out["i_margin"] = ifeat["i_margin"].to_numpy()
+    pop = item_popularity(offers, events)
+    for col in POPULARITY_FEATURES:
+        out[col] = pop[col].to_numpy()
     for col in USER_FEATURES:
         out[col] = feats[col].to_numpy()
     out[S.CATEGORY] = joined[S.CATEGORY].to_numpy()
@@ -215,12 +377,15 @@ def offer_features(offers: pd.DataFrame, events: pd.DataFrame, items: pd.DataFra
 
 
 def user_history_state(
-    events: pd.DataFrame, items: pd.DataFrame
+    events: pd.DataFrame, items: pd.DataFrame, keywords: Any = None
 ) -> tuple[pd.Series, dict[str, float]]:
-    """Serving-side state of one user: raw history sums and per-category event counts."""
+    """Serving-side state of one user: raw history sums and per-category event counts.
+
+    `keywords`: the model's fitted `QueryKeywords` (None: no keyword counts).
+    """
     if len(events) == 0:
         return pd.Series(0.0, index=list(HISTORY_SUMS)), {}
-    sums = event_sums(events, items).sum()
+    sums = event_sums(events, items, keywords).sum()
     cats = events[S.ITEM_ID].map(items.set_index(S.ITEM_ID)[S.CATEGORY]).dropna().astype(str)
     return sums, {str(k): float(v) for k, v in cats.value_counts().items()}
 
@@ -230,7 +395,7 @@ def serving_features(
     cat_counts: dict[str, float],
     item_frame: pd.DataFrame,
 ) -> pd.DataFrame:
-    """User features for a set of candidate items (rows of `item_frame`: item_id, category, ...)."""
+    """User features (`USER_FEATURES` + `KEYWORD_FEATURES`) for candidate items (rows of `item_frame`)."""
     n = len(item_frame)
     sums_frame = pd.DataFrame([sums.to_numpy()] * n, columns=list(HISTORY_SUMS))
     cat_count = item_frame[S.CATEGORY].astype(str).map(cat_counts).fillna(0.0).to_numpy()
