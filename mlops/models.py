@@ -2,8 +2,8 @@
 
 A demand model answers P(purchase | user history, item, price). Evaluation asks it for a grid of
 prices per offer (the optimizer then picks one); the scorer asks it per quote with the user's
-online state. Baselines (pooled logistic, LightGBM) live here; the BERT model plugs in from
-`lightning_modules`.
+online state. Baselines (pooled logistic, LightGBM tuned on the validation split, and LightGBM
+with the frozen MiniLM text vectors) live here; the BERT model plugs in from `lightning_modules`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ import pandas as pd
 
 from pricing import features as F
 from pricing import schema as S
+from pricing.keywords import QueryKeywords
 from pricing.logistic import fit_logistic, predict_logistic
 
 log = logging.getLogger(__name__)
@@ -95,46 +97,163 @@ class DemandModel(ABC):
         """Read what `save` wrote. Trusts the directory: `load_model` checks the files first."""
 
 
+# --- tabular baselines ---------------------------------------------------------------------------
+
+PRICE_COLUMN = "log_price_ratio"
+# The layout of models saved before the baselines learned keywords and popularity (no layout in
+# their files): they still load and serve; their keyword shares read zero (no keywords saved).
+LEGACY_USER_FEATURES: tuple[str, ...] = ("u_log_events", "u_log_purchases", "u_buy_rate", "u_paid_ratio", "u_cheap_share", "u_premium_share", "u_conv_low", "u_conv_high", "u_conv_gap", "u_cat_share")  # fmt: skip
+LEGACY_FEATURES: tuple[str, ...] = (
+    PRICE_COLUMN,
+    "i_log_list_price",
+    "i_margin",
+    *LEGACY_USER_FEATURES,
+)
+_PREDICT_ROWS = 250_000  # rows (offers x grid prices) per prediction batch: bounds memory
+
+
+def _ts(values: Any) -> pd.Series:
+    return pd.to_datetime(pd.Series(values), utc=True)
+
+
+def _data_end(train: PricingData, valid: PricingData | None) -> pd.Timestamp:
+    """The latest offer a model is fitted or tuned on: nothing later may inform the model."""
+    end = _ts(train.offers[S.TS]).max()
+    if valid is not None and len(valid):
+        end = max(end, _ts(valid.offers[S.TS]).max())
+    return end
+
+
+def _events_until(events: pd.DataFrame, end: pd.Timestamp) -> pd.DataFrame:
+    return events[(_ts(events[S.TS]) <= end).to_numpy()]
+
+
 class FeatureModel(DemandModel):
-    """A model over `pricing.features.FEATURES` (+ category): the shared half of both baselines."""
+    """A model over `pricing.features` columns: the shared half of the tabular baselines.
+
+    `fit_context` learns what the features need beyond the cached feature table, from training
+    data only: the search keywords (events up to the last training offer) and the catalog's item
+    popularity as of the last training or validation offer (serving's view of popularity; evaluation
+    reads each offer's own, as of its ts). `offer_frame` assembles every column a model may read;
+    each model picks its `numeric` (and categorical) columns from it, and saves that layout.
+    """
 
     catalog: pd.DataFrame
+    keywords: QueryKeywords | None = None
+    numeric: list[str]
+    _frames: tuple[Any, ...] | None = None
 
     def set_catalog(self, items: pd.DataFrame) -> None:
         self.catalog = items.reset_index(drop=True).copy()
         self.catalog[S.ITEM_ID] = self.catalog[S.ITEM_ID].astype(str)
+        self._frames = None
+
+    def fit_context(self, train: PricingData, valid: PricingData | None) -> pd.DataFrame:
+        """Set the catalog, learn keywords and the popularity snapshot; return the training events."""
+        self.set_catalog(train.items)
+        train_events = _events_until(train.events, _ts(train.offers[S.TS]).max())
+        self.keywords = QueryKeywords.fit(train_events, self.catalog)
+        end = _data_end(train, valid)
+        pop = F.popularity_snapshot(
+            self.catalog, _events_until(train.events, end), end + pd.Timedelta(1, "ns")
+        )
+        for col in F.POPULARITY_FEATURES:
+            self.catalog[col] = pop[col].to_numpy()
+        return train_events
 
     def _matrix(self, feats: pd.DataFrame) -> np.ndarray:
-        return feats[list(F.FEATURES)].to_numpy(float)
+        return feats[self.numeric].to_numpy(float)
 
     @abstractmethod
     def _predict_matrix(self, feats: pd.DataFrame) -> np.ndarray: ...
 
-    def predict_grid(self, data: PricingData, grid: np.ndarray) -> np.ndarray:
+    # --- columns ---------------------------------------------------------------------------------
+    def offer_frame(self, data: PricingData) -> pd.DataFrame:
+        """Every column the model may read, one row per offer of `data` (reused for the same data)."""
+        c = self._frames
+        if c is not None and c[0] is data.offers and c[1] is data.events and c[2] is data.features:
+            return c[3]
         feats = data.features
         assert feats is not None, "feature models need PricingData.features"
-        lp = data.list_price()
-        n, g = grid.shape
-        rep = feats.loc[feats.index.repeat(g)].reset_index(drop=True)
-        rep["log_price_ratio"] = F.price_features(grid.reshape(-1), np.repeat(lp, g))
-        out = self._predict_matrix(rep).reshape(n, g)
-        return np.where(np.isnan(grid), np.nan, out)
+        frame = feats.reset_index(drop=True).copy()
+        kw = F.keyword_features(data.offers, data.events, self.keywords)
+        for col in F.KEYWORD_FEATURES:
+            frame[col] = kw[col].to_numpy()
+        items = data.offers[S.ITEM_ID].astype(str)
+        cat = self.catalog.set_index(S.ITEM_ID)
+        frame[S.ITEM_ID] = items.to_numpy()
+        frame[S.BRAND] = items.map(cat[S.BRAND].fillna("").astype(str)).fillna("").to_numpy()
+        if S.CATEGORY not in frame:
+            frame[S.CATEGORY] = items.map(cat[S.CATEGORY].astype(str)).fillna("").to_numpy()
+        frame = self._add_offer_columns(frame, data)
+        self._frames = (data.offers, data.events, data.features, frame)
+        return frame
 
-    def user_state(self, events: pd.DataFrame) -> Any:
-        return F.user_history_state(events, self.catalog)
+    def _add_offer_columns(self, frame: pd.DataFrame, data: PricingData) -> pd.DataFrame:
+        """Hook: model-specific columns per offer (the text baseline's vectors)."""
+        return frame
 
-    def demand(self, state: Any, item_idx: np.ndarray, grid: np.ndarray) -> np.ndarray:
-        sums, cat_counts = state
+    def serving_frame(self, state: Any, item_idx: np.ndarray) -> pd.DataFrame:
+        """The same columns as `offer_frame` for catalog rows `item_idx`, from a user state."""
+        sums, cat_counts = state[0], state[1]
         rows = self.catalog.iloc[item_idx]
-        n, g = grid.shape
         user = F.serving_features(sums, cat_counts, rows)
         item = F.item_features(rows)
         base = pd.concat([user.reset_index(drop=True), item.reset_index(drop=True)], axis=1)
+        for col in F.POPULARITY_FEATURES:
+            # Catalogs saved before the snapshot existed: an item with no known history.
+            base[col] = rows[col].to_numpy(float) if col in rows else F.NO_HISTORY_POPULARITY[col]
+        base[S.ITEM_ID] = rows[S.ITEM_ID].astype(str).to_numpy()
+        base[S.BRAND] = rows[S.BRAND].fillna("").astype(str).to_numpy() if S.BRAND in rows else ""
         base[S.CATEGORY] = rows[S.CATEGORY].astype(str).to_numpy()
-        rep = base.loc[base.index.repeat(g)].reset_index(drop=True)
-        lp = rows[S.LIST_PRICE].to_numpy(float)
-        rep["log_price_ratio"] = F.price_features(grid.reshape(-1), np.repeat(lp, g))
-        return self._predict_matrix(rep).reshape(n, g)
+        return self._add_serving_columns(base, state, item_idx)
+
+    def _add_serving_columns(
+        self, frame: pd.DataFrame, state: Any, item_idx: np.ndarray
+    ) -> pd.DataFrame:
+        """Hook: model-specific serving columns (the text baseline's vectors)."""
+        return frame
+
+    def _predict_over_grid(
+        self, base: pd.DataFrame, lp: np.ndarray, grid: np.ndarray
+    ) -> np.ndarray:
+        """P(purchase) (n, G): `base` rows repeated over their grid prices, in bounded batches."""
+        n, g = grid.shape
+        out = np.empty((n, g))
+        step = max(1, _PREDICT_ROWS // max(g, 1))
+        for lo in range(0, n, step):
+            part = base.iloc[lo : lo + step].reset_index(drop=True)
+            rep = part.loc[part.index.repeat(g)].reset_index(drop=True)
+            prices = np.asarray(grid[lo : lo + step], float).reshape(-1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rep[PRICE_COLUMN] = F.price_features(prices, np.repeat(lp[lo : lo + step], g))
+            out[lo : lo + step] = self._predict_matrix(rep).reshape(-1, g)
+        return out
+
+    def predict_grid(self, data: PricingData, grid: np.ndarray) -> np.ndarray:
+        out = self._predict_over_grid(self.offer_frame(data), data.list_price(), grid)
+        return np.where(np.isnan(grid), np.nan, out)
+
+    def user_state(self, events: pd.DataFrame) -> Any:
+        return F.user_history_state(events, self.catalog, self.keywords)
+
+    def demand(self, state: Any, item_idx: np.ndarray, grid: np.ndarray) -> np.ndarray:
+        item_idx = np.asarray(item_idx)
+        base = self.serving_frame(state, item_idx)
+        lp = self.catalog[S.LIST_PRICE].to_numpy(float)[item_idx]
+        return self._predict_over_grid(base, lp, np.asarray(grid, float))
+
+    def _layout(self) -> dict[str, Any]:
+        """What `load` needs besides the weights: the columns and the learned keywords."""
+        return {
+            "numeric": list(self.numeric),
+            "keywords": None if self.keywords is None else self.keywords.to_dict(),
+        }
+
+    def _set_layout(self, meta: dict[str, Any], legacy: list[str]) -> None:
+        self.numeric = list(meta.get("numeric") or legacy)
+        kw = meta.get("keywords")
+        self.keywords = None if kw is None else QueryKeywords.from_dict(kw)
 
 
 class LogisticDemand(FeatureModel):
@@ -151,22 +270,26 @@ class LogisticDemand(FeatureModel):
         self.w: np.ndarray | None = None
         self.mean: np.ndarray | None = None
         self.std: np.ndarray | None = None
+        self.numeric = list(F.FEATURES + F.KEYWORD_FEATURES)
+        self.interact = list(F.USER_FEATURES + F.KEYWORD_FEATURES)
 
     def _design(self, feats: pd.DataFrame) -> np.ndarray:
         x = self._matrix(feats)
-        lpr = feats["log_price_ratio"].to_numpy(float)[:, None]
-        user = feats[list(F.USER_FEATURES)].to_numpy(float)
+        lpr = feats[PRICE_COLUMN].to_numpy(float)[:, None]
+        user = feats[self.interact].to_numpy(float)
         return np.hstack([x, lpr * user])
 
     def fit(self, train: PricingData, valid: PricingData | None = None) -> dict[str, float]:
         assert train.features is not None
-        self.set_catalog(train.items)
-        x = self._design(train.features)
+        self.fit_context(train, valid)
+        x = self._design(self.offer_frame(train))
         self.mean, self.std = x.mean(0), x.std(0) + 1e-9
         self.w = fit_logistic(
             (x - self.mean) / self.std, train.offers[S.PURCHASED].to_numpy(float), self.l2
         )
-        return {"n_weights": float(len(self.w))}
+        self._frames = None
+        n_kw = 0 if self.keywords is None else len(self.keywords.cheap) + len(self.keywords.premium)
+        return {"n_weights": float(len(self.w)), "n_keywords": float(n_kw)}
 
     def _predict_matrix(self, feats: pd.DataFrame) -> np.ndarray:
         assert self.w is not None and self.mean is not None and self.std is not None
@@ -175,7 +298,16 @@ class LogisticDemand(FeatureModel):
     def save(self, path: Path) -> None:
         assert self.w is not None and self.mean is not None and self.std is not None, "fit first"
         path.mkdir(parents=True, exist_ok=True)
-        np.savez(path / "logistic.npz", w=self.w, mean=self.mean, std=self.std, l2=self.l2)
+        # The layout rides in the npz as a JSON string (a unicode array: no pickle to load it).
+        layout = json.dumps({**self._layout(), "interact": list(self.interact)})
+        np.savez(
+            path / "logistic.npz",
+            w=self.w,
+            mean=self.mean,
+            std=self.std,
+            l2=self.l2,
+            layout=np.array(layout),
+        )
         self.catalog.to_parquet(path / "catalog.parquet", index=False)
 
     @classmethod
@@ -183,102 +315,620 @@ class LogisticDemand(FeatureModel):
         z = np.load(path / "logistic.npz")
         m = cls(l2=float(z["l2"]))
         m.w, m.mean, m.std = z["w"], z["mean"], z["std"]
+        meta = json.loads(str(z["layout"])) if "layout" in z.files else {}
+        m._set_layout(meta, list(LEGACY_FEATURES))
+        m.interact = list(meta.get("interact") or LEGACY_USER_FEATURES)
         m.set_catalog(pd.read_parquet(path / "catalog.parquet"))
         return m
 
 
+def _lightgbm() -> Any:
+    """Import LightGBM with OpenMP's idle threads sleeping rather than spinning (unless set).
+
+    Spinning threads make LightGBM an order of magnitude slower when its cores are shared (120
+    trees on 2 busy cores: 22 s spinning, 1.8 s sleeping); on idle cores sleeping costs nothing
+    measurable. Read when the OpenMP runtime loads, so it must be set before the first import.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import lightgbm as lgb
+
+    return lgb
+
+
+LGB_DEFAULTS: dict[str, Any] = {
+    "objective": "binary",
+    "learning_rate": 0.05,
+    "num_leaves": 31,
+    "min_child_samples": 50,
+    "feature_fraction": 0.9,
+    "bagging_fraction": 0.9,
+    "bagging_freq": 1,
+    "lambda_l2": 1e-3,  # LightGBM's 0, on the tuner's log scale: the first trial is this config
+    "cat_smooth": 10.0,  # LightGBM's default, stated so the first trial uses it
+    "n_estimators": 400,  # the most trees; early stopping on the validation split picks fewer
+    "early_stopping_rounds": 30,
+    "max_bin": 63,  # histogram bins per feature: a third faster than 255 at the same log loss here
+    "deterministic": True,  # with force_row_wise and the seed: the same trees on every run
+    "force_row_wise": True,
+    "verbose": -1,
+    "num_threads": 2,
+}
+# The tuner's budget: `n_trials` Optuna trials (0: no tuning, the configured parameters as they
+# are), each early-stopped on the validation log loss; `timeout_s` caps the wall time as a safety
+# net (a run that hits it has fewer trials, so it is reproducible only while it does not).
+TUNE_DEFAULTS: dict[str, Any] = {"n_trials": 0, "timeout_s": None}
+# The search space: (low, high, log scale, integer) per LightGBM parameter.
+SEARCH_SPACE: dict[str, tuple[float, float, bool, bool]] = {
+    "learning_rate": (0.03, 0.2, True, False),
+    "num_leaves": (8, 128, True, True),
+    "min_child_samples": (10, 400, True, True),
+    "feature_fraction": (0.4, 1.0, False, False),
+    "bagging_fraction": (0.5, 1.0, False, False),
+    "lambda_l2": (1e-3, 30.0, True, False),
+    "cat_smooth": (1.0, 100.0, True, False),
+}
+
+
+@dataclass
+class TuneResult:
+    """What `train_lightgbm` found: the booster to keep and how it was chosen."""
+
+    booster: Any
+    params: dict[str, Any]  # the chosen values of the tuned parameters ({} without tuning)
+    valid_logloss: float  # at the booster's best iteration (nan without a validation split)
+    n_trials: int
+    seconds: float
+
+
+def train_lightgbm(
+    x_train: pd.DataFrame,
+    y_train: np.ndarray,
+    x_valid: pd.DataFrame | None,
+    y_valid: np.ndarray | None,
+    params: dict[str, Any],
+    tune: dict[str, Any],
+    seed: int,
+) -> TuneResult:
+    """Train LightGBM; with a validation split and `tune["n_trials"] > 0`, tune it with Optuna.
+
+    The TPE sampler is seeded with `seed`, so the same data and budget give the same trials. The
+    first trial is the configured parameters (tuning never does worse on validation than not
+    tuning). Every trial is early-stopped on the validation log loss and the best trial's booster is
+    kept as it is (no refit: the validation split only chooses parameters and the tree count; the
+    test split is never seen here).
+    """
+    lgb = _lightgbm()
+    params = dict(params)
+    n_estimators = int(params.pop("n_estimators"))
+    early = int(params.pop("early_stopping_rounds"))
+    params["seed"] = seed
+    # Built once for every trial; no pre-filter, so trials may change min_child_samples.
+    dataset_params = {
+        "feature_pre_filter": False,
+        "verbose": -1,
+        "max_bin": params.pop("max_bin", 255),
+    }
+    dtrain = lgb.Dataset(x_train, y_train, params=dataset_params, free_raw_data=False)
+    t0 = time.perf_counter()
+    if x_valid is None or y_valid is None or not len(x_valid):
+        booster = lgb.train(params, dtrain, n_estimators)
+        return TuneResult(booster, {}, float("nan"), 0, time.perf_counter() - t0)
+    dvalid = lgb.Dataset(
+        x_valid, y_valid, reference=dtrain, params=dataset_params, free_raw_data=False
+    )
+
+    def run(p: dict[str, Any]) -> tuple[Any, float]:
+        b = lgb.train(
+            p,
+            dtrain,
+            n_estimators,
+            valid_sets=[dvalid],
+            callbacks=[lgb.early_stopping(early, verbose=False)],
+        )
+        return b, float(b.best_score["valid_0"]["binary_logloss"])
+
+    n_trials = int(tune.get("n_trials") or 0)
+    if n_trials <= 0:
+        booster, score = run(params)
+        return TuneResult(booster, {}, score, 0, time.perf_counter() - t0)
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    best: dict[str, Any] = {}
+
+    def objective(trial: Any) -> float:
+        p = dict(params)
+        for key, (low, high, log, is_int) in SEARCH_SPACE.items():
+            if is_int:
+                p[key] = trial.suggest_int(key, int(low), int(high), log=log)
+            else:
+                p[key] = trial.suggest_float(key, low, high, log=log)
+        booster, score = run(p)
+        if not best or score < best["score"]:
+            best.update(booster=booster, score=score)
+        return score
+
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(3, n_trials // 3)))
+    study = optuna.create_study(direction="minimize", sampler=sampler)
+    start = {}
+    for key, (low, high, _, is_int) in SEARCH_SPACE.items():
+        if key in params:
+            v = float(np.clip(float(params[key]), low, high))
+            start[key] = int(round(v)) if is_int else v
+    study.enqueue_trial(start)
+    timeout = tune.get("timeout_s")
+    study.optimize(
+        objective, n_trials=n_trials, timeout=None if timeout is None else float(timeout)
+    )
+    return TuneResult(
+        best["booster"],
+        dict(study.best_params),
+        float(best["score"]),
+        len(study.trials),
+        time.perf_counter() - t0,
+    )
+
+
 class LightGBMDemand(FeatureModel):
-    """Gradient-boosted trees on the hand-built features, monotone-decreasing in price."""
+    """Gradient-boosted trees, monotone-decreasing in price, tuned on the validation split.
+
+    Reads everything tabular the neural model sees: the hand-built features, item popularity as of
+    the offer, the learned keyword shares, and item id, brand and category as categorical columns.
+
+    Args:
+        params: LightGBM parameters over `LGB_DEFAULTS`, plus `tune: {n_trials, timeout_s}` (the
+            Optuna budget, `TUNE_DEFAULTS`; the configured parameters are the first trial).
+        seed: LightGBM's and the tuner's seed.
+    """
 
     name = "lightgbm"
 
     def __init__(self, params: dict[str, Any] | None = None, seed: int = 0) -> None:
-        self.params = {
-            "objective": "binary",
-            "learning_rate": 0.05,
-            "num_leaves": 31,
-            "min_child_samples": 50,
-            "feature_fraction": 0.9,
-            "bagging_fraction": 0.9,
-            "bagging_freq": 1,
-            "n_estimators": 400,
-            "early_stopping_rounds": 30,
-            "verbose": -1,
-            "num_threads": 2,
-            **(params or {}),
-        }
+        params = dict(params or {})
+        self.tune = {**TUNE_DEFAULTS, **dict(params.pop("tune", None) or {})}
+        unknown = set(self.tune) - set(TUNE_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown lightgbm tune keys: {sorted(unknown)}")
+        self.params = {**LGB_DEFAULTS, **params}
         self.seed = seed
         self.booster: Any = None
-        self.categories: list[str] = []
+        self.categories: list[str] = []  # levels of `category`
+        self.levels: dict[str, list[str]] = {}  # levels of the other categorical columns
+        # Until `fit` or `load` sets a layout: the cached features and the category.
+        self.numeric = list(F.FEATURES)
+        self.categorical: list[str] = [S.CATEGORY]
+        self.best_params: dict[str, Any] = {}
+
+    def config(self) -> dict[str, Any]:
+        """The constructor's `params` that rebuild this model (saved with it)."""
+        return {**self.params, "tune": dict(self.tune)}
+
+    def _fit_extra(self, train: PricingData, train_events: pd.DataFrame) -> dict[str, float]:
+        """Hook: fit what a subclass's columns need (on training data only); returns diagnostics."""
+        return {}
+
+    def _extra_numeric(self) -> list[str]:
+        return []
 
     def _frame(self, feats: pd.DataFrame) -> pd.DataFrame:
-        x = feats[list(F.FEATURES)].astype(float).copy()
-        x[S.CATEGORY] = pd.Categorical(feats[S.CATEGORY].astype(str), categories=self.categories)
+        x = feats[self.numeric].astype(float)
+        for col in self.categorical:
+            levels = self.categories if col == S.CATEGORY else self.levels.get(col, [])
+            x[col] = pd.Categorical(feats[col].astype(str), categories=levels)
         return x
 
     def fit(self, train: PricingData, valid: PricingData | None = None) -> dict[str, float]:
-        import lightgbm as lgb
-
         assert train.features is not None
-        self.set_catalog(train.items)
+        train_events = self.fit_context(train, valid)
+        diag = self._fit_extra(train, train_events)
+        self.numeric = list(F.FEATURES + F.KEYWORD_FEATURES) + self._extra_numeric()
+        self.categorical = [S.ITEM_ID, S.BRAND, S.CATEGORY]
         self.categories = sorted(self.catalog[S.CATEGORY].astype(str).unique().tolist())
-        params = dict(self.params)
-        n_estimators = int(params.pop("n_estimators"))
-        early = int(params.pop("early_stopping_rounds"))
-        # Monotone constraint: predicted demand can never rise with price.
-        params["monotone_constraints"] = [-1] + [0] * (len(F.FEATURES) - 1) + [0]
-        params["seed"] = self.seed
-        dtrain = lgb.Dataset(self._frame(train.features), train.offers[S.PURCHASED].to_numpy(float))
-        valid_sets: list[Any] = []
-        callbacks: list[Any] = []
+        brands = self.catalog[S.BRAND].fillna("").astype(str) if S.BRAND in self.catalog else None
+        self.levels = {
+            # Items never offered in training are unknown (missing) to the trees, not a level.
+            S.ITEM_ID: sorted(train.offers[S.ITEM_ID].astype(str).unique().tolist()),
+            S.BRAND: sorted(brands.unique().tolist()) if brands is not None else [],
+        }
+        x_train = self._frame(self.offer_frame(train))
+        y_train = train.offers[S.PURCHASED].to_numpy(float)
+        x_valid = y_valid = None
         if valid is not None and valid.features is not None and len(valid):
-            dvalid = lgb.Dataset(
-                self._frame(valid.features),
-                valid.offers[S.PURCHASED].to_numpy(float),
-                reference=dtrain,
-            )
-            valid_sets = [dvalid]
-            callbacks = [lgb.early_stopping(early, verbose=False)]
-        self.booster = lgb.train(
-            params, dtrain, n_estimators, valid_sets=valid_sets, callbacks=callbacks
+            x_valid = self._frame(self.offer_frame(valid))
+            y_valid = valid.offers[S.PURCHASED].to_numpy(float)
+        params = dict(self.params)
+        # Monotone constraint: predicted demand can never rise with price.
+        params["monotone_constraints"] = [-1 if c == PRICE_COLUMN else 0 for c in x_train.columns]
+        result = train_lightgbm(x_train, y_train, x_valid, y_valid, params, self.tune, self.seed)
+        self.booster = result.booster
+        self.best_params = dict(result.params)
+        self._frames = None  # the training frames are not needed past this point
+        n_kw = 0 if self.keywords is None else len(self.keywords.cheap) + len(self.keywords.premium)
+        diag.update(
+            {
+                "best_iteration": float(
+                    self.booster.best_iteration or self.booster.current_iteration()
+                ),
+                "valid_logloss": result.valid_logloss,
+                "tune_trials": float(result.n_trials),
+                "tune_seconds": result.seconds,
+                "n_features": float(len(x_train.columns)),
+                "n_keywords": float(n_kw),
+                **{f"tuned.{k}": float(v) for k, v in self.best_params.items()},
+            }
         )
-        return {"best_iteration": float(self.booster.best_iteration or n_estimators)}
+        return diag
 
     def _predict_matrix(self, feats: pd.DataFrame) -> np.ndarray:
         it = self.booster.best_iteration or None
         return np.asarray(self.booster.predict(self._frame(feats), num_iteration=it), float)
 
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "params": self.params,
+            "config": self.config(),
+            "seed": self.seed,
+            "categories": self.categories,
+            "levels": self.levels,
+            "categorical": self.categorical,
+            "best_params": self.best_params,
+            **self._layout(),
+        }
+
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self.booster.save_model(str(path / "lightgbm.txt"))
-        (path / "lightgbm.json").write_text(
-            json.dumps({"params": self.params, "seed": self.seed, "categories": self.categories})
-        )
+        (path / "lightgbm.json").write_text(json.dumps(self._meta()))
         self.catalog.to_parquet(path / "catalog.parquet", index=False)
 
     @classmethod
     def load(cls, path: Path) -> LightGBMDemand:
-        import lightgbm as lgb
-
+        lgb = _lightgbm()
         meta = json.loads((path / "lightgbm.json").read_text())
-        m = cls(meta["params"], meta["seed"])
+        m = cls(meta.get("config") or meta["params"], meta["seed"])
         m.categories = meta["categories"]
+        m.levels = {k: list(v) for k, v in (meta.get("levels") or {}).items()}
+        m.categorical = list(meta.get("categorical") or [S.CATEGORY])
+        m.best_params = dict(meta.get("best_params") or {})
+        m._set_layout(meta, list(LEGACY_FEATURES))
         m.booster = lgb.Booster(model_file=str(path / "lightgbm.txt"))
         m.set_catalog(pd.read_parquet(path / "catalog.parquet"))
+        m._load_extra(path)
         return m
+
+    def _load_extra(self, path: Path) -> None:
+        """Hook: read what a subclass saved beside the booster."""
+
+
+TEXT_DEFAULTS: dict[str, Any] = {
+    "text_encoder": "minilm",  # minilm | tiny (random-init BERT, tests only)
+    "text_cache_dir": None,  # on-disk cache of encoded texts (as BERT's `text_cache_dir`)
+    "text_dims": 16,  # PCA dimensions of each text block (item, recent items, recent queries)
+    "recent_items": 20,  # K: the user's last K items (any event with an item) before the offer
+    "recent_queries": 5,  # the user's last searches before the offer
+}
+
+
+@dataclass
+class _Pca:
+    """A linear reduction fitted on training vectors only: x -> (x - mean) @ components.T."""
+
+    mean: np.ndarray
+    components: np.ndarray  # (dims, d); zero rows past the rank of the training vectors
+
+    @classmethod
+    def fit(cls, x: np.ndarray, dims: int) -> _Pca:
+        x = np.asarray(x, np.float64)
+        d = x.shape[1]
+        if len(x) == 0:
+            return cls(np.zeros(d), np.zeros((dims, d)))
+        mean = x.mean(0)
+        _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+        comps = np.zeros((dims, d))
+        k = min(dims, len(vt))
+        comps[:k] = vt[:k]
+        # SVD signs are arbitrary: fix each so its largest loading is positive (stable files).
+        sign = np.sign(comps[np.arange(dims), np.abs(comps).argmax(1)])
+        return cls(mean, comps * np.where(sign == 0, 1.0, sign)[:, None])
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, np.float64) - self.mean) @ self.components.T
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+
+
+def _window_sims(
+    target: np.ndarray, table: np.ndarray, idx: np.ndarray, chunk: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and max cosine of each row of `target` (unit vectors) against its window of `table`
+    rows (`idx`, -1 = none); 0 and 0 for an empty window. Chunked: bounded memory."""
+    n, k = idx.shape
+    mean, best = np.zeros(n), np.zeros(n)
+    if not n or not k or not len(table):
+        return mean, best
+    for lo in range(0, n, chunk):
+        w = idx[lo : lo + chunk]
+        sims = np.einsum("cd,ckd->ck", target[lo : lo + chunk], table[np.maximum(w, 0)])
+        valid = w >= 0
+        count = valid.sum(1)
+        mean[lo : lo + chunk] = np.where(valid, sims, 0.0).sum(1) / np.maximum(count, 1)
+        best[lo : lo + chunk] = np.where(count > 0, np.where(valid, sims, -np.inf).max(1), 0.0)
+    return mean, best
+
+
+class LightGBMTextDemand(LightGBMDemand):
+    """`LightGBMDemand` plus the frozen MiniLM vectors the BERT model reads.
+
+    The same text BERT reads: each item's title, category, brand and description; per offer, the
+    user's last `recent_items` items and last `recent_queries` searches strictly before it. Three
+    blocks reduced to `text_dims` by PCAs fitted on training data only (items offered in training,
+    queries searched before the last training offer): the item, the mean of the recent items, the
+    mean of the recent queries; plus the mean and max cosine (full 384-d space) of the item
+    against the recent items and against the recent queries, which carry a need or taste that
+    the reduced blocks may average away. It separates "the pretrained encoder helps" from "the
+    end-to-end sequence model helps". The encoder runs at fit time and afterwards only for a query
+    the model has never seen (in `user_state`, off the quote path, as for BERT).
+
+    Args:
+        params: `LightGBMDemand`'s parameters plus the keys of `TEXT_DEFAULTS`.
+        seed: LightGBM's and the tuner's seed.
+    """
+
+    name = "lightgbm_text"
+
+    def __init__(self, params: dict[str, Any] | None = None, seed: int = 0) -> None:
+        params = dict(params or {})
+        self.text = {k: params.pop(k, v) for k, v in TEXT_DEFAULTS.items()}
+        super().__init__(params, seed)
+        self._encoder: Any = None
+        self.item_pca: _Pca | None = None
+        self.query_pca: _Pca | None = None
+        self.item_vecs = np.zeros((0, self.dims))  # catalog rows, reduced
+        self.item_unit = np.zeros((0, 0), np.float32)  # catalog rows, full and unit-length
+        self.queries: list[str] = []  # training queries, in the order of the two tables below
+        self.query_vecs = np.zeros((0, self.dims))
+        self.query_unit = np.zeros((0, 0), np.float32)
+        self._query_row: dict[str, int] = {}
+        self._extra: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # unseen queries, on sight
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), **self.text}
+
+    @property
+    def dims(self) -> int:
+        return int(self.text["text_dims"])
+
+    @property
+    def encoder(self) -> Any:
+        if self._encoder is None:
+            from lightning_modules.components.text import TextEncoder
+
+            self._encoder = TextEncoder(self.text["text_encoder"], self.text["text_cache_dir"])
+        return self._encoder
+
+    def text_columns(self) -> list[str]:
+        d = range(self.dims)
+        return (
+            [f"t_item_{k}" for k in d]
+            + [f"t_recent_{k}" for k in d]
+            + [f"t_query_{k}" for k in d]
+            + ["t_sim_recent_mean", "t_sim_recent_max", "t_sim_query_mean", "t_sim_query_max"]
+            + ["t_n_recent", "t_n_queries"]
+        )
+
+    def _extra_numeric(self) -> list[str]:
+        return self.text_columns()
+
+    def _fit_extra(self, train: PricingData, train_events: pd.DataFrame) -> dict[str, float]:
+        from lightning_modules.components.text import item_texts
+
+        _lightgbm()  # before torch: LightGBM's OpenMP runtime first, with idle threads sleeping
+        t0 = time.perf_counter()
+        vecs = self.encoder.encode(item_texts(self.catalog))
+        searches = train_events[train_events[S.EVENT_TYPE].astype(str) == S.SEARCH]
+        queries = sorted(set(searches[S.QUERY].dropna().astype(str)) - {""})
+        qvecs = self.encoder.encode(queries)
+        encode_s = time.perf_counter() - t0
+        offered = self.catalog[S.ITEM_ID].isin(set(train.offers[S.ITEM_ID].astype(str)))
+        self.item_pca = _Pca.fit(vecs[offered.to_numpy()], self.dims)
+        self.query_pca = _Pca.fit(qvecs, self.dims)
+        self.item_vecs = self.item_pca.transform(vecs)
+        self.item_unit = _unit(vecs)
+        self._set_queries(queries, self.query_pca.transform(qvecs), _unit(qvecs))
+        return {"encode_seconds": encode_s, "n_queries": float(len(queries))}
+
+    def _set_queries(self, queries: list[str], vecs: np.ndarray, unit: np.ndarray) -> None:
+        self.queries = list(queries)
+        self.query_vecs = np.asarray(vecs, np.float64).reshape(len(queries), self.dims)
+        self.query_unit = np.asarray(unit, np.float32).reshape(len(queries), -1)
+        self._query_row = {q: i for i, q in enumerate(self.queries)}
+        self._extra = {}
+
+    def query_vectors(self, queries: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(reduced, unit-length full) vectors of `queries`; unseen ones are encoded once each."""
+        q = pd.Series(list(queries), dtype=object).fillna("").astype(str).to_numpy()
+        new = sorted({x for x in q if x not in self._query_row and x not in self._extra})
+        if new:
+            assert self.query_pca is not None, "fit or load the model first"
+            full = self.encoder.encode(new)
+            for text, r, u in zip(new, self.query_pca.transform(full), _unit(full), strict=True):
+                self._extra[text] = (r, u)
+        red = np.zeros((len(q), self.dims))
+        unit = np.zeros((len(q), self.item_unit.shape[1]), np.float32)
+        for i, text in enumerate(q):
+            row = self._query_row.get(text)
+            if row is not None:
+                red[i], unit[i] = self.query_vecs[row], self.query_unit[row]
+            else:
+                red[i], unit[i] = self._extra[text]
+        return red, unit
+
+    def _catalog_rows(self, item_ids: Any) -> np.ndarray:
+        rows = pd.Series(np.arange(len(self.catalog)), index=self.catalog[S.ITEM_ID])
+        ids = pd.Series(list(item_ids), dtype=object)
+        return ids.astype(str).map(rows).where(ids.notna()).fillna(-1).to_numpy(np.int64)
+
+    def _history(self, user: np.ndarray, ts: Any, events: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Each (user, ts)'s recent items (catalog rows) and searches, strictly before ts."""
+        item_rows = self._catalog_rows(events[S.ITEM_ID])
+        ev_i = events[item_rows >= 0]
+        at = F.recent_events(
+            user,
+            ts,
+            ev_i[S.USER_ID].astype(str).to_numpy(),
+            ev_i[S.TS],
+            int(self.text["recent_items"]),
+        )
+        known = item_rows[item_rows >= 0]
+        items = np.where(at >= 0, known[np.maximum(at, 0)], -1) if len(known) else at
+        is_search = (events[S.EVENT_TYPE].astype(str) == S.SEARCH).to_numpy() & (
+            (events[S.QUERY].fillna("").astype(str) != "").to_numpy()
+            if S.QUERY in events
+            else False
+        )
+        ev_q = events[is_search]
+        q_at = F.recent_events(
+            user,
+            ts,
+            ev_q[S.USER_ID].astype(str).to_numpy(),
+            ev_q[S.TS],
+            int(self.text["recent_queries"]),
+        )
+        q_red, q_unit = self.query_vectors(ev_q[S.QUERY]) if len(ev_q) else self.query_vectors([])
+        return {"items": items, "q_at": q_at, "q_red": q_red, "q_unit": q_unit}
+
+    def _text_block(
+        self,
+        frame: pd.DataFrame,
+        item_rows: np.ndarray,
+        items: np.ndarray,
+        q_at: np.ndarray,
+        q_red: np.ndarray,
+        q_unit: np.ndarray,
+    ) -> pd.DataFrame:
+        """The text columns for offers of catalog rows `item_rows` (-1: unknown item), given each
+        row's recent items (`items`, catalog rows, -1 = none) and recent queries (`q_at` into
+        `q_red`/`q_unit`, -1 = none)."""
+        n, d = len(frame), self.dims
+        known = item_rows >= 0
+        safe = np.maximum(item_rows, 0)
+        it = np.where(known[:, None], self.item_vecs[safe], 0.0)
+        target = np.where(known[:, None], self.item_unit[safe], 0.0).astype(np.float32)
+        rec, n_rec = _window_mean(self.item_vecs, items, d)
+        uq, n_q = _window_mean(q_red, q_at, d)
+        rec_mean, rec_max = _window_sims(target, self.item_unit, items)
+        q_mean, q_max = _window_sims(target, q_unit, q_at)
+        block = np.hstack(
+            [
+                it,
+                rec,
+                uq,
+                np.column_stack([rec_mean, rec_max, q_mean, q_max, n_rec, n_q]),
+            ]
+        )
+        assert block.shape == (n, len(self.text_columns()))
+        text = pd.DataFrame(block, columns=self.text_columns(), index=frame.index)
+        return pd.concat([frame, text], axis=1)
+
+    def _add_offer_columns(self, frame: pd.DataFrame, data: PricingData) -> pd.DataFrame:
+        offers = data.offers
+        h = self._history(offers[S.USER_ID].astype(str).to_numpy(), offers[S.TS], data.events)
+        rows = self._catalog_rows(offers[S.ITEM_ID])
+        return self._text_block(frame, rows, h["items"], h["q_at"], h["q_red"], h["q_unit"])
+
+    def user_state(self, events: pd.DataFrame) -> Any:
+        """(history sums, category counts, text state): the text state holds the user's recent
+        items (catalog rows) and recent searches' vectors, as `offer_frame` finds them for an
+        offer just after the user's latest event."""
+        sums, cats = super().user_state(events)
+        k = int(self.text["recent_items"])
+        if len(events):
+            at = _ts(events[S.TS]).max() + pd.Timedelta(1, "ns")
+            ev = events.assign(**{S.USER_ID: "_"})
+            h = self._history(np.array(["_"]), pd.Series([at]), ev)
+            keep = h["q_at"][0][h["q_at"][0] >= 0]
+            text = {
+                "items": h["items"][0].astype(np.int64),
+                "q_red": h["q_red"][keep].astype(np.float64),
+                "q_unit": h["q_unit"][keep].astype(np.float32),
+            }
+        else:
+            text = {
+                "items": np.full(k, -1, np.int64),
+                "q_red": np.zeros((0, self.dims)),
+                "q_unit": np.zeros((0, self.item_unit.shape[1]), np.float32),
+            }
+        return sums, cats, text
+
+    def _add_serving_columns(
+        self, frame: pd.DataFrame, state: Any, item_idx: np.ndarray
+    ) -> pd.DataFrame:
+        text = state[2]
+        n = len(frame)
+        items = np.broadcast_to(np.asarray(text["items"], np.int64), (n, len(text["items"])))
+        q_red = np.asarray(text["q_red"], np.float64).reshape(-1, self.dims)
+        q_unit = np.asarray(text["q_unit"], np.float32).reshape(len(q_red), self.item_unit.shape[1])
+        q_at = np.broadcast_to(np.arange(len(q_red)), (n, len(q_red)))
+        return self._text_block(frame, np.asarray(item_idx, np.int64), items, q_at, q_red, q_unit)
+
+    def save(self, path: Path) -> None:
+        assert self.item_pca is not None and self.query_pca is not None, "fit first"
+        super().save(path)
+        np.savez(
+            path / "text.npz",
+            item_vecs=self.item_vecs,
+            item_unit=self.item_unit,
+            query_vecs=self.query_vecs,
+            query_unit=self.query_unit,
+            item_mean=self.item_pca.mean,
+            item_components=self.item_pca.components,
+            query_mean=self.query_pca.mean,
+            query_components=self.query_pca.components,
+        )
+        (path / "text.json").write_text(json.dumps({"queries": self.queries}))
+
+    def _load_extra(self, path: Path) -> None:
+        z = np.load(path / "text.npz")
+        self.item_vecs, self.item_unit = z["item_vecs"], z["item_unit"]
+        self.item_pca = _Pca(z["item_mean"], z["item_components"])
+        self.query_pca = _Pca(z["query_mean"], z["query_components"])
+        queries = json.loads((path / "text.json").read_text())["queries"]
+        self._set_queries(queries, z["query_vecs"], z["query_unit"])
+
+
+def _window_mean(table: np.ndarray, idx: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of `table` rows over each row's window (`idx`, -1 = none) and the window's size."""
+    n = len(idx)
+    sums = np.zeros((n, dims))
+    for c in range(idx.shape[1] if idx.ndim == 2 else 0):
+        col = idx[:, c]
+        has = col >= 0
+        sums[has] += table[col[has]]
+    count = (idx >= 0).sum(1).astype(float) if idx.ndim == 2 else np.zeros(n)
+    return sums / np.maximum(count, 1.0)[:, None], count
+
+
+MODELS: dict[str, type[DemandModel]] = {
+    "logistic": LogisticDemand,
+    "lightgbm": LightGBMDemand,
+    "lightgbm_text": LightGBMTextDemand,
+}
 
 
 def model_class(name: str) -> type[DemandModel]:
     """The demand-model class registered under `name` (BERT is imported lazily: it pulls in torch)."""
-    if name == "logistic":
-        return LogisticDemand
-    if name == "lightgbm":
-        return LightGBMDemand
+    if name in MODELS:
+        return MODELS[name]
     if name == "bert":
         from lightning_modules.demand import BertDemand
 
         return BertDemand
-    raise ValueError(f"unknown model {name!r}: choose bert, lightgbm or logistic")
+    raise ValueError(f"unknown model {name!r}: choose bert, {', '.join(MODELS)}")
 
 
 MANIFEST = "manifest.json"
