@@ -71,7 +71,11 @@ class ExperimentConfig(_Strict):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    # LightGBM parameters over `mlops.models.LGB_DEFAULTS`, plus `tune: {n_trials, timeout_s}`: the
+    # seeded Optuna budget on the validation split (`TUNE_DEFAULTS`: no tuning).
     lightgbm: dict[str, Any] = Field(default_factory=dict)
+    # The same for LightGBM with the frozen MiniLM vectors, plus `mlops.models.TEXT_DEFAULTS`' keys.
+    lightgbm_text: dict[str, Any] = Field(default_factory=dict)
     logistic: dict[str, Any] = Field(default_factory=lambda: {"l2": 1.0})
     bert: dict[str, Any] = Field(default_factory=dict)
     simulate: dict[str, Any] = Field(default_factory=dict)  # SimConfig overrides for --simulate
