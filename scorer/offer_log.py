@@ -4,33 +4,42 @@
 one line per reported outcome: the full offer row plus `purchased`. `export_offers` joins them into
 the contract's `offers` table, the training signal of the next run.
 
+Writers. Each process writes its own pair of files: an `OfferLog` claims the lowest free writer
+slot of its directory (an exclusive `flock` on `.writer-<n>.lock`, released by the kernel when the
+process dies, even by kill -9) and writes `quotes.jsonl`/`outcomes.jsonl` for slot 0, or
+`quotes.<n>.jsonl`/`outcomes.<n>.jsonl` for slot n. One process, one slot: the file names of a
+single scorer are what they always were; replicas (uvicorn workers, pods on a shared volume) never
+interleave in one file. Readers merge every writer's files.
+
 Writing. Appends are acknowledged only once every byte is handed to the operating system (they
 survive a crash or kill -9 of the scorer); the `fsync` mode decides whether the disk flush happens
-before the acknowledgement or within a short interval after it (see `_Appender`). A failed write
-(a full disk, a file size limit, an I/O error) is cut back to the start of its line and raised as
-`OfferLogError`, never acknowledged: the file holds only whole lines, and the next append starts on
-a fresh line. `OfferLog.last_error` says what failed until an append succeeds again.
+before the acknowledgement or within a short interval after it (see `_Appender`). Quotes from the
+event loop are group-committed: every append that arrives while the loop is busy is written with
+one `os.write`, and each caller is answered only after that write returned (`append_quotes_async`),
+so batching changes the number of system calls, not what an acknowledgement means. A failed write
+(a full disk, a file size limit, an I/O error) is cut back to the start of its batch and raised as
+`OfferLogError` to every caller in it, never acknowledged: the file holds only whole lines, and the
+next append starts on a fresh line. `OfferLog.last_error` says what failed until an append succeeds
+again.
 
 Reading. One tolerant reader (`parse_row`, `read_log`) serves the export, the monitor flow and the
 outcome lookup: bytes in, every line parsed on its own, only JSON objects with the required fields
 kept, the rest counted as skipped. A log is written by a process that can die mid-line, on disks
 that can fill up or rot, so one bad line must cost one line, never the whole read.
 
-Lookup. `find_quote` answers from an in-memory index of quote id -> byte spans of `quotes.jsonl`,
-filled as lines are appended and, for lines already on disk when the log is opened (or written by
-another process), by reading only the bytes past what is indexed. An unknown id costs a dict miss
-and a `fstat`, not a scan of the log.
-
-One process writes a log directory (the scorer runs one uvicorn worker). Several processes may
-append to the same files (O_APPEND keeps whole writes whole, and the index catches up on lines it
-did not write), but then a failed write cannot always be cut back (another process may have
-appended behind it): it is then terminated with a newline instead, leaving one invalid line that
-readers skip.
+Lookup. `find_quote` answers from in-memory indexes of quote id -> byte spans, one per quotes file:
+this process's own (filled as lines are appended) and the other writers' (filled by reading only
+the bytes past what is indexed, when a lookup misses). So an outcome for a quote another replica
+made is found in that replica's file, from the durable record the quote was acknowledged on, with
+no extra work on the quote path. An unknown id costs dict misses, a directory listing and an
+`fstat` per file, not a scan of the log.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import fcntl
 import logging
 import math
 import os
@@ -42,6 +51,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pandas as pd
 
@@ -216,6 +226,18 @@ def _write_all(fd: int, data: bytes) -> int:
     return written
 
 
+WrittenAt = Callable[[int], None]
+
+
+@dataclass
+class _Pending:
+    """One async append waiting for the next batched write."""
+
+    data: bytes
+    written_at: WrittenAt | None
+    future: asyncio.Future[int]
+
+
 class _Appender:
     """One append-only file.
 
@@ -226,9 +248,12 @@ class _Appender:
     - "interval": a background thread fsyncs every `interval_s`, bounding what a power loss can
       take to that window, and keeping the disk flush off the quote path.
 
-    A failed write is truncated back to where it started (or, when that fails or another process
-    wrote behind it, the next append starts with a newline), so a broken record never glues onto
-    the next one.
+    `append` writes one record from any thread. `append_async` group-commits on the event loop:
+    records that arrive before the loop gets round to writing go out in one `os.write`, and every
+    caller of that batch is answered after it returned. A failed write is truncated back to where
+    it started (or, when that fails or another process wrote behind it, the next append starts
+    with a newline), so a broken record never glues onto the next one; every caller of a failed
+    batch gets the error.
     """
 
     def __init__(
@@ -249,8 +274,12 @@ class _Appender:
         self._needs_newline = _ends_mid_line(path)
         self._write_lock = threading.Lock()
         self._sync_lock = threading.Lock()
-        self._written = 0
+        self._written = 0  # writes (batches) so far; fsync progress is counted in these
         self._synced = 0
+        self._pending: list[_Pending] = []  # async appends waiting for the next batch (loop only)
+        self._flush_scheduled = False
+        self.batches = 0  # batched writes done by `append_async` (for tests and /metrics)
+        self.batched_records = 0
         self._closed = threading.Event()
         self._syncer: threading.Thread | None = None
         if fsync == "interval":
@@ -259,7 +288,39 @@ class _Appender:
             )
             self._syncer.start()
 
-    def append(self, data: bytes, written_at: Callable[[int], None] | None = None) -> None:
+    def _write(self, parts: Sequence[bytes]) -> tuple[int, int | None]:
+        """Write `parts` as one record batch (caller holds `_write_lock`).
+
+        Returns (this write's sequence number, file offset of the first part or None when another
+        process appended in between and the offset is not known).
+
+        Raises:
+            OfferLogError: nothing of the batch is acknowledged; the file was cut back.
+        """
+        if self._closed.is_set():
+            raise OfferLogError(f"offer log {self.path.name} is closed")
+        prefix = b"\n" if self._needs_newline else b""
+        payload = b"".join((prefix, *parts)) if prefix or len(parts) > 1 else parts[0]
+        start: int | None = None
+        try:
+            start = os.lseek(self._fd, 0, os.SEEK_END)
+            _write_all(self._fd, payload)
+        except OSError as exc:
+            self._recover(start, exc)
+            raise OfferLogError(self.last_error or str(exc)) from exc
+        try:
+            end = os.lseek(self._fd, 0, os.SEEK_CUR)
+        except OSError:
+            end = -1  # written in full; only the direct indexing is skipped
+        self._needs_newline = False
+        self.last_error = None
+        self._written += 1
+        # With O_APPEND, the write landed at [end - len, end); `start` is exact unless another
+        # process appended in between, and then the caller's index catches up by reading.
+        exact = start is not None and end - len(payload) == start
+        return self._written, (start + len(prefix) if exact and start is not None else None)
+
+    def append(self, data: bytes, written_at: WrittenAt | None = None) -> None:
         """Append whole lines; `written_at(offset of the first line)` runs under the write lock.
 
         Raises:
@@ -269,35 +330,63 @@ class _Appender:
         if not data:
             return
         with self._write_lock:
-            if self._closed.is_set():
-                raise OfferLogError(f"offer log {self.path.name} is closed")
-            prefix = b"\n" if self._needs_newline else b""
-            payload = prefix + data if prefix else data
-            start: int | None = None
-            try:
-                start = os.lseek(self._fd, 0, os.SEEK_END)
-                _write_all(self._fd, payload)
-            except OSError as exc:
-                self._recover(start, exc)
-                raise OfferLogError(self.last_error or str(exc)) from exc
-            try:
-                end = os.lseek(self._fd, 0, os.SEEK_CUR)
-            except OSError:
-                end = -1  # written in full; only the direct indexing is skipped
-            self._needs_newline = False
-            self.last_error = None
-            self._written += 1
-            mine = self._written
-            # With O_APPEND, the write landed at [end - len, end); `start` is exact unless another
-            # process appended in between, and then the caller's index catches up by reading.
-            if written_at is not None and end - len(payload) == start:
-                written_at(start + len(prefix))
+            mine, offset = self._write((data,))
+            if written_at is not None and offset is not None:
+                written_at(offset)
         if self.fsync == "always":
-            try:
-                self._sync_upto(mine)
-            except OSError as exc:
-                self.last_error = f"{self.path.name}: fsync failed: {_describe(exc)}"
-                raise OfferLogError(self.last_error) from exc
+            self._sync_or_raise(mine)
+
+    async def append_async(self, data: bytes, written_at: WrittenAt | None = None) -> None:
+        """`append`, group-committed with the other appends of this event loop.
+
+        Returns once the batch holding `data` is with the operating system (and, in "always"
+        mode, on disk). Call from the loop's thread only.
+
+        Raises:
+            OfferLogError: the batch's write (or fsync) failed; nothing of it is acknowledged.
+        """
+        if not data:
+            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        self._pending.append(_Pending(data, written_at, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        mine = await future
+        if self.fsync == "always":
+            await loop.run_in_executor(None, self._sync_or_raise, mine)
+
+    def _flush(self) -> None:
+        """Write every pending async append in one batch and answer their callers."""
+        batch, self._pending, self._flush_scheduled = self._pending, [], False
+        if not batch:
+            return
+        try:
+            with self._write_lock:
+                mine, offset = self._write([p.data for p in batch])
+                if offset is not None:
+                    for p in batch:
+                        if p.written_at is not None:
+                            p.written_at(offset)
+                        offset += len(p.data)
+        except OfferLogError as exc:
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(OfferLogError(exc.reason))
+            return
+        self.batches += 1
+        self.batched_records += len(batch)
+        for p in batch:
+            if not p.future.done():  # (a caller that was cancelled meanwhile)
+                p.future.set_result(mine)
+
+    def _sync_or_raise(self, mine: int) -> None:
+        try:
+            self._sync_upto(mine)
+        except OSError as exc:
+            self.last_error = f"{self.path.name}: fsync failed: {_describe(exc)}"
+            raise OfferLogError(self.last_error) from exc
 
     def _recover(self, start: int | None, exc: OSError) -> None:
         """After a failed write: cut the file back to `start`, or make the next append start a line."""
@@ -366,6 +455,52 @@ def _ends_mid_line(path: Path) -> bool:
         return False
 
 
+# --- writer slots and file names -------------------------------------------------------------------
+
+_MAX_SLOTS = 4096
+_SLOT_FILE_RE = re.compile(r"^(quotes|outcomes)(?:\.(\d+))?\.jsonl$")
+
+
+def log_file_name(kind: str, slot: int) -> str:
+    """`quotes.jsonl` / `outcomes.jsonl` for slot 0, `quotes.<n>.jsonl` / ... for slot n."""
+    return f"{kind}.jsonl" if slot == 0 else f"{kind}.{slot}.jsonl"
+
+
+def log_files(log_dir: str | Path, kind: str) -> list[Path]:
+    """Every writer's `kind` ("quotes" or "outcomes") file in `log_dir`, in slot order."""
+    found: list[tuple[int, Path]] = []
+    try:
+        entries = list(os.scandir(log_dir))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        m = _SLOT_FILE_RE.match(entry.name)
+        if m and m.group(1) == kind and entry.is_file():
+            found.append((int(m.group(2) or 0), Path(entry.path)))
+    return [p for _, p in sorted(found)]
+
+
+def _claim_slot(log_dir: Path) -> tuple[int, int]:
+    """(slot, descriptor holding its lock): the lowest slot no live process holds.
+
+    The lock is an exclusive, non-blocking `flock` on `.writer-<n>.lock`; the kernel drops it when
+    the descriptor closes or the process dies, so a restarted process takes its slot (and file)
+    back, and two live processes never share one.
+    """
+    for slot in range(_MAX_SLOTS):
+        fd = os.open(log_dir / f".writer-{slot}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        except OSError:
+            os.close(fd)
+            raise
+        return slot, fd
+    raise OfferLogError(f"no free offer log writer slot in {log_dir} ({_MAX_SLOTS} in use)")
+
+
 # --- the quote index -------------------------------------------------------------------------------
 
 # Where a quote row names its quote: `"quote_id":"<id>"` as orjson writes it (fast path), or with
@@ -384,7 +519,7 @@ def _key(quote_id: str) -> bytes:
 
 @dataclass
 class _QuoteIndex:
-    """quote id (JSON-escaped bytes) -> byte spans of its lines in `quotes.jsonl`.
+    """quote id (JSON-escaped bytes) -> byte spans of its lines in one quotes file.
 
     About 100-150 bytes per quote. A span is one int, `(start << 24) | length`; a quote whose
     lines are not contiguous (another process interleaved, or it was logged twice) keeps a list.
@@ -463,23 +598,144 @@ def _index_chunk(chunk: bytes, base: int) -> list[tuple[bytes, int, int]]:
     return found
 
 
+class _IndexedFile:
+    """One quotes file and its quote-id index, caught up by reading only unindexed bytes.
+
+    The writing process feeds its own file's index as it appends (`indexed_append`); any other
+    file (another writer's, or lines on disk from before this process) is indexed by `catch_up`.
+    """
+
+    def __init__(self, path: Path, closing: threading.Event) -> None:
+        self.path = path
+        self.index = _QuoteIndex()
+        self.lock = threading.Lock()
+        self._catch_up_lock = threading.Lock()
+        self._closing = closing
+        self._fd: int | None = None
+
+    def _read_fd(self) -> int | None:
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                return None
+        return self._fd
+
+    def indexed_append(self, offset: int, ids: Sequence[Any], lines: Sequence[bytes]) -> None:
+        """Index lines this process just wrote at `offset` (skipped when earlier bytes are not
+        indexed yet: the catch-up then reads these too)."""
+        with self.lock:
+            if offset != self.index.upto:
+                return
+            if isinstance(ids[0], str) and ids.count(ids[0]) == len(ids):  # one quote
+                end = offset + sum(map(len, lines))
+                self.index.add(_key(ids[0]), offset, end)
+                self.index.upto = end
+                return
+            # One span per run of rows with the same quote id.
+            pos = run_start = offset
+            run_qid: Any = None
+            for qid, line in zip(ids, lines, strict=True):
+                if qid != run_qid:
+                    if isinstance(run_qid, str):
+                        self.index.add(_key(run_qid), run_start, pos)
+                    run_qid, run_start = qid, pos
+                pos += len(line)
+            if isinstance(run_qid, str):
+                self.index.add(_key(run_qid), run_start, pos)
+            self.index.upto = pos
+
+    def cut_back(self, offset: int) -> None:
+        """A failed write was truncated at `offset`: forget any indexing past it."""
+        with self.lock:
+            self.index.generation += 1
+            self.index.upto = min(self.index.upto, offset)
+
+    def spans(self, key: bytes) -> list[tuple[int, int]] | None:
+        with self.lock:
+            return self.index.get(key)
+
+    def catch_up(self) -> None:
+        """Index the whole lines past `upto` (reads only the unindexed bytes)."""
+        with self._catch_up_lock:
+            fd = self._read_fd()
+            if fd is None:
+                return
+            while not self._closing.is_set():
+                with self.lock:
+                    start, generation = self.index.upto, self.index.generation
+                size = os.fstat(fd).st_size
+                if size <= start:
+                    return
+                want = min(size - start, _CHUNK)
+                chunk = os.pread(fd, want, start)
+                cut = chunk.rfind(b"\n") + 1
+                while cut == 0 and len(chunk) < size - start:  # a line longer than the chunk
+                    want = min(size - start, 2 * len(chunk))
+                    chunk = os.pread(fd, want, start)
+                    cut = chunk.rfind(b"\n") + 1
+                if cut == 0:
+                    return  # only a line still being written (or torn) is left
+                entries = _index_chunk(chunk[:cut], start)
+                with self.lock:
+                    if self.index.generation != generation or self.index.upto != start:
+                        continue  # cut back, or an append indexed these bytes: read again
+                    for key, s, e in entries:
+                        self.index.add(key, s, e)
+                    self.index.upto = start + cut
+
+    def read_quote(self, quote_id: str, spans: list[tuple[int, int]]) -> list[dict[str, Any]]:
+        fd = self._read_fd()
+        if fd is None:
+            return []
+        rows = []
+        try:
+            for start, end in spans:
+                data = os.pread(fd, end - start, start)
+                for line in data.split(b"\n"):
+                    row = parse_row(line, QUOTE_FIELDS) if line.strip() else None
+                    if row is not None and row[QUOTE_ID] == quote_id:
+                        rows.append(row)
+        except OSError as exc:
+            raise OfferLogError(f"{self.path.name}: read failed: {_describe(exc)}") from exc
+        return rows
+
+    def close(self) -> None:
+        with self._catch_up_lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _quote_lines(rows: Sequence[Mapping[str, Any]]) -> tuple[list[bytes], list[Any]]:
+    return [orjson.dumps(r, option=_LINE_OPTS) for r in rows], [r.get(QUOTE_ID) for r in rows]
+
+
 class OfferLog:
-    """Append-only quote and outcome logs under `log_dir` (created when missing)."""
+    """Append-only quote and outcome logs under `log_dir` (created when missing).
+
+    This instance writes the files of the writer slot it claims (`slot`, see the module
+    docstring) and reads every writer's files.
+    """
 
     def __init__(
         self, log_dir: str | Path, fsync: str = "interval", fsync_interval_s: float = 0.05
     ) -> None:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._index = _QuoteIndex()
-        self._index_lock = threading.Lock()
-        self._catch_up_lock = threading.Lock()
+        self.slot, self._slot_fd = _claim_slot(self.log_dir)
         self._closing = threading.Event()
-        self._quotes = _Appender(
-            self.log_dir / QUOTES_FILE, fsync, fsync_interval_s, on_truncate=self._cut_back
-        )
-        self._outcomes = _Appender(self.log_dir / OUTCOMES_FILE, fsync, fsync_interval_s)
-        self._read_fd = os.open(self.log_dir / QUOTES_FILE, os.O_RDONLY)
+        try:
+            self.quotes_path = self.log_dir / log_file_name("quotes", self.slot)
+            self.outcomes_path = self.log_dir / log_file_name("outcomes", self.slot)
+            self._own = _IndexedFile(self.quotes_path, self._closing)
+            self._quotes = _Appender(self.quotes_path, fsync, fsync_interval_s, self._own.cut_back)
+            self._outcomes = _Appender(self.outcomes_path, fsync, fsync_interval_s)
+        except BaseException:
+            os.close(self._slot_fd)
+            raise
+        self._others: dict[Path, _IndexedFile] = {}
+        self._others_lock = threading.Lock()
         # Index what is already on disk off the startup path; a lookup meanwhile waits for it.
         self._indexer = threading.Thread(
             target=self._catch_up_logged, name="offer-log-index", daemon=True
@@ -492,6 +748,11 @@ class OfferLog:
         errors = [e for e in (self._quotes.last_error, self._outcomes.last_error) if e]
         return "; ".join(errors) or None
 
+    @property
+    def batch_stats(self) -> tuple[int, int]:
+        """(batched writes, records in them) of the group-committed quote appends so far."""
+        return self._quotes.batches, self._quotes.batched_records
+
     def append_quotes(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Durably append offer rows (no `purchased`), one per quoted item, and index them.
 
@@ -500,32 +761,26 @@ class OfferLog:
         """
         if not rows:
             return
-        lines = [orjson.dumps(r, option=_LINE_OPTS) for r in rows]
-        ids = [r.get(QUOTE_ID) for r in rows]
+        lines, ids = _quote_lines(rows)
+        self._quotes.append(
+            b"".join(lines), lambda offset: self._own.indexed_append(offset, ids, lines)
+        )
 
-        def index(offset: int) -> None:
-            with self._index_lock:
-                if offset != self._index.upto:
-                    return  # lines before ours are not indexed yet: the catch-up reads ours too
-                if isinstance(ids[0], str) and ids.count(ids[0]) == len(ids):  # one quote
-                    end = offset + sum(map(len, lines))
-                    self._index.add(_key(ids[0]), offset, end)
-                    self._index.upto = end
-                    return
-                # One span per run of rows with the same quote id.
-                pos = run_start = offset
-                run_qid: Any = None
-                for qid, line in zip(ids, lines, strict=True):
-                    if qid != run_qid:
-                        if isinstance(run_qid, str):
-                            self._index.add(_key(run_qid), run_start, pos)
-                        run_qid, run_start = qid, pos
-                    pos += len(line)
-                if isinstance(run_qid, str):
-                    self._index.add(_key(run_qid), run_start, pos)
-                self._index.upto = pos
+    async def append_quotes_async(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """`append_quotes` from the event loop, group-committed with concurrent quotes.
 
-        self._quotes.append(b"".join(lines), index)
+        Returns once the batch holding these rows is with the operating system, exactly the
+        guarantee `append_quotes` gives.
+
+        Raises:
+            OfferLogError: nothing of the batch was logged; answer 503, never acknowledge.
+        """
+        if not rows:
+            return
+        lines, ids = _quote_lines(rows)
+        await self._quotes.append_async(
+            b"".join(lines), lambda offset: self._own.indexed_append(offset, ids, lines)
+        )
 
     def append_outcome(self, row: Mapping[str, Any]) -> None:
         """Durably append one offer row with its `purchased` label.
@@ -535,73 +790,54 @@ class OfferLog:
         """
         self._outcomes.append(orjson.dumps(row, option=_LINE_OPTS))
 
-    def find_quote(self, quote_id: str) -> list[dict[str, Any]]:
-        """The logged rows of one quote ([] when unknown), through the index: no scan of the log."""
-        key = _key(quote_id)
-        with self._index_lock:
-            spans = self._index.get(key)
-        if spans is None:
-            self._catch_up()  # lines another process (or the startup index) has not indexed yet
-            with self._index_lock:
-                spans = self._index.get(key)
-            if spans is None:
-                return []
-        rows = []
-        try:
-            for start, end in spans:
-                data = os.pread(self._read_fd, end - start, start)
-                for line in data.split(b"\n"):
-                    row = parse_row(line, QUOTE_FIELDS) if line.strip() else None
-                    if row is not None and row[QUOTE_ID] == quote_id:
-                        rows.append(row)
-        except OSError as exc:
-            raise OfferLogError(f"{QUOTES_FILE}: read failed: {_describe(exc)}") from exc
-        return rows
+    def _other_files(self) -> list[_IndexedFile]:
+        """The other writers' quotes files (the directory is listed again each call)."""
+        with self._others_lock:
+            for path in log_files(self.log_dir, "quotes"):
+                if path != self.quotes_path and path not in self._others:
+                    self._others[path] = _IndexedFile(path, self._closing)
+            return list(self._others.values())
 
-    def _cut_back(self, offset: int) -> None:
-        """A failed write was truncated at `offset`: forget any indexing past it."""
-        with self._index_lock:
-            self._index.generation += 1
-            self._index.upto = min(self._index.upto, offset)
+    def find_quote(self, quote_id: str) -> list[dict[str, Any]]:
+        """The logged rows of one quote ([] when unknown), through the indexes: no scan of the log.
+
+        Looks in this writer's file first, then in the other writers' (a replica's quote).
+        """
+        key = _key(quote_id)
+        spans = self._own.spans(key)
+        if spans is None:
+            self._own.catch_up()  # lines from before this process (or the startup index)
+            spans = self._own.spans(key)
+        if spans is not None:
+            return self._own.read_quote(quote_id, spans)
+        for other in self._other_files():
+            spans = other.spans(key)
+            if spans is None:
+                other.catch_up()
+                spans = other.spans(key)
+            if spans is not None:
+                return other.read_quote(quote_id, spans)
+        return []
 
     def _catch_up_logged(self) -> None:
         try:
-            self._catch_up()
+            self._own.catch_up()
+            for other in self._other_files():
+                other.catch_up()
         except Exception:  # noqa: BLE001 - lookups retry the catch-up and report their own errors
-            log.exception("offer log: indexing %s failed", self.log_dir / QUOTES_FILE)
-
-    def _catch_up(self) -> None:
-        """Index the whole lines of `quotes.jsonl` past `upto` (reads only the unindexed bytes)."""
-        with self._catch_up_lock:
-            while not self._closing.is_set():
-                with self._index_lock:
-                    start, generation = self._index.upto, self._index.generation
-                size = os.fstat(self._read_fd).st_size
-                if size <= start:
-                    return
-                want = min(size - start, _CHUNK)
-                chunk = os.pread(self._read_fd, want, start)
-                cut = chunk.rfind(b"\n") + 1
-                while cut == 0 and len(chunk) < size - start:  # a line longer than the chunk
-                    want = min(size - start, 2 * len(chunk))
-                    chunk = os.pread(self._read_fd, want, start)
-                    cut = chunk.rfind(b"\n") + 1
-                if cut == 0:
-                    return  # only a line still being written (or torn) is left
-                entries = _index_chunk(chunk[:cut], start)
-                with self._index_lock:
-                    if self._index.generation != generation or self._index.upto != start:
-                        continue  # cut back, or an append indexed these bytes: read again
-                    for key, s, e in entries:
-                        self._index.add(key, s, e)
-                    self._index.upto = start + cut
+            log.exception("offer log: indexing %s failed", self.log_dir)
 
     def close(self) -> None:
+        if self._closing.is_set():
+            return
         self._closing.set()
         self._indexer.join(timeout=5)
         self._quotes.close()
         self._outcomes.close()
-        os.close(self._read_fd)
+        self._own.close()
+        for other in self._others.values():
+            other.close()
+        os.close(self._slot_fd)  # releases the writer slot
 
 
 # --- the export ------------------------------------------------------------------------------------
@@ -609,29 +845,57 @@ class OfferLog:
 OFFER_COLUMNS: tuple[str, ...] = tuple(S.column_names(S.OFFERS))
 
 
+OUTCOME_TS = "outcome_ts"  # when the outcome was reported (orders reports across writers)
+
+
+def read_logs(
+    log_dir: str | Path, kind: str, fields: Mapping[str, Check], extra: Sequence[str] = ()
+) -> tuple[LogRows, int]:
+    """Every writer's `kind` file of `log_dir`, read by `read_log` and concatenated in slot
+    order; also returns how many files held rows."""
+    names = [*fields, *(c for c in extra if c not in fields)]
+    out = LogRows({c: [] for c in names})
+    files = 0
+    for path in log_files(log_dir, kind):
+        part = read_log(path, fields, extra, what=kind)
+        for name in names:
+            out.columns[name].extend(part.columns[name])
+        out.kept += part.kept
+        out.skipped += part.skipped
+        files += part.kept > 0
+    return out, files
+
+
 def read_outcomes(log_dir: str | Path, extra: Sequence[str] = ()) -> LogRows:
-    """The valid outcome rows of a log directory (the monitor flow's and the export's reader)."""
-    return read_log(Path(log_dir) / OUTCOMES_FILE, OUTCOME_FIELDS, extra, what="outcomes")
+    """The valid outcome rows of a log directory, every writer's file (the monitor flow's and the
+    export's reader)."""
+    return read_logs(log_dir, "outcomes", OUTCOME_FIELDS, extra)[0]
 
 
 def export_offers(log_dir: str | Path, include_pending: bool = False) -> pd.DataFrame:
     """The contract `offers` table from the logs: one row per offer with a reported outcome.
 
-    Lines that are not valid offer rows (torn, invalid bytes, missing fields, bad timestamps) are
-    skipped and counted: `df.attrs["skipped_lines"]` (also logged as a warning).
+    Merges every writer's files (one pair per scorer process). Lines that are not valid offer rows
+    (torn, invalid bytes, missing fields, bad timestamps) are skipped and counted:
+    `df.attrs["skipped_lines"]` (also logged as a warning).
 
     Args:
         log_dir: the scorer's offer log directory.
         include_pending: also emit quoted offers with no outcome yet, as not purchased (only right
             once the outcome window has closed).
     """
-    read = read_outcomes(log_dir)
+    read, files = read_logs(log_dir, "outcomes", OUTCOME_FIELDS, extra=[OUTCOME_TS])
     skipped = read.skipped
     outcomes = read.frame()
+    if files > 1:
+        # Reports for one offer may sit in several writers' files: order them by report time
+        # (within one file, file order already is report order).
+        when = np.array([v if isinstance(v, str) else "" for v in outcomes[OUTCOME_TS]], dtype=str)
+        outcomes = outcomes.iloc[np.argsort(when, kind="stable")]
     # A repeated report for the same offer replaces the earlier one.
-    outcomes = outcomes.drop_duplicates(S.OFFER_ID, keep="last")
+    outcomes = outcomes.drop(columns=[OUTCOME_TS]).drop_duplicates(S.OFFER_ID, keep="last")
     if include_pending:
-        quoted = read_log(Path(log_dir) / QUOTES_FILE, QUOTE_FIELDS, what="quotes")
+        quoted, _ = read_logs(log_dir, "quotes", QUOTE_FIELDS)
         skipped += quoted.skipped
         quotes = quoted.frame().drop_duplicates(S.OFFER_ID, keep="last")
         pending = quotes[~quotes[S.OFFER_ID].isin(outcomes[S.OFFER_ID])].copy()
