@@ -11,12 +11,14 @@ changed meanwhile is never served as fresh.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import pandas as pd
 
 from pricing import schema as S
@@ -61,6 +63,35 @@ class UserStore(Protocol):
     def set_last_price(self, user_id: str, session_id: str, prices: Mapping[str, float]) -> None:
         """Remember the prices just quoted (item_id -> price) within the session."""
         ...
+
+    def read_for_quote(
+        self, user_id: str, model_version: str, session_id: str | None, item_ids: Sequence[str]
+    ) -> QuoteRead:
+        """What a quote reads, at once: the cached state (None when missing or stale), the
+        user's current generation, and the session's last prices (None without a session)."""
+        ...
+
+    def read_history_for_quote(
+        self, user_id: str, session_id: str | None, item_ids: Sequence[str]
+    ) -> tuple[list[Event], int, list[float | None] | None]:
+        """`get_events` and the session's last prices at once (for a scorer that caches no
+        state and runs the user tower on every quote)."""
+        ...
+
+    def hydrate_user(self, user_id: str, events: Sequence[Mapping[str, Any]]) -> bool:
+        """Append `events` only if the user has no history yet, atomically (so replicas that start
+        together never load a user twice); True when they were appended."""
+        ...
+
+
+@dataclass(frozen=True)
+class QuoteRead:
+    """A quote's one read of the store."""
+
+    state: Any | None  # the cached state of the current generation; None: compute it
+    generation: int  # the user's history generation the state (if any) was computed from
+    last_prices: list[float | None] | None  # per item, None without a session
+    has_history: bool = True  # False: the user has no events at all (priced as new, no tower)
 
 
 @dataclass
@@ -148,10 +179,103 @@ class InMemoryUserStore:
             while len(self._last) > self.max_last_prices:
                 self._last.popitem(last=False)
 
+    def read_for_quote(
+        self, user_id: str, model_version: str, session_id: str | None, item_ids: Sequence[str]
+    ) -> QuoteRead:
+        with self._lock:
+            user = self._users.get(user_id)
+            generation = user.generation if user is not None else 0
+            cached = user.states.get(model_version) if user is not None else None
+            state = cached[1] if cached is not None and cached[0] == generation else None
+            last = (
+                [self._last.get((user_id, session_id, i)) for i in item_ids]
+                if session_id is not None
+                else None
+            )
+            return QuoteRead(state, generation, last, user is not None and bool(user.events))
+
+    def read_history_for_quote(
+        self, user_id: str, session_id: str | None, item_ids: Sequence[str]
+    ) -> tuple[list[Event], int, list[float | None] | None]:
+        with self._lock:
+            user = self._users.get(user_id)
+            events, generation = (list(user.events), user.generation) if user else ([], 0)
+            last = (
+                [self._last.get((user_id, session_id, i)) for i in item_ids]
+                if session_id is not None
+                else None
+            )
+            return events, generation, last
+
+    def hydrate_user(self, user_id: str, events: Sequence[Mapping[str, Any]]) -> bool:
+        with self._lock:
+            user = self._users.get(user_id)
+            if user is not None and user.events:
+                return False
+            user = self._user(user_id)
+            user.events.extend(dict(e) for e in events)
+            user.generation += 1
+            return True
+
     def n_users(self) -> int:
         """How many users have a history here."""
         with self._lock:
             return len(self._users)
+
+
+def _finite_number(x: Any) -> bool:
+    return (
+        isinstance(x, int | float | np.integer | np.floating)
+        and not isinstance(x, bool | np.bool_)
+        and math.isfinite(float(x))
+    )
+
+
+def conforms(state: Any, template: Any) -> bool:
+    """Whether `state` has the type and shape of `template` (the served model's cold state).
+
+    A state read from a shared store may have been written by another model (a stale deploy, a
+    bug) or by anyone who can write to Redis: it can decode cleanly and still be the wrong thing,
+    a 5-float vector where BERT needs 64, a NaN where a sensitivity belongs. Such a state must be a
+    cache miss (recomputed from the events), never a 5xx or a quote priced from garbage. Checked:
+    numbers are finite numbers; arrays and tensors have the template's shape and finite numeric
+    values; tuples and lists have its length, element by element; a Series has its index; a dict
+    has scalar keys and finite numeric values when the template's are numeric (or it is empty).
+    """
+    if isinstance(template, bool | np.bool_):
+        return isinstance(state, bool | np.bool_)
+    if isinstance(template, int | float | np.integer | np.floating):
+        return _finite_number(state)
+    if isinstance(template, np.ndarray):
+        if not isinstance(state, np.ndarray) or state.shape != template.shape:
+            return False
+        if template.dtype.kind not in "biuf":
+            return state.dtype == template.dtype
+        return state.dtype.kind in "biuf" and bool(np.isfinite(state).all())
+    if type(template).__module__ == "torch" and type(template).__name__ == "Tensor":
+        return type(state) is type(template) and conforms(
+            state.detach().cpu().numpy(), template.detach().cpu().numpy()
+        )
+    if isinstance(template, tuple | list):
+        return (
+            type(state) is type(template)
+            and len(state) == len(template)
+            and all(conforms(s, t) for s, t in zip(state, template, strict=True))
+        )
+    if isinstance(template, pd.Series):
+        return (
+            isinstance(state, pd.Series)
+            and state.index.equals(template.index)
+            and conforms(state.to_numpy(), template.to_numpy())
+        )
+    if isinstance(template, dict):
+        if not isinstance(state, dict):
+            return False
+        numeric = not template or all(_finite_number(v) for v in template.values())
+        return all(isinstance(k, str | int | float | bool) for k in state) and (
+            not numeric or all(_finite_number(v) for v in state.values())
+        )
+    return type(state) is type(template)
 
 
 EVENT_COLUMNS: tuple[str, ...] = tuple(S.column_names(S.EVENTS))
@@ -183,9 +307,8 @@ def hydrate(store: UserStore, events: pd.DataFrame, max_user_events: int) -> int
     df[S.TS] = df[S.TS].map(lambda t: t.isoformat() if t is not None else None)
     n = 0
     for user_id, group in df.groupby(S.USER_ID, sort=False):
-        if store.get_events(str(user_id))[0]:
-            continue  # a shared store (Redis) already knows the user: another replica hydrated it
         records: list[dict[str, Any]] = group.to_dict("records")  # type: ignore[assignment]
-        store.append_events(str(user_id), records)
-        n += 1
+        # Skipped when a shared store (Redis) already knows the user: another replica hydrated
+        # it, perhaps at this very moment (the check and the append are one atomic step).
+        n += store.hydrate_user(str(user_id), records)
     return n
