@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 
 from fastapi import FastAPI
 
@@ -41,19 +42,42 @@ def check_admin_token(settings: Settings, host: str) -> None:
         )
 
 
+def limit_intra_op_threads() -> None:
+    """One intra-op thread for torch in a serving process, unless OMP_NUM_THREADS says otherwise.
+
+    A quote's tensors are one user's history and fifty items: splitting them across threads costs
+    more than it saves, and the other worker processes (and Redis) already use the other cores.
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
+
+
 def app_factory() -> FastAPI:
     """The module-level factory uvicorn calls (`uvicorn scorer.main:app_factory --factory`)."""
     from scorer.app import create_app
 
+    limit_intra_op_threads()
     return create_app()
 
 
 def serve(
-    host: str = "127.0.0.1", port: int = 8000, workers: int = 1, log_level: str = "info"
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int | None = None,
+    log_level: str = "info",
 ) -> None:
     """Serve the scorer until interrupted.
 
-    With several workers each process holds its own model and, without Redis, its own user store.
+    `workers` processes share the port (default: $WEB_CONCURRENCY, else 1). Each holds its own
+    model and offer-log files (one writer slot each); with Redis (REDIS_URL) they share users'
+    histories, states and sticky prices, so any worker answers any request alike. Without Redis
+    each has its own user store: run one worker then. /metrics answers for the worker that took
+    the connection (`scorer_worker` names it).
 
     Raises:
         SystemExit: the settings are unsafe for `host` (see `check_admin_token`).
@@ -67,6 +91,8 @@ def serve(
     except UnsafeSettingsError as exc:
         raise SystemExit(f"pricing serve: {exc}") from None
 
+    if workers is None:
+        workers = int(os.environ.get("WEB_CONCURRENCY") or 1)
     uvicorn.run(
         "scorer.main:app_factory",
         factory=True,

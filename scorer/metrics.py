@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
@@ -60,6 +63,52 @@ class ScorerMetrics:
     def set_model(self, name: str, version: str) -> None:
         self.model_info.clear()
         self.model_info.labels(name=name, version=version).set(1)
+
+    def watch(self, pricer: Any, offer_log: Any) -> None:
+        """Expose the quote path's stage timings and the offer log's batching, read at scrape
+        time (nothing is added to a request's work)."""
+        self.registry.register(_PipelineCollector(pricer, offer_log))
+
+
+class _PipelineCollector:
+    """Scrape-time view of `Pricer.stages` (seconds and calls per stage) and offer-log batches.
+
+    With several worker processes on one port each answers /metrics for itself; `scorer_worker`
+    says which (pid, offer-log writer slot), so a scraper can tell the series apart.
+    """
+
+    def __init__(self, pricer: Any, offer_log: Any) -> None:
+        self.pricer = pricer
+        self.offer_log = offer_log
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.pricer.stages.snapshot()
+        seconds = CounterMetricFamily(
+            "scorer_quote_stage_seconds", "Time spent per quote-path stage", labels=["stage"]
+        )
+        calls = CounterMetricFamily(
+            "scorer_quote_stage_calls", "Times each quote-path stage ran", labels=["stage"]
+        )
+        for stage, value in snap["seconds"].items():
+            seconds.add_metric([stage], value)
+            calls.add_metric([stage], snap["counts"][stage])
+        yield seconds
+        yield calls
+        yield CounterMetricFamily("scorer_quotes_priced", "Quotes priced", value=snap["quotes"])
+        batches, records = self.offer_log.batch_stats
+        yield CounterMetricFamily(
+            "scorer_offer_log_batches", "Group-committed offer-log writes", value=batches
+        )
+        yield CounterMetricFamily(
+            "scorer_offer_log_batched_quotes",
+            "Quotes written by group-committed offer-log writes",
+            value=records,
+        )
+        worker = GaugeMetricFamily(
+            "scorer_worker", "This process (1)", labels=["pid", "offer_log_writer"]
+        )
+        worker.add_metric([str(os.getpid()), str(self.offer_log.slot)], 1)
+        yield worker
 
 
 class MetricsMiddleware:

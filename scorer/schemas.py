@@ -9,6 +9,7 @@ not), and the free-form `context` small and shallow.
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -176,3 +177,110 @@ class ReloadResponse(BaseModel):
     model_name: str
     model_version: str
     previous_version: str | None
+
+
+# --- the fast path: the common well-formed request, without pydantic -------------------------------
+#
+# The quote and event routes see thousands of requests a second; building pydantic models for a
+# 50-item quote costs more than pricing it. `fast_quote` and `fast_events` accept only bodies whose
+# every field is plainly valid under the models above (a strict subset of what they accept), and
+# return None for anything else: the request then goes through FastAPI and the models, which give
+# the same answer and the same errors as always. So a body is never accepted here that the models
+# would refuse, nor read differently.
+
+_QUOTE_KEYS = frozenset({"user_id", "items", "session_id", "context"})
+_EVENT_KEYS = frozenset({"event_type", "item_id", "price", "query", "ts", "session_id", "event_id"})
+_EVENT_TYPES = frozenset(S.EVENT_TYPES)
+_PLAIN_TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$")
+
+
+def _plain_str(v: Any, max_length: int, min_length: int = 0) -> bool:
+    return type(v) is str and min_length <= len(v) <= max_length and (v.isascii() or _utf8_ok(v))
+
+
+def _utf8_ok(v: str) -> bool:
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def fast_quote(data: Any, max_items: int) -> tuple[str, list[str], str | None] | None:
+    """(user_id, items, session_id) of a plainly valid quote body, else None (use the model).
+
+    `max_items` bounds the work here; longer lists go to the model (and the route's own limit).
+    """
+    if type(data) is not dict or not data.keys() <= _QUOTE_KEYS:
+        return None
+    if data.get("context") is not None:  # free-form: the model checks its bounds
+        return None
+    user_id, items, session_id = data.get("user_id"), data.get("items"), data.get("session_id")
+    if not _plain_str(user_id, 256, 1):
+        return None
+    if type(items) is not list or not 1 <= len(items) <= max_items:
+        return None
+    for item in items:
+        if type(item) is not str or not (item.isascii() or _utf8_ok(item)):
+            return None
+    if session_id is not None and not _plain_str(session_id, 256):
+        return None
+    return user_id, items, session_id  # type: ignore[return-value]  # (checked just above)
+
+
+def _fast_ts(v: Any, now: datetime) -> datetime | None | bool:
+    """The event time of a plain ISO timestamp with an offset; False when not plain or refused."""
+    if v is None:
+        return None
+    if type(v) is not str or not _PLAIN_TS.match(v):
+        return False
+    ts = datetime.fromisoformat(v)
+    if not EVENT_TS_MIN <= ts <= now + EVENT_TS_MAX_AHEAD:
+        return False
+    return ts
+
+
+def fast_events(data: Any) -> tuple[str, list[dict[str, Any]]] | None:
+    """(user_id, events as plain dicts with `ts` a datetime or None) of a plainly valid events
+    body, else None (use the model)."""
+    if type(data) is not dict or data.keys() != {"user_id", "events"}:
+        return None
+    user_id, events = data["user_id"], data["events"]
+    if not _plain_str(user_id, 256, 1):
+        return None
+    if type(events) is not list or not 1 <= len(events) <= MAX_EVENTS_PER_REQUEST:
+        return None
+    now = datetime.now(UTC)
+    out = []
+    for e in events:
+        if type(e) is not dict or not e.keys() <= _EVENT_KEYS:
+            return None
+        if e.get("event_type") not in _EVENT_TYPES:
+            return None
+        price = e.get("price")
+        if price is not None:
+            if type(price) not in (int, float) or not (0 < price <= MAX_PRICE):
+                return None  # (NaN fails the comparison too)
+            price = float(price)
+        for name, limit in (("item_id", 256), ("query", 1000), ("session_id", 256)):
+            v = e.get(name)
+            if v is not None and not _plain_str(v, limit):
+                return None
+        event_id = e.get("event_id")
+        if event_id is not None and not _plain_str(event_id, 256):
+            return None
+        ts = _fast_ts(e.get("ts"), now)
+        if ts is False:
+            return None
+        out.append(
+            {
+                "event_type": e["event_type"],
+                "item_id": e.get("item_id"),
+                "price": price,
+                "query": e.get("query"),
+                "ts": ts,
+                "session_id": e.get("session_id"),
+                "event_id": event_id,
+            }
+        )
+    return user_id, out

@@ -1,16 +1,26 @@
 """What a quote does, independent of HTTP: the served model bundle and the pricing pipeline.
 
 A `ServingModel` is immutable once built: the model (warmed), its catalog index and price arrays,
-and its guardrails. The app swaps whole bundles, so a request keeps the bundle it started with.
+its guardrails, and the fast per-request paths `scorer.accel` checked against it. The app swaps
+whole bundles, so a request keeps the bundle it started with.
+
+The quote path (`Pricer.quote_async`, on the event loop): one store round trip for the user's
+cached state, its generation and the session's last prices; the user tower only when that state
+is missing or stale (in a worker thread, single-flight per user); the price grid, demand and
+choice (`pricing.policy.optimize`, the one pricing function); the offer-log append, group-committed
+with concurrent quotes; then the sticky-price write. Every stage is timed into `StageTimes`, so the
+benchmark can show where a quote's time goes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+import time
 import uuid
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,24 +32,11 @@ from mlops.models import DemandModel
 from mlops.registry import ModelHandle
 from pricing import policy as P
 from pricing import schema as S
+from scorer.accel import Accelerated, accelerate
 from scorer.offer_log import QUOTE_ID, OfferLog
-from scorer.state import UserStore, events_frame
+from scorer.state import Event, QuoteRead, UserStore, conforms, events_frame
 
 log = logging.getLogger(__name__)
-
-
-_IO_POOL: ThreadPoolExecutor | None = None
-_IO_POOL_LOCK = threading.Lock()
-
-
-def _io_pool() -> ThreadPoolExecutor:
-    """A few threads for store writes that overlap the offer log's fsync (created on first use)."""
-    global _IO_POOL
-    if _IO_POOL is None:
-        with _IO_POOL_LOCK:
-            if _IO_POOL is None:
-                _IO_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-io")
-    return _IO_POOL
 
 
 class QuoteError(ValueError):
@@ -60,6 +57,18 @@ class ServingModel:
     cold_state: Any  # the state of a user with no events
     run_id: str | None = None
     guardrail_sources: dict[str, str] = field(default_factory=dict)  # key -> where it came from
+    accel: Accelerated | None = None  # fast per-request paths (None: the model's own methods)
+
+    def user_state(self, events: Sequence[Event]) -> Any:
+        """The user tower over one user's events (the fast path when one was checked in)."""
+        if self.accel is not None:
+            return self.accel.user_state(events)
+        return self.model.user_state(events_frame(events))
+
+    def demand(self, state: Any, idx: np.ndarray, grid: np.ndarray) -> np.ndarray:
+        """P(purchase) (n, G) for catalog rows `idx` at prices `grid`."""
+        fn = self.accel.demand if self.accel is not None else self.model.demand
+        return fn(state, idx, grid)
 
     @property
     def policy(self) -> str:
@@ -101,6 +110,8 @@ def build_serving_model(handle: ModelHandle, exploration: float | None) -> Servi
     if len(index) != len(ids):
         raise ValueError(f"model {handle.name}@{handle.version}: catalog item ids are not unique")
     guardrails, sources = serving_guardrails(handle.guardrails, exploration)
+    accel = accelerate(model)
+    log.info("model %s@%s serves with %s", handle.name, handle.version, accel.notes)
     return ServingModel(
         name=handle.name,
         version=str(handle.version),
@@ -112,6 +123,7 @@ def build_serving_model(handle: ModelHandle, exploration: float | None) -> Servi
         cold_state=model.user_state(events_frame([])),
         run_id=handle.run_id,
         guardrail_sources=sources,
+        accel=accel,
     )
 
 
@@ -131,6 +143,7 @@ class PricedItems:
     explored: np.ndarray
     personalized: bool
     degraded: bool
+    state_generation: int | None = None  # the history generation the user state was computed from
 
 
 class QuoteBook:
@@ -191,8 +204,60 @@ class StateCache:
             return self._states.get((user_id, version))
 
 
+STAGES: tuple[str, ...] = (
+    "validate",  # catalog lookups
+    "store_read",  # the quote's one store round trip (state, generation, last prices)
+    "user_state",  # the user tower, only when the cached state is missing or stale
+    "price",  # grid + demand + choice + exploration + ranking
+    "demand",  # (inside "price") the model head over the grid
+    "log_rows",  # building the offer rows
+    "offer_log",  # waiting for the group-committed append (queueing included)
+    "sticky_write",  # the sticky-price write's round trip
+    "event_append",  # POST /v1/events: the append's round trip
+    "refresh",  # the background refresher's recomputation of one user's state
+)
+
+
+class StageTimes:
+    """Per-stage time totals of the quote path (perf_counter; cheap enough to be always on).
+
+    `snapshot()` gives seconds and counts per stage; the benchmark reads it through /readyz-like
+    admin output and divides by quotes, so anyone can see where a quote's time goes.
+    """
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+        self.counts = dict.fromkeys(STAGES, 0)
+        self.quotes = 0
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] += seconds
+        self.counts[stage] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "quotes": self.quotes,
+            "seconds": {k: round(v, 6) for k, v in self.seconds.items()},
+            "counts": dict(self.counts),
+        }
+
+
+@dataclass
+class _Read:
+    """What a quote knows after its store read."""
+
+    state: Any | None  # None: compute it
+    generation: int | None
+    last: list[float | None] | None
+    degraded: bool = False  # the store failed: `state` is the local fallback
+    personalized: bool = True  # whether `state` is the user's own (False: the cold state)
+    events: list[Event] | None = None  # prefetched history (a pricer that computes every time)
+
+
 class Pricer:
-    """The quote pipeline: user state -> grid -> demand -> choose -> explore -> sticky -> log."""
+    """The quote pipeline: user state -> grid -> demand -> choose -> explore -> log -> sticky."""
+
+    refreshes = True  # states are cached: the app refreshes them in the background after events
 
     def __init__(
         self,
@@ -207,12 +272,35 @@ class Pricer:
         self.rng = rng
         self.book = book
         self.cache = cache or StateCache()
+        self.stages = StageTimes()
         self._inflight: dict[tuple[str, str], threading.Event] = {}
         self._inflight_lock = threading.Lock()
         self._rng_lock = threading.Lock()  # np.random.Generator is not thread-safe
+        self._nonconforming: set[str] = set()
+
+    # --- user state --------------------------------------------------------------------------------
+    def _usable(self, sm: ServingModel, state: Any, user_id: str) -> bool:
+        """Whether a cached state fits the served model (`conforms` to its cold state)."""
+        if conforms(state, sm.cold_state):
+            return True
+        if sm.policy not in self._nonconforming:  # one line per model, not per quote
+            self._nonconforming.add(sm.policy)
+            log.warning(
+                "ignoring a cached user state of the wrong type or shape for %s (user %s, %s); "
+                "recomputing it from the events",
+                sm.policy,
+                user_id,
+                type(state).__name__,
+            )
+        return False
 
     def compute_state(self, sm: ServingModel, user_id: str) -> tuple[Any, bool]:
-        """Run the user tower over the user's stored events and cache the result: (state, personalized).
+        """Run the user tower over the user's stored events and cache the result: (state, personalized)."""
+        state, personalized, _ = self.compute_state_gen(sm, user_id)
+        return state, personalized
+
+    def compute_state_gen(self, sm: ServingModel, user_id: str) -> tuple[Any, bool, int]:
+        """(state, personalized, generation it was computed from), cached in the store.
 
         Single-flight per (user, version): when the background refresher and a quote (or two quotes)
         want the same state at once, one computes and the others wait for its result.
@@ -228,21 +316,21 @@ class Pricer:
             if leader:
                 break
             done.wait(timeout=5.0)
-            state = self.store.get_state(user_id, sm.policy)
-            if state is not None:
-                self.cache.put(user_id, sm.policy, state)
-                return state, True
+            read = self.store.read_for_quote(user_id, sm.policy, None, ())
+            if read.state is not None and self._usable(sm, read.state, user_id):
+                self.cache.put(user_id, sm.policy, read.state)
+                return read.state, True, read.generation
             # the leader's state was already stale (more events arrived): compute our own
         else:
             leader = False  # still contended: compute without the flight (rare)
         try:
             events, generation = self.store.get_events(user_id)
             if not events:
-                return sm.cold_state, False
-            state = sm.model.user_state(events_frame(events))
+                return sm.cold_state, False, generation
+            state = sm.user_state(events)
             self.store.put_state(user_id, sm.policy, state, generation)
             self.cache.put(user_id, sm.policy, state)
-            return state, True
+            return state, True, generation
         finally:
             if leader:
                 with self._inflight_lock:
@@ -252,102 +340,113 @@ class Pricer:
 
     def refresh(self, sm: ServingModel, user_id: str) -> bool:
         """Make the user's cached state current (the background refresher's job); True if computed."""
-        if self.store.get_state(user_id, sm.policy) is not None:
+        read = self.store.read_for_quote(user_id, sm.policy, None, ())
+        if read.state is not None and self._usable(sm, read.state, user_id):
             return False  # a quote got there first
-        self.compute_state(sm, user_id)
+        self.compute_state_gen(sm, user_id)
         return True
 
-    def user_state(
-        self, sm: ServingModel, user_id: str, prefetched: Any | None = None
-    ) -> tuple[Any, bool, bool]:
-        """(state, personalized, degraded): cached per (user, version), recomputed once when stale.
-
-        When the store fails, the process's own recent copy of the user's state is used (still
-        personalized, flagged degraded), else the cold state (priced as a new user).
-        """
-        try:
-            state = (
-                prefetched if prefetched is not None else self.store.get_state(user_id, sm.policy)
-            )
-            if state is not None:
-                self.cache.put(user_id, sm.policy, state)
-                return state, True, False
-            state, personalized = self.compute_state(sm, user_id)
-            return state, personalized, False
-        except Exception:  # noqa: BLE001 - a store outage degrades the quote, never a 5xx
-            return self._degraded_state(sm, user_id)
-
-    def _degraded_state(self, sm: ServingModel, user_id: str) -> tuple[Any, bool, bool]:
+    def _degraded(self, sm: ServingModel, user_id: str) -> tuple[Any, bool]:
+        """(state, personalized) from the process's own recent copy, else the cold state."""
         log.warning("user store failed for user %s; pricing from the local cache", user_id)
         cached = self.cache.get(user_id, sm.policy)
         if cached is not None:
-            return cached, True, True
-        return sm.cold_state, False, True
+            return cached, True
+        return sm.cold_state, False
 
-    @staticmethod
-    def _demand(sm: ServingModel, state: Any, idx: np.ndarray, grid: np.ndarray) -> np.ndarray:
-        probs = np.asarray(sm.model.demand(state, idx, grid), dtype=float)
+    def _read(
+        self, sm: ServingModel, user_id: str, session_id: str | None, items: list[str]
+    ) -> _Read:
+        """The quote's one store round trip; a failing store gives a degraded read, never raises."""
+        try:
+            got: QuoteRead = self.store.read_for_quote(user_id, sm.policy, session_id, items)
+        except Exception:  # noqa: BLE001 - a store outage degrades the quote, never a 5xx
+            state, personalized = self._degraded(sm, user_id)
+            return _Read(state, None, None, degraded=True, personalized=personalized)
+        state = got.state
+        if state is not None and not self._usable(sm, state, user_id):
+            state = None
+        if state is not None:
+            self.cache.put(user_id, sm.policy, state)
+        elif not got.has_history:  # a new user: the cold state, no tower and no second read
+            return _Read(sm.cold_state, got.generation, got.last_prices, personalized=False)
+        return _Read(state, got.generation, got.last_prices)
+
+    def _state(
+        self, sm: ServingModel, user_id: str, read: _Read
+    ) -> tuple[Any, bool, bool, int | None]:
+        """(state, personalized, degraded, generation) for a read whose state is missing (sync)."""
+        if read.degraded:
+            return read.state, read.personalized, True, None
+        try:
+            state, personalized, generation = self.compute_state_gen(sm, user_id)
+            return state, personalized, False, generation
+        except Exception:  # noqa: BLE001 - a store outage degrades the quote, never a 5xx
+            state, personalized = self._degraded(sm, user_id)
+            return state, personalized, True, None
+
+    # --- pricing -----------------------------------------------------------------------------------
+    def _index(self, sm: ServingModel, items: list[str]) -> np.ndarray:
+        index = sm.index
+        try:
+            idx = np.fromiter((index[i] for i in items), dtype=np.int64, count=len(items))
+        except KeyError:
+            unknown = [i for i in items if i not in index]
+            shown = ", ".join(repr(i) for i in unknown[:10])
+            more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+            raise QuoteError(
+                f"unknown item ids (not in model {sm.policy}'s catalog): {shown}{more}"
+            ) from None
+        if len(set(items)) != len(items):
+            raise QuoteError("duplicate item ids in the request")
+        return idx
+
+    def _demand(
+        self, sm: ServingModel, state: Any, idx: np.ndarray, grid: np.ndarray
+    ) -> np.ndarray:
+        t = time.perf_counter()
+        probs = np.asarray(sm.demand(state, idx, grid), dtype=float)
+        self.stages.add("demand", time.perf_counter() - t)
         if probs.shape != grid.shape:
             raise RuntimeError(
                 f"model {sm.policy} returned shape {probs.shape}, expected {grid.shape}"
             )
         return probs
 
-    def quote(
-        self, sm: ServingModel, user_id: str, items: list[str], session_id: str | None
-    ) -> PricedItems:
-        """Price and rank `items` for the user, log the quote durably, and remember sticky prices."""
-        unknown = [i for i in items if i not in sm.index]
-        if unknown:
-            shown = ", ".join(repr(i) for i in unknown[:10])
-            more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
-            raise QuoteError(
-                f"unknown item ids (not in model {sm.policy}'s catalog): {shown}{more}"
-            )
-        if len(set(items)) != len(items):
-            raise QuoteError("duplicate item ids in the request")
-        idx = np.fromiter((sm.index[i] for i in items), dtype=np.int64, count=len(items))
+    def _price(
+        self,
+        sm: ServingModel,
+        user_id: str,
+        items: list[str],
+        idx: np.ndarray,
+        session_id: str | None,
+        state: Any,
+        last_prices: list[float | None] | None,
+    ) -> tuple[PricedItems, list[dict[str, Any]]]:
+        """The pricing itself (CPU only): grid, demand, choice, exploration, rank, log rows."""
+        t = time.perf_counter()
         lp, cost = sm.list_price[idx], sm.unit_cost[idx]
         g = sm.guardrails
-
-        # One store round trip for the cached state and the session's last prices when the store
-        # offers it (Redis); the generic protocol calls otherwise.
-        prefetched, last_prices, prefetch_failed = None, None, False
-        view = getattr(self.store, "get_state_and_last_prices", None)
-        if view is not None:
-            try:
-                prefetched, last_prices = view(user_id, sm.policy, session_id, items)
-            except Exception:  # noqa: BLE001 - handled below as a store outage
-                prefetch_failed = True
-        if prefetch_failed:
-            state, personalized, degraded = self._degraded_state(sm, user_id)
-        else:
-            state, personalized, degraded = self.user_state(sm, user_id, prefetched)
-        last = None
-        if session_id is not None and not degraded:
-            try:
-                if last_prices is None:
-                    last_prices = self.store.get_last_prices(user_id, session_id, items)
-                last = np.array(last_prices, dtype=float)  # None -> NaN: no bound
-            except Exception:  # noqa: BLE001
-                log.warning("user store failed reading last prices")
-                degraded = True
-
+        last = None if last_prices is None else np.array(last_prices, dtype=float)  # None -> NaN
         decision = P.optimize(
             lambda grid: self._demand(sm, state, idx, grid), lp, cost, g, last_price=last
         )
         assert decision.grid is not None
         with self._rng_lock:
-            price, propensity, explored = P.explore(decision, decision.grid, g.exploration, self.rng)
-
+            price, propensity, explored = P.explore(
+                decision, decision.grid, g.exploration, self.rng
+            )
         prob = P.quoted_probability(decision, price)
         profit = (price - cost) * prob
         value = profit if g.objective == "profit" else price * prob
         rank = P.rank_by_value(value)
+        t1 = time.perf_counter()
+        self.stages.add("price", t1 - t)
 
         quote_id = uuid.uuid4().hex
         ts = datetime.now(UTC).isoformat()
         policy = sm.policy
+        price_l, prop_l, prob_l = price.tolist(), propensity.tolist(), prob.tolist()
         log_rows = [
             {
                 S.OFFER_ID: f"{quote_id}:{item}",
@@ -356,31 +455,15 @@ class Pricer:
                 S.USER_ID: user_id,
                 S.SESSION_ID: session_id,
                 S.ITEM_ID: item,
-                S.PRICE: float(price[k]),
-                S.PROPENSITY: float(propensity[k]),
+                S.PRICE: price_l[k],
+                S.PROPENSITY: prop_l[k],
                 S.POLICY: policy,
-                "purchase_probability": float(prob[k]),  # for live calibration (monitor flow)
+                "purchase_probability": prob_l[k],  # for live calibration (monitor flow)
             }
             for k, item in enumerate(items)
         ]
-        sticky: Future[None] | None = None
-        if session_id is not None and not degraded:
-            # Both are blocking I/O that release the GIL: the Redis write overlaps the fsync.
-            sticky = _io_pool().submit(
-                self.store.set_last_price,
-                user_id,
-                session_id,
-                dict(zip(items, price.tolist(), strict=True)),
-            )
-        self.offer_log.append_quotes(log_rows)
-        self.book.put(quote_id, log_rows)
-        if sticky is not None:
-            try:
-                sticky.result(timeout=5.0)
-            except Exception:  # noqa: BLE001 - the quote stands; only stickiness is lost
-                log.warning("user store failed writing last prices")
-                degraded = True
-        return PricedItems(
+        self.stages.add("log_rows", time.perf_counter() - t1)
+        priced = PricedItems(
             quote_id=quote_id,
             ts=ts,
             item_ids=items,
@@ -391,14 +474,116 @@ class Pricer:
             rank=rank,
             propensity=propensity,
             explored=explored,
-            personalized=personalized,
-            degraded=degraded,
+            personalized=False,
+            degraded=False,
         )
+        return priced, log_rows
 
+    def _sticky(self, user_id: str, session_id: str, priced: PricedItems) -> bool:
+        """Write the session's sticky prices; False when the store failed (the quote stands)."""
+        t = time.perf_counter()
+        try:
+            self.store.set_last_price(
+                user_id, session_id, dict(zip(priced.item_ids, priced.price.tolist(), strict=True))
+            )
+            return True
+        except Exception:  # noqa: BLE001 - only stickiness is lost
+            log.warning("user store failed writing last prices")
+            return False
+        finally:
+            self.stages.add("sticky_write", time.perf_counter() - t)
+
+    def _timed_read(
+        self, sm: ServingModel, user_id: str, session_id: str | None, items: list[str]
+    ) -> _Read:
+        t = time.perf_counter()
+        try:
+            return self._read(sm, user_id, session_id, items)
+        finally:
+            self.stages.add("store_read", time.perf_counter() - t)
+
+    def _timed_state(
+        self, sm: ServingModel, user_id: str, read: _Read
+    ) -> tuple[Any, bool, bool, int | None]:
+        t = time.perf_counter()
+        try:
+            return self._state(sm, user_id, read)
+        finally:
+            self.stages.add("user_state", time.perf_counter() - t)
+
+    def _finish(
+        self,
+        priced: PricedItems,
+        personalized: bool,
+        degraded: bool,
+        generation: int | None,
+    ) -> PricedItems:
+        priced.personalized, priced.degraded = personalized, degraded
+        priced.state_generation = None if degraded else generation
+        self.stages.quotes += 1
+        return priced
+
+    def quote(
+        self, sm: ServingModel, user_id: str, items: list[str], session_id: str | None
+    ) -> PricedItems:
+        """Price and rank `items` for the user, log the quote durably, remember sticky prices.
+
+        The blocking version (any thread); the app serves `quote_async`, which does the same steps.
+        """
+        t = time.perf_counter()
+        idx = self._index(sm, items)
+        self.stages.add("validate", time.perf_counter() - t)
+        read = self._timed_read(sm, user_id, session_id, items)
+        if read.state is not None and not read.degraded:
+            state, personalized, degraded = read.state, read.personalized, False
+            generation = read.generation
+        else:
+            state, personalized, degraded, generation = self._timed_state(sm, user_id, read)
+        last = read.last if session_id is not None and not degraded else None
+        priced, rows = self._price(sm, user_id, items, idx, session_id, state, last)
+        t = time.perf_counter()
+        self.offer_log.append_quotes(rows)
+        self.stages.add("offer_log", time.perf_counter() - t)
+        self.book.put(priced.quote_id, rows)
+        if session_id is not None and not degraded:
+            degraded = not self._sticky(user_id, session_id, priced)
+        return self._finish(priced, personalized, degraded, generation)
+
+    async def quote_async(
+        self, sm: ServingModel, user_id: str, items: list[str], session_id: str | None
+    ) -> PricedItems:
+        """`quote` on the event loop: the store round trips and the CPU work run inline (short),
+        the user tower (only on a cache miss) in a worker thread, and the offer-log append is
+        group-committed with the other quotes of this loop."""
+        t = time.perf_counter()
+        idx = self._index(sm, items)
+        self.stages.add("validate", time.perf_counter() - t)
+        read = self._timed_read(sm, user_id, session_id, items)
+        if read.state is not None and not read.degraded:
+            state, personalized, degraded = read.state, read.personalized, False
+            generation = read.generation
+        elif read.degraded:
+            state, personalized, degraded, generation = self._state(sm, user_id, read)
+        else:
+            state, personalized, degraded, generation = await asyncio.to_thread(
+                self._timed_state, sm, user_id, read
+            )
+        last = read.last if session_id is not None and not degraded else None
+        priced, rows = self._price(sm, user_id, items, idx, session_id, state, last)
+        t = time.perf_counter()
+        await self.offer_log.append_quotes_async(rows)
+        self.stages.add("offer_log", time.perf_counter() - t)
+        self.book.put(priced.quote_id, rows)
+        if session_id is not None and not degraded:
+            degraded = not self._sticky(user_id, session_id, priced)
+        return self._finish(priced, personalized, degraded, generation)
+
+    # --- outcomes ----------------------------------------------------------------------------------
     def find_quote(self, quote_id: str) -> dict[str, dict[str, Any]] | None:
-        """The logged offers of a quote by item id: memory first, then the quote log; None if unknown.
+        """The logged offers of a quote by item id: memory, then this process's log, then the other
+        writers' logs (a quote another replica made); None if unknown.
 
-        The log lookup goes through its quote-id index (no scan); `OfferLogError` when it cannot be
+        The log lookups go through quote-id indexes (no scan); `OfferLogError` when a log cannot be
         read.
         """
         rows = self.book.get(quote_id)
