@@ -20,7 +20,10 @@ DB_READ_RETRY_DELAY_S = 10.0
 
 def simulate_to(out_dir: Path, overrides: dict[str, Any] | None = None, seed: int = 0) -> Path:
     """Simulate a market into `out_dir` unless a complete one is already there (same config)."""
-    cfg = SimConfig(**{"seed": seed, **(overrides or {})})
+    overrides = dict(overrides or {})
+    # `preset: classic|realistic` in a config's `simulate:` block picks the market; keys beside it
+    # (sizes, shares) override the preset's values
+    cfg = SimConfig.preset(overrides.pop("preset", "realistic"), **{"seed": seed, **overrides})
     marker = out_dir / "simconfig.txt"
     if (
         marker.exists()

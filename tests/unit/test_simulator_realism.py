@@ -428,3 +428,15 @@ def test_cli_simulate_takes_a_preset(tmp_path: Path) -> None:
     assert load_ground_truth(tmp_path / "c").needs == ()  # type: ignore[union-attr]
     assert main(["simulate", "--out", str(tmp_path / "r"), *size]) == 0
     assert load_ground_truth(tmp_path / "r").needs == NEED_INTENTS  # type: ignore[union-attr]
+
+
+def test_a_config_picks_the_preset_for_simulated_runs(tmp_path) -> None:
+    """`simulate: {preset: classic}` in an experiment config gives the classic market."""
+    from tasks.data import simulate_to
+
+    small = {"n_users": 40, "n_items": 15, "n_days": 14}
+    classic = (
+        simulate_to(tmp_path / "c", {"preset": "classic", **small}) / "simconfig.txt"
+    ).read_text()
+    default = (simulate_to(tmp_path / "r", small) / "simconfig.txt").read_text()
+    assert "intents=False" in classic and "intents=True" in default
