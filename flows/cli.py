@@ -184,18 +184,66 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_loop(args: argparse.Namespace) -> int:
-    from flows.closed_loop import closed_loop
+    """The closed loop: N rounds on its own scorer (`flows.loop`); with --scorer-url, one pass of
+    shoppers against that scorer instead (`flows.closed_loop`)."""
+    if args.scorer_url:
+        from flows.closed_loop import closed_loop
 
-    result = closed_loop(
-        args.scorer_url,
-        args.data_dir,
-        n_requests=args.requests,
-        candidates=args.candidates,
-        seed=args.seed,
-        offer_log_dir=args.offer_log_dir,
+        if not args.data_dir:
+            raise ContractError("pricing loop --scorer-url needs --data-dir (a simulated market)")
+        result: Any = closed_loop(
+            args.scorer_url,
+            args.data_dir,
+            n_requests=args.requests or 200,
+            candidates=args.candidates,
+            seed=args.seed,
+            offer_log_dir=args.offer_log_dir,
+            out_dir=args.out,
+        )
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    if not args.out:
+        raise ContractError("pricing loop needs --out DIR (loop.json, loop.png, the rounds' data)")
+    from flows.loop import DEFAULT_CONFIG, loop
+
+    result = loop(
         out_dir=args.out,
+        rounds=args.rounds,
+        model=args.model,
+        config_path=args.config or DEFAULT_CONFIG,
+        requests_per_round=args.requests or 1500,
+        candidates=args.candidates,
+        exploration=args.exploration,
+        seed=args.seed,
+        users=args.users,
+        items=args.items,
+        days=args.days,
     )
-    print(json.dumps(result, indent=2, default=str))
+    print(f"{Path(args.out) / 'loop.json'}, loop.md, loop.png, loop-details.json")
+    return 0
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from flows.experiment import experiment
+
+    result = experiment(
+        offer_log_dir=args.offer_log_dir,
+        data_dir=args.data_dir,
+        experiment_id=args.experiment,
+        control=args.control,
+        treatment=args.treatment,
+        metric=args.metric,
+        min_sample=args.min_sample,
+        min_effect=args.min_effect,
+        guardrail=args.guardrail,
+        max_sample=args.max_sample,
+        alpha=args.alpha,
+        promote=not args.no_promote,
+    )
+    text = json.dumps(result, indent=2, default=str)
+    if args.report_json:
+        Path(args.report_json).write_text(text)
+    print(text)
     return 0
 
 
@@ -386,15 +434,57 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="writes compare.json, compare.md, seed-<s>.json")
     c.set_defaults(func=_cmd_compare)
 
-    lp = sub.add_parser("loop", help="closed loop: simulated shoppers against a live scorer")
-    lp.add_argument("--scorer-url", default="http://127.0.0.1:8000")
-    lp.add_argument("--data-dir", required=True, help="a simulated market (needs ground truth)")
-    lp.add_argument("--requests", type=int, default=200)
-    lp.add_argument("--candidates", type=int, default=10)
+    lp = sub.add_parser(
+        "loop",
+        help="closed loop on the simulator: N rounds of serve, log, retrain, gate, experiment, "
+        "promote (its own scorer); writes DIR/loop.json and loop.png",
+    )
+    lp.add_argument("--rounds", type=int, default=5, help="rounds (round 0 serves list price)")
+    lp.add_argument("--model", help="bert, lightgbm or logistic (default: from the config)")
+    lp.add_argument("--config", help="experiment YAML (default: configs/lightgbm.yaml)")
+    lp.add_argument("--out", help="output folder (loop.json, loop.md, loop.png, rounds' data)")
+    lp.add_argument(
+        "--requests", type=int, help="shoppers per round (default 1500; with --scorer-url 200)"
+    )
+    lp.add_argument("--candidates", type=int, default=10, help="items per quote request")
+    lp.add_argument(
+        "--exploration", type=float, default=0.02, help="share of quotes at a random grid price"
+    )
     lp.add_argument("--seed", type=int, default=0)
-    lp.add_argument("--offer-log-dir", help="the scorer's PRICING_OFFER_LOG_DIR, to export from")
-    lp.add_argument("--out", help="write the next training set (old tables + logged offers) here")
+    lp.add_argument("--users", type=int, help="simulated market size (default: the simulator's)")
+    lp.add_argument("--items", type=int)
+    lp.add_argument("--days", type=int)
+    lp.add_argument(
+        "--scorer-url",
+        help="instead: one pass of shoppers against this running scorer (needs --data-dir)",
+    )
+    lp.add_argument("--data-dir", help="with --scorer-url: the simulated market it serves")
+    lp.add_argument("--offer-log-dir", help="with --scorer-url: the scorer's offer log to export")
     lp.set_defaults(func=_cmd_loop)
+
+    ex = sub.add_parser(
+        "experiment",
+        help="one look at an online experiment: arms from the offer log, always-valid intervals, "
+        "the declared rule decides (promote, keep running, stop)",
+    )
+    ex.add_argument("--offer-log-dir", required=True, help="the scorer's offer log")
+    ex.add_argument("--data-dir", required=True, help="a data dir whose items give unit costs")
+    ex.add_argument("--experiment", help="only this experiment's rows (when the log has them)")
+    ex.add_argument("--control", help="control arm (default: champion, or its policy)")
+    ex.add_argument("--treatment", help="treatment arm (default: challenger, or its policy)")
+    ex.add_argument("--metric", choices=["profit", "revenue", "conversion"], default="profit")
+    ex.add_argument("--min-sample", type=int, default=2000, help="quotes per arm before promoting")
+    ex.add_argument(
+        "--min-effect", type=float, default=0.01, help="smallest gain that matters (share)"
+    )
+    ex.add_argument(
+        "--guardrail", type=float, default=0.05, help="stop an arm losing more than this share"
+    )
+    ex.add_argument("--max-sample", type=int, default=20000, help="quotes per arm, then stop")
+    ex.add_argument("--alpha", type=float, default=0.05)
+    ex.add_argument("--no-promote", action="store_true")
+    ex.add_argument("--report-json")
+    ex.set_defaults(func=_cmd_experiment)
 
     sv = sub.add_parser("serve", help="serve the champion model (FastAPI)")
     sv.add_argument("--host", default="127.0.0.1")

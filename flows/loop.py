@@ -1,0 +1,351 @@
+"""The `loop` flow: rounds of serve -> log -> retrain -> gate -> experiment -> promote, on the simulator.
+
+Round 0: the loop's own scorer serves the list-price policy with exploration to simulated shoppers
+who answer from the ground truth. Each later round: the market's history plus everything the
+scorer logged becomes the training set (validated by the training flow), a new version is trained
+and registered, gated offline against the champion on the previous round's logs, and, if it passes,
+tested online against the champion (the challenger as a shadow arm, see `tasks.loop`) by the
+declared `ExperimentRule`; a winner is promoted through the registry (alias compare-and-set, scorer
+reload with a smoke quote, rollback). Then the round's shoppers meet whatever is champion.
+
+Writes `DIR/loop.json` (`{"rounds": [{"round", "policy", "quotes", "true_profit_per_quote",
+"oracle_profit_per_quote", "list_price_profit_per_quote", "ope_dr_estimate", "promoted"}]}`; other
+tools read this shape), `loop.md`, `loop.png` and `loop-details.json` (gate, experiment, DR parts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import flow, get_run_logger
+
+from flows.training import training
+from mlops import tracking
+from mlops.config import CONFIG_DIR, load_config
+from mlops.registry import CHAMPION, ModelHandle
+from mlops.settings import get_settings
+from pricing import experiment as X
+from pricing import schema as S
+from pricing.io import read_table
+from pricing.policy import Guardrails
+from pricing.promotion import PromotionRule, decide
+from pricing.simulator import load_ground_truth
+from tasks.evaluation import LIST_PRICE
+from tasks.experiment import promote_experiment, publish_experiment
+from tasks.loop import (
+    OfflineResult,
+    build_next_training_set,
+    evaluate_offline,
+    list_price_handle,
+    loop_scorer,
+    round_numbers,
+    run_online_experiment,
+    serve_shoppers,
+    served,
+    simulate_loop_market,
+    write_loop_report,
+    write_round_config,
+)
+
+DEFAULT_CONFIG = str(CONFIG_DIR / "lightgbm.yaml")
+
+
+@contextlib.contextmanager
+def own_registry(out: Path) -> Iterator[None]:
+    """Point MLflow, its artifacts and the runs folder at `out` while the loop runs (its versions
+    and aliases never touch the project's registry); the environment is restored afterwards."""
+    keys = ("MLFLOW_TRACKING_URI", "PRICING_ARTIFACT_ROOT", "PRICING_RUNS_DIR")
+    saved = {k: os.environ.get(k) for k in keys}
+    (out / "mlruns").mkdir(parents=True, exist_ok=True)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{(out / 'mlruns' / 'mlflow.db').resolve()}"
+    os.environ["PRICING_ARTIFACT_ROOT"] = str((out / "mlruns" / "artifacts").resolve())
+    os.environ["PRICING_RUNS_DIR"] = str((out / "runs").resolve())
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        get_settings.cache_clear()
+
+
+def _exploration(handle: ModelHandle) -> float:
+    """The exploration share the scorer serves `handle` with (no operator override in the loop)."""
+    from scorer.serving import serving_guardrails
+
+    return serving_guardrails(handle.guardrails, None)[0].exploration
+
+
+@flow(name="loop", log_prints=True)
+def loop(
+    out_dir: str,
+    rounds: int = 5,
+    model: str | None = None,
+    config_path: str | None = DEFAULT_CONFIG,
+    requests_per_round: int = 1500,
+    candidates: int = 10,
+    exploration: float = 0.02,
+    seed: int = 0,
+    users: int | None = None,
+    items: int | None = None,
+    days: int | None = None,
+    experiment_batch: int = 250,
+    metric: str = "profit",
+    min_sample: int = 2000,
+    min_effect: float = 0.01,
+    guardrail: float = 0.05,
+    max_sample: int = 10000,
+    same_shoppers: bool = True,
+    registry_in_out_dir: bool = True,
+) -> dict[str, Any]:
+    """Run `rounds` rounds of the closed loop on a simulated market; returns loop.json's content.
+
+    Args:
+        out_dir: where everything goes (market, offer log, round data, registry, report).
+        rounds: rounds to run (round 0 serves list price).
+        model, config_path: what each round trains (default: configs/lightgbm.yaml's model).
+        requests_per_round, candidates: each round's shoppers, and items per quote request.
+        exploration: the share of quotes at a random grid price, for every policy the loop serves
+            (the market's history already holds the simulator's randomized ladder).
+        seed, users, items, days: the simulated market (defaults: the simulator's).
+        experiment_batch: shoppers between two looks of an online experiment.
+        metric, min_sample, min_effect, guardrail, max_sample: the `ExperimentRule` (quotes per arm).
+        same_shoppers: every round's main traffic is the same shoppers (users, candidates and the
+            uniform numbers that decide purchases), so a change between rounds is the policy's,
+            not the sample's; each round's DR estimate, made on the previous round's logs, then
+            estimates the value on exactly the contexts it is compared with.
+        registry_in_out_dir: keep the loop's MLflow registry under `out_dir` (not the project's).
+    """
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    with own_registry(out) if registry_in_out_dir else contextlib.nullcontext():
+        return _run(
+            out, rounds, model, config_path, requests_per_round, candidates, exploration, seed,
+            users, items, days, experiment_batch,
+            X.ExperimentRule(metric, min_sample, min_effect, guardrail, max_sample), same_shoppers,
+        )  # fmt: skip
+
+
+def _run(
+    out: Path,
+    rounds: int,
+    model: str | None,
+    config_path: str | None,
+    requests_per_round: int,
+    candidates: int,
+    exploration: float,
+    seed: int,
+    users: int | None,
+    items: int | None,
+    days: int | None,
+    experiment_batch: int,
+    rule: X.ExperimentRule,
+    same_shoppers: bool,
+) -> dict[str, Any]:
+    log = get_run_logger()
+    settings = get_settings()
+    tracking.configure(settings.tracking_uri)
+    registered = settings.registered_model
+    base_cfg = load_config(config_path, {"model": model, "seed": seed})
+    guard = {**base_cfg.guardrails.model_dump(), "exploration": exploration}
+    market = simulate_loop_market(out / "market", seed, users, items, days)
+    truth = load_ground_truth(market)
+    assert truth is not None
+    catalog = read_table(market, S.ITEMS)
+    assert catalog is not None
+    cost = catalog.set_index(catalog[S.ITEM_ID].astype(str))[S.UNIT_COST].astype(float)
+    smoke_items = catalog[S.ITEM_ID].astype(str).head(3).tolist()
+    smoke_user = str(truth.user_ids[0])
+
+    rows: list[dict[str, Any]] = []
+    details: list[dict[str, Any]] = []
+    quotes_so_far: list[pd.DataFrame] = []
+    dr_round0: float | None = None
+    previous_start: datetime | None = None
+    with loop_scorer(out, market, guard, seed) as scorer:
+        for k in range(rounds):
+            start = datetime.now(UTC)
+            detail: dict[str, Any] = {"round": k, "started": start.isoformat()}
+            promoted, dr_value = False, float("nan")
+            if k >= 1:
+                assert previous_start is not None
+                offline, promoted, served_key = _retrain_gate_and_experiment(
+                    k, out, market, scorer, truth, cost, quotes_so_far, previous_start,
+                    config_path, model, exploration, seed, registered, guard, rule,
+                    experiment_batch, candidates, smoke_items, smoke_user, detail,
+                )  # fmt: skip
+                dr_value = offline.dr[served_key]["dr"]
+                if k == 1:  # round 0's list price on its own logs (on-policy: no earlier loop logs)
+                    dr_round0 = offline.dr["champion"]["dr"]
+            ready = served(scorer.url)
+            quotes = serve_shoppers(
+                scorer.url, truth, k, "main", requests_per_round, candidates,
+                seed + 101 * (1 if same_shoppers else k + 1),
+            )  # fmt: skip
+            quotes_so_far.append(quotes)
+            numbers = round_numbers(
+                quotes, truth, cost, Guardrails.from_dict(ready["guardrails"], strict=False)
+            )
+            policy = str(quotes[S.POLICY].mode().iloc[0])
+            rows.append(
+                {
+                    "round": k,
+                    "policy": policy,
+                    "quotes": int(len(quotes)),
+                    "true_profit_per_quote": numbers["expected_profit_per_offer"],
+                    "oracle_profit_per_quote": numbers["oracle_profit_per_offer"],
+                    "list_price_profit_per_quote": numbers["list_profit_per_offer"],
+                    "ope_dr_estimate": dr_value,
+                    "promoted": bool(promoted),
+                }
+            )
+            detail.update({"policy": policy, "served_guardrails": ready["guardrails"], **numbers})
+            details.append(detail)
+            log.info("round %d: %s", k, rows[-1])
+            previous_start = start
+        if rounds == 1:
+            dr_round0 = _round0_estimate(
+                out, market, scorer.offer_log_dir, quotes_so_far, config_path, model,
+                exploration, seed, previous_start, catalog, guard,
+            )  # fmt: skip
+    if rows and dr_round0 is not None:
+        rows[0]["ope_dr_estimate"] = dr_round0
+    paths = write_loop_report(out, rows, details)
+    print(paths["markdown"].read_text())
+    return {"rounds": rows}
+
+
+def _retrain_gate_and_experiment(
+    k: int,
+    out: Path,
+    market: Path,
+    scorer: Any,
+    truth: Any,
+    cost: pd.Series,
+    quotes_so_far: list[pd.DataFrame],
+    previous_start: datetime,
+    config_path: str | None,
+    model: str | None,
+    exploration: float,
+    seed: int,
+    registered: str,
+    guard: dict[str, Any],
+    rule: X.ExperimentRule,
+    experiment_batch: int,
+    candidates: int,
+    smoke_items: list[str],
+    smoke_user: str,
+    detail: dict[str, Any],
+) -> tuple[OfflineResult, bool, str]:
+    """Round k's learning step; returns the offline result, whether the candidate was promoted, and
+    which policy ("candidate" or "champion") the round's shoppers will meet."""
+    round_dir = out / f"round-{k}"
+    data_dir = round_dir / "loop"  # the MLflow experiment is named after this folder: "loop"
+    detail["training_set"] = build_next_training_set(
+        market, scorer.offer_log_dir, pd.concat(quotes_so_far, ignore_index=True), data_dir, k - 1
+    )
+    cfg_path = write_round_config(
+        config_path, model, exploration, previous_start, seed, round_dir / "config.yaml"
+    )
+    result = training(data_dir=str(data_dir), config_path=str(cfg_path), promote=False, seed=seed)
+    version = str(result["model_version"])
+    detail["training"] = {
+        "model": result["model"],
+        "version": version,
+        "validation_passed": result["validation"]["passed"],
+        "split": result["split"],
+        "metrics": result["metrics"].get(result["model"], {}),
+    }
+    candidate = tracking.load_version(registered, version)
+    champion_version = tracking.alias_version(registered, CHAMPION)
+    catalog = read_table(market, S.ITEMS)
+    assert catalog is not None
+    champion = (
+        tracking.load_version(registered, champion_version)
+        if champion_version is not None
+        else list_price_handle(catalog, guard)
+    )
+    policies = {
+        "candidate": (candidate.model, _exploration(candidate)),
+        "champion": (champion.model, _exploration(champion)),
+    }
+    offline = evaluate_offline(data_dir, cfg_path, policies, out / "runs" / "cache", k)
+    cfg = load_config(cfg_path)
+    gate = decide(
+        offline.metrics["candidate"],
+        offline.metrics["champion"] if champion_version is not None else None,
+        offline.metrics[LIST_PRICE],
+        True,
+        PromotionRule(**cfg.promotion.model_dump()),
+    )
+    tracking.tag_version(
+        registered, version, {"offline_gate": {"passed": gate.promote, "reasons": gate.reasons}}
+    )
+    detail["offline_gate"] = {"passed": gate.promote, "reasons": gate.reasons}
+    detail["dr"] = offline.dr
+    detail["champion"] = f"{champion.name}@{champion.version}"
+    detail["candidate"] = f"{candidate.name}@{candidate.version}"
+    if not gate.promote:
+        return offline, False, "champion"
+    exp_id = f"loop-round-{k}"
+    events = read_table(data_dir, S.EVENTS)
+    assert events is not None
+    run = run_online_experiment(
+        scorer.url, truth, candidate, events, cost, rule, exp_id, k, experiment_batch,
+        candidates, seed + 1000 * k,
+    )  # fmt: skip
+    quotes_so_far.append(run.live)
+    run.rows.to_parquet(round_dir / "experiment.parquet", index=False)
+    publish_experiment(exp_id, run.table, run.decision, rule, registered, version)
+    promotion = promote_experiment(
+        registered, version, champion_version, run.decision, scorer.url, scorer.token,
+        smoke_items, smoke_user,
+    )  # fmt: skip
+    detail["experiment"] = {
+        "id": exp_id,
+        "rule": rule.to_dict(),
+        "decision": run.decision.to_dict(),
+        "looks": run.looks,
+        "arms": run.table.to_dict(orient="records"),
+        "promotion": promotion,
+    }
+    promoted = bool(promotion["promoted"])
+    return offline, promoted, "candidate" if promoted else "champion"
+
+
+def _round0_estimate(
+    out: Path,
+    market: Path,
+    offer_log_dir: Path,
+    quotes_so_far: list[pd.DataFrame],
+    config_path: str | None,
+    model: str | None,
+    exploration: float,
+    seed: int,
+    round0_start: datetime | None,
+    catalog: pd.DataFrame,
+    guard: dict[str, Any],
+) -> float:
+    """With a single round, round 0's DR estimate (list price on its own logs) is computed here."""
+    assert round0_start is not None
+    data_dir = out / "round-1" / "loop"
+    build_next_training_set(
+        market, offer_log_dir, pd.concat(quotes_so_far, ignore_index=True), data_dir, 0
+    )
+    cfg_path = write_round_config(
+        config_path, model, exploration, round0_start, seed, out / "round-1" / "config.yaml"
+    )
+    handle = list_price_handle(catalog, guard)
+    offline = evaluate_offline(
+        data_dir, cfg_path, {"champion": (handle.model, exploration)}, out / "runs" / "cache", 1
+    )
+    return float(offline.dr["champion"]["dr"])

@@ -1,0 +1,732 @@
+"""The closed loop's steps: its own scorer process, simulated shoppers, the next training set, the
+offline gate and off-policy estimate, the online experiment, and the per-round numbers.
+
+Round 0 serves the list-price policy (`ListPriceDemand`, served as `list_price@0` while the
+registry has no champion) with the loop's exploration. Every later round retrains on the market's
+history plus everything the scorer logged, gates the new version offline, runs the online
+experiment, and serves whatever is champion afterwards.
+
+The challenger arm is a *shadow* arm for now: the scorer cannot split traffic yet (issue 14 item 1),
+so each experiment request is quoted live by the champion and priced in this process for the
+challenger, by the same pricing function the scorer runs (`scorer.serving.build_serving_model`'s
+guardrails, `pricing.policy.optimize` then `explore`); the simulated shopper's answer to the price
+it was not shown is drawn from the ground truth with the same uniform number as its answer to the
+price it was shown (common random numbers), so the two arms are paired per request and item. That
+is possible only on the simulator; with the scorer's traffic split the arm becomes live.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import yaml
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from mlops.config import ExperimentConfig, load_config
+from mlops.models import DemandModel, PricingData
+from mlops.registry import ModelHandle
+from pricing import experiment as X
+from pricing import policy as P
+from pricing import schema as S
+from pricing.io import read_table, read_tables, write_table
+from pricing.shoppers import ShopperRequest, loop_summary, shopper_requests
+from pricing.simulator import GroundTruth, SimConfig, load_ground_truth, simulate, write_market
+from pricing.split import time_split
+
+LIST_PRICE_NAME = "list_price"
+LIST_PRICE_VERSION = "0"
+# What the loop's scorer process reads (besides the usual PRICING_* / MLFLOW_* settings).
+MARKET_ENV = "PRICING_LOOP_MARKET_DIR"
+GUARDRAILS_ENV = "PRICING_LOOP_GUARDRAILS"
+SEED_ENV = "PRICING_LOOP_SEED"
+
+
+# --- the list-price policy ----------------------------------------------------------------------
+
+
+class ListPriceDemand(DemandModel):
+    """A demand curve under which the optimizer picks list price: `base_rate` up to list price, 0
+    above. Expected profit (price - cost) x base_rate then rises to list price and drops to 0, so
+    the greedy grid price is the list price (the band's middle position) and exploration works as
+    for any model. Never trained or saved: the loop's scorer serves it while there is no champion.
+    """
+
+    name = "list_price"
+
+    def __init__(self, catalog: pd.DataFrame, base_rate: float = 0.1) -> None:
+        self.catalog = catalog.reset_index(drop=True).copy()
+        self.catalog[S.ITEM_ID] = self.catalog[S.ITEM_ID].astype(str)
+        self.base_rate = float(base_rate)
+        self._list_price = self.catalog[S.LIST_PRICE].to_numpy(float)
+
+    def _step(self, list_price: np.ndarray, grid: np.ndarray) -> np.ndarray:
+        grid = np.asarray(grid, dtype=float)
+        return np.where(grid <= list_price[:, None] + 0.005, self.base_rate, 0.0)
+
+    def fit(self, train: PricingData, valid: PricingData | None = None) -> dict[str, float]:
+        return {}
+
+    def predict_grid(self, data: PricingData, grid: np.ndarray) -> np.ndarray:
+        return self._step(data.list_price(), grid)
+
+    def user_state(self, events: pd.DataFrame) -> Any:
+        return None
+
+    def demand(self, state: Any, item_idx: np.ndarray, grid: np.ndarray) -> np.ndarray:
+        return self._step(self._list_price[np.asarray(item_idx)], grid)
+
+    def save(self, path: Path) -> None:
+        raise NotImplementedError("the list-price policy is never persisted")
+
+    @classmethod
+    def load(cls, path: Path) -> ListPriceDemand:
+        raise NotImplementedError("the list-price policy is never persisted")
+
+
+def list_price_handle(items: pd.DataFrame, guardrails: dict[str, Any]) -> ModelHandle:
+    """The list-price policy as a servable handle (`list_price@0`)."""
+    return ModelHandle(
+        name=LIST_PRICE_NAME,
+        version=LIST_PRICE_VERSION,
+        model=ListPriceDemand(items),
+        run_id=None,
+        guardrails=dict(guardrails),
+    )
+
+
+def loop_scorer_app() -> Any:
+    """The loop's scorer (`uvicorn tasks.loop:loop_scorer_app --factory`): the registry's champion,
+    or the list-price policy while there is none; the alias watch and `/admin/reload` as usual."""
+    from mlops.registry import champion_version, load_champion
+    from scorer.app import create_app
+
+    items = read_table(os.environ[MARKET_ENV], S.ITEMS)
+    assert items is not None
+    guardrails = json.loads(os.environ.get(GUARDRAILS_ENV) or "{}")
+
+    def load() -> ModelHandle:
+        return load_champion() or list_price_handle(items, guardrails)
+
+    return create_app(
+        loader=load, version_probe=champion_version, seed=int(os.environ.get(SEED_ENV, "0"))
+    )
+
+
+# --- the scorer process -------------------------------------------------------------------------
+
+
+@dataclass
+class LoopScorer:
+    """The loop's scorer process: its URL, admin token and offer log."""
+
+    url: str
+    token: str
+    offer_log_dir: Path
+    proc: subprocess.Popen[bytes]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def loop_scorer(
+    out_dir: Path, market_dir: Path, guardrails: dict[str, Any], seed: int, timeout_s: float = 300
+) -> Iterator[LoopScorer]:
+    """Start the loop's scorer under uvicorn (the registry from this process's environment), wait
+    until it is ready, stop it at the end. Its log is `out_dir/scorer.log`."""
+    port = _free_port()
+    token = secrets.token_hex(16)
+    offer_log = out_dir / "offer_log"
+    env = {
+        **os.environ,
+        "PRICING_OFFER_LOG_DIR": str(offer_log),
+        "PRICING_ADMIN_TOKEN": token,
+        "PRICING_BOOTSTRAP_DATA_DIR": str(market_dir),
+        "PRICING_ALIAS_POLL_SECONDS": "0",  # the loop tells it to reload (and smoke-tests it)
+        MARKET_ENV: str(market_dir),
+        GUARDRAILS_ENV: json.dumps(guardrails),
+        SEED_ENV: str(seed),
+    }
+    for key in ("PRICING_EXPLORATION", "REDIS_URL", "PRICING_SCORER_URL"):
+        env.pop(key, None)  # exploration comes from each policy's guardrails; in-process store
+    cmd = [sys.executable, "-m", "uvicorn", "tasks.loop:loop_scorer_app", "--factory"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+    log_file = open(out_dir / "scorer.log", "ab")  # noqa: SIM115 - closed after the process
+    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    scorer = LoopScorer(f"http://127.0.0.1:{port}", token, offer_log, proc)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"the loop's scorer exited ({proc.returncode}); see {out_dir / 'scorer.log'}"
+                )
+            try:
+                if httpx.get(f"{scorer.url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the loop's scorer was not ready within {timeout_s:.0f} s")
+            time.sleep(0.2)
+        yield scorer
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log_file.close()
+
+
+def served(scorer_url: str) -> dict[str, Any]:
+    """The scorer's `/readyz`: the served policy and its guardrails."""
+    r = httpx.get(f"{scorer_url}/readyz", timeout=10)
+    r.raise_for_status()
+    out: dict[str, Any] = r.json()
+    return out
+
+
+# --- the market ---------------------------------------------------------------------------------
+
+
+@task(name="simulate_loop_market", task_run_name="simulate the loop's market (seed {seed})")
+def simulate_loop_market(
+    out_dir: Path, seed: int, n_users: int | None, n_items: int | None, n_days: int | None
+) -> Path:
+    """A simulated market whose history ends at today's midnight (UTC), so the loop's live offers
+    follow it in time, with the ground truth the shoppers answer from."""
+    sizes = {"n_users": n_users, "n_items": n_items, "n_days": n_days}
+    cfg = SimConfig(seed=seed, **{k: v for k, v in sizes.items() if v is not None})
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    cfg = replace(cfg, start=(today - timedelta(days=cfg.n_days)).isoformat())
+    write_market(simulate(cfg), out_dir)
+    return out_dir
+
+
+# --- shoppers -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Traffic:
+    """Quote requests and, per request, one uniform number per candidate: a shopper buys at price p
+    when its number is below the true P(purchase | p), whichever arm's price that is."""
+
+    requests: list[ShopperRequest]
+    uniforms: list[np.ndarray]
+
+
+def make_traffic(
+    truth: GroundTruth, n_requests: int, candidates: int, seed: int, tag: str
+) -> Traffic:
+    """Shoppers (`pricing.shoppers.shopper_requests`) with sessions unique to `tag`."""
+    rng = np.random.default_rng(seed)
+    reqs = [
+        ShopperRequest(r.user_id, f"{tag}-{k:06d}", r.item_ids)
+        for k, r in enumerate(shopper_requests(truth, n_requests, candidates, rng))
+    ]
+    return Traffic(reqs, [rng.random(len(r.item_ids)) for r in reqs])
+
+
+class ShadowPricer:
+    """Prices requests as the scorer would serve `handle`, without showing them (the shadow arm).
+
+    The serving bundle (guardrails as registered, catalog index) comes from the scorer's own
+    `build_serving_model`; each user's state from their last `max_user_events` events.
+    """
+
+    def __init__(
+        self,
+        handle: ModelHandle,
+        events: pd.DataFrame,
+        seed: int,
+        max_user_events: int = 200,
+    ) -> None:
+        from scorer.serving import build_serving_model
+
+        self.sm = build_serving_model(handle, None)
+        self.policy = f"{handle.name}@{handle.version}"
+        ev = events.sort_values(S.TS, kind="stable")
+        self.events = {
+            str(u): part.tail(max_user_events) for u, part in ev.groupby(S.USER_ID, sort=False)
+        }
+        self.states: dict[str, Any] = {}
+        self.rng = np.random.default_rng(seed)
+
+    def quote(self, user_id: str, items: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(price, propensity) per item, in the order of `items`."""
+        sm = self.sm
+        if user_id not in self.states:
+            ev = self.events.get(user_id)
+            self.states[user_id] = sm.model.user_state(ev) if ev is not None else sm.cold_state
+        state = self.states[user_id]
+        idx = np.array([sm.index[i] for i in items], dtype=np.int64)
+        g = sm.guardrails
+        decision = P.optimize(
+            lambda grid: sm.model.demand(state, idx, grid), sm.list_price[idx], sm.unit_cost[idx], g
+        )
+        assert decision.grid is not None
+        price, propensity, _ = P.explore(decision, decision.grid, g.exploration, self.rng)
+        return price, propensity
+
+
+def shop(
+    scorer_url: str,
+    traffic: Traffic,
+    truth: GroundTruth,
+    shadow: ShadowPricer | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each shopper asks the scorer for a quote, buys from the ground truth, and reports outcomes
+    and behaviour (views, purchases) back; with `shadow`, also the challenger's price for the same
+    request and the shopper's answer to it (never shown, never logged by the scorer).
+
+    Returns (live rows, shadow rows): one row per quoted item, the shadow's paired to the live one
+    by `pair_id` (the live offer id).
+    """
+    live: list[dict[str, Any]] = []
+    ghost: list[dict[str, Any]] = []
+    with httpx.Client(base_url=scorer_url, timeout=60.0) as client:
+        for req, u in zip(traffic.requests, traffic.uniforms, strict=True):
+            uniform = dict(zip(req.item_ids, u, strict=True))
+            r = client.post(
+                "/v1/quote",
+                json={"user_id": req.user_id, "items": req.item_ids, "session_id": req.session_id},
+            )
+            r.raise_for_status()
+            q = r.json()
+            ts = datetime.now(UTC)
+            items = [it["item_id"] for it in q["items"]]
+            price = np.array([it["price"] for it in q["items"]], dtype=float)
+            users = np.full(len(items), req.user_id)
+            p_true = truth.purchase_probability(users, np.array(items), price)
+            bought = np.array([uniform[i] for i in items]) < p_true
+            policy = f"{q['model_name']}@{q['model_version']}"
+            events = []
+            for it, b in zip(q["items"], bought, strict=True):
+                client.post(
+                    "/v1/outcomes",
+                    json={
+                        "quote_id": q["quote_id"],
+                        "item_id": it["item_id"],
+                        "purchased": bool(b),
+                    },
+                ).raise_for_status()
+                for kind in (S.VIEW, S.PURCHASE) if b else (S.VIEW,):
+                    events.append(
+                        {
+                            S.EVENT_TYPE: kind,
+                            S.ITEM_ID: it["item_id"],
+                            S.PRICE: it["price"],
+                            S.SESSION_ID: req.session_id,
+                        }
+                    )
+                live.append(
+                    {
+                        S.OFFER_ID: f"{q['quote_id']}:{it['item_id']}",
+                        "quote_id": q["quote_id"],
+                        S.TS: ts,
+                        S.USER_ID: req.user_id,
+                        S.SESSION_ID: req.session_id,
+                        S.ITEM_ID: it["item_id"],
+                        S.PRICE: float(it["price"]),
+                        S.PROPENSITY: float(it["propensity"]),
+                        S.PURCHASED: int(b),
+                        S.POLICY: policy,
+                    }
+                )
+            client.post(
+                "/v1/events", json={"user_id": req.user_id, "events": events}
+            ).raise_for_status()
+            if shadow is not None:
+                s_price, s_prop = shadow.quote(req.user_id, req.item_ids)
+                s_true = truth.purchase_probability(
+                    np.full(len(req.item_ids), req.user_id), np.array(req.item_ids), s_price
+                )
+                for item, p, mu, pt in zip(req.item_ids, s_price, s_prop, s_true, strict=True):
+                    ghost.append(
+                        {
+                            S.OFFER_ID: f"shadow:{q['quote_id']}:{item}",
+                            S.TS: ts,
+                            S.USER_ID: req.user_id,
+                            S.ITEM_ID: item,
+                            S.PRICE: float(p),
+                            S.PROPENSITY: float(mu),
+                            S.PURCHASED: int(uniform[item] < pt),
+                            S.POLICY: shadow.policy,
+                            X.PAIR_ID: f"{q['quote_id']}:{item}",
+                        }
+                    )
+    return pd.DataFrame(live), pd.DataFrame(ghost)
+
+
+@task(
+    name="serve_shoppers",
+    task_run_name="round {round_no} {phase}: {n_requests} shoppers",
+    cache_policy=NO_CACHE,
+)
+def serve_shoppers(
+    scorer_url: str,
+    truth: GroundTruth,
+    round_no: int,
+    phase: str,
+    n_requests: int,
+    candidates: int,
+    seed: int,
+) -> pd.DataFrame:
+    """A round's main traffic: `n_requests` shoppers against the live scorer (no retries: a retry
+    would quote the same shoppers twice)."""
+    traffic = make_traffic(truth, n_requests, candidates, seed, f"loop-r{round_no}-{phase}")
+    rows, _ = shop(scorer_url, traffic, truth)
+    return rows
+
+
+# --- the experiment (champion live, challenger in shadow) ---------------------------------------
+
+
+@dataclass
+class ExperimentRun:
+    """An online experiment's result: the decision, the per-arm table, every row, the live rows."""
+
+    decision: X.ExperimentDecision
+    table: pd.DataFrame
+    rows: pd.DataFrame
+    live: pd.DataFrame
+    looks: list[dict[str, Any]] = field(default_factory=list)
+
+
+@task(
+    name="run_online_experiment",
+    task_run_name="round {round_no}: experiment {experiment_id}",
+    cache_policy=NO_CACHE,
+)
+def run_online_experiment(
+    scorer_url: str,
+    truth: GroundTruth,
+    challenger: ModelHandle,
+    events: pd.DataFrame,
+    unit_cost: pd.Series,
+    rule: X.ExperimentRule,
+    experiment_id: str,
+    round_no: int,
+    batch_requests: int,
+    candidates: int,
+    seed: int,
+) -> ExperimentRun:
+    """Run the experiment batch by batch, a look after each, until the rule promotes or stops."""
+    log = get_run_logger()
+    shadow = ShadowPricer(challenger, events, seed)
+    live_parts: list[pd.DataFrame] = []
+    rows = pd.DataFrame()
+    looks: list[dict[str, Any]] = []
+    batch = 0
+    while True:
+        traffic = make_traffic(
+            truth, batch_requests, candidates, seed + 7919 * batch, f"loop-r{round_no}-x{batch}"
+        )
+        live, ghost = shop(scorer_url, traffic, truth, shadow)
+        live_parts.append(live)
+        arm_live = live.drop(columns=["quote_id", S.SESSION_ID]).assign(
+            **{X.ARM: "champion", X.EXPERIMENT: experiment_id, X.PAIR_ID: live[S.OFFER_ID]}
+        )
+        arm_shadow = ghost.assign(**{X.ARM: "challenger", X.EXPERIMENT: experiment_id})
+        rows = pd.concat([rows, arm_live, arm_shadow], ignore_index=True)
+        table, decision = X.evaluate_experiment(rows, unit_cost, rule, "champion", "challenger")
+        looks.append({"look": batch + 1, **decision.to_dict()})
+        log.info("experiment %s look %d: %s", experiment_id, batch + 1, decision.reasons[-1])
+        batch += 1
+        if decision.action != X.CONTINUE:
+            return ExperimentRun(decision, table, rows, pd.concat(live_parts), looks)
+
+
+# --- the next training set ----------------------------------------------------------------------
+
+
+def loop_events(quotes: pd.DataFrame, logged: pd.DataFrame) -> pd.DataFrame:
+    """The shoppers' behaviour as contract events: a view per quoted item and a purchase per sale,
+    at the offer's logged time (equal, not earlier: an offer never sees its own view)."""
+    ts = logged.set_index(S.OFFER_ID)[S.TS]
+    q = quotes[quotes[S.OFFER_ID].isin(ts.index)]
+    when = ts.reindex(q[S.OFFER_ID]).to_numpy()
+    base = {
+        S.TS: when,
+        S.USER_ID: q[S.USER_ID].to_numpy(str),
+        S.SESSION_ID: q[S.SESSION_ID].to_numpy(str),
+        S.ITEM_ID: q[S.ITEM_ID].to_numpy(str),
+        S.QUERY: None,
+        S.PRICE: q[S.PRICE].to_numpy(float),
+    }
+    views = pd.DataFrame(
+        {S.EVENT_ID: (q[S.OFFER_ID] + ":view").to_numpy(str), S.EVENT_TYPE: S.VIEW, **base}
+    )
+    sold = q[S.PURCHASED].to_numpy(bool)
+    buys = pd.DataFrame(
+        {S.EVENT_ID: (q[S.OFFER_ID] + ":purchase").to_numpy(str), S.EVENT_TYPE: S.PURCHASE, **base}
+    )[sold]
+    return pd.concat([views, buys], ignore_index=True)[S.column_names(S.EVENTS)]
+
+
+@task(
+    name="build_next_training_set",
+    task_run_name="training set after round {round_no}",
+    cache_policy=NO_CACHE,
+)
+def build_next_training_set(
+    market_dir: Path, offer_log_dir: Path, quotes: pd.DataFrame, out_dir: Path, round_no: int
+) -> dict[str, Any]:
+    """The market's tables plus every offer the scorer logged (its export, with propensities) and
+    the shoppers' events: the next round's data directory (validated by the training flow)."""
+    from scorer.offer_log import export_offers
+
+    logged = export_offers(offer_log_dir)
+    tables = read_tables(market_dir)
+    events = loop_events(quotes, logged)
+    tables[S.EVENTS] = pd.concat([tables[S.EVENTS], events], ignore_index=True)
+    tables[S.OFFERS] = pd.concat(
+        [tables[S.OFFERS], logged[S.column_names(S.OFFERS)]], ignore_index=True
+    )
+    for name, df in tables.items():
+        write_table(df, out_dir, name)
+    shutil.copytree(market_dir / "ground_truth", out_dir / "ground_truth", dirs_exist_ok=True)
+    return {
+        "logged_offers": int(len(logged)),
+        "offers": int(len(tables[S.OFFERS])),
+        "loop_events": int(len(events)),
+        "skipped_log_lines": int(logged.attrs.get("skipped_lines", 0)),
+    }
+
+
+def write_round_config(
+    base_config: str | None,
+    model: str | None,
+    exploration: float,
+    test_start: datetime,
+    seed: int,
+    path: Path,
+) -> Path:
+    """The round's experiment config: the base config with the loop's exploration, and the test
+    split from the previous round's first quote on (the freshest logs judge the new model; no
+    validation split, since it would sit between the history and that test split and so hold the
+    loop's own earlier logs: LightGBM then trains a fixed 100 trees instead of early stopping, the
+    number early stopping chose on the default market)."""
+    base = load_config(base_config, {"model": model, "seed": seed})
+    raw = base.model_dump(mode="json")
+    raw["guardrails"]["exploration"] = exploration
+    raw["split"] = {"test_start": test_start.isoformat(), "valid_fraction": 0.0}
+    raw["lightgbm"] = {"n_estimators": 100, **raw.get("lightgbm", {})}
+    ExperimentConfig.model_validate(raw)  # fail here, not inside the training flow
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+# --- the offline gate and the off-policy estimates ----------------------------------------------
+
+
+@dataclass
+class OfflineResult:
+    """The round's offline evaluation on the previous round's logs."""
+
+    metrics: dict[str, dict[str, float]]
+    dr: dict[str, dict[str, float]]
+    n_test: int
+
+
+def dr_estimate(
+    model: DemandModel,
+    epsilon: float,
+    test: PricingData,
+    reward_model: DemandModel,
+    guardrails: P.Guardrails,
+    truth: GroundTruth | None,
+    max_weight: float,
+) -> dict[str, float]:
+    """The doubly robust value of `model`'s epsilon-greedy policy on the logged test offers.
+
+    The reward model is a separately fitted pooled logistic model: a model grading its own argmax
+    overrates it (on the default market LightGBM's own estimate of its policy is about 10% high).
+    With the truth, also the exact value of the same policy on the same offers (`true_value`).
+    """
+    offers = test.offers
+    lp, cost = test.list_price(), test.unit_cost()
+    decision = P.optimize(lambda grid: model.predict_grid(test, grid), lp, cost, guardrails)
+    assert decision.grid is not None
+    grid = decision.grid
+    filled = np.where(np.isnan(grid), lp[:, None], grid)
+    q_grid = (grid - cost[:, None]) * reward_model.predict_grid(test, filled)
+    price = offers[S.PRICE].to_numpy(float)
+    reward = (price - cost) * offers[S.PURCHASED].to_numpy(float)
+    mu = pd.to_numeric(offers[S.PROPENSITY], errors="coerce").to_numpy(float)
+    est = X.dr_epsilon_greedy(
+        reward, price, mu, grid, q_grid, decision.index, epsilon, max_weight=max_weight
+    )
+    if truth is not None:
+        users = offers[S.USER_ID].astype(str).to_numpy()
+        items = offers[S.ITEM_ID].astype(str).to_numpy()
+        with np.errstate(invalid="ignore"):
+            true_q = (grid - cost[:, None]) * truth.purchase_probability(users, items, filled)
+        true_q = np.where(np.isnan(grid), np.nan, true_q)
+        rows = np.arange(len(offers))
+        value = (1 - epsilon) * true_q[rows, decision.index] + epsilon * np.nanmean(true_q, axis=1)
+        est["true_value"] = float(np.mean(value))
+    return est
+
+
+@task(
+    name="evaluate_offline",
+    task_run_name="round {round_no}: offline gate and DR on the previous round's logs",
+    cache_policy=NO_CACHE,
+)
+def evaluate_offline(
+    data_dir: Path,
+    config_path: Path,
+    policies: dict[str, tuple[DemandModel, float]],
+    cache_dir: Path,
+    round_no: int,
+    max_weight: float = 20.0,
+) -> OfflineResult:
+    """Every policy on the test split (the previous round's logs), by the training flow's
+    evaluation (`tasks.evaluation.evaluate_models`: what the promotion gate compares), and each
+    one's DR estimate as it would be served (greedy plus its exploration)."""
+    from tasks.evaluation import evaluate_models, subset
+    from tasks.features import build_offer_features
+    from tasks.training import fit_model
+
+    cfg = load_config(config_path)
+    tables = read_tables(data_dir)
+    feats = build_offer_features(tables, cache_dir).features
+    offers = tables[S.OFFERS].reset_index(drop=True)
+    split = time_split(
+        offers, cfg.split.test_start, cfg.split.test_fraction, cfg.split.valid_fraction
+    )
+    full = PricingData(
+        offers=offers,
+        items=tables[S.ITEMS],
+        events=tables[S.EVENTS],
+        features=feats,
+        users=tables.get(S.USERS),
+    )
+    train, test = subset(full, split.train), subset(full, split.test)
+    truth = load_ground_truth(data_dir)
+    g = P.Guardrails.from_dict(cfg.guardrails.model_dump())
+    metrics, _ = evaluate_models(
+        {name: m for name, (m, _) in policies.items()},
+        test,
+        truth,
+        g,
+        float(train.offers[S.PURCHASED].mean()),
+        cfg.evaluation.max_test_offers,
+        cfg.seed,
+        train_items=set(train.offers[S.ITEM_ID].astype(str)),
+    )
+    reward_model, _ = fit_model("logistic", train, None, cfg)
+    dr = {
+        name: dr_estimate(model, eps, test, reward_model, g, truth, max_weight)
+        for name, (model, eps) in policies.items()
+    }
+    return OfflineResult(metrics, dr, len(test))
+
+
+# --- the round's numbers and the report ---------------------------------------------------------
+
+
+def round_numbers(
+    quotes: pd.DataFrame, truth: GroundTruth, unit_cost: pd.Series, guardrails: P.Guardrails
+) -> dict[str, float]:
+    """Exact expected profit per quote of the served prices, the oracle's and list price's, on the
+    round's shoppers (`pricing.shoppers.loop_summary`)."""
+    return loop_summary(quotes, truth, unit_cost, guardrails)
+
+
+def plot_loop(rounds: list[dict[str, Any]], path: Path) -> Path:
+    """Profit per quote by round: the served policy (true), its DR estimate, the oracle, list price."""
+    from mlops.plots import _plt
+
+    plt = _plt()
+    k = [r["round"] for r in rounds]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(k, [r["oracle_profit_per_quote"] for r in rounds], "k--", label="oracle")
+    ax.plot(k, [r["true_profit_per_quote"] for r in rounds], "o-", label="served policy (true)")
+    dr = [r["ope_dr_estimate"] for r in rounds]
+    ax.plot(k, dr, "x", ms=9, label="DR estimate")
+    ax.plot(k, [r["list_price_profit_per_quote"] for r in rounds], ":", label="list price")
+    for r in rounds:
+        if r["promoted"]:
+            ax.annotate(r["policy"], (r["round"], r["true_profit_per_quote"]), fontsize=7,
+                        xytext=(4, -12), textcoords="offset points")  # fmt: skip
+    ax.set_xticks(k)
+    ax.set_xlabel("round")
+    ax.set_ylabel("expected profit per quote")
+    ax.set_title("Closed loop on the simulator")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def markdown_table(rounds: list[dict[str, Any]]) -> str:
+    """loop.json's rounds as a Markdown table (README, the Prefect artifact)."""
+    lines = [
+        "| round | policy | quotes | true profit / quote | oracle | list price | DR estimate "
+        "| DR error | gap to oracle | promoted |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rounds:
+        true, dr = r["true_profit_per_quote"], r["ope_dr_estimate"]
+        err = abs(dr - true) / true if true and math.isfinite(dr) else math.nan
+        gap = 1 - true / r["oracle_profit_per_quote"]
+        lines.append(
+            f"| {r['round']} | {r['policy']} | {r['quotes']} | {true:.4f} | "
+            f"{r['oracle_profit_per_quote']:.4f} | {r['list_price_profit_per_quote']:.4f} | "
+            f"{dr:.4f} | {err:.1%} | {gap:.1%} | {'yes' if r['promoted'] else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+@task(name="write_loop_report", task_run_name="write loop.json to {out_dir}", cache_policy=NO_CACHE)
+def write_loop_report(
+    out_dir: Path, rounds: list[dict[str, Any]], details: list[dict[str, Any]]
+) -> dict[str, Path]:
+    """DIR/loop.json (the shape other tools read), loop.md, loop.png, loop-details.json; the table
+    as a Prefect artifact."""
+    from prefect.artifacts import create_markdown_artifact
+
+    paths = {
+        "json": out_dir / "loop.json",
+        "markdown": out_dir / "loop.md",
+        "plot": out_dir / "loop.png",
+        "details": out_dir / "loop-details.json",
+    }
+    paths["json"].write_text(json.dumps({"rounds": rounds}, indent=2) + "\n")
+    table = markdown_table(rounds)
+    paths["markdown"].write_text(table + "\n")
+    plot_loop(rounds, paths["plot"])
+    paths["details"].write_text(json.dumps(details, indent=2, default=str) + "\n")
+    create_markdown_artifact(
+        markdown=table, key="closed-loop", description="Closed loop: profit per quote by round"
+    )
+    return paths
