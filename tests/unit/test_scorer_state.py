@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
+import os
+import signal
 import threading
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from pricing import schema as S
-from scorer.offer_log import OUTCOMES_FILE, QUOTES_FILE, OfferLog, export_offers
-from scorer.state import InMemoryUserStore, UserStore, events_frame, hydrate
+from scorer.offer_log import OUTCOMES_FILE, QUOTES_FILE, OfferLog, OfferLogError, export_offers
+from scorer.state import InMemoryUserStore, UserStore, conforms, events_frame, hydrate
 
 
 def _event(k: int, user: str = "u1", etype: str = S.VIEW, query: str | None = None) -> dict:
@@ -166,3 +171,265 @@ def test_find_quote_in_fresh_log(tmp_path, n: int) -> None:
     log.append_quotes(_quote_rows("q1", ["a"] * n))
     assert len(log.find_quote("q1")) == n
     log.close()
+
+
+# --- issue 13: the store's quote read, atomic hydration, states that do not fit the model ---------
+
+
+def test_the_quote_read_says_state_generation_history_and_last_prices() -> None:
+    store = InMemoryUserStore()
+    new = store.read_for_quote("u1", "toy@1", "s1", ["a", "b"])
+    assert (new.state, new.generation, new.last_prices, new.has_history) == (
+        None,
+        0,
+        [None, None],
+        False,
+    )
+    generation = store.append_events("u1", [_event(0)])
+    store.put_state("u1", "toy@1", 4.0, generation)
+    store.set_last_price("u1", "s1", {"a": 9.5})
+    got = store.read_for_quote("u1", "toy@1", "s1", ["a", "b"])
+    assert (got.state, got.generation, got.last_prices, got.has_history) == (
+        4.0,
+        generation,
+        [9.5, None],
+        True,
+    )
+    assert store.read_for_quote("u1", "toy@1", None, ["a"]).last_prices is None
+    store.append_events("u1", [_event(1)])  # a newer history: the cached state is stale
+    assert store.read_for_quote("u1", "toy@1", None, []).state is None
+
+
+def test_hydration_loads_a_user_once_even_when_replicas_race() -> None:
+    store = InMemoryUserStore()
+    barrier = threading.Barrier(8)
+    results: list[bool] = []
+
+    def replica() -> None:
+        barrier.wait()
+        results.append(store.hydrate_user("u1", [_event(k) for k in range(3)]))
+
+    threads = [threading.Thread(target=replica) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 1
+    assert len(store.get_events("u1")[0]) == 3
+    assert store.hydrate_user("u1", [_event(9)]) is False  # known users are never reloaded
+
+
+def _bert_like() -> np.ndarray:
+    return np.zeros(64, np.float32)
+
+
+@pytest.mark.parametrize(
+    ("state", "template", "fits"),
+    [
+        (3.5, 3.0, True),
+        (np.float64(2.0), 3.0, True),
+        (float("nan"), 3.0, False),
+        ("3.0", 3.0, False),
+        (np.ones(5, np.float32), 3.0, False),
+        (np.ones(64, np.float32), _bert_like(), True),
+        (np.ones(64, np.float64), _bert_like(), True),
+        (np.ones(5, np.float32), _bert_like(), False),  # another model's vector
+        (np.ones((1, 64), np.float32), _bert_like(), False),
+        (np.full(64, np.nan, np.float32), _bert_like(), False),
+        (3.0, _bert_like(), False),
+        (
+            (pd.Series([1.0, 2.0], index=["a", "b"]), {"c1": 2.0}),
+            (pd.Series([0.0, 0.0], index=["a", "b"]), {}),
+            True,
+        ),
+        ((pd.Series([1.0], index=["a"]), {}), (pd.Series([0.0, 0.0], index=["a", "b"]), {}), False),
+        (
+            (pd.Series([1.0, 2.0], index=["a", "b"]), {"c1": "x"}),
+            (pd.Series([0.0, 0.0], index=["a", "b"]), {}),
+            False,
+        ),
+        ([1.0, 2.0], (1.0, 2.0), False),
+    ],
+)
+def test_a_state_fits_the_model_only_with_its_type_and_shape(state, template, fits: bool) -> None:
+    assert conforms(state, template) is fits
+
+
+def test_every_models_computed_states_fit_its_cold_state(tiny_market) -> None:
+    from mlops.models import LogisticDemand, PricingData
+    from pricing import features as F
+    from scorer.testing import ToyDemand, toy_catalog
+
+    t = tiny_market.tables
+    data = PricingData(t[S.OFFERS], t[S.ITEMS], t[S.EVENTS])
+    data.features = F.offer_features(t[S.OFFERS], t[S.EVENTS], t[S.ITEMS])
+    logistic = LogisticDemand()
+    logistic.fit(data)
+    users = t[S.EVENTS][S.USER_ID].drop_duplicates().head(20)
+    for model in (logistic, ToyDemand(toy_catalog(10))):
+        cold = model.user_state(events_frame([]))
+        for user in users:
+            events = t[S.EVENTS][t[S.EVENTS][S.USER_ID] == user]
+            assert conforms(model.user_state(events), cold), (type(model).__name__, user)
+
+
+# --- issue 13: one writer slot per process, merged readers, group commit ---------------------------
+
+
+def test_each_writer_gets_its_own_files_and_readers_merge_them(tmp_path) -> None:
+    a, b = OfferLog(tmp_path), OfferLog(tmp_path)
+    assert (a.slot, b.slot) == (0, 1)
+    assert a.quotes_path.name == QUOTES_FILE and b.quotes_path.name == "quotes.1.jsonl"
+    a.append_quotes(_quote_rows("qa", ["x", "y"]))
+    b.append_quotes(_quote_rows("qb", ["x"]))
+    # an outcome for A's quote, reported to B, lands in B's file
+    offer = {r[S.ITEM_ID]: r for r in b.find_quote("qa")}["y"]
+    b.append_outcome({**offer, S.PURCHASED: 1, "outcome_ts": "2026-01-02T00:00:00+00:00"})
+    a.append_outcome(
+        {**a.find_quote("qb")[0], S.PURCHASED: 0, "outcome_ts": "2026-01-02T00:00:01+00:00"}
+    )
+    assert [r[S.ITEM_ID] for r in a.find_quote("qa")] == ["x", "y"]
+    # a correction reported to the other writer later wins, whatever the file order
+    b.append_outcome({**offer, S.PURCHASED: 0, "outcome_ts": "2026-01-02T00:00:02+00:00"})
+    a.append_outcome({**offer, S.PURCHASED: 1, "outcome_ts": "2026-01-02T00:00:03+00:00"})
+    for log in (a, b):
+        log.close()
+    assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == [
+        "outcomes.1.jsonl",
+        "outcomes.jsonl",
+        "quotes.1.jsonl",
+        "quotes.jsonl",
+    ]
+    offers = export_offers(tmp_path)
+    assert dict(zip(offers[S.OFFER_ID], offers[S.PURCHASED], strict=True)) == {
+        "qa:y": 1,
+        "qb:x": 0,
+    }
+    pending = export_offers(tmp_path, include_pending=True)
+    assert sorted(pending[S.OFFER_ID]) == ["qa:x", "qa:y", "qb:x"]
+    again = OfferLog(tmp_path)  # a restarted process takes slot 0 back, and its file
+    assert again.slot == 0 and [r[S.ITEM_ID] for r in again.find_quote("qb")] == ["x"]
+    again.close()
+
+
+def test_concurrent_quotes_on_the_event_loop_share_batched_writes(tmp_path) -> None:
+    log = OfferLog(tmp_path)
+
+    async def many() -> None:
+        await asyncio.gather(
+            *(log.append_quotes_async(_quote_rows(f"q{k}", ["a", "b"])) for k in range(200))
+        )
+
+    asyncio.run(many())
+    batches, records = log.batch_stats
+    assert records == 200 and batches < 200  # fewer writes than appends
+    for k in (0, 77, 199):  # indexed as written, offsets and all
+        assert [r[S.ITEM_ID] for r in log.find_quote(f"q{k}")] == ["a", "b"]
+    log.close()
+    lines = (tmp_path / QUOTES_FILE).read_text().splitlines()
+    assert len(lines) == 400 and len({json.loads(x)[S.OFFER_ID] for x in lines}) == 400
+
+
+def test_a_failed_batch_answers_every_caller_and_leaves_whole_lines(tmp_path, monkeypatch) -> None:
+    log = OfferLog(tmp_path)
+    real = os.write
+    fail = {"on": False, "calls": 0}
+
+    def flaky(fd: int, data: bytes) -> int:
+        if fail["on"] and fd == log._quotes._fd:
+            fail["calls"] += 1
+            if fail["calls"] == 1:  # a third of the batch gets in, then the disk is full
+                return real(fd, bytes(data)[: len(data) // 3])
+            fail["on"] = False
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", flaky)
+
+    async def batch(prefix: str) -> list[BaseException | None]:
+        return await asyncio.gather(
+            *(log.append_quotes_async(_quote_rows(f"{prefix}{k}", ["a"])) for k in range(10)),
+            return_exceptions=True,
+        )
+
+    async def run() -> tuple[list, list]:
+        first = await batch("ok")
+        fail["on"] = True
+        return first, await batch("bad")
+
+    first, second = asyncio.run(run())
+    assert all(r is None for r in first)
+    assert all(isinstance(r, OfferLogError) for r in second)  # nobody in the batch acknowledged
+    asyncio.run(batch("after"))
+    log.close()
+    rows = [json.loads(x) for x in (tmp_path / QUOTES_FILE).read_text().splitlines()]
+    assert [r["quote_id"][:2] for r in rows] == ["ok"] * 10 + ["af"] * 10
+
+
+_KILL_CHILD = """
+import asyncio, os, signal, sys
+from scorer.offer_log import OfferLog
+
+log = OfferLog(sys.argv[1])
+real = os.write
+writes = 0
+
+
+def dying_write(fd, data):
+    global writes
+    if fd == log._quotes._fd:
+        writes += 1
+        if writes == int(sys.argv[2]):  # half of this batch reaches the file, then kill -9
+            real(fd, bytes(data)[: len(data) // 2 + 7])  # (never on a line boundary)
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real(fd, data)
+
+
+os.write = dying_write
+
+
+def rows(q):
+    return [{"offer_id": f"{q}:{i}", "quote_id": q, "ts": "2026-01-01T00:00:00+00:00",
+             "user_id": "u", "item_id": i, "price": 1.0, "propensity": 1.0, "policy": "p"}
+            for i in ("a", "b", "c")]
+
+
+async def quote(q):
+    await log.append_quotes_async(rows(q))
+    print(q, flush=True)  # acknowledged: only after the batch's write returned
+
+
+async def main():
+    for wave in range(100):
+        await asyncio.gather(*(quote(f"w{wave}q{k}") for k in range(8)))
+
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("kill_at", [1, 5, 23])
+def test_kill_9_during_a_batched_write_loses_no_acknowledged_line(tmp_path, kill_at: int) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _KILL_CHILD, str(tmp_path), str(kill_at)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    acked = set(out.stdout.split())
+    assert len(acked) == 8 * (kill_at - 1)  # every batch before the torn one, none of it
+    data = (tmp_path / QUOTES_FILE).read_bytes()
+    assert not data.endswith(b"\n")  # the torn batch is on disk, half written
+    logged = export_offers(tmp_path, include_pending=True)
+    quoted = set(logged["offer_id"].str.split(":").str[0])
+    assert acked <= quoted  # no acknowledged quote lost
+    assert logged.attrs["skipped_lines"] <= 1  # the torn line only
+    again = OfferLog(tmp_path)  # the next process starts on a fresh line
+    again.append_quotes(_quote_rows("after", ["a"]))
+    assert [r[S.ITEM_ID] for r in again.find_quote("after")] == ["a"]
+    again.close()
+    assert "after:a" in set(export_offers(tmp_path, include_pending=True)["offer_id"])
