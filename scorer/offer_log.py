@@ -358,7 +358,11 @@ class _Appender:
             await loop.run_in_executor(None, self._sync_or_raise, mine)
 
     def _flush(self) -> None:
-        """Write every pending async append in one batch and answer their callers."""
+        """Write every pending async append in one batch and answer their callers.
+
+        Runs as a loop callback: it must answer every caller whatever happens, or they wait
+        forever, so any failure becomes an error for the whole batch.
+        """
         batch, self._pending, self._flush_scheduled = self._pending, [], False
         if not batch:
             return
@@ -368,12 +372,16 @@ class _Appender:
                 if offset is not None:
                     for p in batch:
                         if p.written_at is not None:
-                            p.written_at(offset)
+                            try:
+                                p.written_at(offset)
+                            except Exception:  # noqa: BLE001 - the lines are written; only indexing failed
+                                log.exception("offer log %s: indexing a batch failed", self.path)
                         offset += len(p.data)
-        except OfferLogError as exc:
+        except Exception as exc:  # noqa: BLE001 - never leave a caller waiting
+            error = exc if isinstance(exc, OfferLogError) else OfferLogError(f"{exc!r}")
             for p in batch:
                 if not p.future.done():
-                    p.future.set_exception(OfferLogError(exc.reason))
+                    p.future.set_exception(OfferLogError(error.reason))
             return
         self.batches += 1
         self.batched_records += len(batch)
