@@ -845,39 +845,48 @@ class LightGBMTextDemand(LightGBMDemand):
         return self._text_block(frame, rows, h["items"], h["q_at"], h["q_red"], h["q_unit"])
 
     def user_state(self, events: pd.DataFrame) -> Any:
-        """(history sums, category counts, text state): the text state holds the user's recent
-        items (catalog rows) and recent searches' vectors, as `offer_frame` finds them for an
-        offer just after the user's latest event."""
+        """(history sums, category counts, recent items, recent queries, their reduced vectors,
+        their unit vectors): what `offer_frame` finds for an offer just after the latest event.
+
+        Fixed shapes whatever the history (-1 and zero rows pad), so the scorer's `conforms` can
+        check a cached state against the cold one.
+        """
         sums, cats = super().user_state(events)
-        k = int(self.text["recent_items"])
+        k, q = int(self.text["recent_items"]), int(self.text["recent_queries"])
+        items = np.full(k, -1, np.int64)
+        q_at = np.full(q, -1, np.int64)
+        q_red = np.zeros((q, self.dims))
+        q_unit = np.zeros((q, self.item_unit.shape[1]), np.float32)
         if len(events):
             at = _ts(events[S.TS]).max() + pd.Timedelta(1, "ns")
             ev = events.assign(**{S.USER_ID: "_"})
             h = self._history(np.array(["_"]), pd.Series([at]), ev)
-            keep = h["q_at"][0][h["q_at"][0] >= 0]
-            text = {
-                "items": h["items"][0].astype(np.int64),
-                "q_red": h["q_red"][keep].astype(np.float64),
-                "q_unit": h["q_unit"][keep].astype(np.float32),
-            }
-        else:
-            text = {
-                "items": np.full(k, -1, np.int64),
-                "q_red": np.zeros((0, self.dims)),
-                "q_unit": np.zeros((0, self.item_unit.shape[1]), np.float32),
-            }
-        return sums, cats, text
+            items = h["items"][0].astype(np.int64)
+            pos = h["q_at"][0]
+            keep = pos >= 0
+            q_red[keep] = h["q_red"][pos[keep]]
+            q_unit[keep] = h["q_unit"][pos[keep]]
+            q_at = np.where(keep, np.arange(q), -1)
+        return sums, cats, items, q_at, q_red, q_unit
 
     def _add_serving_columns(
         self, frame: pd.DataFrame, state: Any, item_idx: np.ndarray
     ) -> pd.DataFrame:
-        text = state[2]
         n = len(frame)
-        items = np.broadcast_to(np.asarray(text["items"], np.int64), (n, len(text["items"])))
-        q_red = np.asarray(text["q_red"], np.float64).reshape(-1, self.dims)
-        q_unit = np.asarray(text["q_unit"], np.float32).reshape(len(q_red), self.item_unit.shape[1])
-        q_at = np.broadcast_to(np.arange(len(q_red)), (n, len(q_red)))
-        return self._text_block(frame, np.asarray(item_idx, np.int64), items, q_at, q_red, q_unit)
+        items, q_at = np.asarray(state[2], np.int64), np.asarray(state[3], np.int64)
+        q_red = np.asarray(state[4], np.float64).reshape(len(q_at), self.dims)
+        q_unit = np.asarray(state[5], np.float32).reshape(len(q_at), self.item_unit.shape[1])
+        # A state read from a shared store is data, not trusted indices: out of range = none.
+        items = np.where((items >= 0) & (items < len(self.catalog)), items, -1)
+        q_at = np.where((q_at >= 0) & (q_at < len(q_at)), q_at, -1)
+        return self._text_block(
+            frame,
+            np.asarray(item_idx, np.int64),
+            np.broadcast_to(items, (n, len(items))),
+            np.broadcast_to(q_at, (n, len(q_at))),
+            q_red,
+            q_unit,
+        )
 
     def save(self, path: Path) -> None:
         assert self.item_pca is not None and self.query_pca is not None, "fit first"

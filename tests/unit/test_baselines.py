@@ -25,6 +25,7 @@ from pricing.keywords import query_terms
 from pricing.simulator import Market
 from pricing.split import time_split
 from scorer.redis_store import decode_state, encode_state
+from scorer.state import conforms
 from tasks.evaluation import subset
 
 FAST = {"num_threads": 1, "n_estimators": 60, "early_stopping_rounds": 10}
@@ -141,6 +142,13 @@ def test_lightgbm_text_round_trip_gives_identical_predictions(
         loaded.demand(state, idx, lp), text_model.demand(text_model.user_state(events), idx, lp)
     )
     assert {"text.npz", "text.json"} <= {p.name for p in (tmp_path / "m").iterdir()}
+    # Fixed shapes: the scorer can check a cached state against the cold one, and a forged one
+    # (indices out of range) prices as "no history" instead of failing.
+    cold = loaded.user_state(events.iloc[:0])
+    assert conforms(state, cold) and conforms(cold, state)
+    forged = (*state[:2], np.full_like(state[2], 10**6), np.full_like(state[3], -7), *state[4:])
+    assert conforms(forged, cold)
+    assert np.isfinite(loaded.demand(forged, idx, lp)).all()
 
 
 def test_serving_builds_the_columns_evaluation_reads(
