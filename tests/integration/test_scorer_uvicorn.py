@@ -88,3 +88,56 @@ def test_quote_over_http(server: tuple[str, Path]) -> None:
         assert "scorer_requests_total" in c.get("/metrics").text
     offers = export_offers(log_dir)
     assert offers["offer_id"].tolist() == [f"{qid}:i3"]
+
+
+@pytest.mark.slow
+def test_pricing_serve_runs_web_concurrency_workers_each_with_its_own_log_files(
+    tmp_path: Path,
+) -> None:
+    """`pricing serve` (scorer.main.serve) starts $WEB_CONCURRENCY processes on one port; each
+    claims its own offer-log writer slot in the shared directory."""
+    import fcntl
+
+    port = _free_port()
+    log_dir = tmp_path / "offers"
+    env = {
+        **os.environ,
+        "WEB_CONCURRENCY": "2",
+        "PRICING_OFFER_LOG_DIR": str(log_dir),
+        "PRICING_ALIAS_POLL_SECONDS": "0",
+        "MLFLOW_TRACKING_URI": f"file:{tmp_path / 'mlruns'}",  # no champion: up, not ready
+    }
+    code = f"from scorer.main import serve; serve(port={port}, log_level='warning')"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        held: list[int] = []
+        while time.monotonic() < deadline:
+            held = []
+            for slot in (0, 1, 2):
+                lock = log_dir / f".writer-{slot}.lock"
+                if not lock.exists():
+                    continue
+                with open(lock, "rb") as f:
+                    try:
+                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        held.append(slot)  # a live worker holds it
+            if held == [0, 1]:
+                break
+            time.sleep(0.2)
+        assert held == [0, 1]
+        while True:  # the workers answer once their startup is done
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "no worker answered /healthz"
+                time.sleep(0.2)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
