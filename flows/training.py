@@ -94,6 +94,7 @@ def training(
     strategy: str | None = None,
     precision: str | None = None,
     seed: int | None = None,
+    preset: str | None = None,
     force_promote: bool = False,
     data_url: str | None = None,
     since: str | None = None,
@@ -101,6 +102,7 @@ def training(
 ) -> dict[str, Any]:
     """Train, evaluate against the baselines, register and (if it wins) promote a price-response model.
 
+    `preset` (`pricing run --simulate --preset classic`): the simulated market, over the config's.
     `force_promote` (`pricing run --force-promote`): an operator's override for a champion whose
     metrics cannot be compared with this run's (recorded on the version as `forced_promotion`).
     `data_url` (`pricing run --data-url postgresql://...`): read the contract tables from a
@@ -114,6 +116,8 @@ def training(
     log = get_run_logger()
     settings = get_settings()
     cfg: ExperimentConfig = load_config(config_path, {"model": model, "seed": seed})
+    if preset is not None:  # `pricing run --simulate --preset classic`
+        cfg = cfg.model_copy(update={"simulate": {**cfg.simulate, "preset": preset}})
     registered = cfg.registered_model or settings.registered_model
     runs_dir = Path(settings.runs_dir)
 

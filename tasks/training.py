@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from mlops.config import ExperimentConfig
-from mlops.models import DemandModel, LightGBMDemand, LogisticDemand, PricingData, model_class
+from mlops.models import DemandModel, LogisticDemand, PricingData, model_class
 
 
 def make_model(
@@ -18,8 +18,8 @@ def make_model(
     """An untrained model of kind `name`, built from the experiment config."""
     if name == "logistic":
         return LogisticDemand(**config.logistic)
-    if name == "lightgbm":
-        return LightGBMDemand(config.lightgbm, seed=config.seed)
+    if name in ("lightgbm", "lightgbm_text"):
+        return model_class(name)(getattr(config, name), seed=config.seed)  # type: ignore[call-arg]
     cls = model_class(name)
     return cls(config.bert, seed=config.seed, trainer=trainer or {})  # type: ignore[call-arg]
 

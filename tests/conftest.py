@@ -17,6 +17,7 @@ os.environ.update(
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "TOKENIZERS_PARALLELISM": "false",
+        "OMP_WAIT_POLICY": "PASSIVE",  # torch's spinning OpenMP threads starve LightGBM (2 cores)
     }
 )
 os.environ.setdefault("PREFECT_HOME", str(_TMP / "prefect"))

@@ -39,8 +39,8 @@ def test_training_registers_promotes_then_keeps_a_worse_challenger_out(
     for key in ("model", "mlflow_run_id", "registered_model", "model_version", "promoted"):
         assert key in first
     assert set(first["split"]) >= {"test_start", "n_train", "n_test"}
-    assert set(first["metrics"]) == {"lightgbm", "logistic", "list_price"}
-    for name in ("lightgbm", "logistic"):
+    assert set(first["metrics"]) == {"lightgbm", "logistic", "lightgbm_text", "list_price"}
+    for name in ("lightgbm", "logistic", "lightgbm_text"):
         m = first["metrics"][name]
         assert {"log_loss", "auc", "ece", "profit_regret", "uplift_vs_list"} <= set(m)
         assert 0 <= m["ece"] <= 1 and 0 <= m["auc"] <= 1
