@@ -20,6 +20,7 @@ paths: `model.user_state(events_frame(events))` and `model.demand`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -73,7 +74,12 @@ def accelerate(model: Any) -> Accelerated:
         fast_state = BertUserState(model)
         problem = fast_state.check(base.user_state)
         if problem is None:
-            user_state, notes["user_state"] = fast_state, "numpy tokens + model transformer"
+            user_state = fast_state
+            notes["user_state"] = (
+                "numpy tokens + numpy transformer"
+                if fast_state.numpy_tower is not None
+                else "numpy tokens + model transformer"
+            )
         else:
             notes["user_state"] = f"model (fast path disagreed: {problem})"
     except Exception as exc:  # noqa: BLE001 - a fast path never stops a model from serving
@@ -139,7 +145,14 @@ class _Unusual(Exception):
 
 def _ts_ns(value: Any) -> int:
     """An ISO 8601 timestamp (at most microseconds) as UTC nanoseconds; naive means UTC."""
-    if not isinstance(value, str) or not _ISO_RE.match(value):
+    if not isinstance(value, str):
+        raise _Unusual("timestamp")
+    return _parse_ts(value)
+
+
+@functools.lru_cache(maxsize=1 << 16)  # a history is re-read at every refresh: parse each once
+def _parse_ts(value: str) -> int:
+    if not _ISO_RE.match(value):
         raise _Unusual("timestamp")
     dt = datetime.fromisoformat(value)
     if dt.tzinfo is None:
@@ -154,6 +167,130 @@ def _price(value: Any) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     raise _Unusual("price")
+
+
+def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    mu = x.mean(-1, keepdims=True)
+    xc = x - mu
+    var = (xc * xc).mean(-1, keepdims=True)
+    return xc / np.sqrt(var + np.float32(eps)) * w + b
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    return np.float32(0.5) * x * (np.float32(1.0) + _erf(x * np.float32(1 / math.sqrt(2))))
+
+
+class NumpyUserTower:
+    """`UserTower.forward` for one history, in numpy (float32).
+
+    The same tokens (item, type, gap, recency, price and query parts), the same pre-norm
+    transformer layers (multi-head attention with padded keys masked, GELU feed-forward), the same
+    pooling (CLS and masked mean) and output layer, from the module's own weights. A batch of one
+    user is a few (33 x 64) matrices: torch's per-operation overhead is most of its cost, and
+    numpy's is several times lower. Raises TypeError for an architecture it does not mirror.
+    """
+
+    def __init__(self, user: Any) -> None:
+        import torch
+
+        def np32(t: Any) -> np.ndarray:
+            return np.ascontiguousarray(t.detach().float().numpy())
+
+        layers = list(user.encoder.layers)
+        if user.encoder.norm is not None:
+            raise TypeError("the encoder has a final norm")
+        pp = user.price_proj
+        if not (len(pp) == 3 and isinstance(pp[1], torch.nn.GELU) and pp[1].approximate == "none"):
+            raise TypeError("price_proj is not Linear-GELU-Linear")
+        self.layers = []
+        for layer in layers:
+            attn = layer.self_attn
+            if not (
+                layer.norm_first
+                and getattr(layer, "activation_relu_or_gelu", 0) == 2
+                and attn.batch_first
+                and attn._qkv_same_embed_dim
+                and attn.in_proj_bias is not None
+                and layer.linear1.bias is not None
+            ):
+                raise TypeError("a transformer layer this path does not mirror")
+            self.layers.append(
+                {
+                    "heads": attn.num_heads,
+                    "in_w": np32(attn.in_proj_weight).T.copy(),
+                    "in_b": np32(attn.in_proj_bias),
+                    "out_w": np32(attn.out_proj.weight).T.copy(),
+                    "out_b": np32(attn.out_proj.bias),
+                    "n1": (np32(layer.norm1.weight), np32(layer.norm1.bias), layer.norm1.eps),
+                    "n2": (np32(layer.norm2.weight), np32(layer.norm2.bias), layer.norm2.eps),
+                    "w1": np32(layer.linear1.weight).T.copy(),
+                    "b1": np32(layer.linear1.bias),
+                    "w2": np32(layer.linear2.weight).T.copy(),
+                    "b2": np32(layer.linear2.bias),
+                }
+            )
+        self.max_len = int(user.max_len)
+        self.type_emb = np32(user.type_emb.weight)
+        self.gap_emb = np32(user.gap_emb.weight)
+        self.pos_emb = np32(user.pos_emb.weight)
+        self.pp_w1, self.pp_b1 = np32(pp[0].weight).T.copy(), np32(pp[0].bias)
+        self.pp_w2, self.pp_b2 = np32(pp[2].weight).T.copy(), np32(pp[2].bias)
+        self.no_item = np32(user.no_item)
+        self.cls = np32(user.cls)
+        self.norm = (np32(user.norm.weight), np32(user.norm.bias), user.norm.eps)
+        self.out_w, self.out_b = np32(user.out.weight).T.copy(), np32(user.out.bias)
+
+    def __call__(
+        self, a: Mapping[str, np.ndarray], item_table: np.ndarray, query_table: np.ndarray
+    ) -> np.ndarray:
+        ev_item, mask = a["ev_item"][0], a["ev_mask"][0]
+        length = len(ev_item)
+        has_item = ev_item >= 0
+        item = np.where(has_item[:, None], item_table[np.maximum(ev_item, 0)], self.no_item)
+        pos = np.minimum(np.arange(length - 1, -1, -1), self.max_len - 1)
+        lpr = a["ev_lpr"][0]
+        zero = np.float32(0.0)
+        price_in = np.stack(
+            [
+                lpr,
+                np.maximum(-lpr, zero),
+                np.maximum(lpr, zero),
+                (has_item & mask).astype(np.float32),
+            ],
+            axis=-1,
+        )
+        price = _gelu(price_in @ self.pp_w1 + self.pp_b1) @ self.pp_w2 + self.pp_b2
+        q = a["ev_query"][0]
+        tok = (
+            item
+            + self.type_emb[a["ev_type"][0]]
+            + self.gap_emb[a["ev_gap"][0]]
+            + self.pos_emb[pos]
+            + price
+            + query_table[q] * (q > 0)[:, None].astype(np.float32)
+        )
+        tok = tok * mask[:, None].astype(np.float32)
+        x = np.concatenate([self.cls[None, :], tok]).astype(np.float32)
+        keep = np.concatenate([[True], mask])
+        bias = np.where(keep, np.float32(0.0), np.float32(-np.inf))[None, None, :]
+        n = x.shape[0]
+        for ly in self.layers:
+            h = _layer_norm(x, *ly["n1"])
+            qkv = h @ ly["in_w"] + ly["in_b"]
+            d = qkv.shape[1] // 3
+            heads = ly["heads"]
+            dh = d // heads
+            qkv = qkv.reshape(n, 3, heads, dh).transpose(1, 2, 0, 3)  # (3, heads, n, dh)
+            scores = qkv[0] @ qkv[1].transpose(0, 2, 1) * np.float32(1 / math.sqrt(dh)) + bias
+            scores = np.exp(scores - scores.max(-1, keepdims=True))
+            attn = (scores / scores.sum(-1, keepdims=True)) @ qkv[2]  # (heads, n, dh)
+            x = x + attn.transpose(1, 0, 2).reshape(n, d) @ ly["out_w"] + ly["out_b"]
+            h = _layer_norm(x, *ly["n2"])
+            x = x + _gelu(h @ ly["w1"] + ly["b1"]) @ ly["w2"] + ly["b2"]
+        h = _layer_norm(x, *self.norm)
+        m = mask[:, None].astype(np.float32)
+        mean = (h[1:] * m).sum(0) / max(float(m.sum()), 1.0)
+        return (np.concatenate([h[0], mean]) @ self.out_w + self.out_b).astype(np.float32)
 
 
 class BertUserState:
@@ -187,6 +324,19 @@ class BertUserState:
             self.item_table = self.net.items(torch.arange(n_rows))
         self._lock = threading.Lock()  # the query table grows when an unseen query arrives
         self._queries: tuple[int, dict[str, int], Any] | None = None
+        self._queries_np: tuple[Any, np.ndarray] | None = None
+        self.item_table_np = self.item_table.float().numpy()
+        self.numpy_tower: NumpyUserTower | None = None
+        try:
+            self.numpy_tower = NumpyUserTower(self.net.user)
+        except TypeError as exc:  # another architecture: the model's own transformer runs
+            log.info("user tower runs in torch: %s", exc)
+
+    def _projected_np(self, projected: Any) -> np.ndarray:
+        cached = self._queries_np
+        if cached is None or cached[0] is not projected:
+            cached = self._queries_np = (projected, projected.float().numpy())
+        return cached[1]
 
     def _query_table(self) -> tuple[dict[str, int], Any]:
         """(query -> 1-based index, projected vectors) for the vocabulary plus unseen queries so far."""
@@ -228,13 +378,12 @@ class BertUserState:
             if q is not None and not isinstance(q, str):
                 raise _Unusual("query")
             queries.append(q if type_s == S.SEARCH else None)
-        new = sorted(
-            {q for q in queries if q} - set(self.vocab.queries) - set(self.model._extra_queries)
-        )
+        index, _ = self._query_table()
+        new = sorted({q for q in queries if q and q not in index})
         if new:
             with self._lock:
                 self.model._register_queries(new)  # BERT encodes a query it never saw, once
-        index, _ = self._query_table()
+            index, _ = self._query_table()
         query = np.array([index.get(q, 0) if q else 0 for q in queries], np.int64)
         lp = self.list_price[np.maximum(item, 0)]
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -270,6 +419,9 @@ class BertUserState:
             a = self.arrays(events)
         except _Unusual:
             return self.model.user_state(events_frame(events))
+        if self.numpy_tower is not None:
+            _, projected = self._query_table()
+            return self.numpy_tower(a, self.item_table_np, self._projected_np(projected))
         torch = self.torch
         _, projected = self._query_table()
         t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in a.items()}

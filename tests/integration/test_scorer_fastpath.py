@@ -230,7 +230,7 @@ def _histories(events: pd.DataFrame, n: int) -> list[list[dict[str, Any]]]:
 @pytest.mark.slow
 def test_the_bert_fast_paths_match_the_model(tiny_bert: Any, tiny_market: Any) -> None:
     accel = accelerate(tiny_bert)
-    assert accel.notes == {"user_state": "numpy tokens + model transformer", "demand": "numpy head"}
+    assert accel.notes == {"user_state": "numpy tokens + numpy transformer", "demand": "numpy head"}
     reference = generic(tiny_bert)
     histories = _histories(tiny_market.tables[S.EVENTS], 25)
     t0 = pd.Timestamp("2026-03-01", tz="UTC")
@@ -250,9 +250,12 @@ def test_the_bert_fast_paths_match_the_model(tiny_bert: Any, tiny_market: Any) -
             }
         ],
     ]
+    torch_tower = BertUserState(tiny_bert)
+    torch_tower.numpy_tower = None  # the numpy tokens with the model's own transformer
     for events in histories:
         got, want = accel.user_state(events), reference.user_state(events)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(torch_tower(events), want, rtol=0, atol=1e-5)
     idx = np.arange(len(tiny_bert.catalog))
     grid = tiny_bert.catalog[S.LIST_PRICE].to_numpy()[:, None] * np.linspace(0.5, 1.5, 7)
     for events in histories[:5]:
