@@ -39,6 +39,18 @@ class NaivePricer(Pricer):
             return _Read(sm.cold_state, None, None, degraded=True, personalized=False)
         return _Read(None, generation, last, events=events)
 
+    async def _read_async(
+        self, sm: ServingModel, user_id: str, session_id: str | None, items: list[str]
+    ) -> _Read:
+        read_async = getattr(self.store, "read_history_for_quote_async", None)
+        if read_async is None:
+            return self._read(sm, user_id, session_id, items)
+        try:
+            events, generation, last = await read_async(user_id, session_id, items)
+        except Exception:  # noqa: BLE001
+            return _Read(sm.cold_state, None, None, degraded=True, personalized=False)
+        return _Read(None, generation, last, events=events)
+
     def _state(
         self, sm: ServingModel, user_id: str, read: _Read
     ) -> tuple[Any, bool, bool, int | None]:

@@ -433,7 +433,7 @@ async def answer_quote(
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-def record_events(runtime: ScorerRuntime, user_id: str, events: list[dict[str, Any]]) -> int:
+async def record_events(runtime: ScorerRuntime, user_id: str, events: list[dict[str, Any]]) -> int:
     """Append events (`EventIn` fields as a dict each) to the user's history; returns the history
     generation after the append (shared by the route and the fast path).
 
@@ -459,8 +459,12 @@ def record_events(runtime: ScorerRuntime, user_id: str, events: list[dict[str, A
         for e in events
     ]
     t = time.perf_counter()
+    append_async = getattr(runtime.store, "append_events_async", None)
     try:
-        generation = runtime.store.append_events(user_id, rows)
+        if append_async is not None:  # (Redis) the event loop serves others meanwhile
+            generation = await append_async(user_id, rows)
+        else:
+            generation = runtime.store.append_events(user_id, rows)
     except Exception as exc:  # noqa: BLE001 - the store is down: tell the caller to retry
         log.warning("user store failed appending events: %s", exc)
         raise HTTPException(
@@ -490,7 +494,7 @@ async def quote(req: QuoteRequest, sm: ModelDep, runtime: RuntimeDep) -> Respons
 @v1.post("/events", response_model=EventsResponse)
 async def events(req: EventsRequest, runtime: RuntimeDep) -> EventsResponse:
     """Append behaviour to the user's online history; the user's state is recomputed right after."""
-    generation = record_events(runtime, req.user_id, [e.model_dump() for e in req.events])
+    generation = await record_events(runtime, req.user_id, [e.model_dump() for e in req.events])
     return EventsResponse(user_id=req.user_id, accepted=len(req.events), generation=generation)
 
 
@@ -725,7 +729,7 @@ class FastPath:
         scope["route"] = self.routes[path]
         user_id, rows = events
         try:
-            generation = record_events(runtime, user_id, rows)
+            generation = await record_events(runtime, user_id, rows)
         except HTTPException as exc:
             return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
         out = {"user_id": user_id, "accepted": len(rows), "generation": generation}
@@ -860,6 +864,12 @@ def create_app(
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+            aclose = getattr(runtime.store, "aclose", None)
+            if aclose is not None:  # the event loop's own store connection
+                try:
+                    await aclose()
+                except Exception as exc:  # noqa: BLE001 - shutting down: say so, carry on
+                    log.warning("closing the store's event-loop connection failed: %s", exc)
             runtime.close()
 
     app = FastAPI(

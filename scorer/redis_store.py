@@ -12,6 +12,11 @@ them together):
 A state is written only if the generation it was computed from is still current (a Lua check-and-set),
 and read together with the current generation (one MGET): a stale state is never served as fresh.
 
+The quote and event routes use the `*_async` twins of their calls, served by
+`scorer.redis_async` on the event loop (no blocked loop while Redis answers); everything else
+(the background refresher, readiness, hydration) uses redis-py. Both go through one round trip per
+call (commands packed by hiredis and sent at once) and share the circuit breaker below.
+
 When Redis is unreachable every call raises `StoreUnavailable` quickly: after one failure the store
 stops trying for `retry_after` seconds (a circuit breaker), so a dead Redis costs a quote microseconds,
 not a connect timeout. redis-py's pool reconnects on its own once Redis is back.
@@ -36,6 +41,7 @@ from hiredis import pack_command
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from scorer.redis_async import AsyncRedis
 from scorer.state import Event, QuoteRead
 
 T = TypeVar("T")
@@ -334,6 +340,7 @@ class RedisUserStore:
         self._last_error: str | None = None
         self._lock = threading.Lock()
         self._unencodable: set[type] = set()
+        self._async: AsyncRedis | None = None
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 0.25, **kwargs: Any) -> RedisUserStore:
@@ -429,7 +436,9 @@ class RedisUserStore:
             pool.release(conn)
 
     # --- UserStore -------------------------------------------------------------------------------
-    def append_events(self, user_id: str, events: Sequence[Mapping[str, Any]]) -> int:
+    def _append_commands(
+        self, user_id: str, events: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[Any, ...]]:
         k = self._k(user_id)
         blobs = [orjson.dumps(dict(e), default=_json_default) for e in events]
         commands: list[tuple[Any, ...]] = [("MULTI",)]
@@ -442,7 +451,10 @@ class RedisUserStore:
             ("EXPIRE", f"{k}:gen", self.state_ttl),
             ("EXEC",),
         ]
-        replies = self._call(lambda: self._run(*commands))
+        return commands
+
+    @staticmethod
+    def _appended(replies: list[Any]) -> int:
         result = replies[-1]
         if not isinstance(result, list):
             raise StoreUnavailable(f"redis refused the events transaction: {result!r}")
@@ -450,6 +462,14 @@ class RedisUserStore:
             if isinstance(reply, Exception):  # e.g. WRONGTYPE: a key that is not ours
                 raise StoreUnavailable(f"redis refused the events: {reply}")
         return int(result[-3])
+
+    def append_events(self, user_id: str, events: Sequence[Mapping[str, Any]]) -> int:
+        commands = self._append_commands(user_id, events)
+        return self._appended(self._call(lambda: self._run(*commands)))
+
+    async def append_events_async(self, user_id: str, events: Sequence[Mapping[str, Any]]) -> int:
+        """`append_events` without blocking the event loop."""
+        return self._appended(await self._acall(self._append_commands(user_id, events)))
 
     def hydrate_user(self, user_id: str, events: Sequence[Mapping[str, Any]]) -> bool:
         if not events:
@@ -464,30 +484,54 @@ class RedisUserStore:
         )
         return bool(done)
 
-    def read_for_quote(
+    def _quote_read_commands(
         self, user_id: str, model_version: str, session_id: str | None, item_ids: Sequence[str]
-    ) -> QuoteRead:
-        """The quote path's only read, one round trip: generation, cached state, last prices."""
+    ) -> list[tuple[Any, ...]]:
         k = self._k(user_id)
-        key = f"{k}:st:{model_version}"
-        commands: list[tuple[Any, ...]] = [("MGET", f"{k}:gen", key), ("EXISTS", f"{k}:ev")]
+        commands: list[tuple[Any, ...]] = [
+            ("MGET", f"{k}:gen", f"{k}:st:{model_version}"),
+            ("EXISTS", f"{k}:ev"),
+        ]
         if session_id is not None and item_ids:
             commands.append(("HMGET", f"{k}:lp:{session_id}", *item_ids))
-        replies = self._call(lambda: self._run(*commands))
+        return commands
+
+    def _quote_read(
+        self,
+        replies: list[Any],
+        user_id: str,
+        model_version: str,
+        session_id: str | None,
+        n_items: int,
+    ) -> QuoteRead:
         pair = replies[0]
         gen, blob = pair if isinstance(pair, list) else (None, None)
         last: list[float | None] | None = None
         if session_id is not None:
             raw = replies[2] if len(replies) > 2 else []
-            last = _prices(raw) if isinstance(raw, list) else [None] * len(item_ids)
-        has_history = replies[1] == 1
-        return QuoteRead(_fresh_state(gen, blob, key), _generation(gen), last, has_history)
+            last = _prices(raw) if isinstance(raw, list) else [None] * n_items
+        where = f"{self._k(user_id)}:st:{model_version}"
+        return QuoteRead(_fresh_state(gen, blob, where), _generation(gen), last, replies[1] == 1)
 
-    def read_history_for_quote(
+    def read_for_quote(
+        self, user_id: str, model_version: str, session_id: str | None, item_ids: Sequence[str]
+    ) -> QuoteRead:
+        """The quote path's only read, one round trip: generation, cached state, last prices."""
+        commands = self._quote_read_commands(user_id, model_version, session_id, item_ids)
+        replies = self._call(lambda: self._run(*commands))
+        return self._quote_read(replies, user_id, model_version, session_id, len(item_ids))
+
+    async def read_for_quote_async(
+        self, user_id: str, model_version: str, session_id: str | None, item_ids: Sequence[str]
+    ) -> QuoteRead:
+        """`read_for_quote` without blocking the event loop (scorer.redis_async)."""
+        commands = self._quote_read_commands(user_id, model_version, session_id, item_ids)
+        replies = await self._acall(commands)
+        return self._quote_read(replies, user_id, model_version, session_id, len(item_ids))
+
+    def _history_commands(
         self, user_id: str, session_id: str | None, item_ids: Sequence[str]
-    ) -> tuple[list[Event], int, list[float | None] | None]:
-        """Events, generation and last prices in one round trip (events and generation from one
-        snapshot)."""
+    ) -> list[tuple[Any, ...]]:
         k = self._k(user_id)
         commands: list[tuple[Any, ...]] = [
             ("MULTI",),
@@ -497,15 +541,35 @@ class RedisUserStore:
         ]
         if session_id is not None and item_ids:
             commands.append(("HMGET", f"{k}:lp:{session_id}", *item_ids))
-        replies = self._call(lambda: self._run(*commands))
+        return commands
+
+    def _history(
+        self, replies: list[Any], user_id: str, session_id: str | None, n_items: int
+    ) -> tuple[list[Event], int, list[float | None] | None]:
         snapshot = replies[3]
         raw, gen = snapshot if isinstance(snapshot, list) else ([], None)
-        events = _events(raw, k) if isinstance(raw, list) else []
+        events = _events(raw, self._k(user_id)) if isinstance(raw, list) else []
         last: list[float | None] | None = None
         if session_id is not None:
             lp = replies[4] if len(replies) > 4 else []
-            last = _prices(lp) if isinstance(lp, list) else [None] * len(item_ids)
+            last = _prices(lp) if isinstance(lp, list) else [None] * n_items
         return events, _generation(gen), last
+
+    def read_history_for_quote(
+        self, user_id: str, session_id: str | None, item_ids: Sequence[str]
+    ) -> tuple[list[Event], int, list[float | None] | None]:
+        """Events, generation and last prices in one round trip (events and generation from one
+        snapshot)."""
+        commands = self._history_commands(user_id, session_id, item_ids)
+        replies = self._call(lambda: self._run(*commands))
+        return self._history(replies, user_id, session_id, len(item_ids))
+
+    async def read_history_for_quote_async(
+        self, user_id: str, session_id: str | None, item_ids: Sequence[str]
+    ) -> tuple[list[Event], int, list[float | None] | None]:
+        """`read_history_for_quote` without blocking the event loop."""
+        replies = await self._acall(self._history_commands(user_id, session_id, item_ids))
+        return self._history(replies, user_id, session_id, len(item_ids))
 
     def get_events(self, user_id: str) -> tuple[list[Event], int]:
         k = self._k(user_id)
@@ -584,18 +648,58 @@ class RedisUserStore:
         key = f"{self._k(user_id)}:lp:{session_id}"
         return _prices(self._call(lambda: self.client.hmget(key, list(item_ids))))
 
-    def set_last_price(self, user_id: str, session_id: str, prices: Mapping[str, float]) -> None:
-        if not prices:
-            return
+    def _sticky_commands(
+        self, user_id: str, session_id: str, prices: Mapping[str, float]
+    ) -> list[tuple[Any, ...]]:
         key = f"{self._k(user_id)}:lp:{session_id}"
         fields: list[Any] = []
         for item_id, price in prices.items():
             fields += (item_id, repr(float(price)))
-        replies = self._call(
-            lambda: self._run(("HSET", key, *fields), ("EXPIRE", key, self.last_price_ttl))
-        )
+        return [("HSET", key, *fields), ("EXPIRE", key, self.last_price_ttl)]
+
+    def set_last_price(self, user_id: str, session_id: str, prices: Mapping[str, float]) -> None:
+        if not prices:
+            return
+        commands = self._sticky_commands(user_id, session_id, prices)
+        replies = self._call(lambda: self._run(*commands))
         if isinstance(replies[0], Exception):
             raise StoreUnavailable(f"redis refused the sticky prices: {replies[0]}")
+
+    async def set_last_price_async(
+        self, user_id: str, session_id: str, prices: Mapping[str, float]
+    ) -> None:
+        """`set_last_price` without blocking the event loop."""
+        if not prices:
+            return
+        replies = await self._acall(self._sticky_commands(user_id, session_id, prices))
+        if isinstance(replies[0], Exception):
+            raise StoreUnavailable(f"redis refused the sticky prices: {replies[0]}")
+
+    # --- the event loop's client -------------------------------------------------------------------
+    async def _acall(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """One round trip on the event loop's connection, behind the same circuit breaker."""
+        if self._down_until and time.monotonic() < self._down_until:
+            raise StoreUnavailable(f"redis unavailable (retrying shortly): {self._last_error}")
+        if self._async is None:
+            kwargs = self.client.connection_pool.connection_kwargs
+            self._async = AsyncRedis(kwargs, float(kwargs.get("socket_timeout") or 0.25))
+        packed = b"".join(map(pack_command, commands))
+        try:
+            out = await self._async.execute(packed, len(commands))
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            with self._lock:
+                self._down_until = time.monotonic() + self.retry_after
+                self._last_error = f"{type(exc).__name__}: {exc}"
+            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
+        if self._down_until:
+            with self._lock:
+                self._down_until, self._last_error = 0.0, None
+        return out
+
+    async def aclose(self) -> None:
+        """Close the running event loop's connection (at app shutdown)."""
+        if self._async is not None:
+            self._async.close()
 
     def close(self) -> None:
         self.client.close()

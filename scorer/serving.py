@@ -363,6 +363,11 @@ class Pricer:
         except Exception:  # noqa: BLE001 - a store outage degrades the quote, never a 5xx
             state, personalized = self._degraded(sm, user_id)
             return _Read(state, None, None, degraded=True, personalized=personalized)
+        return self._interpret(sm, user_id, got)
+
+    def _interpret(self, sm: ServingModel, user_id: str, got: QuoteRead) -> _Read:
+        """A store read as the quote sees it: a usable cached state, the cold state of a new user,
+        or none (compute it)."""
         state = got.state
         if state is not None and not self._usable(sm, state, user_id):
             state = None
@@ -493,6 +498,37 @@ class Pricer:
         finally:
             self.stages.add("sticky_write", time.perf_counter() - t)
 
+    async def _read_async(
+        self, sm: ServingModel, user_id: str, session_id: str | None, items: list[str]
+    ) -> _Read:
+        """`_read` without blocking the event loop when the store can (Redis), else `_read`."""
+        read_async = getattr(self.store, "read_for_quote_async", None)
+        if read_async is None:
+            return self._read(sm, user_id, session_id, items)
+        try:
+            got: QuoteRead = await read_async(user_id, sm.policy, session_id, items)
+        except Exception:  # noqa: BLE001 - a store outage degrades the quote, never a 5xx
+            state, personalized = self._degraded(sm, user_id)
+            return _Read(state, None, None, degraded=True, personalized=personalized)
+        return self._interpret(sm, user_id, got)
+
+    async def _sticky_async(self, user_id: str, session_id: str, priced: PricedItems) -> bool:
+        """`_sticky` without blocking the event loop when the store can."""
+        write_async = getattr(self.store, "set_last_price_async", None)
+        if write_async is None:
+            return self._sticky(user_id, session_id, priced)
+        t = time.perf_counter()
+        try:
+            await write_async(
+                user_id, session_id, dict(zip(priced.item_ids, priced.price.tolist(), strict=True))
+            )
+            return True
+        except Exception:  # noqa: BLE001 - only stickiness is lost
+            log.warning("user store failed writing last prices")
+            return False
+        finally:
+            self.stages.add("sticky_write", time.perf_counter() - t)
+
     def _timed_read(
         self, sm: ServingModel, user_id: str, session_id: str | None, items: list[str]
     ) -> _Read:
@@ -552,13 +588,16 @@ class Pricer:
     async def quote_async(
         self, sm: ServingModel, user_id: str, items: list[str], session_id: str | None
     ) -> PricedItems:
-        """`quote` on the event loop: the store round trips and the CPU work run inline (short),
-        the user tower (only on a cache miss) in a worker thread, and the offer-log append is
-        group-committed with the other quotes of this loop."""
+        """`quote` on the event loop: the store round trips are awaited (the loop serves other
+        requests meanwhile), the CPU work runs inline (short), the user tower (only on a cache
+        miss) in a worker thread, and the offer-log append is group-committed with the other
+        quotes of this loop."""
         t = time.perf_counter()
         idx = self._index(sm, items)
-        self.stages.add("validate", time.perf_counter() - t)
-        read = self._timed_read(sm, user_id, session_id, items)
+        t1 = time.perf_counter()
+        self.stages.add("validate", t1 - t)
+        read = await self._read_async(sm, user_id, session_id, items)
+        self.stages.add("store_read", time.perf_counter() - t1)
         if read.state is not None and not read.degraded:
             state, personalized, degraded = read.state, read.personalized, False
             generation = read.generation
@@ -575,7 +614,7 @@ class Pricer:
         self.stages.add("offer_log", time.perf_counter() - t)
         self.book.put(priced.quote_id, rows)
         if session_id is not None and not degraded:
-            degraded = not self._sticky(user_id, session_id, priced)
+            degraded = not await self._sticky_async(user_id, session_id, priced)
         return self._finish(priced, personalized, degraded, generation)
 
     # --- outcomes ----------------------------------------------------------------------------------

@@ -300,3 +300,102 @@ def test_a_bert_scorer_treats_another_models_vector_as_a_miss(
         np.testing.assert_allclose(
             state, tiny_bert.user_state(events_frame(events)), rtol=0, atol=1e-5
         )
+
+
+# --- the quote path's Redis client on the event loop ---------------------------------------------
+
+
+def test_the_event_loop_client_authenticates_like_the_url_says(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    with RedisServer(redis_server.binary, password="s3cr:t/p@ss") as secured:
+        url = secured.url.replace("/0", "/3")  # a password and a database other than 0
+        app = create_app(_settings(tmp_path, redis_url=url), lambda: toy_handle("1"), seed=0)
+        with TestClient(app) as c:
+            ev = {"event_type": "search", "query": "cheap tv"}
+            c.post("/v1/events", json={"user_id": "u1", "events": [ev]})
+            body = c.post(
+                "/v1/quote", json={"user_id": "u1", "items": ITEMS, "session_id": "s"}
+            ).json()
+            assert body["degraded"] is False and body["personalized"] is True
+        keys = app.state.runtime.store.client.keys("*")
+        assert any(b":lp:s" in k for k in keys)  # the sticky write went to db 3 too
+
+
+def test_a_hung_redis_degrades_quotes_without_stalling_the_loop(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    import os
+    import signal
+    import time
+
+    app = create_app(
+        _settings(tmp_path, redis_url=redis_server.url), lambda: toy_handle("1"), seed=0
+    )
+
+    async def run() -> tuple[list[Any], float, float]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                await c.post("/v1/quote", json={"user_id": "u1", "items": ITEMS})  # connected
+                os.kill(redis_server.proc.pid, signal.SIGSTOP)  # alive, silent
+                try:
+                    t0 = time.perf_counter()
+                    quotes = asyncio.gather(
+                        *(
+                            c.post("/v1/quote", json={"user_id": f"u{k}", "items": ITEMS})
+                            for k in range(20)
+                        )
+                    )
+                    health = await c.get("/healthz")  # answered while the quotes wait on Redis
+                    t_health = time.perf_counter() - t0
+                    answers = await quotes
+                    t_all = time.perf_counter() - t0
+                finally:
+                    os.kill(redis_server.proc.pid, signal.SIGCONT)
+                assert health.status_code == 200
+                return [a.json() for a in answers], t_health, t_all
+
+    answers, t_health, t_all = asyncio.run(run())
+    assert all(a["degraded"] is True for a in answers)
+    assert t_health < 0.2 and t_all < 2.0  # one timeout (0.25 s), then the breaker answers fast
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_event_loop_client_on_both_loops(redis_server: RedisServer, loop: str) -> None:
+    """What uvicorn runs (uvloop) and what tests run (asyncio): replies in order, error replies as
+    values, a dead connection retried once on a fresh one, a timeout fails fast."""
+    import os
+    import signal
+
+    import hiredis
+    import uvloop
+
+    from scorer.redis_async import AsyncRedis
+
+    def packed(*commands: tuple[Any, ...]) -> bytes:
+        return b"".join(hiredis.pack_command(c) for c in commands)
+
+    client = AsyncRedis({"host": "127.0.0.1", "port": redis_server.port}, timeout=0.25)
+
+    async def run() -> None:
+        one = client.execute(packed(("SET", "k", "1"), ("GET", "k")), 2)
+        two = client.execute(packed(("INCR", "k"), ("HGET", "k", "f")), 2)
+        first, second = await asyncio.gather(one, two)
+        assert first == [b"OK", b"1"]
+        assert second[0] == 2 and isinstance(second[1], hiredis.ReplyError)  # WRONGTYPE
+        redis_server.restart()  # the connection dies; the next call reconnects once
+        assert await client.execute(packed(("PING",)), 1) == [b"PONG"]
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(TimeoutError):
+                await client.execute(packed(("PING",)), 1)
+        finally:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        assert await client.execute(packed(("PING",)), 1) == [b"PONG"]
+        client.close()
+
+    if loop == "uvloop":
+        uvloop.run(run())
+    else:
+        asyncio.run(run())
