@@ -278,7 +278,10 @@ def _retrain_gate_and_experiment(
         "candidate": (candidate.model, _exploration(candidate)),
         "champion": (champion.model, _exploration(champion)),
     }
-    offline = evaluate_offline(data_dir, cfg_path, policies, out / "runs" / "cache", k)
+    previous_main = quotes_so_far[-1][S.OFFER_ID].astype(str).tolist()
+    offline = evaluate_offline(
+        data_dir, cfg_path, policies, out / "runs" / "cache", k, dr_offer_ids=previous_main
+    )
     cfg = load_config(cfg_path)
     gate = decide(
         offline.metrics["candidate"],
@@ -346,6 +349,11 @@ def _round0_estimate(
     )
     handle = list_price_handle(catalog, guard)
     offline = evaluate_offline(
-        data_dir, cfg_path, {"champion": (handle.model, exploration)}, out / "runs" / "cache", 1
+        data_dir,
+        cfg_path,
+        {"champion": (handle.model, exploration)},
+        out / "runs" / "cache",
+        1,
+        dr_offer_ids=quotes_so_far[-1][S.OFFER_ID].astype(str).tolist(),
     )
     return float(offline.dr["champion"]["dr"])

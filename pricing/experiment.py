@@ -38,7 +38,9 @@ stop it at any look when it is, with confidence, losing more than the guardrail;
 promotion at the maximum sample; keep running otherwise.
 
 The loop's off-policy estimate (`dr_epsilon_greedy`): the doubly robust value of an epsilon-greedy
-pricing policy (the scorer's exploration) from logged offers with their propensities.
+pricing policy (the scorer's exploration) from logged offers with their propensities, with the
+SWITCH option (offers whose weight is too large rely on the reward model) and a reward model
+rescaled to the logs' observed rewards.
 """
 
 from __future__ import annotations
@@ -602,7 +604,9 @@ def dr_epsilon_greedy(
     q_grid: np.ndarray,
     greedy_index: np.ndarray,
     epsilon: float,
+    q_logged: np.ndarray | None = None,
     max_weight: float | None = None,
+    calibrate: bool = False,
     atol: float = 0.005,
 ) -> dict[str, float]:
     """Doubly robust value of an epsilon-greedy pricing policy from logged offers.
@@ -610,7 +614,17 @@ def dr_epsilon_greedy(
     The target quotes its greedy grid price with probability 1 - epsilon and a uniform allowed grid
     price otherwise (the scorer's `pricing.policy.explore`), so for each logged offer
     pi(logged price) = (1 - epsilon) [logged = greedy] + epsilon / n_allowed [logged on the grid],
-    and DR = mean(sum_a pi(a) q(a) + w (r - q(logged))), w = pi / mu (clipped at `max_weight`).
+    and DR = mean(sum_a pi(a) q(a) + w (r - q(logged))), w = pi / mu.
+
+    Two options for logs that overlap little with the target (a new policy against logs of an
+    epsilon-greedy one with a small epsilon has weights up to n_allowed / epsilon, which no sample
+    of a few thousand quotes can average):
+    - `max_weight` (SWITCH-DR, Wang, Agarwal and Dudik 2017): a row whose weight exceeds it adds no
+      correction; the reward model alone speaks for it. Rows where the two policies agree (weight
+      about 1) still correct the reward model.
+    - `calibrate`: scale the reward model by sum(r) / sum(q(logged)) over the logs, so its level
+      matches the rewards actually observed on these contexts (a model fitted on other shoppers
+      can be off in level by 10-20% while its price response is right).
 
     Args:
         reward: realized reward per logged offer ((price - cost) x purchased for profit).
@@ -619,12 +633,16 @@ def dr_epsilon_greedy(
         q_grid: (n, G) the reward model's expected reward at each grid price.
         greedy_index: (n,) the target's greedy column in `grid`.
         epsilon: the target's exploration share.
-        max_weight: clip w here (less variance, some bias); None: unbiased.
+        q_logged: the reward model at the logged price (default: read from `q_grid`, 0 off the
+            grid); needed for `calibrate` when logged prices can be off the target's grid.
+        max_weight: the SWITCH threshold; None: every row corrects (unbiased, high variance).
+        calibrate: rescale the reward model to the logs' observed rewards first.
 
     Returns:
-        {"dr", "dm" (the reward model alone), "ips" (no reward model), "matched_share" (offers
-        whose logged price the target could quote), "ess" (effective sample size of the weights),
-        "n"}.
+        {"dr", "dm" (the reward model alone, after calibration), "ips" (no reward model),
+        "calibration" (the scale applied), "corrected_share" (rows that corrected the model),
+        "matched_share" (offers whose logged price the target could quote), "ess" (effective
+        sample size of the weights used), "n"}.
     """
     r = np.asarray(reward, dtype=float)
     mu = np.asarray(propensity, dtype=float)
@@ -634,8 +652,9 @@ def dr_epsilon_greedy(
     n = len(r)
     if not (len(mu) == len(lp) == n == grid.shape[0] == q_grid.shape[0] == len(greedy_index)):
         raise ValueError("reward, prices, propensities, grid, q_grid and greedy_index must align")
+    keys = ("dr", "dm", "ips", "calibration", "corrected_share", "matched_share", "ess")
     if n == 0:
-        return {k: math.nan for k in ("dr", "dm", "ips", "matched_share", "ess")} | {"n": 0.0}
+        return {k: math.nan for k in keys} | {"n": 0.0}
     if np.any(~np.isfinite(mu) | (mu <= 0) | (mu > 1)):
         raise ValueError("propensities must be in (0, 1]")
     allowed = ~np.isnan(grid)
@@ -646,21 +665,30 @@ def dr_epsilon_greedy(
     logged_col = np.where(on_grid.any(axis=1), np.argmax(on_grid, axis=1), -1)
     matched = logged_col >= 0
     is_greedy = matched & (logged_col == gi)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        pi_logged = np.where(matched, epsilon / np.maximum(n_allowed, 1), 0.0)
+    pi_logged = np.where(matched, epsilon / np.maximum(n_allowed, 1), 0.0)
     pi_logged = pi_logged + (1.0 - epsilon) * is_greedy
     w = pi_logged / mu
-    if max_weight is not None:
-        w = np.minimum(w, max_weight)
+    if q_logged is None:
+        q_log = np.where(matched, q_grid[rows, np.maximum(logged_col, 0)], 0.0)
+    else:
+        q_log = np.asarray(q_logged, dtype=float)
+    scale = 1.0
+    if calibrate:
+        total = float(np.sum(q_log))
+        scale = float(np.sum(r)) / total if total > 0 else 1.0
+    q_grid, q_log = q_grid * scale, q_log * scale
+    use = np.ones(n, dtype=bool) if max_weight is None else w <= max_weight
+    w_used = np.where(use, w, 0.0)
     q_mean = np.nanmean(np.where(allowed, q_grid, np.nan), axis=1)
     dm = (1.0 - epsilon) * q_grid[rows, gi] + epsilon * q_mean
-    q_logged = np.where(matched, q_grid[rows, np.maximum(logged_col, 0)], 0.0)
-    sq = float(np.sum(w * w))
+    sq = float(np.sum(w_used * w_used))
     return {
-        "dr": float(np.mean(dm + w * (r - q_logged))),
+        "dr": float(np.mean(dm + w_used * (r - q_log))),
         "dm": float(np.mean(dm)),
         "ips": float(np.mean(w * r)),
+        "calibration": scale,
+        "corrected_share": float(np.mean(w_used > 0)),
         "matched_share": float(np.mean(pi_logged > 0)),
-        "ess": float(np.sum(w) ** 2 / sq) if sq > 0 else 0.0,
+        "ess": float(np.sum(w_used) ** 2 / sq) if sq > 0 else 0.0,
         "n": float(n),
     }

@@ -566,9 +566,13 @@ def dr_estimate(
 ) -> dict[str, float]:
     """The doubly robust value of `model`'s epsilon-greedy policy on the logged test offers.
 
-    The reward model is a separately fitted pooled logistic model: a model grading its own argmax
-    overrates it (on the default market LightGBM's own estimate of its policy is about 10% high).
-    With the truth, also the exact value of the same policy on the same offers (`true_value`).
+    SWITCH-DR (`pricing.experiment.dr_epsilon_greedy`): offers whose importance weight passes
+    `max_weight` rely on the reward model alone, the others correct it. The reward model is a
+    separately fitted pooled logistic model (a model grading its own argmax overrates it: on the
+    default market LightGBM's estimate of its own policy is about 10% high), rescaled to the
+    rewards observed in these logs (fitted mostly on the market's history, whose shoppers differ
+    from the loop's, its level is 10-17% high on the loop's shoppers). With the truth, also the
+    exact value of the same policy on the same offers (`true_value`).
     """
     offers = test.offers
     lp, cost = test.list_price(), test.unit_cost()
@@ -580,9 +584,11 @@ def dr_estimate(
     price = offers[S.PRICE].to_numpy(float)
     reward = (price - cost) * offers[S.PURCHASED].to_numpy(float)
     mu = pd.to_numeric(offers[S.PROPENSITY], errors="coerce").to_numpy(float)
+    q_logged = (price - cost) * reward_model.predict(test)
     est = X.dr_epsilon_greedy(
-        reward, price, mu, grid, q_grid, decision.index, epsilon, max_weight=max_weight
-    )
+        reward, price, mu, grid, q_grid, decision.index, epsilon,
+        q_logged=q_logged, max_weight=max_weight, calibrate=True,
+    )  # fmt: skip
     if truth is not None:
         users = offers[S.USER_ID].astype(str).to_numpy()
         items = offers[S.ITEM_ID].astype(str).to_numpy()
@@ -606,11 +612,14 @@ def evaluate_offline(
     policies: dict[str, tuple[DemandModel, float]],
     cache_dir: Path,
     round_no: int,
+    dr_offer_ids: list[str] | None = None,
     max_weight: float = 20.0,
 ) -> OfflineResult:
     """Every policy on the test split (the previous round's logs), by the training flow's
     evaluation (`tasks.evaluation.evaluate_models`: what the promotion gate compares), and each
-    one's DR estimate as it would be served (greedy plus its exploration)."""
+    one's DR estimate as it would be served (greedy plus its exploration), on the test offers in
+    `dr_offer_ids` when given (the previous round's main traffic: the contexts the estimate is
+    compared with)."""
     from tasks.evaluation import evaluate_models, subset
     from tasks.features import build_offer_features
     from tasks.training import fit_model
@@ -643,8 +652,12 @@ def evaluate_offline(
         train_items=set(train.offers[S.ITEM_ID].astype(str)),
     )
     reward_model, _ = fit_model("logistic", train, None, cfg)
+    dr_test = test
+    if dr_offer_ids is not None:
+        keep = test.offers[S.OFFER_ID].astype(str).isin(set(dr_offer_ids)).to_numpy()
+        dr_test = subset(test, np.flatnonzero(keep))
     dr = {
-        name: dr_estimate(model, eps, test, reward_model, g, truth, max_weight)
+        name: dr_estimate(model, eps, dr_test, reward_model, g, truth, max_weight)
         for name, (model, eps) in policies.items()
     }
     return OfflineResult(metrics, dr, len(test))
@@ -663,9 +676,11 @@ def round_numbers(
 
 def plot_loop(rounds: list[dict[str, Any]], path: Path) -> Path:
     """Profit per quote by round: the served policy (true), its DR estimate, the oracle, list price."""
-    from mlops.plots import _plt
+    import matplotlib
 
-    plt = _plt()
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     k = [r["round"] for r in rounds]
     fig, ax = plt.subplots(figsize=(6.5, 4))
     ax.plot(k, [r["oracle_profit_per_quote"] for r in rounds], "k--", label="oracle")

@@ -285,3 +285,32 @@ def test_doubly_robust_value_is_right_with_a_wrong_reward_model() -> None:
     on_policy = float(np.mean((1 - eps_log) * true_q[:, 2] + eps_log * true_q.mean(axis=1)))
     assert same["dr"] == pytest.approx(on_policy, rel=0.01)
     assert same["matched_share"] == 1.0
+
+
+def test_switch_and_calibration_tame_weights_and_a_reward_model_off_in_level() -> None:
+    """SWITCH-DR: rows whose weight passes the threshold do not correct (the reward model speaks
+    for them), rows where both policies agree still do; calibration rescales a reward model that is
+    off in level to the rewards observed in the logs."""
+    rng = np.random.default_rng(11)
+    n, g = 100_000, 5
+    grid = np.tile(np.array([8.0, 9.0, 10.0, 11.0, 12.0]), (n, 1))
+    p_buy = np.tile(np.array([0.5, 0.42, 0.35, 0.28, 0.2]), (n, 1))
+    true_q = (grid - 6.0) * p_buy
+    eps = 0.02
+    log_greedy = np.where(rng.random(n) < 0.5, 2, 3)  # the target (3) agrees on half the offers
+    explore = rng.random(n) < eps
+    col = np.where(explore, rng.integers(0, g, n), log_greedy)
+    mu = (1 - eps) * (col == log_greedy) + eps / g
+    price = grid[np.arange(n), col]
+    reward = (price - 6.0) * (rng.random(n) < p_buy[np.arange(n), col])
+    truth = float(np.mean((1 - eps) * true_q[:, 3] + eps * true_q.mean(axis=1)))
+    target = np.full(n, 3)
+    plain = X.dr_epsilon_greedy(reward, price, mu, grid, true_q * 1.3, target, eps)
+    switched = X.dr_epsilon_greedy(
+        reward, price, mu, grid, true_q * 1.3, target, eps, max_weight=20.0, calibrate=True
+    )
+    assert plain["calibration"] == 1.0 and plain["corrected_share"] == 1.0
+    assert switched["calibration"] == pytest.approx(1 / 1.3, rel=0.02)
+    assert switched["dm"] == pytest.approx(truth, rel=0.02)
+    assert switched["dr"] == pytest.approx(truth, rel=0.02)
+    assert 0.4 < switched["corrected_share"] < 1.0  # the agreeing half corrects, the rest does not
