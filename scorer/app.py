@@ -6,6 +6,12 @@ the `ModelDep` dependency, so requests in flight finish on the model they starte
 
 Online state lives in Redis when `REDIS_URL` is set (`RedisUserStore`), in process otherwise. A
 background `StateRefresher` recomputes a user's state after `POST /v1/events`, off the request path.
+
+The hot routes (quote, events) are async: their Redis round trips are awaited on the event loop
+and their CPU work is short, so one worker process keeps many requests moving; `FastPath` answers
+their plainly valid bodies without FastAPI's routing and pydantic. Several worker processes can
+share the port (`pricing serve` with WEB_CONCURRENCY): with Redis they share users, states and
+sticky prices, and each writes its own offer-log files (see `scorer.offer_log`).
 If the store is unreachable, quotes still answer (from the process's recent copy of the user's state,
 else as a new user) with `degraded: true`, events answer 503, and `/readyz` stays 200 but says
 `"degraded": true` with the reason: the process still prices, and taking every replica out of the

@@ -221,8 +221,11 @@ STAGES: tuple[str, ...] = (
 class StageTimes:
     """Per-stage time totals of the quote path (perf_counter; cheap enough to be always on).
 
-    `snapshot()` gives seconds and counts per stage; the benchmark reads it through /readyz-like
-    admin output and divides by quotes, so anyone can see where a quote's time goes.
+    `snapshot()` gives seconds and counts per stage; /metrics exposes them
+    (`scorer_quote_stage_*`) and the load benchmark divides by quotes, so anyone can see where a
+    quote's time goes. Wall time: an awaited stage includes the other requests the loop served
+    meanwhile. Updated from the loop and from worker threads without a lock (a profile, not a
+    ledger: a rare lost update is fine).
     """
 
     def __init__(self) -> None:
