@@ -433,3 +433,27 @@ def test_kill_9_during_a_batched_write_loses_no_acknowledged_line(tmp_path, kill
     assert [r[S.ITEM_ID] for r in again.find_quote("after")] == ["a"]
     again.close()
     assert "after:a" in set(export_offers(tmp_path, include_pending=True)["offer_id"])
+
+
+def test_group_commit_with_fsync_always_syncs_before_answering(tmp_path, monkeypatch) -> None:
+    log = OfferLog(tmp_path, fsync="always")
+    fsyncs: list[int] = []
+    real = os.fsync
+
+    def counting(fd: int) -> None:
+        fsyncs.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+
+    async def many() -> None:
+        await asyncio.gather(
+            *(log.append_quotes_async(_quote_rows(f"q{k}", ["a"])) for k in range(50))
+        )
+        appender = log._quotes
+        assert appender._synced == appender._written  # every answered batch is on disk
+
+    asyncio.run(many())
+    batches, _ = log.batch_stats
+    assert 1 <= len(fsyncs) <= batches  # at most one fsync per batched write, often fewer
+    log.close()
