@@ -60,6 +60,13 @@ class NaivePricer(Pricer):
             return sm.cold_state, False, False, read.generation
         return sm.user_state(read.events), True, False, read.generation
 
+    async def _state_async(
+        self, sm: ServingModel, user_id: str, read: _Read
+    ) -> tuple[Any, bool, bool, int | None]:
+        # The tower over the prefetched history, where the real scorer runs it (inline when it is
+        # about a millisecond, else in a worker thread).
+        return await self._off_loop(sm, self._state, sm, user_id, read)
+
 
 def _load(spec: str) -> DemandModel:
     if spec == "toy":

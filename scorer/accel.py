@@ -52,6 +52,7 @@ class Accelerated:
     user_state: StateFn
     demand: DemandFn
     notes: dict[str, str] = field(default_factory=dict)
+    cheap_user_state: bool = False  # about a millisecond: fine to run on the event loop
 
 
 def generic(model: Any) -> Accelerated:
@@ -96,7 +97,8 @@ def accelerate(model: Any) -> Accelerated:
     for step, how in notes.items():
         if how.startswith("model ("):
             log.warning("serving %s with the model's own %s: %s", type(model).__name__, step, how)
-    return Accelerated(user_state, demand, notes)
+    cheap = notes["user_state"] == "numpy tokens + numpy transformer"
+    return Accelerated(user_state, demand, notes, cheap_user_state=cheap)
 
 
 # --- test histories --------------------------------------------------------------------------------

@@ -172,13 +172,13 @@ class ScorerRuntime:
             self.refresher.start()
         self._reload_lock = asyncio.Lock()  # bound to the loop that runs this app
 
-    def _refresh_user(self, user_id: str) -> bool:
+    async def _refresh_user(self, user_id: str) -> bool:
         sm, pricer = self.current, self.pricer
         if sm is None or pricer is None:
             return False
         t = time.perf_counter()
         try:
-            return pricer.refresh(sm, user_id)
+            return await pricer.refresh_async(sm, user_id)
         finally:
             pricer.stages.add("refresh", time.perf_counter() - t)
 

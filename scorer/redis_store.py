@@ -25,6 +25,7 @@ not a connect timeout. redis-py's pool reconnects on its own once Redis is back.
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import math
 import struct
@@ -60,6 +61,8 @@ end
 return 0
 """
 
+
+_PUT_STATE_SHA = hashlib.sha1(_PUT_STATE.encode()).hexdigest()
 
 # Append a user's hydration events only if the user has no history: one atomic step, so replicas
 # starting together against one Redis never load a user twice.
@@ -570,6 +573,50 @@ class RedisUserStore:
         """`read_history_for_quote` without blocking the event loop."""
         replies = await self._acall(self._history_commands(user_id, session_id, item_ids))
         return self._history(replies, user_id, session_id, len(item_ids))
+
+    async def read_state_and_history_async(
+        self, user_id: str, model_version: str
+    ) -> tuple[Any | None, int, list[Event]]:
+        """(cached state if current, generation, events) from one snapshot, one round trip: what
+        recomputing a user's state on the event loop needs."""
+        k = self._k(user_id)
+        key = f"{k}:st:{model_version}"
+        replies = await self._acall(
+            [("MULTI",), ("MGET", f"{k}:gen", key), ("LRANGE", f"{k}:ev", 0, -1), ("EXEC",)]
+        )
+        snapshot = replies[3]
+        if not isinstance(snapshot, list) or len(snapshot) != 2:
+            raise StoreUnavailable(f"redis refused the history read: {snapshot!r}")
+        pair, raw = snapshot
+        gen, blob = pair if isinstance(pair, list) else (None, None)
+        events = _events(raw, k) if isinstance(raw, list) else []
+        return _fresh_state(gen, blob, key), _generation(gen), events
+
+    async def put_state_async(
+        self, user_id: str, model_version: str, state: Any, generation: int
+    ) -> None:
+        """`put_state` without blocking the event loop (the same check-and-set script)."""
+        k = self._k(user_id)
+        try:
+            blob = _GEN.pack(int(generation)) + encode_state(state)
+        except TypeError as exc:
+            if type(state) not in self._unencodable:
+                self._unencodable.add(type(state))
+                log.warning("not caching user states of model %s: %s", model_version, exc)
+            return
+        keys_args = (
+            2,
+            f"{k}:gen",
+            f"{k}:st:{model_version}",
+            int(generation),
+            blob,
+            self.state_ttl,
+        )
+        replies = await self._acall([("EVALSHA", _PUT_STATE_SHA, *keys_args)])
+        if isinstance(replies[0], Exception) and "NOSCRIPT" in str(replies[0]):
+            replies = await self._acall([("EVAL", _PUT_STATE, *keys_args)])  # first use, or flushed
+        if isinstance(replies[0], Exception):
+            raise StoreUnavailable(f"redis refused the state: {replies[0]}")
 
     def get_events(self, user_id: str) -> tuple[list[Event], int]:
         k = self._k(user_id)

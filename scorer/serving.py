@@ -59,6 +59,12 @@ class ServingModel:
     guardrail_sources: dict[str, str] = field(default_factory=dict)  # key -> where it came from
     accel: Accelerated | None = None  # fast per-request paths (None: the model's own methods)
 
+    @property
+    def inline_user_state(self) -> bool:
+        """Whether the user tower is cheap enough (about a millisecond) to run on the event loop;
+        otherwise the pricer runs it in a worker thread."""
+        return self.accel is not None and self.accel.cheap_user_state
+
     def user_state(self, events: Sequence[Event]) -> Any:
         """The user tower over one user's events (the fast path when one was checked in)."""
         if self.accel is not None:
@@ -280,6 +286,7 @@ class Pricer:
         self._inflight_lock = threading.Lock()
         self._rng_lock = threading.Lock()  # np.random.Generator is not thread-safe
         self._nonconforming: set[str] = set()
+        self._flights: dict[tuple[str, str], asyncio.Future[tuple[Any, bool, int, bool]]] = {}
 
     # --- user state --------------------------------------------------------------------------------
     def _usable(self, sm: ServingModel, state: Any, user_id: str) -> bool:
@@ -388,6 +395,89 @@ class Pricer:
             return read.state, read.personalized, True, None
         try:
             state, personalized, generation = self.compute_state_gen(sm, user_id)
+            return state, personalized, False, generation
+        except Exception:  # noqa: BLE001 - a store outage degrades the quote, never a 5xx
+            state, personalized = self._degraded(sm, user_id)
+            return state, personalized, True, None
+
+    # --- user state, on the event loop ----------------------------------------------------------------
+    async def _off_loop(self, sm: ServingModel, fn: Any, *args: Any) -> Any:
+        """Run `fn` inline when the model's tower is cheap, else in a worker thread."""
+        if sm.inline_user_state:
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
+
+    async def _compute_async(self, sm: ServingModel, user_id: str) -> tuple[Any, bool, int, bool]:
+        """(state, personalized, generation, computed): one snapshot read, the tower, the
+        check-and-set write, all without blocking the loop on Redis."""
+        store: Any = self.store  # a store with the loop's calls (`_loop_store`)
+        cached, generation, events = await store.read_state_and_history_async(user_id, sm.policy)
+        if cached is not None and self._usable(sm, cached, user_id):
+            self.cache.put(user_id, sm.policy, cached)
+            return cached, True, generation, False
+        if not events:
+            return sm.cold_state, False, generation, False
+        state = await self._off_loop(sm, sm.user_state, events)
+        await store.put_state_async(user_id, sm.policy, state, generation)
+        self.cache.put(user_id, sm.policy, state)
+        return state, True, generation, True
+
+    async def _flight(
+        self, sm: ServingModel, user_id: str, at_least: int | None
+    ) -> tuple[Any, bool, int, bool]:
+        """`_compute_async`, once per (user, model) at a time on this loop: a refresh and the
+        quotes that arrive meanwhile share one computation, unless it started from an older
+        history than a quote has seen (`at_least`), which then computes its own."""
+        key = (user_id, sm.policy)
+        pending = self._flights.get(key)
+        if pending is not None:
+            state, personalized, generation, _ = await asyncio.shield(pending)
+            if at_least is None or generation >= at_least:
+                return state, personalized, generation, False
+            return await self._compute_async(sm, user_id)
+        future: asyncio.Future[tuple[Any, bool, int, bool]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._flights[key] = future
+        try:
+            result = await self._compute_async(sm, user_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters, if any, get it too
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            self._flights.pop(key, None)
+
+    def _loop_store(self) -> bool:
+        return hasattr(self.store, "read_state_and_history_async") and hasattr(
+            self.store, "put_state_async"
+        )
+
+    async def refresh_async(self, sm: ServingModel, user_id: str) -> bool:
+        """Make the user's cached state current (the refresher's job); True if computed."""
+        if not self._loop_store():
+            return bool(await self._off_loop(sm, self.refresh, sm, user_id))
+        return (await self._flight(sm, user_id, None))[3]
+
+    async def _state_async(
+        self, sm: ServingModel, user_id: str, read: _Read
+    ) -> tuple[Any, bool, bool, int | None]:
+        """(state, personalized, degraded, generation) for a quote whose read found no usable
+        state: computed now (shared with a refresh in flight), or degraded when the store fails."""
+        if read.degraded:
+            return read.state, read.personalized, True, None
+        try:
+            if self._loop_store():
+                state, personalized, generation, _ = await self._flight(
+                    sm, user_id, read.generation
+                )
+            else:
+                state, personalized, generation = await self._off_loop(
+                    sm, self.compute_state_gen, sm, user_id
+                )
             return state, personalized, False, generation
         except Exception:  # noqa: BLE001 - a store outage degrades the quote, never a 5xx
             state, personalized = self._degraded(sm, user_id)
@@ -600,16 +690,15 @@ class Pricer:
         t1 = time.perf_counter()
         self.stages.add("validate", t1 - t)
         read = await self._read_async(sm, user_id, session_id, items)
-        self.stages.add("store_read", time.perf_counter() - t1)
+        t2 = time.perf_counter()
+        self.stages.add("store_read", t2 - t1)
         if read.state is not None and not read.degraded:
             state, personalized, degraded = read.state, read.personalized, False
             generation = read.generation
-        elif read.degraded:
-            state, personalized, degraded, generation = self._state(sm, user_id, read)
         else:
-            state, personalized, degraded, generation = await asyncio.to_thread(
-                self._timed_state, sm, user_id, read
-            )
+            state, personalized, degraded, generation = await self._state_async(sm, user_id, read)
+            if not read.degraded:
+                self.stages.add("user_state", time.perf_counter() - t2)
         last = read.last if session_id is not None and not degraded else None
         priced, rows = self._price(sm, user_id, items, idx, session_id, state, last)
         t = time.perf_counter()
