@@ -21,9 +21,8 @@ from pricing import schema as S
 from pricing.policy import Guardrails
 from pricing.promotion import PromotionRule
 from pricing.simulator import load_ground_truth
-from pricing.split import time_split
 from tasks.data import read_database, simulate_market
-from tasks.evaluation import LIST_PRICE, evaluate_models_task, subset
+from tasks.evaluation import LIST_PRICE, evaluate_models_task, split_data
 from tasks.features import build_features
 from tasks.registry import (
     champion_for_gate,
@@ -147,22 +146,7 @@ def training(
     feats, feat_key, cache_hit = fb.features, fb.key, fb.cache_hit
     timings["features"] = time.perf_counter() - t
 
-    offers = tables[S.OFFERS].reset_index(drop=True)
-    split = time_split(
-        offers, cfg.split.test_start, cfg.split.test_fraction, cfg.split.valid_fraction
-    )
-    full = PricingData(
-        offers=offers,
-        items=tables[S.ITEMS],
-        events=tables[S.EVENTS],
-        features=feats,
-        users=tables.get(S.USERS),
-    )
-    train, valid, test = (
-        subset(full, split.train),
-        subset(full, split.valid),
-        subset(full, split.test),
-    )
+    split, train, valid, test = split_data(tables, feats, cfg.split)
     truth = load_ground_truth(data_path)
     guardrails = Guardrails.from_dict(cfg.guardrails.model_dump())
 

@@ -26,8 +26,7 @@ from pricing import schema as S
 from pricing import stats
 from pricing.policy import Guardrails
 from pricing.simulator import GroundTruth, load_ground_truth
-from pricing.split import time_split
-from tasks.evaluation import evaluate_models, subset
+from tasks.evaluation import evaluate_models, split_data
 from tasks.features import build_offer_features
 from tasks.tracking import REPORT_METRICS
 from tasks.training import fit_model
@@ -75,23 +74,13 @@ def load_seed_data(data_path: Path, cfg: ExperimentConfig, runs_dir: Path) -> Se
     fb = build_offer_features(tables, runs_dir / "cache")
     timings["features"] = time.perf_counter() - t
 
-    offers = tables[S.OFFERS].reset_index(drop=True)
-    split = time_split(
-        offers, cfg.split.test_start, cfg.split.test_fraction, cfg.split.valid_fraction
-    )
-    full = PricingData(
-        offers=offers,
-        items=tables[S.ITEMS],
-        events=tables[S.EVENTS],
-        features=fb.features,
-        users=tables.get(S.USERS),
-    )
+    split, train, valid, test = split_data(tables, fb.features, cfg.split)
     return SeedData(
         data_path=data_path,
         dataset=data_path.resolve().name,
-        train=subset(full, split.train),
-        valid=subset(full, split.valid),
-        test=subset(full, split.test),
+        train=train,
+        valid=valid,
+        test=test,
         truth=load_ground_truth(data_path),
         split=split.summary(),
         validation={

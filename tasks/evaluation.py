@@ -16,6 +16,7 @@ from pricing import schema as S
 from pricing.evaluation import SLICE_METRICS, EvalInputs, cold_start_slices, evaluate_policy
 from pricing.policy import Guardrails
 from pricing.simulator import GroundTruth
+from pricing.split import TimeSplit, time_split
 
 LIST_PRICE = "list_price"
 
@@ -31,6 +32,28 @@ def subset(data: PricingData, idx: np.ndarray) -> PricingData:
         users=data.users,
         extras=data.extras,
     )
+
+
+def split_data(
+    tables: dict[str, pd.DataFrame], features: pd.DataFrame | None, split_config: Any
+) -> tuple[TimeSplit, PricingData, PricingData, PricingData]:
+    """The validated tables split by time into (split, train, valid, test), features aligned.
+
+    `split_config` has `test_start`, `test_fraction` and `valid_fraction` (the config's `split:`).
+    One definition for the training flow, `pricing compare` and the closed loop.
+    """
+    offers = tables[S.OFFERS].reset_index(drop=True)
+    split = time_split(
+        offers, split_config.test_start, split_config.test_fraction, split_config.valid_fraction
+    )
+    full = PricingData(
+        offers=offers,
+        items=tables[S.ITEMS],
+        events=tables[S.EVENTS],
+        features=features,
+        users=tables.get(S.USERS),
+    )
+    return split, subset(full, split.train), subset(full, split.valid), subset(full, split.test)
 
 
 def eval_inputs(test: PricingData, truth: GroundTruth | None) -> EvalInputs:

@@ -48,7 +48,6 @@ from pricing import schema as S
 from pricing.io import read_table, read_tables, write_table
 from pricing.shoppers import ShopperRequest, loop_summary, shopper_requests
 from pricing.simulator import GroundTruth, SimConfig, load_ground_truth, simulate, write_market
-from pricing.split import time_split
 
 LIST_PRICE_NAME = "list_price"
 LIST_PRICE_VERSION = "0"
@@ -620,25 +619,14 @@ def evaluate_offline(
     one's DR estimate as it would be served (greedy plus its exploration), on the test offers in
     `dr_offer_ids` when given (the previous round's main traffic: the contexts the estimate is
     compared with)."""
-    from tasks.evaluation import evaluate_models, subset
+    from tasks.evaluation import evaluate_models, split_data, subset
     from tasks.features import build_offer_features
     from tasks.training import fit_model
 
     cfg = load_config(config_path)
     tables = read_tables(data_dir)
     feats = build_offer_features(tables, cache_dir).features
-    offers = tables[S.OFFERS].reset_index(drop=True)
-    split = time_split(
-        offers, cfg.split.test_start, cfg.split.test_fraction, cfg.split.valid_fraction
-    )
-    full = PricingData(
-        offers=offers,
-        items=tables[S.ITEMS],
-        events=tables[S.EVENTS],
-        features=feats,
-        users=tables.get(S.USERS),
-    )
-    train, test = subset(full, split.train), subset(full, split.test)
+    _, train, _, test = split_data(tables, feats, cfg.split)
     truth = load_ground_truth(data_dir)
     g = P.Guardrails.from_dict(cfg.guardrails.model_dump())
     metrics, _ = evaluate_models(
