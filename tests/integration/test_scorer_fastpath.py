@@ -399,3 +399,48 @@ def test_the_event_loop_client_on_both_loops(redis_server: RedisServer, loop: st
         uvloop.run(run())
     else:
         asyncio.run(run())
+
+
+def test_concurrent_quotes_after_an_event_share_one_tower_run(
+    tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refresh and the quotes that need the same user's new state compute it once (the
+    refresher runs on the event loop; the toy's pandas tower in a worker thread), and every quote
+    reflects the event."""
+    import threading
+
+    from scorer.testing import ToyDemand
+
+    calls: list[int] = []
+    real = ToyDemand.user_state
+
+    def counted(self: ToyDemand, events: pd.DataFrame) -> float:
+        calls.append(threading.get_ident())
+        return real(self, events)
+
+    monkeypatch.setattr(ToyDemand, "user_state", counted)
+    app = create_app(
+        _settings(tmp_path, redis_url=redis_server.url), lambda: toy_handle("1"), seed=0
+    )
+
+    async def run() -> tuple[list[Any], int]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                calls.clear()
+                ev = {"event_type": "search", "query": "cheap tv"}
+                r = await c.post("/v1/events", json={"user_id": "u1", "events": [ev]})
+                generation = r.json()["generation"]
+                answers = await asyncio.gather(
+                    *(
+                        c.post("/v1/quote", json={"user_id": "u1", "items": ITEMS})
+                        for _ in range(10)
+                    )
+                )
+                await asyncio.sleep(0.05)  # the refresher's turn: it finds the state fresh
+            return [a.json() for a in answers], generation
+
+    answers, generation = asyncio.run(run())
+    assert all(a["state_generation"] >= generation and a["personalized"] for a in answers)
+    assert len(calls) == 1  # one tower run for ten quotes and a refresh
+    assert app.state.runtime.refresher.failed == 0
