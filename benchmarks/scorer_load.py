@@ -64,6 +64,7 @@ P99_GOAL_MS = 10.0
 P99_LOOSE_MS = 100.0
 TARGET_RPS = 500.0
 ACHIEVED_SHARE = 0.98
+OTHERS_BUSY = 0.3  # cores other processes used during a step, above which it is run again
 LADDER = (50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1200, 1400, 1600, 1800, 2000)
 TOKEN = "bench-admin-token"
 
@@ -377,9 +378,18 @@ def step_up(
         s = run_step(server, redis_pid, mix, rate, duration)
         steps.append(s)
         note(f"{'naive' if server.naive else 'fast'} {json.dumps(brief(s))}")
-        if not passes(s, min(limits)):  # the machine is shared: one more try before believing it
+        tries = 0
+        # The machine is shared: a failure gets one more try before it is believed, and a
+        # failure while other processes took a real share of the cores up to two more, after a
+        # pause (their share is in every step's cpu_cores.others).
+        while not passes(s, min(limits)) and (
+            tries == 0 or (tries < 3 and s["cpu_cores"]["others"] > OTHERS_BUSY)
+        ):
+            tries += 1
+            if tries > 1:
+                time.sleep(5.0)
             s = run_step(server, redis_pid, mix, rate, duration)
-            s["retry"] = True
+            s["retry"] = tries
             steps.append(s)
             note(f"  retry {json.dumps(brief(s))}")
         if not any(passes(x, loose) for x in steps if x["offered_rps"] == rate):
