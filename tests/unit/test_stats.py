@@ -42,6 +42,7 @@ def test_t_quantile_limits() -> None:
 
 def test_t_quantile_agrees_with_scipy() -> None:
     from scipy.stats import t  # scipy comes with scikit-learn, a hard dependency
+
     for df in (1, 2, 3, 5, 8, 19, 30, 50, 200):
         for p in (0.6, 0.9, 0.95, 0.975, 0.995, 0.9995):
             assert stats.t_quantile(p, df) == pytest.approx(t.ppf(p, df), rel=1e-9)
