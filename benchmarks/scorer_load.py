@@ -307,10 +307,17 @@ def loadgen(
 
 
 def run_step(server: Server, redis_pid: int, mix: Path, rate: float, duration: float) -> dict:
-    """One fixed-rate run with the CPU each party used during it."""
+    """One fixed-rate run with the CPU each party used during it and the stage profile."""
+    before = server.metrics()
     cpu0, r0, m0 = server.cpu(), process_cpu(redis_pid), machine_busy()
     r = loadgen(server.port, mix, rate=rate, duration=duration)
     cpu1, r1, m1 = server.cpu(), process_cpu(redis_pid), machine_busy()
+    profile = stage_profile(before, server.metrics())
+    r["stages_us_per_quote"] = {k: v["us_per_quote"] for k, v in profile["stages"].items()}
+    r["tower_runs_per_quote"] = {
+        k: profile["stages"].get(k, {}).get("calls_per_quote") for k in ("user_state", "refresh")
+    }
+    r["offer_log_quotes_per_write"] = profile["offer_log_quotes_per_write"]
     wall = max(m1[1] - m0[1], 1e-9)
     scorer, redis = cpu1 - cpu0, r1 - r0
     gen = float(r["loadgen_cpu_s"])
@@ -365,7 +372,16 @@ def brief(s: dict) -> dict:
     out["event_p99_ms"] = s["by_path"].get("/v1/events", {}).get("p99_ms")
     out["cpu_cores"] = s["cpu_cores"]
     out["scorer_cpu_us_per_request"] = s["scorer_cpu_us_per_request"]
+    out["redis_cpu_us_per_request"] = s["redis_cpu_us_per_request"]
+    out["loadgen_cpu_us_per_request"] = s["loadgen_cpu_us_per_request"]
+    for k in ("stages_us_per_quote", "tower_runs_per_quote", "offer_log_quotes_per_write"):
+        out[k] = s.get(k)
     return out
+
+
+def _short(s: dict) -> dict:
+    keys = ("offered_rps", "achieved_rps", "p50_ms", "p99_ms", "failed")
+    return {**{k: s[k] for k in keys}, "cpu_cores": s["cpu_cores"]}
 
 
 def step_up(
@@ -377,7 +393,7 @@ def step_up(
     for rate in LADDER:
         s = run_step(server, redis_pid, mix, rate, duration)
         steps.append(s)
-        note(f"{'naive' if server.naive else 'fast'} {json.dumps(brief(s))}")
+        note(f"{'naive' if server.naive else 'fast'} {json.dumps(_short(s))}")
         tries = 0
         # The machine is shared: a failure gets one more try before it is believed, and a
         # failure while other processes took a real share of the cores up to two more, after a
@@ -391,7 +407,7 @@ def step_up(
             s = run_step(server, redis_pid, mix, rate, duration)
             s["retry"] = tries
             steps.append(s)
-            note(f"  retry {json.dumps(brief(s))}")
+            note(f"  retry {json.dumps(_short(s))}")
         if not any(passes(x, loose) for x in steps if x["offered_rps"] == rate):
             break
         time.sleep(0.5)
@@ -413,7 +429,7 @@ def step_up(
         s = run_step(server, redis_pid, mix, mid, duration)
         s["refine"] = limit
         steps.append(s)
-        note(f"  refine@{limit:g}ms {json.dumps(brief(s))}")
+        note(f"  refine@{limit:g}ms {json.dumps(_short(s))}")
     return steps
 
 
@@ -778,6 +794,24 @@ def main() -> None:
             "goal_p99_10ms_at_500rps": any(passes(s, P99_GOAL_MS) for s in at_target),
             "p99_at_500rps_ms": min((s["p99_ms"] for s in at_target), default=None),
             "common_rate": common,
+            # where the time goes at the capacity rate: wall time per quote of each stage (all
+            # workers; awaited stages include the loop serving others), CPU per request by process
+            "profile_at_capacity": {
+                name: {
+                    k: s.get(k)
+                    for k in (
+                        "offered_rps",
+                        "stages_us_per_quote",
+                        "tower_runs_per_quote",
+                        "offer_log_quotes_per_write",
+                        "scorer_cpu_us_per_request",
+                        "redis_cpu_us_per_request",
+                        "loadgen_cpu_us_per_request",
+                        "cpu_cores",
+                    )
+                }
+                for name, s in (("fast", fast_cap or {}), ("naive", naive_cap or {}))
+            },
             "fast": {
                 **{k: v for k, v in fast.items() if k != "steps"},
                 "capacity_10ms_rps": fast_cap["offered_rps"] if fast_cap else None,
