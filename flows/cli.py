@@ -249,6 +249,19 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    bootstrap = getattr(args, "bootstrap", None)
+    if bootstrap:
+        # The scorer's own startup hydration (PRICING_BOOTSTRAP_DATA_DIR), set before it reads settings.
+        from pricing import schema as S
+
+        folder = Path(bootstrap).resolve()
+        if not any(folder.glob(f"{S.EVENTS}.*")):
+            print(f"--bootstrap {bootstrap}: no {S.EVENTS} table there", file=sys.stderr)
+            return 2
+        os.environ["PRICING_BOOTSTRAP_DATA_DIR"] = str(folder)
+        from mlops.settings import get_settings
+
+        get_settings.cache_clear()
     from scorer.main import serve
 
     serve(host=args.host, port=args.port)
@@ -495,6 +508,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="serve the champion model (FastAPI)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument(
+        "--bootstrap",
+        metavar="DIR",
+        help="load users' histories (the events table) from this data folder at startup, so "
+        "known users get personalized quotes at once (default: none; PRICING_BOOTSTRAP_DATA_DIR)",
+    )
     sv.set_defaults(func=_cmd_serve)
 
     dm = sub.add_parser("demo", help="simulate, validate, train, promote, then serve")
