@@ -35,7 +35,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -45,6 +45,17 @@ from mlops.registry import ModelHandle, ModelLoadError
 from mlops.settings import Settings, get_settings
 from pricing import io as pio
 from pricing import schema as S
+from pricing.experiment import ARM, EXPERIMENT, assign_arm
+from scorer.experiment import (
+    CHAMPION_ARM,
+    SHARE_TAG,
+    ArmConfig,
+    ArmSource,
+    ExperimentConfig,
+    ExperimentSettings,
+    RegistryArms,
+    effective_shares,
+)
 from scorer.metrics import MetricsMiddleware, ScorerMetrics
 from scorer.offer_log import OfferLog, OfferLogError
 from scorer.refresh import StateRefresher
@@ -59,7 +70,14 @@ from scorer.schemas import (
     fast_events,
     fast_quote,
 )
-from scorer.serving import Pricer, QuoteBook, QuoteError, ServingModel, build_serving_model
+from scorer.serving import (
+    ARM_SHARE,
+    Pricer,
+    QuoteBook,
+    QuoteError,
+    ServingModel,
+    build_serving_model,
+)
 from scorer.state import InMemoryUserStore, UserStore, hydrate
 
 log = logging.getLogger(__name__)
@@ -129,6 +147,178 @@ class ReloadStatus:
         }
 
 
+class ArmSlot:
+    """One experiment arm besides the champion: its alias's model, loaded and warmed, or why not.
+
+    Fails closed: when its alias is missing, its version does not load, or its share is unknown,
+    the arm serves nobody (`current` is None, `problem` says why) and its users get the champion.
+    A failed reload disables the arm even if an older version of it was serving, so an experiment
+    never measures a version the operator did not point the alias at. The alias watch retries with
+    the champion's backoff (`ReloadStatus`); `POST /admin/reload?arm=<name>` always tries.
+    """
+
+    def __init__(
+        self, config: ArmConfig, source: ArmSource, exploration: float | None, base_s: float
+    ) -> None:
+        self.config = config
+        self.source = source
+        self.exploration = exploration
+        self.current: ServingModel | None = None
+        self.share: float | None = config.share
+        self.problem: str | None = "starting: the arm is not loaded yet"
+        self.reload_status = ReloadStatus(base_s=base_s)
+        self._lock = asyncio.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def bind(self) -> None:
+        self._lock = asyncio.Lock()  # bound to the loop that runs this app
+
+    def _load(self) -> tuple[ServingModel | None, float | None]:
+        handle = self.source.load(self.config.alias)
+        if handle is None:
+            return None, None
+        share = self.config.share
+        if share is None:
+            share = self.source.share(self.config.alias)
+        return build_serving_model(handle, self.exploration), share
+
+    def _disable(self, problem: str) -> None:
+        self.current, self.problem = None, problem
+        log.error("experiment arm %r disabled (its users get the champion): %s", self.name, problem)
+
+    async def reload(self, expected: str | None = None) -> tuple[ServingModel, str | None]:
+        """Load, warm and swap in the alias's version; returns (new, previous version).
+
+        Raises:
+            LookupError: the alias does not exist (the arm is disabled).
+            Exception: whatever loading or warming raised (the arm is disabled).
+        """
+        async with self._lock:
+            previous = self.current.version if self.current is not None else None
+            try:
+                sm, share = await asyncio.to_thread(self._load)
+            except Exception as exc:
+                error = short_error(exc)
+                version = exc.version if isinstance(exc, ModelLoadError) else expected
+                delay = self.reload_status.failed(version, error)
+                self._disable(f"load failed (retried in {delay:.0f} s): {error}")
+                raise
+            if sm is None:
+                self.reload_status.clear()
+                self.reload_status.alias_target = None
+                self._disable(f"no {self.config.alias!r} alias is registered")
+                raise LookupError(
+                    f"arm {self.name!r}: no {self.config.alias!r} alias is registered"
+                )
+            self.reload_status.clear()
+            self.reload_status.alias_target = sm.version
+            self.current, self.share = sm, share
+            if share is None:  # loaded, but serves nobody until it has a share
+                self.problem = (
+                    f"no share: set it in PRICING_EXPERIMENT ({self.name}={self.config.alias}:0.1) "
+                    f"or tag version {sm.version} with {SHARE_TAG}, then reload the arm"
+                )
+                log.error("experiment arm %r serves nobody: %s", self.name, self.problem)
+                return sm, previous
+            self.problem = None
+            log.info("experiment arm %r serves %s (was %s)", self.name, sm.policy, previous)
+            return sm, previous
+
+    async def check_alias(self) -> bool:
+        """One poll of the arm's alias; reloads when it moved (or vanished). Never raises."""
+        try:
+            found = await asyncio.to_thread(self.source.version, self.config.alias)
+        except Exception as exc:  # noqa: BLE001 - the registry is down: keep serving
+            log.warning(
+                "alias watch: cannot read alias %r: %s", self.config.alias, short_error(exc)
+            )
+            return False
+        current = self.current
+        if found is None:
+            if current is None and self.reload_status.alias_target is None:
+                return False  # still no alias: already disabled for that
+            with contextlib.suppress(Exception):
+                await self.reload()
+            return True
+        version = str(found)
+        status = self.reload_status
+        if current is not None and current.version == version:
+            return False
+        if not status.due(version):
+            return False
+        with contextlib.suppress(Exception):  # recorded and logged by reload
+            await self.reload(expected=version)
+        return True
+
+    def as_dict(self, served_share: float) -> dict[str, Any]:
+        """This arm on /readyz."""
+        sm = self.current
+        return {
+            "arm": self.name,
+            "alias": self.config.alias,
+            "share": self.share,
+            "share_source": "PRICING_EXPERIMENT" if self.config.share is not None else SHARE_TAG,
+            "served_share": round(served_share, 6),
+            "status": "serving" if sm is not None and self.problem is None else "disabled",
+            "reason": self.problem,
+            "model_name": sm.name if sm is not None else None,
+            "model_version": sm.version if sm is not None else None,
+            **self.reload_status.as_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which model serves a user, and what the offer log records about it (None: no experiment)."""
+
+    model: ServingModel
+    tags: dict[str, Any] | None
+
+
+class TrafficSplit:
+    """The experiment's arms and the sticky assignment of users to them (`assign_arm`).
+
+    Users are assigned on the configured (or tagged) shares; a user whose arm is disabled is served
+    and logged as the champion. `served` is each arm's share of users as actually served (the
+    champion's includes the disabled arms'), logged as `arm_share` with every quote.
+    """
+
+    def __init__(self, config: ExperimentConfig, arms: dict[str, ArmSlot]) -> None:
+        self.config = config
+        self.arms = arms
+        self.assignment: list[tuple[str, float]] = []
+        self.served: dict[str, float] = {}
+        self.update()
+
+    def update(self) -> None:
+        """Recompute the shares after an arm's reload (cheap; called from the event loop)."""
+        shares = effective_shares(self.config, {n: a.share for n, a in self.arms.items()})
+        total = sum(s for _, s in shares) or 1.0
+        served = {CHAMPION_ARM: 0.0}
+        for name, share in shares:
+            arm = self.arms.get(name)
+            live = name == CHAMPION_ARM or (arm is not None and arm.problem is None)
+            key = name if live else CHAMPION_ARM
+            served[key] = served.get(key, 0.0) + share / total
+        self.assignment, self.served = shares, served
+
+    def route(self, user_id: str, champion: ServingModel) -> Route:
+        arm_name = assign_arm(user_id, self.config.experiment_id, self.assignment)
+        arm = self.arms.get(arm_name)
+        sm = arm.current if arm is not None and arm.problem is None else None
+        if sm is None:
+            arm_name, sm = CHAMPION_ARM, champion
+        tags = {
+            EXPERIMENT: self.config.experiment_id,
+            ARM: arm_name,
+            ARM_SHARE: self.served.get(arm_name, 0.0),
+        }
+        return Route(sm, tags)
+
+
 class ScorerRuntime:
     """Everything one app instance holds: settings, the served model, the store, the offer log."""
 
@@ -140,6 +330,8 @@ class ScorerRuntime:
         store: UserStore,
         rng: np.random.Generator,
         pricer_cls: type[Pricer] = Pricer,
+        experiment: ExperimentConfig | None = None,
+        arm_source: ArmSource | None = None,
     ) -> None:
         self.settings = settings
         self.pricer_cls = pricer_cls
@@ -155,6 +347,41 @@ class ScorerRuntime:
         self.refresher: StateRefresher | None = None
         self._reload_lock = asyncio.Lock()
         self.reload_status = ReloadStatus(base_s=max(settings.alias_poll_seconds, 1.0))
+        self.split: TrafficSplit | None = None
+        if experiment is not None:
+            source = arm_source or RegistryArms(settings.registered_model)
+            arms = {
+                a.name: ArmSlot(a, source, settings.exploration, self.reload_status.base_s)
+                for a in experiment.challengers
+            }
+            self.split = TrafficSplit(experiment, arms)
+
+    @property
+    def arms(self) -> dict[str, ArmSlot]:
+        """The experiment's arms besides the champion (empty without an experiment)."""
+        return self.split.arms if self.split is not None else {}
+
+    def route(self, user_id: str, champion: ServingModel) -> Route:
+        """The model that serves `user_id` (the champion, or the user's arm when it serves)."""
+        if self.split is None:
+            return Route(champion, None)
+        return self.split.route(user_id, champion)
+
+    async def reload_arm(self, name: str) -> tuple[ServingModel, str | None]:
+        """Reload one experiment arm (`ArmSlot.reload`), then the split's shares."""
+        assert self.split is not None
+        try:
+            return await self.arms[name].reload()
+        finally:
+            self.split.update()
+
+    async def check_arms(self) -> None:
+        """One poll of every arm's alias."""
+        if self.split is None:
+            return
+        for arm in self.arms.values():
+            if await arm.check_alias():
+                self.split.update()
 
     def open(self) -> None:
         """Open the offer log (creates its directory), the pricer and the state refresher."""
@@ -171,11 +398,14 @@ class ScorerRuntime:
             self.refresher = StateRefresher(self._refresh_user)
             self.refresher.start()
         self._reload_lock = asyncio.Lock()  # bound to the loop that runs this app
+        for arm in self.arms.values():
+            arm.bind()
 
     async def _refresh_user(self, user_id: str) -> bool:
         sm, pricer = self.current, self.pricer
         if sm is None or pricer is None:
             return False
+        sm = self.route(user_id, sm).model  # the user's arm's model computes the user's state
         t = time.perf_counter()
         try:
             return await pricer.refresh_async(sm, user_id)
@@ -302,10 +532,11 @@ class ScorerRuntime:
 
     async def watch_alias(self, interval: float) -> None:
         """Poll the champion alias every `interval` s (`check_alias`) until cancelled."""
-        assert self.version_probe is not None
         while True:
             await asyncio.sleep(interval)
-            await self.check_alias()
+            if self.version_probe is not None:
+                await self.check_alias()
+            await self.check_arms()
 
 
 def _default_loader(settings: Settings) -> tuple[Loader, VersionProbe]:
@@ -400,8 +631,10 @@ async def answer_quote(
             detail=f"too many candidate items: {len(items)} > max_candidates={runtime.settings.max_candidates}",
         )
     assert runtime.pricer is not None
+    route = runtime.route(user_id, sm)
+    sm = route.model
     try:
-        q = await runtime.pricer.quote_async(sm, user_id, items, session_id)
+        q = await runtime.pricer.quote_async(sm, user_id, items, session_id, route.tags)
     except QuoteError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
     runtime.metrics.quoted_items.inc(len(q.item_ids))
@@ -434,6 +667,8 @@ async def answer_quote(
             for k in order
         ],
     }
+    if route.tags is not None:
+        body["experiment"], body["arm"] = route.tags[EXPERIMENT], route.tags[ARM]
     # Serialized here with orjson (the shape is QuoteResponse's, declared for the OpenAPI schema):
     # building and validating 50 pydantic models per quote costs more than pricing them.
     return Response(orjson.dumps(body), media_type="application/json")
@@ -524,9 +759,32 @@ def outcomes(req: OutcomeRequest, runtime: RuntimeDep) -> OutcomeResponse:
 ops = APIRouter(tags=["ops"])
 
 
-@ops.post("/admin/reload", response_model=ReloadResponse, dependencies=[Depends(require_admin)])
-async def admin_reload(runtime: RuntimeDep) -> ReloadResponse | JSONResponse:
-    """Load the current champion, warm it and swap it in; on failure the old model keeps serving."""
+@ops.post(
+    "/admin/reload",
+    response_model=ReloadResponse,
+    response_model_exclude_unset=True,  # `arm` only on an arm's reload: the champion's is as before
+    dependencies=[Depends(require_admin)],
+)
+async def admin_reload(
+    runtime: RuntimeDep,
+    arm: Annotated[
+        str | None,
+        Query(
+            max_length=100,
+            description="an experiment arm (its alias's version is reloaded), `all` for the "
+            "champion and every arm; default: the champion",
+        ),
+    ] = None,
+) -> ReloadResponse | JSONResponse:
+    """Load the current champion (or an experiment arm), warm it and swap it in.
+
+    On failure the champion's old model keeps serving; a failed arm is disabled (its users get the
+    champion) and /readyz says why. Rolling an arm back is moving its alias back and reloading it.
+    """
+    if arm == "all":
+        return await _reload_all(runtime)
+    if arm is not None and arm != CHAMPION_ARM:
+        return await _reload_arm(runtime, arm)
     try:
         sm, previous = await runtime.reload()
     except Exception as exc:  # noqa: BLE001 - report any load failure to the caller
@@ -540,6 +798,62 @@ async def admin_reload(runtime: RuntimeDep) -> ReloadResponse | JSONResponse:
             },
         )
     return ReloadResponse(model_name=sm.name, model_version=sm.version, previous_version=previous)
+
+
+def _unknown_arm(runtime: ScorerRuntime, arm: str) -> HTTPException:
+    if runtime.split is None:
+        return HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            detail=f"no experiment arm {arm!r}: no experiment is configured (PRICING_EXPERIMENT)",
+        )
+    known = ", ".join([CHAMPION_ARM, *runtime.arms, "all"])
+    return HTTPException(
+        status.HTTP_404_NOT_FOUND, detail=f"no experiment arm {arm!r}; the arms are: {known}"
+    )
+
+
+async def _reload_arm(runtime: ScorerRuntime, arm: str) -> ReloadResponse | JSONResponse:
+    if arm not in runtime.arms:
+        raise _unknown_arm(runtime, arm)
+    try:
+        sm, previous = await runtime.reload_arm(arm)
+    except Exception as exc:  # noqa: BLE001 - report any load failure to the caller
+        return JSONResponse(
+            status_code=status.HTTP_502_BAD_GATEWAY,
+            content={
+                "detail": f"reload of arm {arm!r} failed; the arm is disabled and its users get "
+                f"the champion: {short_error(exc)}",
+                "arm": arm,
+                "serving_version": None,
+            },
+        )
+    return ReloadResponse(
+        model_name=sm.name, model_version=sm.version, previous_version=previous, arm=arm
+    )
+
+
+async def _reload_all(runtime: ScorerRuntime) -> JSONResponse:
+    """The champion and every arm; 200 when all reloaded, else 502 with each one's outcome."""
+    results: dict[str, Any] = {}
+    names = [CHAMPION_ARM, *runtime.arms]
+    for name in names:
+        try:
+            if name == CHAMPION_ARM:
+                sm, previous = await runtime.reload()
+            else:
+                sm, previous = await runtime.reload_arm(name)
+            results[name] = {
+                "model_name": sm.name,
+                "model_version": sm.version,
+                "previous_version": previous,
+            }
+        except Exception as exc:  # noqa: BLE001 - each arm's outcome is reported
+            results[name] = {"error": short_error(exc)}
+    ok = all("error" not in r for r in results.values())
+    return JSONResponse(
+        status_code=status.HTTP_200_OK if ok else status.HTTP_502_BAD_GATEWAY,
+        content={"arms": results},
+    )
 
 
 @ops.get("/healthz")
@@ -586,8 +900,34 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
             # this process's offer-log files (one writer slot per process)
             "offer_log_writer": runtime.offer_log.slot if runtime.offer_log else None,
             **reload_status,
+            **experiment_status(runtime, sm),
         }
     )
+
+
+def experiment_status(runtime: ScorerRuntime, champion: ServingModel) -> dict[str, Any]:
+    """/readyz's `experiment` and `arms` (nothing without an experiment)."""
+    split = runtime.split
+    if split is None:
+        return {}
+    served = split.served
+    arms: list[dict[str, Any]] = [
+        {
+            "arm": CHAMPION_ARM,
+            "alias": "champion",
+            "share": dict(split.assignment)[CHAMPION_ARM],
+            "share_source": "PRICING_EXPERIMENT"
+            if split.config.champion_share is not None
+            else "the rest",
+            "served_share": round(served.get(CHAMPION_ARM, 0.0), 6),
+            "status": "serving",
+            "reason": None,
+            "model_name": champion.name,
+            "model_version": champion.version,
+        }
+    ]
+    arms += [arm.as_dict(served.get(name, 0.0)) for name, arm in split.arms.items()]
+    return {"experiment": split.config.experiment_id, "arms": arms}
 
 
 @ops.get("/metrics")
@@ -813,6 +1153,8 @@ def create_app(
     store: UserStore | None = None,
     seed: int | None = None,
     pricer_cls: type[Pricer] = Pricer,
+    experiment: ExperimentConfig | None = None,
+    arm_source: ArmSource | None = None,
 ) -> FastAPI:
     """Build a scorer app. Nothing is loaded until the app starts (lifespan).
 
@@ -828,6 +1170,10 @@ def create_app(
         seed: exploration RNG seed (default: fresh entropy per process).
         pricer_cls: the quote pipeline (a subclass changes how user states are obtained; the
             load benchmark's naive scorer uses one).
+        experiment: the traffic split (default: `PRICING_EXPERIMENT`, see `scorer.experiment`;
+            none when unset: the champion serves everyone, as without experiments).
+        arm_source: where the arms' models come from (default: the registry's aliases of
+            `settings.registered_model`).
     """
     settings = settings or get_settings()
     if loader is None:
@@ -840,6 +1186,8 @@ def create_app(
         store=store or default_store(settings),
         rng=np.random.default_rng(seed),
         pricer_cls=pricer_cls,
+        experiment=experiment if experiment is not None else ExperimentSettings().experiment,
+        arm_source=arm_source,
     )
 
     @asynccontextmanager
@@ -860,8 +1208,11 @@ def create_app(
         except Exception as exc:  # noqa: BLE001 - stay up and say why on /readyz
             runtime.not_ready_reason = f"model load failed: {type(exc).__name__}: {exc}"
             log.exception("starting without a model")
+        for name in runtime.arms:
+            with contextlib.suppress(Exception):  # the arm is disabled, /readyz says why
+                await runtime.reload_arm(name)
         watcher: asyncio.Task[Any] | None = None
-        if settings.alias_poll_seconds > 0 and runtime.version_probe is not None:
+        if settings.alias_poll_seconds > 0 and (runtime.version_probe is not None or runtime.arms):
             watcher = asyncio.create_task(runtime.watch_alias(settings.alias_poll_seconds))
         try:
             yield

@@ -110,6 +110,12 @@ class QuoteResponse(BaseModel):
     personalized: bool = Field(description="the user had events the model could use")
     degraded: bool = Field(description="the online store failed; the user was priced as new")
     items: list[QuotedItem] = Field(description="ranked, best first")
+    experiment: str | None = Field(
+        default=None, description="the experiment splitting traffic (absent without one)"
+    )
+    arm: str | None = Field(
+        default=None, description="the user's arm in it (sticky per user; absent without one)"
+    )
 
 
 class EventIn(BaseModel):
@@ -177,6 +183,9 @@ class ReloadResponse(BaseModel):
     model_name: str
     model_version: str
     previous_version: str | None
+    arm: str | None = Field(
+        default=None, description="the experiment arm reloaded (null: champion)"
+    )
 
 
 # --- the fast path: the common well-formed request, without pydantic -------------------------------

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,11 +32,16 @@ from mlops.models import DemandModel
 from mlops.registry import ModelHandle
 from pricing import policy as P
 from pricing import schema as S
+from pricing.experiment import ARM, EXPERIMENT
 from scorer.accel import Accelerated, accelerate
 from scorer.offer_log import QUOTE_ID, OfferLog
 from scorer.state import Event, QuoteRead, UserStore, conforms, events_frame
 
 log = logging.getLogger(__name__)
+
+
+ARM_SHARE = "arm_share"  # the share of users the serving arm had when the quote was made
+EXPERIMENT_FIELDS: tuple[str, ...] = (EXPERIMENT, ARM, ARM_SHARE)
 
 
 class QuoteError(ValueError):
@@ -520,8 +525,11 @@ class Pricer:
         session_id: str | None,
         state: Any,
         last_prices: list[float | None] | None,
+        tags: Mapping[str, Any] | None = None,
     ) -> tuple[PricedItems, list[dict[str, Any]]]:
-        """The pricing itself (CPU only): grid, demand, choice, exploration, rank, log rows."""
+        """The pricing itself (CPU only): grid, demand, choice, exploration, rank, log rows.
+
+        `tags` (the experiment and arm, when the scorer splits traffic) go into every log row."""
         t = time.perf_counter()
         lp, cost = sm.list_price[idx], sm.unit_cost[idx]
         g = sm.guardrails
@@ -557,6 +565,7 @@ class Pricer:
                 S.PROPENSITY: prop_l[k],
                 S.POLICY: policy,
                 "purchase_probability": prob_l[k],  # for live calibration (monitor flow)
+                **(tags or {}),
             }
             for k, item in enumerate(items)
         ]
@@ -653,7 +662,12 @@ class Pricer:
         return priced
 
     def quote(
-        self, sm: ServingModel, user_id: str, items: list[str], session_id: str | None
+        self,
+        sm: ServingModel,
+        user_id: str,
+        items: list[str],
+        session_id: str | None,
+        tags: Mapping[str, Any] | None = None,
     ) -> PricedItems:
         """Price and rank `items` for the user, log the quote durably, remember sticky prices.
 
@@ -669,7 +683,7 @@ class Pricer:
         else:
             state, personalized, degraded, generation = self._timed_state(sm, user_id, read)
         last = read.last if session_id is not None and not degraded else None
-        priced, rows = self._price(sm, user_id, items, idx, session_id, state, last)
+        priced, rows = self._price(sm, user_id, items, idx, session_id, state, last, tags)
         t = time.perf_counter()
         self.offer_log.append_quotes(rows)
         self.stages.add("offer_log", time.perf_counter() - t)
@@ -679,7 +693,12 @@ class Pricer:
         return self._finish(priced, personalized, degraded, generation)
 
     async def quote_async(
-        self, sm: ServingModel, user_id: str, items: list[str], session_id: str | None
+        self,
+        sm: ServingModel,
+        user_id: str,
+        items: list[str],
+        session_id: str | None,
+        tags: Mapping[str, Any] | None = None,
     ) -> PricedItems:
         """`quote` on the event loop: the store round trips are awaited (the loop serves other
         requests meanwhile), the CPU work runs inline (short), the user tower (only on a cache
@@ -700,7 +719,7 @@ class Pricer:
             if not read.degraded:
                 self.stages.add("user_state", time.perf_counter() - t2)
         last = read.last if session_id is not None and not degraded else None
-        priced, rows = self._price(sm, user_id, items, idx, session_id, state, last)
+        priced, rows = self._price(sm, user_id, items, idx, session_id, state, last, tags)
         t = time.perf_counter()
         await self.offer_log.append_quotes_async(rows)
         self.stages.add("offer_log", time.perf_counter() - t)
@@ -741,5 +760,8 @@ class Pricer:
             "purchase_probability": offer.get("purchase_probability"),
             "outcome_ts": datetime.now(UTC).isoformat(),
         }
+        for key in EXPERIMENT_FIELDS:  # the arm the offer was made in (only when traffic is split)
+            if key in offer:
+                row[key] = offer[key]
         self.offer_log.append_outcome(row)
         return str(row[S.OFFER_ID])
