@@ -70,18 +70,6 @@ LAST_CKPT = "last.ckpt"
 log = logging.getLogger(__name__)
 
 
-def is_global_zero() -> bool:
-    """True unless this process is a non-zero rank of a multi-process launch.
-
-    Reads the launcher's environment (RANK from torchrun or Lightning's own DDP launcher,
-    SLURM_PROCID under srun), so a flow can ask before training starts whether it should track,
-    register or promote anything.
-    """
-    from lightning_fabric.utilities.rank_zero import _get_rank
-
-    return (_get_rank() or 0) == 0
-
-
 class LastCheckpoint(pl.Callback):
     """Writes `dirpath/last.ckpt` every n optimizer steps and at each epoch end, atomically.
 

@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,7 +40,6 @@ class PricingData:
     events: pd.DataFrame
     features: pd.DataFrame | None = None
     users: pd.DataFrame | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.offers)

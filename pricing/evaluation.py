@@ -250,13 +250,3 @@ def _ope(
             if f"ope_{k}" in out and np.isfinite(out[f"ope_{k}"]) and true_value:
                 out[f"ope_{k}_rel_error"] = abs(out[f"ope_{k}"] - true_value) / abs(true_value)
     return out
-
-
-def metrics_table(metrics: dict[str, dict[str, float]], keys: list[str]) -> pd.DataFrame:
-    """Models as rows, chosen metrics as columns: what README and notes show."""
-    return pd.DataFrame(
-        {
-            m: {k: v.get(k, np.nan) for k, v in [(k, vals) for k in keys]}
-            for m, vals in metrics.items()
-        }
-    ).T

@@ -30,7 +30,6 @@ def subset(data: PricingData, idx: np.ndarray) -> PricingData:
         events=data.events,
         features=feats,
         users=data.users,
-        extras=data.extras,
     )
 
 

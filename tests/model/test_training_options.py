@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch  # a hard dependency: imported, never skipped
 
-from lightning_modules.demand import DEFAULTS, BertDemand, is_global_zero  # noqa: E402
+from lightning_modules.demand import DEFAULTS, BertDemand  # noqa: E402
 from lightning_modules.price_datamodule import EpochSampler  # noqa: E402
 from lightning_modules.sequences import HistoryBatcher, Vocab, event_arrays  # noqa: E402
 
@@ -100,11 +100,3 @@ def test_accumulation_trim_and_compile_train(
     assert not any("_orig_mod" in k for k in model.module.state_dict())
     probs = model.predict(test)
     assert np.isfinite(probs).all() and ((probs > 0) & (probs < 1)).all()
-
-
-def test_outside_a_launcher_this_process_is_rank_zero(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
-        monkeypatch.delenv(var, raising=False)
-    assert is_global_zero()
-    monkeypatch.setenv("RANK", "3")
-    assert not is_global_zero()
