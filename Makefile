@@ -7,7 +7,7 @@ PRICING := $(BIN)/pricing
 DATA ?= data/sim
 PORT ?= 8000
 
-# Offline, quiet and local by default (see README "Environment").
+# Offline, quiet and local by default (README, "Running the pipeline", Configuration).
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MLFLOW_DISABLE_TELEMETRY := true

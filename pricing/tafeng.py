@@ -68,7 +68,7 @@ DATE_FORMAT = "%m/%d/%Y"
 POLICY_NAME = "tafeng-observed@1"
 PIN_CODE_COL = "pin_code"
 QUANTITY = "quantity"  # extra events column: units on the line
-TEST_DAYS = 28  # DESIGN.md: the last 4 weeks are the test window
+TEST_DAYS = 28  # the last 4 weeks are the test window (README, "Real data: Ta Feng grocery")
 QUARANTINE_FILE = Path("quarantine") / "tafeng_source.parquet"
 STATS_FILE = "tafeng_stats.json"
 STAT_WORDS = grocery.StatWords(users="customers", category="subclass", categories="subclasses")

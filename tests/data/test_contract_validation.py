@@ -1,4 +1,4 @@
-"""The data contract's GX suites against good and broken fixtures (DESIGN.md section 3)."""
+"""The data contract's GX suites against good and broken fixtures (README, "The data contract")."""
 
 from __future__ import annotations
 
