@@ -6,8 +6,13 @@ BIN := $(VENV)/bin
 PRICING := $(BIN)/pricing
 DATA ?= data/sim
 PORT ?= 8000
+# `make up`'s ports (README "Scheduled runs and the UIs"); up.sh refuses a busy one.
+export SCORER_PORT ?= $(PORT)
+export PREFECT_PORT ?= 4200
+export MLFLOW_PORT ?= 5000
+export PG_PORT ?= 5432
 
-# Offline, quiet and local by default (README, "Running the pipeline", Configuration).
+# Offline, quiet and local by default (README "Set up" and "Running the pipeline" → Configuration).
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -21,7 +26,7 @@ export OMP_WAIT_POLICY := PASSIVE
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast test-slow lint format bench up down serve ui-mlflow ui-prefect clean
+.PHONY: help install demo test test-fast test-slow lint format bench up up-postgres down serve ui-mlflow ui-prefect clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -43,6 +48,9 @@ test: install ## Run every test (unit, data, model, integration, slow)
 test-fast: install ## Unit and data tests only
 	$(BIN)/pytest -q -m "not slow and not integration"
 
+test-slow: install ## Only the tests marked slow
+	$(BIN)/pytest -q -m slow
+
 lint: install ## ruff (lint + format check) and mypy on pricing/ and scorer/
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -60,14 +68,21 @@ bench: install ## Run the benchmarks (each prints JSON; README's Performance tab
 serve: install ## Serve the current champion on $(PORT)
 	$(PRICING) serve --port $(PORT)
 
-up: install ## Start a local Prefect server, a worker, the MLflow UI and the scorer (background)
-	bash infra/local/up.sh
+up: install ## Start Prefect server, worker, MLflow server and scorer in the background (sqlite stores)
+	DATA=$(DATA) bash infra/local/up.sh
 
-down: ## Stop what `make up` started
+up-postgres: install ## The same stack with MLflow and Prefect on a local PostgreSQL (no root needed)
+	BACKEND=postgres DATA=$(DATA) bash infra/local/up.sh
+
+down: ## Stop what `make up` started: flow runs (marked Cancelled), worker, scorer, servers
 	bash infra/local/down.sh
 
-ui-mlflow: install ## The MLflow UI over the embedded store
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --port 5000
+ui-mlflow: install ## The MLflow UI over the embedded sqlite store (foreground, $(MLFLOW_PORT))
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --port $(MLFLOW_PORT)
+
+ui-prefect: install ## The Prefect server and UI over its local store (foreground, $(PREFECT_PORT))
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 clean: ## Remove generated data, runs and caches (keeps .venv)
-	rm -rf data runs .prefect .cache .pytest_cache mlruns/mlflow.db mlruns/[0-9]* mlruns/models
+	rm -rf data runs .prefect .cache .pytest_cache mlruns/mlflow.db mlruns/[0-9]* mlruns/models \
+	  mlruns/pg-artifacts .run/postgres .run/pg-password
