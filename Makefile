@@ -12,7 +12,7 @@ export PREFECT_PORT ?= 4200
 export MLFLOW_PORT ?= 5000
 export PG_PORT ?= 5432
 
-# Offline, quiet and local by default (README "Set up" and "Running the pipeline" → Configuration).
+# Offline, quiet and local by default (README, "Running the pipeline", Configuration).
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
