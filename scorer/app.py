@@ -46,6 +46,7 @@ from mlops.settings import Settings, get_settings
 from pricing import io as pio
 from pricing import schema as S
 from pricing.experiment import ARM, EXPERIMENT, assign_arm
+from scorer.docs import mount_docs
 from scorer.experiment import (
     CHAMPION_ARM,
     SHARE_TAG,
@@ -1234,7 +1235,10 @@ def create_app(
         version="1",
         lifespan=lifespan,
         summary="Quotes profit-maximizing personalized prices inside guardrails.",
+        docs_url=None,  # mount_docs serves both pages from local assets (no CDN)
+        redoc_url=None,
     )
+    mount_docs(app)
     app.state.runtime = runtime
     app.include_router(v1)
     app.include_router(ops)
