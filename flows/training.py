@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
 from mlops import tracking
 from mlops.config import ExperimentConfig, load_config
@@ -31,7 +30,8 @@ from tasks.registry import (
     promote_model,
     register_model,
 )
-from tasks.tracking import log_evaluation, log_run_inputs
+from tasks.report import Stopwatch, publish_run_report, summary_text
+from tasks.tracking import log_decision, log_evaluation, log_run_inputs, training_run
 from tasks.training import fit_model, train_price_model
 from tasks.validation import validate_tables
 
@@ -42,6 +42,38 @@ def trainer_args(
     """Lightning Trainer overrides from the CLI (only those given)."""
     args = {"devices": devices, "strategy": strategy, "precision": precision}
     return {k: v for k, v in args.items() if v}
+
+
+def experiment_config(
+    config_path: str | None, model: str | None, seed: int | None, preset: str | None
+) -> ExperimentConfig:
+    """The experiment config with the command line's overrides applied."""
+    cfg = load_config(config_path, {"model": model, "seed": seed})
+    if preset is not None:  # `pricing run --simulate --preset classic`
+        cfg = cfg.model_copy(update={"simulate": {**cfg.simulate, "preset": preset}})
+    return cfg
+
+
+def ingest(
+    cfg: ExperimentConfig,
+    runs_dir: Path,
+    data_dir: str | None,
+    simulate: bool,
+    data_url: str | None,
+    since: str | None,
+    until: str | None,
+) -> tuple[Path, str]:
+    """The data folder this run reads, and its dataset name (the MLflow experiment)."""
+    if data_url:
+        window = DataWindow.parse(since, until)
+        path = read_database(data_url, default_snapshot_dir(runs_dir, data_url), window)
+        return path, database_name(data_url)
+    if simulate or data_dir is None:
+        return simulate_market(
+            runs_dir / f"sim-seed{cfg.seed}", cfg.simulate, cfg.seed
+        ), "simulated"
+    path = Path(data_dir)
+    return path, path.resolve().name
 
 
 def _load_champion(name: str) -> tuple[str | None, DemandModel | None]:
@@ -107,46 +139,27 @@ def training(
     `data_url` (`pricing run --data-url postgresql://...`): read the contract tables from a
     database, `since <= ts < until` in events and offers (ISO 8601, UTC when naive), into
     `<runs_dir>/data/<database>-<time>/`, where the validation report and quarantine go too.
+
+    MLflow: one parent run holds the inputs, the plots and the decision; each model (the main one,
+    every baseline, the list-price policy, the re-evaluated champion) is a child run with the same
+    metric names. Prefect: the metrics table and the decision are the run's artifacts.
     Returns the run report (also what `pricing run --report-json` writes); a worker rank of a
     multi-process launch returns `{"model", "rank", "role": "worker", "trained"}`.
     """
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    log = get_run_logger()
+    clock = Stopwatch()
     settings = get_settings()
-    cfg: ExperimentConfig = load_config(config_path, {"model": model, "seed": seed})
-    if preset is not None:  # `pricing run --simulate --preset classic`
-        cfg = cfg.model_copy(update={"simulate": {**cfg.simulate, "preset": preset}})
+    cfg = experiment_config(config_path, model, seed, preset)
     registered = cfg.registered_model or settings.registered_model
     runs_dir = Path(settings.runs_dir)
+    trainer = trainer_args(devices, strategy, precision)
 
-    # ingest
-    t = time.perf_counter()
-    if data_url:
-        window = DataWindow.parse(since, until)
-        data_path = read_database(data_url, default_snapshot_dir(runs_dir, data_url), window)
-        dataset = database_name(data_url)
-    elif simulate or data_dir is None:
-        data_path = simulate_market(runs_dir / f"sim-seed{cfg.seed}", cfg.simulate, cfg.seed)
-        dataset = "simulated"
-    else:
-        data_path = Path(data_dir)
-        dataset = data_path.resolve().name
-    timings["ingest"] = time.perf_counter() - t
-
-    # validate
-    t = time.perf_counter()
-    report = validate_tables(data_path, cfg.validation.max_bad_share)
-    tables = report.clean_tables
-    timings["validate"] = time.perf_counter() - t
-
-    # features
-    t = time.perf_counter()
-    fb = build_features(tables, runs_dir / "cache")
-    feats, feat_key, cache_hit = fb.features, fb.key, fb.cache_hit
-    timings["features"] = time.perf_counter() - t
-
-    split, train, valid, test = split_data(tables, feats, cfg.split)
+    with clock("ingest"):
+        data_path, dataset = ingest(cfg, runs_dir, data_dir, simulate, data_url, since, until)
+    with clock("validate"):
+        report = validate_tables(data_path, cfg.validation.max_bad_share)
+    with clock("features"):
+        fb = build_features(report.clean_tables, runs_dir / "cache")
+    split, train, valid, test = split_data(report.clean_tables, fb.features, cfg.split)
     truth = load_ground_truth(data_path)
     guardrails = Guardrails.from_dict(cfg.guardrails.model_dump())
 
@@ -154,135 +167,142 @@ def training(
         # A worker rank of a multi-process launch (torchrun, srun, Lightning's DDP launcher) re-runs
         # this flow: it contributes its share of training and nothing else (no MLflow run, no
         # registration), and ends as a normal result, not a SystemExit (a Crashed run).
-        return train_worker_share(
-            cfg.model, train, valid, cfg, trainer_args(devices, strategy, precision)
-        )
+        return train_worker_share(cfg.model, train, valid, cfg, trainer)
 
-    tracking.configure(settings.tracking_uri)
-    import mlflow
-
-    exp_id = tracking.experiment_id(dataset, settings.artifact_root)
-    run = mlflow.start_run(
-        experiment_id=exp_id, run_name=f"{cfg.model}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
-    )
-    run_id = run.info.run_id
-    try:
+    with training_run(settings.tracking_uri, settings.artifact_root, dataset, cfg.model) as run:
         log_run_inputs(
             cfg,
             config_path,
             data_path,
             dataset,
             split.summary(),
-            {"features": list(feats.columns), "hash": feat_key, "cache_hit": cache_hit},
+            {"features": list(fb.features.columns), "hash": fb.key, "cache_hit": fb.cache_hit},
             truth is not None,
         )
 
-        # train: the main model and every baseline
-        t = time.perf_counter()
-        trainer = trainer_args(devices, strategy, precision)
-        names = [cfg.model] + [b for b in cfg.baselines if b != cfg.model]
-        models: dict[str, DemandModel] = {}
-        for name in names:
-            models[name], diag = train_price_model(name, train, valid, cfg, trainer)
-            mlflow.log_metrics({f"{name}/train.{k}": float(v) for k, v in diag.items()})
-        timings["train"] = time.perf_counter() - t
+        with clock("train"):  # the main model and every baseline, each in its child run
+            names = [cfg.model] + [b for b in cfg.baselines if b != cfg.model]
+            trained = {
+                name: train_price_model(
+                    name,
+                    train,
+                    valid,
+                    cfg,
+                    trainer,
+                    run.experiment_id,
+                    run.run_id,
+                    "candidate" if name == cfg.model else "baseline",
+                )  # fmt: skip
+                for name in names
+            }
 
-        # evaluate (the current champion too, on the same test data)
-        t = time.perf_counter()
-        champ_version, champ_model = _load_champion(registered)
-        to_eval = dict(models)
-        if champ_model is not None:
-            to_eval["champion"] = champ_model
-        base_rate = float(train.offers[S.PURCHASED].mean())
-        metrics, curves = evaluate_models_task(
-            to_eval,
-            test,
-            truth,
-            guardrails,
-            base_rate,
-            cfg.evaluation.max_test_offers,
-            cfg.seed,
-            cfg.evaluation.calibration_bins,
-            train_items=set(train.offers[S.ITEM_ID].astype(str)),
-        )
-        # What the metrics were measured on: recorded on the version, and what makes a champion's
-        # stored metrics comparable when the champion itself could not be evaluated.
-        evaluation = {
-            "metrics": metrics[cfg.model],
+        with clock("evaluate"):  # the current champion too, on the same test data
+            champ_version, champ_model = _load_champion(registered)
+            to_eval = {name: t.model for name, t in trained.items()}
+            if champ_model is not None:
+                to_eval["champion"] = champ_model
+            metrics, curves = evaluate_models_task(
+                to_eval,
+                test,
+                truth,
+                guardrails,
+                float(train.offers[S.PURCHASED].mean()),
+                cfg.evaluation.max_test_offers,
+                cfg.seed,
+                cfg.evaluation.calibration_bins,
+                train_items=set(train.offers[S.ITEM_ID].astype(str)),
+                main=cfg.model,
+            )
+            # What the metrics were measured on: recorded on the version, and what makes a
+            # champion's stored metrics comparable when the champion itself could not be evaluated.
+            evaluation = {
+                "metrics": metrics[cfg.model],
+                "dataset": dataset,
+                "data_hash": fb.data_hash,
+                "split": split.summary(),
+                "protocol": evaluation_protocol(
+                    guardrails.to_dict(), cfg.evaluation.max_test_offers, len(test), cfg.seed
+                ),
+            }
+            live_champion = metrics.pop("champion", None)
+            champion = champion_for_gate(registered, champ_version, live_champion, evaluation)
+            model_runs = log_evaluation(
+                {**metrics, **({"champion": live_champion} if live_champion else {})},
+                curves,
+                cfg.model,
+                cfg.evaluation.calibration_bins,
+                {name: t.run_id for name, t in trained.items() if t.run_id},
+                run.experiment_id,
+                champ_version,
+            )
+
+        with clock("register"):
+            version = register_model(
+                trained[cfg.model].model,
+                run.run_id,
+                registered,
+                guardrails.to_dict(),
+                input_example(test.offers),
+                evaluation,
+            )
+
+        with clock("promote"):
+            promotion = promote_model(
+                registered,
+                version,
+                metrics[cfg.model],
+                champion,
+                champ_version,
+                metrics[LIST_PRICE],
+                truth is not None,
+                PromotionRule(**cfg.promotion.model_dump()),
+                settings.scorer_url,
+                settings.admin_token,
+                test.offers[S.ITEM_ID].astype(str).head(3).tolist(),
+                str(test.offers[S.USER_ID].iloc[0]),
+                promote,
+                force_promote,
+            )
+
+        result: dict[str, Any] = {
+            "model": cfg.model,
             "dataset": dataset,
-            "data_hash": fb.data_hash,
+            "data_dir": str(data_path),
+            "mlflow_run_id": run.run_id,
+            "mlflow_experiment": dataset,
+            "mlflow_child_runs": model_runs,
+            "registered_model": registered,
+            "model_version": version,
+            **promotion,
             "split": split.summary(),
-            "protocol": evaluation_protocol(
-                guardrails.to_dict(), cfg.evaluation.max_test_offers, len(test), cfg.seed
-            ),
-        }
-        champion = champion_for_gate(
-            registered, champ_version, metrics.pop("champion", None), evaluation
-        )
-        main = metrics[cfg.model]
-        log_evaluation(metrics, curves, cfg.model, cfg.evaluation.calibration_bins)
-        timings["evaluate"] = time.perf_counter() - t
-
-        # register
-        t = time.perf_counter()
-        version = register_model(
-            models[cfg.model],
-            run_id,
-            registered,
-            guardrails.to_dict(),
-            input_example(test.offers),
-            evaluation,
-        )
-        timings["register"] = time.perf_counter() - t
-
-        # promote
-        t = time.perf_counter()
-        smoke_items = test.offers[S.ITEM_ID].astype(str).head(3).tolist()
-        smoke_user = str(test.offers[S.USER_ID].iloc[0])
-        promotion = promote_model(
-            registered,
-            version,
-            main,
-            champion,
-            champ_version,
-            metrics[LIST_PRICE],
-            truth is not None,
-            PromotionRule(**cfg.promotion.model_dump()),
-            settings.scorer_url,
-            settings.admin_token,
-            smoke_items,
-            smoke_user,
-            promote,
-            force_promote,
-        )
-        timings["promote"] = time.perf_counter() - t
-        mlflow.set_tags({"promoted": str(promotion["promoted"]), "model_version": version})
-        timings["total"] = time.perf_counter() - t_start
-        mlflow.log_metrics({f"time/{k}": v for k, v in timings.items()})
-    except BaseException:
-        mlflow.end_run(status="FAILED")
-        raise
-    mlflow.end_run()
-
-    result: dict[str, Any] = {
-        "model": cfg.model,
-        "dataset": dataset,
-        "data_dir": str(data_path),
-        "mlflow_run_id": run_id,
-        "mlflow_experiment": dataset,
-        "registered_model": registered,
-        "model_version": version,
-        **promotion,
-        "split": split.summary(),
-        "metrics": metrics,
-        "validation": {
-            "passed": report.passed,
-            "tables": {
-                t: {"rows": r.rows, "bad_rows": r.bad_rows} for t, r in report.tables.items()
+            "metrics": metrics,
+            "train": {name: t.diagnostics for name, t in trained.items()},
+            "validation": {
+                "passed": report.passed,
+                "tables": {
+                    t: {"rows": r.rows, "bad_rows": r.bad_rows} for t, r in report.tables.items()
+                },
             },
-        },
-        "feature_cache_hit": cache_hit,
-        "timings_s": timings,
-    }
-    log.info("training done: version %s, promoted=%s", version, promotion["promoted"])
+            "feature_cache_hit": fb.cache_hit,
+            "links": run_links(run.experiment_id, run.run_id, registered, version),
+            "prefect_flow_run_id": str(flow_run.id or ""),
+            "timings_s": clock.total(),
+        }
+        log_decision(version, promotion, result["timings_s"], summary_text(result))
+        publish_run_report(result, version)
+    get_run_logger().info("training done: version %s, promoted=%s", version, promotion["promoted"])
     return result
+
+
+def run_links(experiment_id: str, run_id: str, registered: str, version: str) -> dict[str, str]:
+    """Where to look at this run: MLflow's run and version pages, the Prefect flow run."""
+    from tasks.tracking import prefect_flow_run_url
+
+    links = {
+        "MLflow run": tracking.run_url(experiment_id, run_id),
+        "MLflow version": tracking.version_url(registered, version),
+    }
+    prefect_url = prefect_flow_run_url(flow_run.id)
+    if prefect_url:
+        links["Prefect run"] = prefect_url
+    return links

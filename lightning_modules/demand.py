@@ -101,6 +101,17 @@ class LastCheckpoint(pl.Callback):
         self._save(trainer)
 
 
+def _loggers(*loggers: Any) -> Any:
+    """The Trainer's `logger`: False for none, one logger, or a list (CSV and the flow's MLflow)."""
+    flat: list[Any] = []
+    for lg in loggers:
+        if isinstance(lg, list | tuple):
+            flat.extend(x for x in lg if x)
+        elif lg:
+            flat.append(lg)
+    return False if not flat else flat[0] if len(flat) == 1 else flat
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return np.exp(-np.logaddexp(0.0, -x))
 
@@ -183,12 +194,18 @@ class BertDemand(DemandModel):
         return event_arrays(events, self.vocab, self._extra_queries)
 
     # --- training --------------------------------------------------------------------------------
-    def _trainer(self, root: str, valid: bool) -> Any:
+    def _trainer(self, root: str, valid: bool, steps_per_epoch: int | None = None) -> Any:
         from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
         from pytorch_lightning.loggers import CSVLogger
 
+        from lightning_modules.callbacks import progress_bar, quiet_lightning
+
+        quiet_lightning()
         cfg, args = self.config, dict(self.trainer_args)
         callbacks: list[Any] = []
+        bar = None if args.get("enable_progress_bar") is False else progress_bar()
+        if bar is not None:
+            callbacks.append(bar)
         if cfg["checkpoint_dir"]:
             callbacks.append(LastCheckpoint(root, int(cfg["checkpoint_every_n_steps"])))
         if valid:
@@ -204,9 +221,14 @@ class BertDemand(DemandModel):
             "devices": args.pop("devices", 1),
             "max_epochs": int(cfg["max_epochs"]),
             "max_steps": int(cfg["max_steps"]),
-            "logger": CSVLogger(cfg["log_dir"], name="bert") if cfg["log_dir"] else False,
+            "logger": _loggers(
+                CSVLogger(cfg["log_dir"], name="bert") if cfg["log_dir"] else None,
+                args.pop("logger", None),
+            ),
             "enable_checkpointing": valid,
-            "enable_progress_bar": False,
+            "enable_progress_bar": bar is not None,
+            # a few points per epoch on a short run (Lightning warns below its default of 50)
+            "log_every_n_steps": min(50, max(1, (steps_per_epoch or 200) // 4)),
             "enable_model_summary": False,
             "num_sanity_val_steps": 0,
             "default_root_dir": root,
@@ -287,7 +309,8 @@ class BertDemand(DemandModel):
             )
             if ckpt_path:
                 log.info("resuming BERT training from %s", ckpt_path)
-            trainer = self._trainer(root, has_valid)
+            batches = math.ceil(len(train) / max(int(cfg["batch_size"]), 1))
+            trainer = self._trainer(root, has_valid, batches)
             t0 = time.perf_counter()
             trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
             fit_s = time.perf_counter() - t0

@@ -38,42 +38,77 @@ def calibration_figure(y: np.ndarray, offer_probs: dict[str, np.ndarray], n_bins
     return fig
 
 
-def demand_figure(curves: dict[str, Any], model: str, n_pairs: int = 6, seed: int = 0) -> Any:
-    """Predicted (and, on simulated data, true) demand against price for sample test offers."""
+def _curve_at(ratio: np.ndarray, values: np.ndarray, x: float) -> float:
+    """`values` at price ratio `x`, read off the curve (grid positions that are NaN left out)."""
+    ok = np.isfinite(ratio) & np.isfinite(values)
+    if not ok.any() or not np.isfinite(x):
+        return float("nan")
+    order = np.argsort(ratio[ok])
+    return float(np.interp(x, ratio[ok][order], values[ok][order]))
+
+
+def _per_offer_figure(
+    curves: dict[str, Any],
+    main: str,
+    value: Any,
+    ylabel: str,
+    title: str,
+    n_pairs: int,
+    seed: int,
+) -> Any:
+    """One panel per sample test offer: every model's curve, the truth, each model's chosen price.
+
+    `value(row, probs)` turns purchase probabilities on the grid into the plotted quantity. The main
+    model is drawn thicker; the dotted vertical line is the list price (the list-price policy's pick).
+    """
     plt = _plt()
-    grid, probs = curves["grid"], curves["probs"][model]
+    grid = curves["grid"]
+    names = [main, *(n for n in curves["probs"] if n != main)]
+    colors = {n: f"C{i}" for i, n in enumerate(names)}
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(grid), size=min(n_pairs, len(grid)), replace=False)
-    fig, axes = plt.subplots(2, 3, figsize=(11, 6))
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
     for ax, r in zip(axes.ravel(), rows, strict=False):
         ratio = grid[r] / curves["list_price"][r]
-        ax.plot(ratio, probs[r], "o-", label=model)
+        for name in names:
+            y = value(r, curves["probs"][name][r])
+            main_line = name == main
+            ax.plot(
+                ratio, y, "-", color=colors[name], lw=2.2 if main_line else 1.1,
+                alpha=1.0 if main_line else 0.8, label=name,
+            )  # fmt: skip
+            chosen = curves.get("price", {}).get(name)
+            if chosen is not None:
+                x = float(chosen[r] / curves["list_price"][r])
+                ax.plot(
+                    x, _curve_at(ratio, y, x), marker="*" if main_line else "o",
+                    ms=13 if main_line else 6, color=colors[name], mec="k", mew=0.6, ls="none",
+                )  # fmt: skip
         if "truth" in curves:
-            ax.plot(ratio, curves["truth"][r], "k--", label="truth")
+            ax.plot(ratio, value(r, curves["truth"][r]), "k--", lw=1.2, label="truth")
+        ax.axvline(1.0, color="0.5", ls=":", lw=1, label="list price")
         ax.set_xlabel("price / list price")
-        ax.set_ylabel("P(purchase)")
+        ax.set_ylabel(ylabel)
         ax.set_title(f"test offer #{r}")
-    axes.ravel()[0].legend()
-    fig.suptitle("Demand curves of sample users")
-    fig.tight_layout()
+    handles, labels = axes.ravel()[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), frameon=False)
+    fig.suptitle(f"{title} (markers: each model's chosen price; star: {main})")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
+
+
+def demand_figure(curves: dict[str, Any], model: str, n_pairs: int = 6, seed: int = 0) -> Any:
+    """Predicted demand of every model (and, on simulated data, the truth) against price."""
+    return _per_offer_figure(
+        curves, model, lambda r, p: p, "P(purchase)", "Demand curves of sample test offers",
+        n_pairs, seed,
+    )  # fmt: skip
 
 
 def profit_figure(curves: dict[str, Any], model: str, n_pairs: int = 6, seed: int = 1) -> Any:
-    """Expected profit against price: the curve the optimizer maximizes, with the true one."""
-    plt = _plt()
-    grid, probs, cost = curves["grid"], curves["probs"][model], curves["unit_cost"]
-    rng = np.random.default_rng(seed)
-    rows = rng.choice(len(grid), size=min(n_pairs, len(grid)), replace=False)
-    fig, axes = plt.subplots(2, 3, figsize=(11, 6))
-    for ax, r in zip(axes.ravel(), rows, strict=False):
-        ratio = grid[r] / curves["list_price"][r]
-        ax.plot(ratio, (grid[r] - cost[r]) * probs[r], "o-", label=model)
-        if "truth" in curves:
-            ax.plot(ratio, (grid[r] - cost[r]) * curves["truth"][r], "k--", label="truth")
-        ax.set_xlabel("price / list price")
-        ax.set_ylabel("expected profit")
-    axes.ravel()[0].legend()
-    fig.suptitle("Expected profit against price")
-    fig.tight_layout()
-    return fig
+    """Expected profit against price: the curve each model's optimizer maximizes, and the true one."""
+    grid, cost = curves["grid"], curves["unit_cost"]
+    return _per_offer_figure(
+        curves, model, lambda r, p: (grid[r] - cost[r]) * p, "expected profit",
+        "Expected profit against price", n_pairs, seed,
+    )  # fmt: skip

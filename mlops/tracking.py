@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -36,18 +37,59 @@ def configure(tracking_uri: str) -> None:
     mlflow.set_registry_uri(tracking_uri)
 
 
-def experiment_id(name: str, artifact_root: Path) -> str:
+def experiment_id(name: str, artifact_root: Path, description: str | None = None) -> str:
     """The experiment for one dataset, created with an explicit artifact location.
 
     Without it, artifacts of a sqlite-backed store land under whatever folder the process started in.
+    `description` is the experiment's note in the UI (set when missing, never overwritten).
     """
     import mlflow
 
     exp = mlflow.get_experiment_by_name(name)
-    if exp is not None:
-        return str(exp.experiment_id)
-    location = (Path(artifact_root).resolve() / name).as_uri()
-    return str(mlflow.create_experiment(name, artifact_location=location))
+    if exp is None:
+        location = (Path(artifact_root).resolve() / name).as_uri()
+        exp_id = str(mlflow.create_experiment(name, artifact_location=location))
+        tags: dict[str, str] = {}
+    else:
+        exp_id, tags = str(exp.experiment_id), dict(exp.tags or {})
+    if description and NOTE not in tags:
+        mlflow.MlflowClient().set_experiment_tag(exp_id, NOTE, description)
+    return exp_id
+
+
+# The tag MLflow's UI shows as the description of an experiment, a run or a registered model.
+NOTE = "mlflow.note.content"
+
+
+def ui_base_url() -> str:
+    """The MLflow UI: the tracking server itself, or `mlflow ui` on MLFLOW_PORT (5000) for a file.
+
+    `make up` serves the UI on that port; with the embedded sqlite store nothing serves it until
+    `mlflow ui --backend-store-uri ...` runs.
+    """
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/")
+    return f"http://127.0.0.1:{os.environ.get('MLFLOW_PORT', '5000')}"
+
+
+def run_url(experiment_id: str, run_id: str) -> str:
+    """A run's page in the MLflow UI (its child runs are listed under it)."""
+    return f"{ui_base_url()}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def version_url(name: str, version: str) -> str:
+    """A registered model version's page in the MLflow UI."""
+    return f"{ui_base_url()}/#/models/{name}/versions/{version}"
+
+
+def describe_version(name: str, version: str, description: str) -> None:
+    """The version's description, the first thing its page in the MLflow UI shows."""
+    import mlflow
+
+    mlflow.MlflowClient().update_model_version(name, str(version), description=description)
 
 
 def _pyfunc_class() -> type:

@@ -36,8 +36,10 @@ def simulate_to(out_dir: Path, overrides: dict[str, Any] | None = None, seed: in
     return out_dir
 
 
-@task(name="simulate_market", retries=1)
+@task(name="simulate_market", task_run_name="simulate-market-seed{seed}", cache_policy=NO_CACHE)
 def simulate_market(out_dir: Path, overrides: dict[str, Any] | None = None, seed: int = 0) -> Path:
+    """`simulate_to` as a flow step. No retries: it is deterministic compute, a second try fails
+    the same way; the folder's `simconfig.txt` already makes a rerun with the same config free."""
     return simulate_to(out_dir, overrides, seed)
 
 

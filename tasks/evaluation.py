@@ -174,8 +174,20 @@ def _slice_metrics(
     return out
 
 
-@task(name="evaluate_models", cache_policy=NO_CACHE)
+@task(name="evaluate_models", task_run_name="evaluate-{main}-and-baselines", cache_policy=NO_CACHE)
 def evaluate_models_task(
-    *args: Any, **kwargs: Any
+    models: dict[str, DemandModel],
+    test: PricingData,
+    truth: GroundTruth | None,
+    guardrails: Guardrails,
+    base_rate: float,
+    max_offers: int | None = None,
+    seed: int = 0,
+    calibration_bins: int = 15,
+    train_items: Collection[str] | None = None,
+    main: str = "model",
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-    return evaluate_models(*args, **kwargs)
+    """`evaluate_models` as a flow step; `main` only names the task run (which model is judged)."""
+    return evaluate_models(
+        models, test, truth, guardrails, base_rate, max_offers, seed, calibration_bins, train_items
+    )

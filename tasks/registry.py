@@ -17,6 +17,7 @@ import re
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -311,18 +312,43 @@ def promote(
                         "no scorer configured (PRICING_SCORER_URL): alias moved, scorer not "
                         "notified; a running scorer picks it up by watching the alias"
                     )
-    tags: dict[str, Any] = {"promotion": out, "decided_at": time.time()}
+    decided_at = now_iso()
+    out["decided_at"] = decided_at
+    tags: dict[str, Any] = {"promotion": out, "decided_at": decided_at}
     if out["promoted"] and decision.forced:
         out["forced"] = True
         tags["forced_promotion"] = {
             "forced": True,
             "by": _operator(),
-            "at": time.time(),
+            "at": decided_at,
             "previous_champion": champion_version,
             "reasons": decision.reasons,
         }
     tracking.tag_version(registered_model, version, tags)
+    tracking.describe_version(registered_model, version, decision_text(out))
     return out
+
+
+def now_iso() -> str:
+    """The current UTC time in ISO 8601, to the second: `2026-12-01T22:30:05+00:00`."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def decision_text(out: dict[str, Any]) -> str:
+    """The version's description: "Promoted because ..." or "Rejected because ...", then when.
+
+    One reason per line, in the order the gate gave them (Markdown: the MLflow UI renders it).
+    """
+    head = "Promoted because" if out["promoted"] else "Rejected because"
+    reasons = [str(r) for r in out.get("promotion_reasons", [])] or ["(no reason recorded)"]
+    lines = [f"{head}:", *(f"- {r}" for r in reasons)]
+    if out.get("previous_champion"):
+        lines.append(f"\nChampion before this decision: version {out['previous_champion']}.")
+    if out.get("forced"):
+        lines.append("Forced by an operator (--force-promote): see the `forced_promotion` tag.")
+    if out.get("decided_at"):
+        lines.append(f"Decided at {out['decided_at']}.")
+    return "\n".join(lines)
 
 
 def _move_alias(
@@ -384,6 +410,7 @@ def _hand_over(
         reasons.append("rolled back: no champion alias")
     out["promoted"] = False
     tracking.tag_version(registered_model, version, {"promotion": out})
+    tracking.describe_version(registered_model, version, decision_text(out))
     raise RuntimeError(f"promotion of version {version} rolled back: {msg}")
 
 

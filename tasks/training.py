@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from mlops.config import ExperimentConfig
 from mlops.models import DemandModel, LogisticDemand, PricingData, model_class
+
+
+class TrainedModel(NamedTuple):
+    """What `train_price_model` returns: the model, its training diagnostics and its MLflow run."""
+
+    model: DemandModel
+    diagnostics: dict[str, float]
+    run_id: str | None  # the model's child run (None when trained without tracking)
 
 
 def make_model(
@@ -39,14 +48,77 @@ def fit_model(
     return model, diag
 
 
-@task(name="train_price_model", cache_policy=NO_CACHE)
+def model_params(name: str, config: ExperimentConfig) -> dict[str, Any]:
+    """The config block of model `name`, as dotted params (`lightgbm.num_leaves`), for its run."""
+    from tasks.tracking import flatten
+
+    block = getattr(config, name, None)
+    params = flatten(name, block) if isinstance(block, dict) else {}
+    return {"model": name, "seed": config.seed, **params}
+
+
+def _run_logger() -> Any:
+    """The Prefect run's logger; this module's logger when called outside a run (`.fn` in tests)."""
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
+def training_feedback(name: str, run_id: str | None) -> dict[str, Any]:
+    """Trainer overrides for a Lightning model: an epoch line in the run log, curves in `run_id`."""
+    from lightning_modules.callbacks import ActiveRunLogger, EpochLog
+
+    out: dict[str, Any] = {"callbacks": [EpochLog(_run_logger().info, label=name)]}
+    if run_id is not None:
+        import mlflow
+
+        out["logger"] = ActiveRunLogger(run_id, mlflow.get_tracking_uri())
+    return out
+
+
+@task(name="train_price_model", task_run_name="train-{name}", cache_policy=NO_CACHE)
 def train_price_model(
     name: str,
     train: PricingData,
     valid: PricingData | None,
     config: ExperimentConfig,
     trainer: dict[str, Any] | None = None,
-) -> tuple[DemandModel, dict[str, float]]:
-    model, diag = fit_model(name, train, valid, config, trainer)
-    get_run_logger().info("trained %s in %.1fs: %s", name, diag["fit_seconds"], diag)
-    return model, diag
+    experiment_id: str | None = None,
+    parent_run_id: str | None = None,
+    role: str = "candidate",
+) -> TrainedModel:
+    """Train model `name`; with `parent_run_id`, inside its own child run of the training run.
+
+    The child run (named after the model, tagged `role`: candidate or baseline) gets the model's
+    config as params, its training diagnostics as `train.<key>` and, for a Lightning model, the
+    learning curves (`train/loss`, `val/loss` per step); the evaluation adds the test metrics under
+    the same names in every child, so MLflow's Compare view lines the models up.
+    """
+    log = _run_logger()
+    if parent_run_id is None:
+        model, diag = fit_model(name, train, valid, config, trainer)
+        log.info("trained %s in %.1fs", name, diag["fit_seconds"])
+        return TrainedModel(model, diag, None)
+    import mlflow
+
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=name,
+        parent_run_id=parent_run_id,
+        nested=True,
+        tags={"model": name, "role": role, "kind": "model"},
+    ) as run:
+        run_id = run.info.run_id
+        mlflow.log_params(model_params(name, config))
+        overrides = dict(trainer or {})
+        if name == "bert":
+            extra = training_feedback(name, run_id)
+            overrides["callbacks"] = [*overrides.get("callbacks", []), *extra["callbacks"]]
+            overrides.setdefault("logger", extra.get("logger"))
+        model, diag = fit_model(name, train, valid, config, overrides)
+        mlflow.log_metrics({f"train.{k}": float(v) for k, v in diag.items()})
+    log.info("trained %s in %.1fs (MLflow child run %s)", name, diag["fit_seconds"], run_id)
+    return TrainedModel(model, diag, run_id)

@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from expectations import validate_data_dir
+from expectations import ValidationReport, validate_data_dir
 from pricing.io import ContractError
 
 
@@ -15,7 +15,7 @@ class ValidationFailed(ContractError):
     """The data broke the contract past the configured threshold."""
 
 
-def validate_or_fail(data_dir: Path, threshold: float):  # noqa: ANN201 - ValidationReport
+def validate_or_fail(data_dir: Path, threshold: float) -> ValidationReport:
     """Validate; raise with every error in one clear message when the data is not usable."""
     report = validate_data_dir(data_dir, threshold=threshold, build_docs=True)
     if not report.passed:
@@ -27,6 +27,7 @@ def validate_or_fail(data_dir: Path, threshold: float):  # noqa: ANN201 - Valida
     return report
 
 
-@task(name="validate_tables", cache_policy=NO_CACHE)
-def validate_tables(data_dir: Path, threshold: float):  # noqa: ANN201
+@task(name="validate_tables", task_run_name="validate-{data_dir.name}", cache_policy=NO_CACHE)
+def validate_tables(data_dir: Path, threshold: float) -> ValidationReport:
+    """`validate_or_fail` as a flow step (no retries: the same data fails the same way)."""
     return validate_or_fail(data_dir, threshold)

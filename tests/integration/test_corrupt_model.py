@@ -468,11 +468,13 @@ def _pricing_run(
 
 
 def _run_statuses(uri: str) -> dict[str, str]:
+    """Status of each top-level run (a training run's per-model child runs left out); none RUNNING."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    return {r.info.run_name: r.info.status for r in runs}
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    return {r.info.run_name: r.info.status for r in runs if "mlflow.parentRunId" not in r.data.tags}
 
 
 @pytest.mark.slow

@@ -81,6 +81,94 @@ def test_training_registers_promotes_then_keeps_a_worse_challenger_out(
     arts = {a.path for a in client.list_artifacts(first["mlflow_run_id"], "plots")}
     assert {"plots/calibration.png", "plots/demand_curves.png", "plots/profit_vs_price.png"} <= arts
 
+    _assert_models_side_by_side(client, first, second)
+    _assert_decisions_read_well(client, first, second)
+    _assert_prefect_artifacts(first)
+
+
+def _children(client: object, run_id: str) -> dict[str, object]:
+    parent = client.get_run(run_id)  # type: ignore[attr-defined]
+    runs = client.search_runs(  # type: ignore[attr-defined]
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
+    )
+    return {r.data.tags["model"]: r for r in runs}
+
+
+def _assert_models_side_by_side(client: object, first: dict, second: dict) -> None:
+    """One child run per model with the same metric names; the parent keeps the decision."""
+    kids = _children(client, first["mlflow_run_id"])
+    assert set(kids) == {"lightgbm", "logistic", "lightgbm_text", "list_price"}
+    assert {n: r.info.run_id for n, r in kids.items()} == first["mlflow_child_runs"]
+    roles = {n: r.data.tags["role"] for n, r in kids.items()}
+    assert roles == {
+        "lightgbm": "candidate",
+        "logistic": "baseline",
+        "lightgbm_text": "baseline",
+        "list_price": "reference",
+    }
+    for name, run in kids.items():
+        metrics = run.data.metrics
+        assert {"profit_regret", "log_loss", "uplift_vs_list"} <= set(metrics), name
+        assert metrics["profit_regret"] == pytest.approx(
+            first["metrics"][name]["profit_regret"]
+        )
+        assert not any(k.startswith(f"{name}/") for k in metrics), "no model prefix in a child"
+        assert run.info.status == "FINISHED"
+    assert "train.fit_seconds" in kids["lightgbm"].data.metrics
+    assert "lightgbm.n_estimators" in kids["lightgbm"].data.params
+    parent = client.get_run(first["mlflow_run_id"])  # type: ignore[attr-defined]
+    assert parent.data.metrics["lightgbm/log_loss"] == pytest.approx(
+        first["metrics"]["lightgbm"]["log_loss"]
+    )  # the parent keeps the prefixed metrics as before
+    assert parent.data.tags["decision"] == "promoted"
+    assert parent.data.tags["prefect.flow_run_id"] == first["prefect_flow_run_id"]
+    assert "PROMOTED" in parent.data.tags["mlflow.note.content"]
+    experiment = client.get_experiment(parent.info.experiment_id)  # type: ignore[attr-defined]
+    assert "child run per model" in experiment.tags["mlflow.note.content"]
+    # the second run re-evaluated the champion: a child run of its own, same names
+    kids2 = _children(client, second["mlflow_run_id"])
+    assert "champion-v1" in kids2 and kids2["champion-v1"].data.tags["role"] == "champion"
+    assert "profit_regret" in kids2["champion-v1"].data.metrics
+    assert "champion" not in second["metrics"]
+
+
+def _assert_decisions_read_well(client: object, first: dict, second: dict) -> None:
+    """Version descriptions say why; decision times are ISO 8601."""
+    from datetime import datetime
+
+    v1 = client.get_model_version("price-response", "1")  # type: ignore[attr-defined]
+    v2 = client.get_model_version("price-response", "2")  # type: ignore[attr-defined]
+    assert v1.description.startswith("Promoted because:")
+    assert "beats the reference" in v1.description
+    assert v2.description.startswith("Rejected because:")
+    assert any(_loses_to_champion(line) for line in v2.description.splitlines())
+    for v, report in ((v1, first), (v2, second)):
+        assert datetime.fromisoformat(v.tags["decided_at"]).tzinfo is not None
+        assert v.tags["decided_at"] == report["decided_at"]
+        assert f"Decided at {report['decided_at']}" in v.description
+
+
+def _assert_prefect_artifacts(report: dict) -> None:
+    """The flow run carries the metrics table and the promotion decision as artifacts."""
+    import json
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    flow_run = ArtifactFilterFlowRunId(any_=[UUID(report["prefect_flow_run_id"])])
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=flow_run))
+    by_key = {a.key: a for a in artifacts}
+    assert {"training-metrics", "promotion-decision"} <= set(by_key)
+    table = by_key["training-metrics"].data
+    rows = json.loads(table) if isinstance(table, str) else table
+    assert [r["model"] for r in rows][0] == "lightgbm"
+    assert {r["model"] for r in rows} == {"lightgbm", "logistic", "lightgbm_text", "list_price"}
+    decision = by_key["promotion-decision"].data
+    assert "PROMOTED" in decision and "beats the reference" in decision
+    assert report["links"]["MLflow run"] in decision
+
 
 def test_bad_data_fails_the_flow_with_a_clear_message(
     prefect_harness: None, mlflow_store: str, data_dir: Path
