@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from lightning_modules.components.text import TextEncoder, item_texts
+from mlops.text import TextEncoder, item_texts
 from lightning_modules.demand import _HPARAMS, DEFAULTS
 from lightning_modules.price_datamodule import PriceDataModule
 from lightning_modules.price_module import PriceResponseModule

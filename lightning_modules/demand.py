@@ -23,12 +23,12 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 
-from lightning_modules.components.text import TextEncoder, item_texts
 from lightning_modules.price_datamodule import PriceDataModule, loader
 from lightning_modules.price_module import PriceResponseModule
 from lightning_modules.sequences import HistoryBatcher, Vocab, event_arrays
-from mlops.models import DemandModel, PricingData
+from mlops.text import TextEncoder, item_texts
 from pricing import schema as S
+from pricing.model import DemandModel, PricingData
 
 DEFAULTS: dict[str, Any] = {
     "text_encoder": "minilm",  # minilm | tiny (random-init BERT, tests only)

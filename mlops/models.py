@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import logging
 import os
 import tempfile
 import time
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,73 +28,9 @@ from pricing import features as F
 from pricing import schema as S
 from pricing.keywords import QueryKeywords
 from pricing.logistic import fit_logistic, predict_logistic
+from pricing.model import DemandModel, PricingData
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PricingData:
-    """One split as models see it: its offers, their hand-built features, and the shared tables."""
-
-    offers: pd.DataFrame
-    items: pd.DataFrame
-    events: pd.DataFrame
-    features: pd.DataFrame | None = None
-    users: pd.DataFrame | None = None
-
-    def __len__(self) -> int:
-        return len(self.offers)
-
-    def list_price(self) -> np.ndarray:
-        lp = self.items.set_index(S.ITEM_ID)[S.LIST_PRICE].astype(float)
-        return lp.reindex(self.offers[S.ITEM_ID].astype(str)).to_numpy()
-
-    def unit_cost(self) -> np.ndarray:
-        uc = self.items.set_index(S.ITEM_ID)[S.UNIT_COST].astype(float)
-        return uc.reindex(self.offers[S.ITEM_ID].astype(str)).to_numpy()
-
-
-class DemandModel(ABC):
-    """P(purchase) as a function of price, for offline evaluation and online serving."""
-
-    name: ClassVar[str]
-
-    @abstractmethod
-    def fit(self, train: PricingData, valid: PricingData | None = None) -> dict[str, float]:
-        """Train; return training diagnostics worth logging."""
-
-    @abstractmethod
-    def predict_grid(self, data: PricingData, grid: np.ndarray) -> np.ndarray:
-        """Purchase probability for each offer of `data` at each price of `grid` (n, G)."""
-
-    def predict(self, data: PricingData) -> np.ndarray:
-        """Purchase probability at the offered price."""
-        price = data.offers[S.PRICE].to_numpy(float)[:, None]
-        return self.predict_grid(data, price)[:, 0]
-
-    # --- serving -------------------------------------------------------------------------------
-    @abstractmethod
-    def user_state(self, events: pd.DataFrame) -> Any:
-        """Summarize one user's recent events (contract columns) into what `demand` needs.
-
-        Computed when the user has new events, cached by the scorer, never per quote.
-        """
-
-    @abstractmethod
-    def demand(self, state: Any, item_idx: np.ndarray, grid: np.ndarray) -> np.ndarray:
-        """Purchase probability (n, G) for catalog rows `item_idx` at prices `grid`, given a user state."""
-
-    def warm(self) -> None:  # noqa: B027 - optional hook
-        """Precompute whatever serving needs (item vectors); called before a model takes traffic."""
-
-    # --- persistence ---------------------------------------------------------------------------
-    @abstractmethod
-    def save(self, path: Path) -> None: ...
-
-    @classmethod
-    @abstractmethod
-    def load(cls, path: Path) -> DemandModel:
-        """Read what `save` wrote. Trusts the directory: `load_model` checks the files first."""
 
 
 # --- tabular baselines ---------------------------------------------------------------------------
@@ -708,7 +645,7 @@ class LightGBMTextDemand(LightGBMDemand):
     @property
     def encoder(self) -> Any:
         if self._encoder is None:
-            from lightning_modules.components.text import TextEncoder
+            from mlops.text import TextEncoder
 
             self._encoder = TextEncoder(self.text["text_encoder"], self.text["text_cache_dir"])
         return self._encoder
@@ -727,7 +664,7 @@ class LightGBMTextDemand(LightGBMDemand):
         return self.text_columns()
 
     def _fit_extra(self, train: PricingData, train_events: pd.DataFrame) -> dict[str, float]:
-        from lightning_modules.components.text import item_texts
+        from mlops.text import item_texts
 
         _lightgbm()  # before torch: LightGBM's OpenMP runtime first, with idle threads sleeping
         t0 = time.perf_counter()
@@ -924,26 +861,46 @@ def _window_mean(table: np.ndarray, idx: np.ndarray, dims: int) -> tuple[np.ndar
     return sums / np.maximum(count, 1.0)[:, None], count
 
 
-MODELS: dict[str, type[DemandModel]] = {
-    "logistic": LogisticDemand,
-    "lightgbm": LightGBMDemand,
-    "lightgbm_text": LightGBMTextDemand,
+# Every demand model by name, as "module:Class". Importing is lazy (BERT pulls in torch) and goes
+# by this table, so this module never imports lightning_modules, which imports the interface.
+CLASS_PATHS: dict[str, str] = {
+    "logistic": "mlops.models:LogisticDemand",
+    "lightgbm": "mlops.models:LightGBMDemand",
+    "lightgbm_text": "mlops.models:LightGBMTextDemand",
+    "bert": "lightning_modules.demand:BertDemand",
 }
+MODELS: tuple[str, ...] = tuple(CLASS_PATHS)
+
+
+def class_path(cls: type[DemandModel]) -> str:
+    """`module:Class` of a model class: what a manifest records."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def import_class(path: str) -> type[DemandModel]:
+    """The `DemandModel` subclass at `module:Class`, for a path in `CLASS_PATHS` only.
+
+    A manifest is data: it may only choose among the project's own classes, never make the loader
+    import an arbitrary module.
+    """
+    if path not in CLASS_PATHS.values():
+        raise ValueError(f"unknown model class {path!r}: not one of {sorted(CLASS_PATHS.values())}")
+    module, _, qualname = path.partition(":")
+    cls = getattr(importlib.import_module(module), qualname)
+    if not (isinstance(cls, type) and issubclass(cls, DemandModel)):
+        raise ValueError(f"{path} is not a DemandModel")
+    return cls
 
 
 def model_class(name: str) -> type[DemandModel]:
-    """The demand-model class registered under `name` (BERT is imported lazily: it pulls in torch)."""
-    if name in MODELS:
-        return MODELS[name]
-    if name == "bert":
-        from lightning_modules.demand import BertDemand
-
-        return BertDemand
-    raise ValueError(f"unknown model {name!r}: choose bert, {', '.join(MODELS)}")
+    """The demand-model class registered under `name`."""
+    if name not in CLASS_PATHS:
+        raise ValueError(f"unknown model {name!r}: choose {', '.join(MODELS)}")
+    return import_class(CLASS_PATHS[name])
 
 
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 2  # 1 (implicit): {"model": name} only; 2: + sha256 and size of every file
+MANIFEST_FORMAT = 3  # 1 (implicit): {"model": name}; 2: + sha256 and size of every file; 3: + class
 ALLOW_UNVERIFIED_ENV = "PRICING_ALLOW_UNVERIFIED_MODELS"
 _CHUNK = 1 << 20
 
@@ -1016,7 +973,7 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def save_model(model: DemandModel, path: Path) -> None:
-    """Save a model and, last, its manifest: the class name plus the sha256 and size of every file.
+    """Save a model and, last, its manifest: its name and class plus the sha256 and size of every file.
 
     The manifest is written after the model's files and atomically, so a directory whose save was
     interrupted has no manifest (or a stale one that no longer matches) and `load_model` refuses it.
@@ -1025,7 +982,12 @@ def save_model(model: DemandModel, path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     (path / MANIFEST).unlink(missing_ok=True)  # an old manifest must not vouch for new files
     model.save(path)
-    manifest = {"format": MANIFEST_FORMAT, "model": model.name, "files": file_digests(path)}
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "model": model.name,
+        "class": class_path(type(model)),
+        "files": file_digests(path),
+    }
     _write_atomically(path / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
 
 
@@ -1115,4 +1077,9 @@ def load_model(path: Path, *, allow_unverified: bool | None = None) -> DemandMod
     """
     path = Path(path)
     manifest = verify_model_dir(path, allow_unverified=allow_unverified)
-    return model_class(manifest["model"]).load(path)
+    try:
+        # Manifests before format 3 name only the model; its class comes from the table.
+        cls = import_class(manifest.get("class") or CLASS_PATHS.get(manifest["model"], ""))
+    except ValueError as exc:
+        raise ModelIntegrityError(path, MANIFEST, str(exc)) from exc
+    return cls.load(path)

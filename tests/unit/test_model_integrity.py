@@ -88,6 +88,7 @@ def _truncate_half(path: Path) -> None:
 def test_save_records_sha256_and_size_of_every_file(lgb_dir: Path) -> None:
     manifest = json.loads((lgb_dir / M.MANIFEST).read_text())
     assert manifest["model"] == "lightgbm" and manifest["format"] == M.MANIFEST_FORMAT
+    assert manifest["class"] == "mlops.models:LightGBMDemand"
     files = manifest["files"]
     assert set(files) == {"lightgbm.txt", "lightgbm.json", "catalog.parquet"}
     for name, entry in files.items():
@@ -195,6 +196,28 @@ def test_manifest_without_hashes_is_refused_unless_explicitly_allowed(
     # the explicit argument wins over the environment
     with pytest.raises(ModelIntegrityError):
         load_model(lgb_dir, allow_unverified=False)
+
+
+def test_the_manifest_chooses_the_class_and_older_manifests_use_the_name(lgb_dir: Path) -> None:
+    manifest = json.loads((lgb_dir / M.MANIFEST).read_text())
+    del manifest["class"]  # format 2: the name only
+    (lgb_dir / M.MANIFEST).write_text(json.dumps(manifest))
+    assert isinstance(load_model(lgb_dir), LightGBMDemand)
+
+
+@pytest.mark.parametrize("path", ["os:system", "mlops.models:save_model", "nowhere:Thing"])
+def test_a_manifest_cannot_make_the_loader_import_anything_else(lgb_dir: Path, path: str) -> None:
+    manifest = json.loads((lgb_dir / M.MANIFEST).read_text())
+    manifest["class"] = path
+    (lgb_dir / M.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ModelIntegrityError, match="unknown model class"):
+        load_model(lgb_dir)
+
+
+def test_every_registered_class_path_imports_a_demand_model_of_that_name() -> None:
+    for name, path in M.CLASS_PATHS.items():
+        cls = M.import_class(path)
+        assert cls.name == name and M.class_path(cls) == path
 
 
 def test_integrity_error_survives_pickling() -> None:
