@@ -154,7 +154,7 @@ def make_mix(
             user = users[rng.integers(len(users))] if rng.random() < 0.95 else f"new{k}"
             if k % every == every - 1:
                 if queries and rng.random() < 0.3:
-                    ev = {"event_type": "search", "query": str(rng.choice(queries))}
+                    ev: dict[str, Any] = {"event_type": "search", "query": str(rng.choice(queries))}
                 else:
                     j = int(rng.integers(len(ids)))
                     price = round(float(lp[j] * rng.uniform(0.7, 1.3)), 2)
@@ -176,14 +176,12 @@ class Server:
     def __init__(
         self, workdir: Path, spec: str, redis_url: str, naive: bool, workers: int, data_dir: Path
     ) -> None:
-        from scorer.testing import free_port
+        from scorer.process import start_scorer
 
-        self.port = free_port()
         self.workers = workers
         self.naive = naive
         self.log_dir = workdir / f"offers-{'naive' if naive else 'fast'}"
         env = {
-            **os.environ,
             "BENCH_MODEL": spec,
             "BENCH_NAIVE": "1" if naive else "0",
             "REDIS_URL": redis_url,
@@ -197,11 +195,17 @@ class Server:
             "TRANSFORMERS_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
         }
-        cmd = [sys.executable, "-m", "uvicorn", "naive_scorer:app_factory", "--factory"]
-        cmd += ["--app-dir", str(HERE), "--host", "127.0.0.1", "--port", str(self.port)]
-        cmd += ["--workers", str(workers), "--no-access-log", "--log-level", "warning"]
-        self.err = open(workdir / f"server-{'naive' if naive else 'fast'}.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, env=env, cwd=workdir, stderr=self.err)
+        self.sp = start_scorer(
+            "naive_scorer:app_factory",
+            env=env,
+            workers=workers,
+            cwd=workdir,
+            app_dir=HERE,
+            log_path=workdir / f"server-{'naive' if naive else 'fast'}.log",
+            uvicorn_args=("--no-access-log", "--log-level", "warning"),
+            ready_timeout_s=None,  # ready means every worker answering: `_wait_ready`
+        )
+        self.port, self.proc = self.sp.port, self.sp.proc
         self.slots = self._wait_ready()
         self.pids = [self.proc.pid, *children(self.proc.pid)]
 
@@ -211,7 +215,9 @@ class Server:
         seen: dict[str, str] = {}
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"scorer exited ({self.proc.returncode}); see {self.err.name}")
+                raise RuntimeError(
+                    f"scorer exited ({self.proc.returncode}); see {self.sp.log_path}"
+                )
             seen.update(self.workers_seen(tries=4))
             if len(seen) >= self.workers:
                 return seen
@@ -271,14 +277,7 @@ class Server:
         return sum(process_cpu(p) for p in self.pids)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.err.close()
+        self.sp.stop(timeout_s=30)
 
 
 def loadgen(
@@ -455,6 +454,7 @@ def freshness(
         for k in range(trials):
             user = users[k % len(users)]
             cands = rng.choice(items, N_CANDIDATES, replace=False).tolist()
+            ev: dict[str, Any]
             if queries and k % 2:
                 ev = {"event_type": "search", "query": str(rng.choice(queries))}
             else:

@@ -3,7 +3,8 @@
 `ToyDemand` is a closed-form price response: P = sigmoid(a_i - b(u) * log(price / list_price)),
 where the user's price sensitivity b(u) grows with the number of "cheap" searches in their history
 and falls with "premium" ones, so events visibly move the quote. `toy_app_factory` is a module-level
-factory for `uvicorn --factory` (the uvicorn integration test and the latency benchmark use it).
+factory for `uvicorn --factory` (the uvicorn integration test and the latency benchmark start it
+with `scorer.process.start_scorer`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import pandas as pd
 from mlops.models import DemandModel, PricingData
 from mlops.registry import ModelHandle
 from pricing import schema as S
+from scorer.process import free_port
+
+__all__ = ["RedisServer", "ToyDemand", "free_port", "toy_app_factory", "toy_catalog", "toy_handle"]
 
 BASE_SENSITIVITY = 3.0
 
@@ -112,15 +116,6 @@ def toy_app_factory() -> Any:
 
     n_items = int(os.environ.get("SCORER_TOY_ITEMS", "100"))
     return create_app(loader=lambda: toy_handle("1", n_items), seed=0)
-
-
-def free_port() -> int:
-    """A free loopback TCP port (racy by nature; good enough for throwaway test servers)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 REDIS_SERVER_MISSING = (

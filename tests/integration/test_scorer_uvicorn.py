@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -14,55 +11,30 @@ import httpx
 import pytest
 
 from scorer.offer_log import export_offers
+from scorer.process import ScorerStartError, free_port, start_scorer
 
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    port = _free_port()
     log_dir = tmp_path / "offers"
     env = {
-        **os.environ,
         "PRICING_OFFER_LOG_DIR": str(log_dir),
         "PRICING_ADMIN_TOKEN": "tok",
         "PRICING_ALIAS_POLL_SECONDS": "0",
         "SCORER_TOY_ITEMS": "60",
     }
-    cmd = [sys.executable, "-m", "uvicorn", "scorer.testing:toy_app_factory", "--factory"]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
-    proc = subprocess.Popen(
-        cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                out = proc.stdout.read().decode() if proc.stdout else ""
-                pytest.fail(f"uvicorn exited early ({proc.returncode}):\n{out}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("uvicorn did not become ready in 30 s")
-            time.sleep(0.1)
-        yield url, log_dir
+        sp = start_scorer(
+            "scorer.testing:toy_app_factory", env=env, cwd=tmp_path, ready_timeout_s=30
+        )
+    except ScorerStartError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield sp.url, log_dir
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        sp.stop()
 
 
 def test_quote_over_http(server: tuple[str, Path]) -> None:
@@ -98,17 +70,23 @@ def test_pricing_serve_runs_web_concurrency_workers_each_with_its_own_log_files(
     claims its own offer-log writer slot in the shared directory."""
     import fcntl
 
-    port = _free_port()
+    port = free_port()
     log_dir = tmp_path / "offers"
     env = {
-        **os.environ,
         "WEB_CONCURRENCY": "2",
         "PRICING_OFFER_LOG_DIR": str(log_dir),
         "PRICING_ALIAS_POLL_SECONDS": "0",
         "MLFLOW_TRACKING_URI": f"file:{tmp_path / 'mlruns'}",  # no champion: up, not ready
     }
     code = f"from scorer.main import serve; serve(port={port}, log_level='warning')"
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp_path)
+    sp = start_scorer(
+        argv=[sys.executable, "-c", code],
+        port=port,
+        env=env,
+        cwd=tmp_path,
+        log_path=tmp_path / "serve.log",
+        ready_timeout_s=None,  # no champion: it never gets ready; the test waits for its workers
+    )
     try:
         deadline = time.monotonic() + 120
         held: list[int] = []
@@ -135,9 +113,17 @@ def test_pricing_serve_runs_web_concurrency_workers_each_with_its_own_log_files(
                 assert time.monotonic() < deadline, "no worker answered /healthz"
                 time.sleep(0.2)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        sp.stop(timeout_s=30)
+
+
+def test_a_malformed_experiment_stops_the_scorer_with_a_clear_message(tmp_path: Path) -> None:
+    env = {
+        "PRICING_OFFER_LOG_DIR": str(tmp_path / "offers"),
+        "PRICING_ALIAS_POLL_SECONDS": "0",
+        "PRICING_EXPERIMENT": "exp-1,challenger=challenger:2",
+    }
+    with pytest.raises(ScorerStartError) as err:
+        start_scorer("scorer.testing:toy_app_factory", env=env, cwd=tmp_path, ready_timeout_s=60)
+    message = str(err.value)
+    assert "exited" in message
+    assert "PRICING_EXPERIMENT: the share of arm 'challenger' must be a number in [0, 1]" in message
