@@ -215,5 +215,5 @@ MLflow UI:   http://127.0.0.1:$MLFLOW_PORT   (experiments = data sets; runs, plo
 Scorer:      $PRICING_SCORER_URL/readyz   ${ready:0:120}
 Train:       PREFECT_API_URL=$PREFECT_API_URL $BIN/prefect deployment run training/manual \\
                -p data_dir=$DATA -p config_path=configs/lightgbm.yaml
-Stop:        make down
+Stop:        ${PRICING_RUN_DIR:+PRICING_RUN_DIR=$RUN }make down
 MSG
