@@ -52,6 +52,18 @@ class ScorerMetrics:
             "Quotes served without the online store",
             registry=self.registry,
         )
+        self.arm_quotes = Counter(
+            "scorer_experiment_quotes_total",
+            "Quotes by experiment arm, as served (a disabled arm's users count as champion)",
+            ["experiment", "arm"],
+            registry=self.registry,
+        )
+        self.arm_serving = Gauge(
+            "scorer_experiment_arm_serving",
+            "1 when the experiment arm serves its users, 0 when it is disabled",
+            ["experiment", "arm"],
+            registry=self.registry,
+        )
 
         self.store_up = Gauge(
             "scorer_store_up",

@@ -96,6 +96,7 @@ async def answer_quote(
     }
     if route.tags is not None:
         body["experiment"], body["arm"] = route.tags[EXPERIMENT], route.tags[ARM]
+        runtime.metrics.arm_quotes.labels(body["experiment"], body["arm"]).inc()
     # Serialized here with orjson (the shape is QuoteResponse's, declared for the OpenAPI schema):
     # building and validating 50 pydantic models per quote costs more than pricing them.
     return Response(orjson.dumps(body), media_type="application/json")

@@ -335,7 +335,14 @@ class ScorerRuntime:
         try:
             return await self.arms[name].reload()
         finally:
-            self.split.update()
+            self._split_changed()
+
+    def _split_changed(self) -> None:
+        assert self.split is not None
+        self.split.update()
+        exp = self.split.config.experiment_id
+        for name, arm in self.arms.items():
+            self.metrics.arm_serving.labels(exp, name).set(int(arm.problem is None))
 
     async def check_arms(self) -> None:
         """One poll of every arm's alias."""
@@ -343,7 +350,7 @@ class ScorerRuntime:
             return
         for arm in self.arms.values():
             if await arm.check_alias():
-                self.split.update()
+                self._split_changed()
 
     def open(self) -> None:
         """Open the offer log (creates its directory), the pricer and the state refresher."""

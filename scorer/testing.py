@@ -16,12 +16,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlops.models import DemandModel, PricingData
+from mlops.models import DemandModel, LightGBMDemand, PricingData
 from mlops.registry import ModelHandle
 from pricing import schema as S
 from scorer.process import free_port
 
-__all__ = ["RedisServer", "ToyDemand", "free_port", "toy_app_factory", "toy_catalog", "toy_handle"]
+__all__ = [
+    "RedisServer",
+    "ToyDemand",
+    "free_port",
+    "small_lightgbm",
+    "toy_app_factory",
+    "toy_catalog",
+    "toy_handle",
+]
 
 BASE_SENSITIVITY = 3.0
 
@@ -92,6 +100,25 @@ class ToyDemand(DemandModel):
     @classmethod
     def load(cls, path: Path) -> ToyDemand:
         raise NotImplementedError("the toy model is never persisted")
+
+
+def small_lightgbm(seed: int = 0, n_items: int = 20) -> LightGBMDemand:
+    """A real, persistable LightGBM demand model over a toy catalog, fit in a fraction of a second
+    (for tests that need real model files: the registry, integrity checks, corrupt artifacts)."""
+    import lightgbm as lgb
+
+    from pricing import features as F
+
+    rng = np.random.default_rng(seed)
+    m = LightGBMDemand({"n_estimators": 30, "num_threads": 1}, seed=seed)
+    m.set_catalog(toy_catalog(n_items))
+    m.categories = sorted(m.catalog[S.CATEGORY].astype(str).unique().tolist())
+    feats = pd.DataFrame(rng.normal(size=(600, len(F.FEATURES))), columns=list(F.FEATURES))
+    feats[S.CATEGORY] = [f"c{k % 5}" for k in range(600)]
+    y = (feats["log_price_ratio"] + rng.normal(0, 0.5, 600) < 0).to_numpy(float)
+    params = {"objective": "binary", "verbose": -1, "num_threads": 1, "seed": seed}
+    m.booster = lgb.train(params, lgb.Dataset(m._frame(feats), y), 30)
+    return m
 
 
 def toy_handle(

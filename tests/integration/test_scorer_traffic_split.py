@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
@@ -231,6 +232,9 @@ def test_a_corrupt_challenger_fails_closed_to_the_champion(tmp_path: Path, arms:
         chall = _user_in("challenger")
         body = _quote(c, chall)
         assert body["arm"] == "champion" and body["model_version"] == "1"
+        metrics = c.get("/metrics").text
+        assert 'scorer_experiment_arm_serving{arm="challenger",experiment="exp-1"} 0.0' in metrics
+        assert 'scorer_experiment_quotes_total{arm="champion",experiment="exp-1"} 1.0' in metrics
 
         # a failing reload of the arm is a 502 that names it; the champion keeps serving
         r = c.post("/admin/reload?arm=challenger", headers=ADMIN)
@@ -241,6 +245,9 @@ def test_a_corrupt_challenger_fails_closed_to_the_champion(tmp_path: Path, arms:
         del arms.errors["challenger"]
         assert c.post("/admin/reload?arm=challenger", headers=ADMIN).status_code == 200
         assert _quote(c, chall)["arm"] == "challenger"
+        metrics = c.get("/metrics").text
+        assert 'scorer_experiment_arm_serving{arm="challenger",experiment="exp-1"} 1.0' in metrics
+        assert 'scorer_experiment_quotes_total{arm="challenger",experiment="exp-1"} 1.0' in metrics
 
         # corrupt again on a later reload: disabled, not left on the old version
         arms.errors["challenger"] = ModelLoadError("price-response", "4", "truncated file")
@@ -311,3 +318,69 @@ def test_without_an_experiment_nothing_changes(tmp_path: Path, arms: FakeArms) -
     assert arms.loads == Counter()
     quotes = read_logs(tmp_path / "offers", "quotes", {}, extra=["arm", "experiment"])[0]
     assert quotes.kept == 4 and set(quotes.columns["arm"]) == {None}
+
+
+# --- the real MLflow registry -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_arms_from_registry_aliases_and_tags_and_a_corrupt_challenger_artifact(
+    mlflow_store: str, tmp_path: Path
+) -> None:
+    """The default arm source: the `challenger` alias's version, its share from the version's
+    `experiment_share` tag; its artifact cut in half disables the arm, not the champion."""
+    import mlflow
+
+    from mlops import tracking
+    from mlops.settings import get_settings
+    from scorer.experiment import SHARE_TAG
+    from scorer.state import InMemoryUserStore
+    from scorer.testing import small_lightgbm
+
+    name = "price-response"
+
+    def register(seed: int) -> str:
+        example = pd.DataFrame({S.USER_ID: ["u1"], S.ITEM_ID: ["i0"], S.PRICE: [10.0]})
+        with mlflow.start_run():
+            return tracking.log_price_model(small_lightgbm(seed), {}, example, name)[1]
+
+    tracking.configure(mlflow_store)
+    art_root = tmp_path / "mlruns" / "artifacts"
+    tracking.experiment_id("split", art_root)
+    mlflow.set_experiment("split")
+    v1 = register(0)
+    before = set(art_root.rglob("lightgbm.txt"))
+    v2 = register(1)
+    (stored_v2,) = set(art_root.rglob("lightgbm.txt")) - before
+    tracking.set_alias(name, v1)
+    tracking.set_alias(name, v2, "challenger")
+    tracking.tag_version(name, v2, {SHARE_TAG: "0.5"})
+
+    get_settings.cache_clear()
+    settings = _settings(tmp_path)
+    experiment = parse_experiment(f"{EXP},challenger=challenger")
+    app = create_app(settings, store=InMemoryUserStore(), seed=0, experiment=experiment)
+    users = [f"u{k}" for k in range(40)]
+    with TestClient(app) as c:
+        arm = {a["arm"]: a for a in c.get("/readyz").json()["arms"]}["challenger"]
+        assert arm["model_version"] == v2 and arm["status"] == "serving"
+        assert arm["share"] == 0.5 and arm["share_source"] == SHARE_TAG
+        served = {
+            u: c.post("/v1/quote", json={"user_id": u, "items": ["i0", "i1"]}).json() for u in users
+        }
+        for u, body in served.items():
+            expected = X.assign_arm(u, EXP, [("champion", 0.5), ("challenger", 0.5)])
+            assert body["arm"] == expected
+            assert body["model_version"] == (v2 if expected == "challenger" else v1)
+
+        data = stored_v2.read_bytes()
+        stored_v2.write_bytes(data[: len(data) // 2])  # the artifact cut in half
+        r = c.post("/admin/reload?arm=challenger", headers=ADMIN)
+        assert r.status_code == 502 and "lightgbm.txt" in r.json()["detail"]
+        ready = c.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["model_version"] == v1
+        arm = {a["arm"]: a for a in ready.json()["arms"]}["challenger"]
+        assert arm["status"] == "disabled" and "lightgbm.txt" in arm["reason"]
+        for u in users:
+            body = c.post("/v1/quote", json={"user_id": u, "items": ["i0", "i1"]}).json()
+            assert body["arm"] == "champion" and body["model_version"] == v1
