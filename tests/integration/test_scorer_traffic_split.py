@@ -161,6 +161,13 @@ def test_every_logged_quote_carries_experiment_arm_policy_and_propensity(
     arm_by_user = read.groupby(S.USER_ID)[X.ARM].agg(set).to_dict()
     assert arm_by_user == {champ: {"champion"}, chall: {"challenger"}}
     assert read_experiment_offers(log_dir, "another-experiment").empty
+    # and the experiment's judge reads them as two arms (what `pricing experiment` runs)
+    cost = toy_catalog(100).set_index(S.ITEM_ID)[S.UNIT_COST]
+    table, decision = X.evaluate_experiment(
+        read, cost, X.ExperimentRule(min_sample=1, max_sample=1000), "champion", "challenger"
+    )
+    assert table.set_index("arm")["quotes"].to_dict() == {"challenger": 2, "champion": 2}
+    assert decision.action == X.CONTINUE
 
 
 def test_readyz_lists_the_arms_with_versions_and_shares(client: TestClient) -> None:
