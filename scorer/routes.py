@@ -51,7 +51,11 @@ async def answer_quote(
     items: list[str],
     session_id: str | None,
 ) -> Response:
-    """Price, log and answer one quote (shared by the route and the fast path)."""
+    """Price, log and answer one quote (shared by the route and the fast path).
+
+    `sm` is the champion the request started with; with an experiment, the user's arm serves
+    instead when it can (`ScorerRuntime.route`), and the quote names the experiment and the arm.
+    """
     if len(items) > runtime.settings.max_candidates:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
