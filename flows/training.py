@@ -302,7 +302,14 @@ def run_links(experiment_id: str, run_id: str, registered: str, version: str) ->
         "MLflow run": tracking.run_url(experiment_id, run_id),
         "MLflow version": tracking.version_url(registered, version),
     }
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        links["MLflow UI"] = f"make up, or: mlflow ui --backend-store-uri {uri}"
     prefect_url = prefect_flow_run_url(flow_run.id)
-    if prefect_url:
-        links["Prefect run"] = prefect_url
+    links["Prefect run"] = prefect_url or (
+        f"'{flow_run.name}' on a temporary server (gone when the command ends; "
+        "`make up` and PREFECT_API_URL for a UI)"
+    )
     return links
