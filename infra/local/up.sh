@@ -150,10 +150,17 @@ if [ "$BACKEND" = postgres ]; then
   fi
   PGPASSWORD=$(secret "$RUN/pg-password")
   export PGPASSWORD  # for psql/createdb below; the servers get it inside their URLs (env, not argv)
+  mkdir -p "$PGDIR"
+  if [ ${#as_pg[@]} -gt 0 ]; then chown "$pg_user" "$PGDIR"; fi
+  if ! "${as_pg[@]}" sh -c "test -x '$PGBIN/postgres' && test -w '$PGDIR'"; then
+    echo "PostgreSQL runs as ${pg_user:-$(id -un)}, who cannot reach $PGBIN or $PGDIR: a private" \
+      "checkout or venv? Set PRICING_RUN_DIR to a folder that user can enter (e.g. under /tmp)," \
+      "and PRICING_PG_BINDIR to server binaries it can run." >&2
+    exit 1
+  fi
   if [ ! -s "$PGDIR/data/PG_VERSION" ]; then
-    mkdir -p "$PGDIR"
     pwfile=$(mktemp "$PGDIR/pw.XXXXXX"); echo "$PGPASSWORD" >"$pwfile"
-    if [ ${#as_pg[@]} -gt 0 ]; then chown -R "$pg_user" "$PGDIR"; fi
+    if [ ${#as_pg[@]} -gt 0 ]; then chown "$pg_user" "$pwfile"; fi
     "${as_pg[@]}" "$PGBIN/initdb" -D "$PGDIR/data" -U postgres --auth=scram-sha-256 \
       --pwfile="$pwfile" --encoding=UTF8 --locale=C --no-instructions >"$RUN/initdb.log" 2>&1 \
       || { rm -f "$pwfile"; fail initdb "initdb failed"; }
