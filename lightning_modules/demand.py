@@ -26,43 +26,11 @@ import torch
 from lightning_modules.price_datamodule import PriceDataModule, loader
 from lightning_modules.price_module import PriceResponseModule
 from lightning_modules.sequences import HistoryBatcher, Vocab, event_arrays
+from mlops.config import BertConfig
 from mlops.text import TextEncoder, item_texts
 from pricing import schema as S
 from pricing.model import DemandModel, PricingData
 
-DEFAULTS: dict[str, Any] = {
-    "text_encoder": "minilm",  # minilm | tiny (random-init BERT, tests only)
-    "text_cache_dir": None,  # on-disk cache of encoded texts, keyed by a hash of encoder + texts
-    "d_model": 64,
-    "n_layers": 2,
-    "n_heads": 2,
-    "max_len": 32,  # L: most recent events per history window
-    "dropout": 0.1,
-    "head_hidden": 64,
-    "ff_mult": 4,  # transformer feed-forward width, in multiples of d_model
-    "batch_size": 256,
-    "eval_batch_size": 2048,
-    "lr": 2e-3,
-    "weight_decay": 0.01,
-    "warmup_steps": 50,
-    "cosine": True,
-    "max_epochs": 6,
-    "max_steps": -1,
-    "patience": 2,
-    "num_workers": 0,
-    "pin_memory": None,  # page-locked host batches for fast copies; None = on when training on CUDA
-    "trim_padding": False,  # cut each batch to its longest true history (same outputs, fewer tokens)
-    "accumulate_grad_batches": 1,  # optimizer step every k batches (effective batch k * batch_size)
-    "compile": False,  # torch.compile the train/val steps: true (inductor) or a backend name
-    #                   ("aot_eager" checks the wiring on CPU in seconds; inductor takes minutes there)
-    "checkpoint_dir": None,  # persistent checkpoints (last.ckpt, best) here; a temp dir when None
-    "checkpoint_every_n_steps": 200,  # last.ckpt every n optimizer steps (and at every epoch end)
-    "resume": True,  # continue from checkpoint_dir/last.ckpt when it exists
-    "log_dir": None,  # a CSV logger writes here when set; no logger otherwise
-    "serving_gap_s": 30.0,  # assumed seconds from a user's last event to the quote
-    "trainer": {},  # Lightning Trainer defaults (accelerator, devices, strategy, precision, ...)
-}
-_HPARAMS = ("d_model", "n_layers", "n_heads", "max_len", "dropout", "head_hidden", "ff_mult", "lr", "weight_decay", "warmup_steps", "cosine")  # fmt: skip
 _STATE = "bert_state.pt"
 _META = "bert.json"
 _CATALOG = "catalog.parquet"
@@ -112,6 +80,20 @@ def _loggers(*loggers: Any) -> Any:
     return False if not flat else flat[0] if len(flat) == 1 else flat
 
 
+def device_plan(trainer_args: dict[str, Any]) -> tuple[str, bool]:
+    """The one device decision of training: (the Trainer's accelerator, whether that is a GPU).
+
+    `accelerator` from the trainer settings (the YAML's `trainer:` or the flow's `--devices`/
+    `--accelerator`) wins; unset or "auto" means a GPU when this machine has one, else the CPU.
+    Everything GPU-specific (pinned batches, TF32) follows the same answer, so a GPU box never
+    trains on its CPU with GPU settings on, or the other way round.
+    """
+    accel = str(trainer_args.get("accelerator") or "auto").lower()
+    if accel == "auto":
+        accel = "gpu" if torch.cuda.is_available() else "cpu"
+    return accel, accel in {"gpu", "cuda"}
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return np.exp(-np.logaddexp(0.0, -x))
 
@@ -120,7 +102,8 @@ class BertDemand(DemandModel):
     """User-history transformer + item text tower + monotone price head.
 
     Args:
-        config: the experiment YAML's `bert:` block (keys of `DEFAULTS`; unknown keys are errors).
+        config: the experiment YAML's `bert:` block, typed (`BertConfig`; a dict is validated
+            into one, so unknown keys and wrong types are errors).
         seed: seeds Lightning (`seed_everything(seed, workers=True)`).
         trainer: Lightning Trainer overrides: devices, strategy, precision, accelerator, ...
     """
@@ -129,17 +112,16 @@ class BertDemand(DemandModel):
 
     def __init__(
         self,
-        config: dict[str, Any] | None = None,
+        config: BertConfig | dict[str, Any] | None = None,
         seed: int = 0,
         trainer: dict[str, Any] | None = None,
     ) -> None:
-        unknown = set(config or {}) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown bert config keys: {sorted(unknown)}")
-        self.config = {**DEFAULTS, **(config or {})}
+        self.config = (
+            config if isinstance(config, BertConfig) else BertConfig.model_validate(config or {})
+        )
         self.seed = seed
         # The flow's devices/strategy/precision override the YAML's trainer block.
-        self.trainer_args = {**dict(self.config["trainer"] or {}), **dict(trainer or {})}
+        self.trainer_args = {**dict(self.config.trainer or {}), **dict(trainer or {})}
         self.module: PriceResponseModule | None = None
         self.vocab: Vocab | None = None
         self.catalog = pd.DataFrame()
@@ -153,7 +135,7 @@ class BertDemand(DemandModel):
     @property
     def encoder(self) -> TextEncoder:
         if self._encoder is None:
-            self._encoder = TextEncoder(self.config["text_encoder"], self.config["text_cache_dir"])
+            self._encoder = TextEncoder(self.config.text_encoder, self.config.text_cache_dir)
         return self._encoder
 
     def _set_catalog(self, items: pd.DataFrame) -> None:
@@ -206,23 +188,23 @@ class BertDemand(DemandModel):
         bar = None if args.get("enable_progress_bar") is False else progress_bar()
         if bar is not None:
             callbacks.append(bar)
-        if cfg["checkpoint_dir"]:
-            callbacks.append(LastCheckpoint(root, int(cfg["checkpoint_every_n_steps"])))
+        if cfg.checkpoint_dir:
+            callbacks.append(LastCheckpoint(root, int(cfg.checkpoint_every_n_steps)))
         if valid:
             callbacks.append(
-                EarlyStopping("val/loss", patience=int(cfg["patience"]), mode="min", strict=False)
+                EarlyStopping("val/loss", patience=int(cfg.patience), mode="min", strict=False)
             )
             callbacks.append(
                 ModelCheckpoint(dirpath=root, monitor="val/loss", mode="min", save_top_k=1)
             )
-        default_accel = "auto" if "devices" in args else "cpu"
+        args.pop("accelerator", None)
         kwargs: dict[str, Any] = {
-            "accelerator": args.pop("accelerator", default_accel),
+            "accelerator": device_plan(self.trainer_args)[0],
             "devices": args.pop("devices", 1),
-            "max_epochs": int(cfg["max_epochs"]),
-            "max_steps": int(cfg["max_steps"]),
+            "max_epochs": int(cfg.max_epochs),
+            "max_steps": int(cfg.max_steps),
             "logger": _loggers(
-                CSVLogger(cfg["log_dir"], name="bert") if cfg["log_dir"] else None,
+                CSVLogger(cfg.log_dir, name="bert") if cfg.log_dir else None,
                 args.pop("logger", None),
             ),
             "enable_checkpointing": valid,
@@ -234,7 +216,7 @@ class BertDemand(DemandModel):
             "default_root_dir": root,
             "callbacks": callbacks + list(args.pop("callbacks", [])),
             "deterministic": False,
-            "accumulate_grad_batches": int(cfg["accumulate_grad_batches"]),
+            "accumulate_grad_batches": int(cfg.accumulate_grad_batches),
             # EpochSampler shards by rank itself and keeps the order a function of (seed, epoch).
             "use_distributed_sampler": False,
         }
@@ -264,7 +246,7 @@ class BertDemand(DemandModel):
             n_queries=len(vocab.queries),
             text_dim=self.encoder.dim,
             a_init=math.log(rate / (1 - rate)),
-            **{k: cfg[k] for k in _HPARAMS},
+            **cfg.arch(),
         )
         dim = self.encoder.dim
         item_text = np.zeros((len(vocab.item_ids) + 1, dim), np.float32)
@@ -277,39 +259,37 @@ class BertDemand(DemandModel):
             torch.from_numpy(query_text),
         )
         has_valid = valid is not None and len(valid) > 0
-        on_gpu = torch.cuda.is_available() and self.trainer_args.get("accelerator", "auto") != "cpu"
+        on_gpu = device_plan(self.trainer_args)[1]
         if on_gpu:
             torch.set_float32_matmul_precision("high")  # TF32 for whatever still runs in fp32
-        if cfg["compile"]:
-            backend = cfg["compile"] if isinstance(cfg["compile"], str) else "inductor"
+        if cfg.compile:
+            backend = cfg.compile if isinstance(cfg.compile, str) else "inductor"
             module.compile_net(backend=backend)
-        pin = on_gpu if cfg["pin_memory"] is None else bool(cfg["pin_memory"])
+        pin = on_gpu if cfg.pin_memory is None else bool(cfg.pin_memory)
         dm = PriceDataModule(
             train.offers,
             valid.offers if has_valid and valid is not None else None,
             train.events,
             vocab,
-            max_len=int(cfg["max_len"]),
-            batch_size=int(cfg["batch_size"]),
-            num_workers=int(cfg["num_workers"]),
+            max_len=int(cfg.max_len),
+            batch_size=int(cfg.batch_size),
+            num_workers=int(cfg.num_workers),
             pin_memory=pin,
-            eval_batch_size=int(cfg["eval_batch_size"]),
+            eval_batch_size=int(cfg.eval_batch_size),
             seed=self.seed,
-            trim_padding=bool(cfg["trim_padding"]),
+            trim_padding=bool(cfg.trim_padding),
         )
         with contextlib.ExitStack() as stack:
-            if cfg["checkpoint_dir"]:
-                root = str(cfg["checkpoint_dir"])
+            if cfg.checkpoint_dir:
+                root = str(cfg.checkpoint_dir)
                 Path(root).mkdir(parents=True, exist_ok=True)
             else:
                 root = stack.enter_context(tempfile.TemporaryDirectory(prefix="bert-ckpt-"))
             last = Path(root) / LAST_CKPT
-            ckpt_path = (
-                str(last) if cfg["checkpoint_dir"] and cfg["resume"] and last.exists() else None
-            )
+            ckpt_path = str(last) if cfg.checkpoint_dir and cfg.resume and last.exists() else None
             if ckpt_path:
                 log.info("resuming BERT training from %s", ckpt_path)
-            batches = math.ceil(len(train) / max(int(cfg["batch_size"]), 1))
+            batches = math.ceil(len(train) / max(int(cfg.batch_size), 1))
             trainer = self._trainer(root, has_valid, batches)
             t0 = time.perf_counter()
             trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
@@ -329,7 +309,7 @@ class BertDemand(DemandModel):
         self.warm()
         epochs = max(int(trainer.current_epoch), 1)
         steps = int(trainer.global_step)
-        per_step = int(cfg["batch_size"]) * int(cfg["accumulate_grad_batches"])
+        per_step = int(cfg.batch_size) * int(cfg.accumulate_grad_batches)
         samples = steps * per_step if steps else epochs * len(train)
         return {
             "epochs": float(epochs),
@@ -348,13 +328,13 @@ class BertDemand(DemandModel):
             return c[2], c[3]
         assert self.vocab is not None
         batcher = HistoryBatcher(
-            self._events(data.events), data.offers, self.vocab, int(self.config["max_len"])
+            self._events(data.events), data.offers, self.vocab, int(self.config.max_len)
         )
         table = self._query_table()
         a_out, b_out = [], []
         net = self.net
         with torch.inference_mode():
-            for batch in loader(batcher, len(batcher), int(self.config["eval_batch_size"])):
+            for batch in loader(batcher, len(batcher), int(self.config.eval_batch_size)):
                 u = net.user_vector(batch, table)
                 a, b = net.head(u, net.items(batch["item"]))
                 a_out.append(a.float().numpy())
@@ -396,7 +376,7 @@ class BertDemand(DemandModel):
             at = (
                 pd.Timestamp(0, tz="UTC")
                 if pd.isna(last)
-                else last + pd.Timedelta(seconds=float(self.config["serving_gap_s"]))
+                else last + pd.Timedelta(seconds=float(self.config.serving_gap_s))
             )
         offer = pd.DataFrame(
             {
@@ -407,7 +387,7 @@ class BertDemand(DemandModel):
             }
         )
         arrays = self._events(ev)
-        batcher = HistoryBatcher(arrays, offer, self.vocab, int(self.config["max_len"]))
+        batcher = HistoryBatcher(arrays, offer, self.vocab, int(self.config.max_len))
         with torch.inference_mode():
             u = self.net.user_vector(batcher([0]), self._query_table())
         return u[0].float().numpy()
@@ -442,7 +422,7 @@ class BertDemand(DemandModel):
         path.mkdir(parents=True, exist_ok=True)
         torch.save(self.module.state_dict(), path / _STATE)
         meta = {
-            "config": self.config,
+            "config": self.config.model_dump(mode="json"),
             "seed": self.seed,
             "hparams": dict(self.module.hparams),
             "vocab": self.vocab.to_json(),

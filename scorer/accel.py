@@ -312,8 +312,8 @@ class BertUserState:
         self.torch = torch
         self.net = model.net
         self.vocab = model.vocab
-        self.max_len = int(model.config["max_len"])
-        self.gap_ns = int(pd.Timedelta(seconds=float(model.config["serving_gap_s"])).value)
+        self.max_len = int(model.config.max_len)
+        self.gap_ns = int(pd.Timedelta(seconds=float(model.config.serving_gap_s)).value)
         self.codes = dict(EVENT_TYPE_CODES)
         self.view = EVENT_TYPE_CODES[S.VIEW]
         self.search = EVENT_TYPE_CODES[S.SEARCH]

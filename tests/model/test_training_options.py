@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch  # a hard dependency: imported, never skipped
 
-from lightning_modules.demand import DEFAULTS, BertDemand  # noqa: E402
+from lightning_modules.demand import BertDemand, device_plan  # noqa: E402
 from lightning_modules.price_datamodule import EpochSampler  # noqa: E402
 from lightning_modules.sequences import HistoryBatcher, Vocab, event_arrays  # noqa: E402
+from mlops.config import BertConfig, ExperimentConfig  # noqa: E402
 
 NEW_KEYS = {
     "compile": False,
@@ -24,10 +25,38 @@ NEW_KEYS = {
 
 
 def test_new_keys_default_to_the_old_behaviour() -> None:
+    cfg = BertConfig()
     for key, value in NEW_KEYS.items():
-        assert DEFAULTS[key] == value
-    with pytest.raises(ValueError, match="unknown bert config keys"):
-        BertDemand({"compiled": True})
+        assert getattr(cfg, key) == value
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [({"compiled": True}, "compiled"), ({"d_model": "wide"}, "d_model"), ({"lr": -1}, "lr")],
+)
+def test_unknown_keys_and_wrong_types_fail_when_the_config_is_read(
+    bad: dict[str, object], named: str
+) -> None:
+    with pytest.raises(ValueError, match=named):
+        BertDemand(bad)
+    with pytest.raises(ValueError, match=named):
+        ExperimentConfig.model_validate({"bert": bad})
+
+
+def test_the_architecture_comes_from_one_typed_list() -> None:
+    cfg = BertConfig(d_model=32, n_layers=1)
+    assert set(cfg.arch()) == set(BertConfig.ARCH)
+    assert cfg.arch()["d_model"] == 32 and cfg.arch()["n_layers"] == 1
+    assert BertDemand(cfg).config is cfg
+
+
+def test_one_device_decision(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert device_plan({}) == ("gpu", True)  # a GPU box trains on its GPU, with GPU settings
+    assert device_plan({"accelerator": "cpu"}) == ("cpu", False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device_plan({}) == ("cpu", False)
+    assert device_plan({"accelerator": "auto", "devices": 2}) == ("cpu", False)
 
 
 def test_epoch_sampler_order_is_a_function_of_seed_and_epoch() -> None:
