@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,11 @@ def test_a_decodable_state_of_the_wrong_shape_is_a_miss(
         ev = {"event_type": "search", "query": "cheap tv"}
         c.post("/v1/events", json={"user_id": "u1", "events": [ev] * 2})
         key = runtime.current.policy
+        # the refresher's own recomputation first: one still in flight would overwrite the plant
+        deadline = time.monotonic() + 10
+        while runtime.refresher.computed < 1:
+            assert time.monotonic() < deadline, "the refresher never computed the state"
+            time.sleep(0.01)
         _plant(runtime.store, "u1", key, planted)
         r = c.post("/v1/quote", json={"user_id": "u1", "items": ITEMS})
         assert r.status_code == 200, r.text
