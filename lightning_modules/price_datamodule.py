@@ -213,7 +213,7 @@ class PriceDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is None:
             return {}
-        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        progress: Any = trainer.fit_loop.epoch_loop.batch_progress.current  # a _ProcessedTracker
         return {"epoch": int(trainer.current_epoch), "batches": int(progress.processed)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

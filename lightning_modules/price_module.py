@@ -160,8 +160,9 @@ class PriceResponseModule(pl.LightningModule):
         Public so a plain PyTorch loop (benchmarks/train_throughput.py) trains with exactly the
         optimizer the Trainer uses. `fused` defaults to on for CUDA parameters.
         """
-        hp = self.hparams
-        decay, no_decay = [], []
+        hp: Any = self.hparams  # an AttributeDict of __init__'s arguments
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
         for name, p in self.named_parameters():
             # Embedding tables, norms and biases are not shrunk toward zero.
             (no_decay if p.ndim < 2 or "emb" in name else decay).append(p)

@@ -20,8 +20,8 @@ class SplitConfig(_Strict):
     """Time split: test from `test_start` (or the last `test_fraction` of the span); validation before it."""
 
     test_start: datetime | None = None
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    valid_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    valid_fraction: float = Field(default=0.1, ge=0, lt=1)
 
 
 class GuardrailsConfig(_Strict):
@@ -69,31 +69,31 @@ class BertConfig(_Strict):
 
     text_encoder: Literal["minilm", "tiny"] = "minilm"  # tiny: a random-init BERT, tests only
     text_cache_dir: str | None = None  # on-disk cache of encoded texts (hash of encoder + texts)
-    d_model: int = Field(64, gt=0)
-    n_layers: int = Field(2, ge=0)
-    n_heads: int = Field(2, gt=0)
-    max_len: int = Field(32, gt=0)  # L: most recent events per history window
-    dropout: float = Field(0.1, ge=0, lt=1)
-    head_hidden: int = Field(64, gt=0)
-    ff_mult: int = Field(4, gt=0)  # transformer feed-forward width, in multiples of d_model
-    batch_size: int = Field(256, gt=0)
-    eval_batch_size: int = Field(2048, gt=0)
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_steps: int = Field(50, ge=0)
+    d_model: int = Field(default=64, gt=0)
+    n_layers: int = Field(default=2, ge=0)
+    n_heads: int = Field(default=2, gt=0)
+    max_len: int = Field(default=32, gt=0)  # L: most recent events per history window
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    head_hidden: int = Field(default=64, gt=0)
+    ff_mult: int = Field(default=4, gt=0)  # transformer feed-forward width, in multiples of d_model
+    batch_size: int = Field(default=256, gt=0)
+    eval_batch_size: int = Field(default=2048, gt=0)
+    lr: float = Field(default=2e-3, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_steps: int = Field(default=50, ge=0)
     cosine: bool = True
     max_epochs: int = 6
     max_steps: int = -1
-    patience: int = Field(2, ge=0)
-    num_workers: int = Field(0, ge=0)
+    patience: int = Field(default=2, ge=0)
+    num_workers: int = Field(default=0, ge=0)
     pin_memory: bool | None = None  # page-locked host batches; None = on when training on a GPU
     trim_padding: bool = False  # cut each batch to its longest true history (same outputs)
-    accumulate_grad_batches: int = Field(1, gt=0)  # optimizer step every k batches
+    accumulate_grad_batches: int = Field(default=1, gt=0)  # optimizer step every k batches
     # torch.compile the train/val steps: true (inductor) or a backend name ("aot_eager" checks the
     # wiring on CPU in seconds; inductor takes minutes there)
     compile: bool | str = False
     checkpoint_dir: str | None = None  # persistent checkpoints (last.ckpt, best); temp when None
-    checkpoint_every_n_steps: int = Field(200, gt=0)  # and at every epoch end
+    checkpoint_every_n_steps: int = Field(default=200, gt=0)  # and at every epoch end
     resume: bool = True  # continue from checkpoint_dir/last.ckpt when it exists
     log_dir: str | None = None  # a CSV logger writes here when set
     serving_gap_s: float = 30.0  # assumed seconds from a user's last event to the quote
@@ -113,7 +113,7 @@ class ExperimentConfig(_Strict):
     baselines: list[str] = Field(default_factory=lambda: ["logistic", "lightgbm"])
     seed: int = 0
     registered_model: str | None = None  # default: settings.registered_model
-    split: SplitConfig = Field(default_factory=lambda: SplitConfig())
+    split: SplitConfig = Field(default_factory=SplitConfig)
     guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
@@ -124,7 +124,7 @@ class ExperimentConfig(_Strict):
     # The same for LightGBM with the frozen MiniLM vectors, plus `mlops.models.TEXT_DEFAULTS`' keys.
     lightgbm_text: dict[str, Any] = Field(default_factory=dict)
     logistic: dict[str, Any] = Field(default_factory=lambda: {"l2": 1.0})
-    bert: BertConfig = Field(default_factory=lambda: BertConfig())
+    bert: BertConfig = Field(default_factory=BertConfig)
     simulate: dict[str, Any] = Field(default_factory=dict)  # SimConfig overrides for --simulate
 
 

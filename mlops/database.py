@@ -274,7 +274,7 @@ def _read_one(
     columns = {c["name"]: c["type"] for c in sa.inspect(conn).get_columns(table)}
     check_column_types(table, columns)
     names = list(columns)
-    stmt = sa.select(*[sa.column(c) for c in names]).select_from(sa.table(table))
+    stmt: Any = sa.select(*[sa.column(c) for c in names]).select_from(sa.table(table))
     ts_type = columns.get(S.TS)
     windowed = table in WINDOWED_TABLES and not window.is_open
     if windowed and ts_type is None:
@@ -284,7 +284,7 @@ def _read_one(
         )
     in_sql = windowed and isinstance(ts_type, sa.DateTime | sa.Date)
     if in_sql:
-        ts = sa.column(S.TS)
+        ts: Any = sa.column(S.TS)
         if window.since is not None:
             stmt = stmt.where(ts >= window.since)
         if window.until is not None:

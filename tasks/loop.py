@@ -219,8 +219,9 @@ def simulate_loop_market(
 ) -> Path:
     """A simulated market whose history ends at today's midnight (UTC), so the loop's live offers
     follow it in time, with the ground truth the shoppers answer from."""
-    sizes = {"n_users": n_users, "n_items": n_items, "n_days": n_days}
-    cfg = SimConfig(seed=seed, **{k: v for k, v in sizes.items() if v is not None})
+    cfg = SimConfig(seed=seed)
+    sizes: dict[str, Any] = {"n_users": n_users, "n_items": n_items, "n_days": n_days}
+    cfg = replace(cfg, **{k: v for k, v in sizes.items() if v is not None})
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     cfg = replace(cfg, start=(today - timedelta(days=cfg.n_days)).isoformat())
     write_market(simulate(cfg), out_dir)
@@ -448,9 +449,12 @@ def run_online_experiment(
         )
         live, ghost = shop(scorer_url, traffic, truth, shadow)
         live_parts.append(live)
-        arm_live = live.drop(columns=["quote_id", S.SESSION_ID]).assign(
-            **{X.ARM: "champion", X.EXPERIMENT: experiment_id, X.PAIR_ID: live[S.OFFER_ID]}
-        )
+        live_cols: dict[str, Any] = {
+            X.ARM: "champion",
+            X.EXPERIMENT: experiment_id,
+            X.PAIR_ID: live[S.OFFER_ID],
+        }
+        arm_live = live.drop(columns=["quote_id", S.SESSION_ID]).assign(**live_cols)
         arm_shadow = ghost.assign(**{X.ARM: "challenger", X.EXPERIMENT: experiment_id})
         rows = pd.concat([rows, arm_live, arm_shadow], ignore_index=True)
         table, decision = X.evaluate_experiment(rows, unit_cost, rule, "champion", "challenger")

@@ -28,6 +28,9 @@ class ItemTower(nn.Module):
     Row 0 of the id table is the shared "unknown item" (items outside the training catalog).
     """
 
+    item_text: Tensor  # buffers: (n_items + 1, text_dim) frozen text vectors, and category codes
+    item_category: Tensor
+
     def __init__(self, n_items: int, n_categories: int, text_dim: int, d_model: int) -> None:
         super().__init__()
         self.register_buffer("item_text", torch.zeros(n_items + 1, text_dim))
@@ -128,7 +131,9 @@ class PriceHead(nn.Module):
 
         def mlp(bias: float) -> nn.Sequential:
             net = nn.Sequential(nn.Linear(3 * d_model, hidden), nn.GELU(), nn.Linear(hidden, 1))
-            nn.init.constant_(net[-1].bias, bias)
+            out = net[-1]
+            assert isinstance(out, nn.Linear)
+            nn.init.constant_(out.bias, bias)
             return net
 
         self.a = mlp(a_init)
@@ -141,6 +146,8 @@ class PriceHead(nn.Module):
 
 class PriceResponseNet(nn.Module):
     """Item tower + user tower + price head, over index tensors built by the datamodule."""
+
+    query_text: Tensor  # buffer: (n_queries + 1, text_dim) frozen query vectors, row 0 none
 
     def __init__(
         self,
