@@ -247,8 +247,18 @@ def _unknown_arm(runtime: ScorerRuntime, arm: str) -> HTTPException:
 async def _reload_arm(runtime: ScorerRuntime, arm: str) -> ReloadResponse | JSONResponse:
     if arm not in runtime.arms:
         raise _unknown_arm(runtime, arm)
+    previous = runtime.arms[arm].current
     try:
-        sm, previous = await runtime.reload_arm(arm)
+        sm, previous_version = await runtime.reload_arm(arm)
+    except LookupError as exc:  # the alias was deleted: how an arm is switched off
+        return JSONResponse(
+            status_code=status.HTTP_404_NOT_FOUND,
+            content={
+                "detail": f"{exc}; the arm is disabled and its users get the champion",
+                "arm": arm,
+                "previous_version": previous.version if previous is not None else None,
+            },
+        )
     except Exception as exc:  # noqa: BLE001 - report any load failure to the caller
         return JSONResponse(
             status_code=status.HTTP_502_BAD_GATEWAY,
@@ -260,7 +270,7 @@ async def _reload_arm(runtime: ScorerRuntime, arm: str) -> ReloadResponse | JSON
             },
         )
     return ReloadResponse(
-        model_name=sm.name, model_version=sm.version, previous_version=previous, arm=arm
+        model_name=sm.name, model_version=sm.version, previous_version=previous_version, arm=arm
     )
 
 

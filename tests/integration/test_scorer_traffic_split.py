@@ -280,6 +280,12 @@ def test_a_missing_challenger_alias_disables_the_arm(tmp_path: Path, arms: FakeA
         runtime = c.app.state.runtime  # type: ignore[attr-defined]
         c.portal.call(runtime.check_arms)
         assert _quote(c, _user_in("challenger"))["arm"] == "challenger"
+        # deleting the alias switches the arm off: the reload says so, its users get the champion
+        arms.handles["challenger"] = None
+        r = c.post("/admin/reload?arm=challenger", headers=ADMIN)
+        assert r.status_code == 404 and r.json()["previous_version"] == "2"
+        assert "no 'challenger' alias" in r.json()["detail"] and "disabled" in r.json()["detail"]
+        assert _quote(c, _user_in("challenger"))["arm"] == "champion"
 
 
 def test_a_share_from_the_version_tag(tmp_path: Path, arms: FakeArms) -> None:
