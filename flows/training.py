@@ -90,7 +90,7 @@ def _load_champion(name: str) -> tuple[str | None, DemandModel | None]:
         return version, None
 
 
-@task(name="train_worker_share", cache_policy=NO_CACHE)
+@task(name="train_worker_share", task_run_name="train-{name}-worker-share", cache_policy=NO_CACHE)
 def train_worker_share(
     name: str,
     train: PricingData,

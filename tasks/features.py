@@ -149,7 +149,7 @@ def build_offer_features(tables: dict[str, pd.DataFrame], cache_dir: Path) -> Fe
     return FeatureBuild(feats, key, False, data)
 
 
-@task(name="build_features", cache_policy=NO_CACHE)
+@task(name="build_features", task_run_name="build-features", cache_policy=NO_CACHE)
 def build_features(tables: dict[str, pd.DataFrame], cache_dir: Path) -> FeatureBuild:
     """The flow's feature step (see `build_offer_features`), logged."""
     result = build_offer_features(tables, cache_dir)

@@ -127,7 +127,13 @@ def register(
     return version
 
 
-@task(name="register_model", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(
+    name="register_model",
+    task_run_name="register-{registered_model}",
+    retries=2,
+    retry_delay_seconds=2,
+    cache_policy=NO_CACHE,
+)
 def register_model(
     model: DemandModel,
     run_id: str,
@@ -414,7 +420,7 @@ def _hand_over(
     raise RuntimeError(f"promotion of version {version} rolled back: {msg}")
 
 
-@task(name="promote_model", cache_policy=NO_CACHE)
+@task(name="promote_model", task_run_name="promote-v{version}", cache_policy=NO_CACHE)
 def promote_model(
     registered_model: str,
     version: str,
