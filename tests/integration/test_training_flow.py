@@ -31,7 +31,7 @@ def test_training_registers_promotes_then_keeps_a_worse_challenger_out(
     prefect_harness: None, mlflow_store: str, data_dir: Path
 ) -> None:
     from flows.training import training
-    from mlops import tracking
+    from mlops import registry, tracking
     from mlops.registry import load_champion
 
     first = training(data_dir=str(data_dir), model="lightgbm")
@@ -57,14 +57,14 @@ def test_training_registers_promotes_then_keeps_a_worse_challenger_out(
     assert any(_loses_to_champion(r) for r in second["promotion_reasons"])
     assert second["feature_cache_hit"] is True
     tracking.configure(mlflow_store)
-    assert tracking.alias_version("price-response", "champion") == "1"
-    assert tracking.alias_version("price-response", "challenger") == "2"
-    stored = tracking.version_metrics("price-response", "2")
+    assert registry.alias_version("price-response", "champion") == "1"
+    assert registry.alias_version("price-response", "challenger") == "2"
+    stored = registry.version_metrics("price-response", "2")
     assert stored["profit_regret"] == pytest.approx(second["metrics"]["lightgbm"]["profit_regret"])
-    record = tracking.version_evaluation("price-response", "2")
+    record = registry.version_evaluation("price-response", "2")
     assert record["dataset"] == "data" and len(record["data_hash"]) == 16
     assert record["split"] == second["split"] and "guardrails" in record["protocol"]
-    assert record["data_hash"] == tracking.version_evaluation("price-response", "1")["data_hash"]
+    assert record["data_hash"] == registry.version_evaluation("price-response", "1")["data_hash"]
 
     # the registered pyfunc loads and predicts for the input schema it was logged with
     import mlflow.pyfunc
@@ -109,9 +109,7 @@ def _assert_models_side_by_side(client: object, first: dict, second: dict) -> No
     for name, run in kids.items():
         metrics = run.data.metrics
         assert {"profit_regret", "log_loss", "uplift_vs_list"} <= set(metrics), name
-        assert metrics["profit_regret"] == pytest.approx(
-            first["metrics"][name]["profit_regret"]
-        )
+        assert metrics["profit_regret"] == pytest.approx(first["metrics"][name]["profit_regret"])
         assert not any(k.startswith(f"{name}/") for k in metrics), "no model prefix in a child"
         assert run.info.status == "FINISHED"
     assert "train.fit_seconds" in kids["lightgbm"].data.metrics
@@ -194,7 +192,7 @@ def test_an_unloadable_champion_is_compared_on_stored_metrics_or_blocks_unless_f
     import mlflow
 
     from flows.training import training
-    from mlops import tracking
+    from mlops import registry, tracking
 
     first = training(data_dir=str(data_dir), model="lightgbm")
     assert first["promoted"] and first["model_version"] == "1"
@@ -213,14 +211,14 @@ def test_an_unloadable_champion_is_compared_on_stored_metrics_or_blocks_unless_f
     blocked = training(data_dir=str(data_dir), model="lightgbm")
     assert blocked["promoted"] is False
     assert any("champion not comparable" in r for r in blocked["promotion_reasons"])
-    assert tracking.alias_version("price-response", "champion") == "1"
+    assert registry.alias_version("price-response", "champion") == "1"
 
     # an operator forces it: promoted, and the version says so
     forced = training(data_dir=str(data_dir), model="lightgbm", force_promote=True)
     assert forced["promoted"] is True and forced["forced"] is True
     version = forced["model_version"]
     tracking.configure(mlflow_store)
-    assert tracking.alias_version("price-response", "champion") == version
+    assert registry.alias_version("price-response", "champion") == version
     tag = json.loads(client.get_model_version("price-response", version).tags["forced_promotion"])
     assert tag["forced"] is True and tag["previous_champion"] == "1"
 
