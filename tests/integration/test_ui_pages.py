@@ -1,0 +1,293 @@
+"""The pages a user opens, rendered by a real headless Chromium (the `ui` marker; README "Scheduled
+runs and the UIs" shows `make screenshots`' pictures of the same pages).
+
+Only what each page needs is started: an MLflow server over a temporary sqlite store (a parent run
+with two child runs, a registered model with an alias and descriptions), a Prefect server with one
+flow run that published two artifacts, the toy scorer, and the Data Docs that a failed validation
+writes. Chromium resolves no host but loopback, so each page renders as it would offline. The DOM is
+read after the JavaScript ran: the single-page apps have to have fetched and drawn their data.
+
+Chromium is Debian's `chromium` (.ci/run installs it). In CI a missing Chromium fails these tests.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from scorer.process import ScorerProcess, free_port, start_scorer
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("pricing_browser", ROOT / "infra/local/browser.py")
+assert _spec is not None and _spec.loader is not None
+browser = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(browser)
+
+CHILDREN = ("lightgbm", "logistic")
+MODEL = "price-response"
+MODEL_DESCRIPTION = "Demand model of the shop: the champion serves quotes."
+VERSION_DESCRIPTION = "Promoted because lightgbm beat the champion's profit regret."
+ARTIFACTS = ("metrics-sim", "decision-sim")
+
+pytestmark = [
+    pytest.mark.ui,
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        browser.chromium() is None and not os.environ.get("CI"),
+        reason=f"outside CI only: {browser.CHROMIUM_MISSING}",
+    ),
+]
+
+_FLOW = textwrap.dedent(
+    """
+    from prefect import flow
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+    from prefect.runtime import flow_run
+
+    @flow(name="training")
+    def training() -> str:
+        create_table_artifact(
+            key="metrics-sim",
+            table=[{"model": "lightgbm", "profit_regret": 0.12},
+                   {"model": "logistic", "profit_regret": 0.31}],
+            description="Test metrics per model",
+        )
+        create_markdown_artifact(
+            key="decision-sim", markdown="**Promoted**", description="Promotion decision"
+        )
+        return flow_run.id
+
+    print("FLOW_RUN_ID=" + training())
+    """
+)
+
+
+@dataclass
+class Pages:
+    """URL of each page under test."""
+
+    docs: str
+    compare: str
+    model: str
+    flow_run: str
+    data_docs: str
+
+
+def _start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{url}: the server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{url} not healthy after {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def _failed_data_docs(folder: Path) -> Path:
+    """A small simulated market with a tenth of its list prices negative, validated: the Data Docs
+    page of the failed `items` suite."""
+    from expectations import validate_data_dir
+    from pricing import io as pio
+    from pricing import schema as S
+    from pricing.simulator import SimConfig, simulate, write_market
+
+    market = simulate(SimConfig.preset(n_users=40, n_items=30, n_days=2, seed=0))
+    write_market(market, folder)
+    items = pio.read_tables(folder)[S.ITEMS]
+    items.loc[items.index[::10], S.LIST_PRICE] = -5.0
+    pio.write_table(items, folder, S.ITEMS)
+    report = validate_data_dir(folder)
+    assert not report.passed and report.docs_index is not None
+    (page,) = (report.docs_index.parent / "validations" / S.ITEMS).rglob(f"{S.ITEMS}.html")
+    return page
+
+
+def _seed_mlflow(url: str) -> tuple[str, list[str], str]:
+    """A parent run with one child run per model (same metric names), a registered model."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=url, registry_uri=url)
+    exp = client.create_experiment("sim")
+    parent = client.create_run(exp, run_name="training-sim").info.run_id
+    children = []
+    for name, regret in zip(CHILDREN, (0.12, 0.31), strict=True):
+        run = client.create_run(exp, run_name=name, tags={"mlflow.parentRunId": parent})
+        client.log_metric(run.info.run_id, "profit_regret", regret)
+        client.log_metric(run.info.run_id, "log_loss", regret + 0.3)
+        client.set_terminated(run.info.run_id)
+        children.append(run.info.run_id)
+    client.set_terminated(parent)
+    client.create_registered_model(MODEL, description=MODEL_DESCRIPTION)
+    version = client.create_model_version(
+        MODEL, f"runs:/{children[0]}/model", run_id=children[0], description=VERSION_DESCRIPTION
+    )
+    client.set_registered_model_alias(MODEL, "champion", version.version)
+    return exp, children, version.version
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pages]:
+    if browser.chromium() is None:
+        pytest.fail(browser.CHROMIUM_MISSING, pytrace=False)
+    tmp = tmp_path_factory.mktemp("ui")
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_HOME": str(tmp / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    env.pop("PREFECT_API_URL", None)
+    mlflow_url = f"http://127.0.0.1:{free_port()}"
+    prefect_port = free_port()
+    prefect_api = f"http://127.0.0.1:{prefect_port}/api"
+    # Without PREFECT_UI_API_URL the UI calls the API on the default port 4200, not this one.
+    env_prefect = {**env, "PREFECT_UI_API_URL": prefect_api}
+    mlflow_log, prefect_log = tmp / "mlflow.log", tmp / "prefect.log"
+    procs = [
+        _start(
+            [str(bin_dir / "mlflow"), "server", "--host", "127.0.0.1"]
+            + ["--port", mlflow_url.rsplit(":", 1)[1], "--workers", "1"]
+            + ["--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}"]
+            + ["--artifacts-destination", str(tmp / "artifacts")],
+            env,
+            mlflow_log,
+        ),
+        _start(
+            [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1"]
+            + ["--port", str(prefect_port)],
+            env_prefect,
+            prefect_log,
+        ),
+    ]
+    scorer: ScorerProcess | None = None
+    try:
+        scorer = start_scorer(
+            "scorer.testing:toy_app_factory",
+            env={"PRICING_OFFER_LOG_DIR": str(tmp / "offers"), "PRICING_ALIAS_POLL_SECONDS": "0"},
+            cwd=tmp,
+            log_path=tmp / "scorer.log",
+            ready_timeout_s=None,
+        )
+        data_docs = _failed_data_docs(tmp / "broken")  # while the servers start
+        _wait_healthy(f"{prefect_api}/health", procs[1], prefect_log, 180)
+        flow = subprocess.Popen(
+            [sys.executable, "-c", _FLOW],
+            env={**env, "PREFECT_API_URL": prefect_api},
+            cwd=tmp,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        _wait_healthy(f"{mlflow_url}/health", procs[0], mlflow_log, 180)
+        exp, children, version = _seed_mlflow(mlflow_url)
+        out, _ = flow.communicate(timeout=120)
+        found = re.search(r"FLOW_RUN_ID=([0-9a-f-]{36})", out)
+        assert flow.returncode == 0 and found, out[-3000:]
+        scorer.wait_ready(60)
+        runs, exps = quote(json.dumps(children)), quote(json.dumps([exp]))
+        yield Pages(
+            docs=f"{scorer.url}/docs",
+            compare=f"{mlflow_url}/#/compare-runs?runs={runs}&experiments={exps}",
+            model=f"{mlflow_url}/#/models/{MODEL}",
+            flow_run=f"http://127.0.0.1:{prefect_port}/v2/runs/flow-run/{found[1]}?tab=Artifacts",
+            data_docs=data_docs.as_uri(),
+        )
+    finally:
+        if scorer is not None:
+            scorer.stop()
+        for proc in procs:
+            _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def doms(pages: Pages) -> dict[str, str]:
+    """Every page's DOM after its JavaScript ran, rendered a few at a time."""
+    urls = vars(pages)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        got = dict(zip(urls, pool.map(browser.dump_dom, urls.values()), strict=True))
+    return got
+
+
+def _text(dom: str) -> str:
+    """The page's visible text, one space between words."""
+    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S | re.I)
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", dom)))
+
+
+def test_scorer_docs_lists_the_operations_offline(doms: dict[str, str]) -> None:
+    dom = doms["docs"]
+    assert 'class="swagger-ui' in dom, "Swagger UI did not render (its assets are the scorer's)"
+    for path in ("/v1/quote", "/readyz"):
+        assert f'data-path="{path}"' in dom, f"no operation {path} in Swagger UI"
+
+
+def test_mlflow_compare_view_lines_up_the_child_runs(doms: dict[str, str]) -> None:
+    text = _text(doms["compare"])
+    assert "Comparing 2 Runs" in text
+    for name in CHILDREN:
+        assert name in text, f"child run {name} missing from the Compare view"
+    assert "profit_regret" in text and "log_loss" in text
+
+
+def test_mlflow_registered_model_shows_alias_and_descriptions(doms: dict[str, str]) -> None:
+    text = _text(doms["model"])
+    assert MODEL in text and MODEL_DESCRIPTION in text
+    assert "champion" in text, "the champion alias is not shown"
+    assert VERSION_DESCRIPTION[:20] in text, "the version's description is not shown"
+
+
+def test_prefect_flow_run_page_shows_its_artifacts(doms: dict[str, str]) -> None:
+    text = _text(doms["flow_run"])
+    assert "Can't connect to Server API" not in text
+    assert "Artifacts" in text and "Completed" in text
+    for key in ARTIFACTS:
+        assert key in text, f"artifact {key} missing from the flow run's Artifacts tab"
+
+
+def test_data_docs_of_a_failed_validation_show_the_failed_expectation(
+    doms: dict[str, str],
+) -> None:
+    text = _text(doms["data_docs"])
+    assert "Expectation Validation Result" in text and "Failed" in text
+    assert "values must be greater than 0.0" in text
+    assert "unexpected values found" in text
