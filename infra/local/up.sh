@@ -79,6 +79,8 @@ echo "$STACK" >"$RUN/stack.env"
 export PRICING_REPO_DIR="$PWD"
 export PRICING_STACK; PRICING_STACK=$(realpath "$RUN")  # marks this stack's flow runs for down.sh
 export PREFECT_API_URL="http://127.0.0.1:$PREFECT_PORT/api"
+# The UI asks /ui-settings where the API is: without this, port 4200 whatever --port says.
+export PREFECT_UI_API_URL="$PREFECT_API_URL"
 export PRICING_SCORER_URL="http://127.0.0.1:$SCORER_PORT"  # promotions notify the scorer here
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 # The scorer's reload token, shared with the worker: yours if set, else one generated once and kept
