@@ -27,7 +27,14 @@ def validate_or_fail(data_dir: Path, threshold: float) -> ValidationReport:
     return report
 
 
-@task(name="validate_tables", task_run_name="validate-{data_dir.name}", cache_policy=NO_CACHE)
+def _run_name() -> str:
+    """`validate-<folder>`: which data the run checked (a str or a Path parameter alike)."""
+    from prefect.runtime import task_run
+
+    return f"validate-{Path(str(task_run.parameters['data_dir'])).name}"
+
+
+@task(name="validate_tables", task_run_name=_run_name, cache_policy=NO_CACHE)
 def validate_tables(data_dir: Path, threshold: float) -> ValidationReport:
     """`validate_or_fail` as a flow step (no retries: the same data fails the same way)."""
     return validate_or_fail(data_dir, threshold)
