@@ -26,7 +26,7 @@ export OMP_WAIT_POLICY := PASSIVE
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast test-slow lint format bench up up-postgres down serve ui-mlflow ui-prefect clean
+.PHONY: help install demo test test-fast test-slow lint format bench up up-postgres down serve ui-mlflow ui-prefect screenshots clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ up-postgres: install ## The same stack with MLflow and Prefect on a local Postgr
 
 down: ## Stop what `make up` started: flow runs (marked Cancelled), worker, scorer, servers
 	bash infra/local/down.sh
+
+screenshots: install ## Throwaway stack on ports 8300/4500/5300: train, then Chromium PNGs of the UIs in docs/screenshots/
+	SCORER_PORT=8300 PREFECT_PORT=4500 MLFLOW_PORT=5300 bash infra/local/screenshots.sh
 
 ui-mlflow: install ## The MLflow UI over the embedded sqlite store (foreground, $(MLFLOW_PORT))
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --port $(MLFLOW_PORT)

@@ -106,11 +106,13 @@ def screenshot(
     *,
     size: tuple[int, int] = (1400, 900),
     max_width: int = 1000,
+    crop: tuple[int, int, int, int] | None = None,
     budget_ms: int = 20_000,
     timeout_s: float = 120,
 ) -> Path:
     """A PNG of `url`'s first `size` pixels, scaled down to `max_width` and palette-quantized (a
-    README image of 100-250 KB rather than 1 MB)."""
+    README image of 50-250 KB rather than 1 MB). `crop` (left, top, right, bottom, in window
+    pixels) keeps a part of the window: a narrow page's text rather than its empty margin."""
     from PIL import Image
 
     out = Path(out)
@@ -122,6 +124,8 @@ def screenshot(
             raise BrowserError(f"chromium wrote no screenshot of {url}")
         with Image.open(raw) as img:
             rgb = img.convert("RGB")
+        if crop:
+            rgb = rgb.crop(crop)
         if rgb.width > max_width:
             rgb = rgb.resize((max_width, round(rgb.height * max_width / rgb.width)), Image.LANCZOS)
         rgb.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
@@ -131,6 +135,11 @@ def screenshot(
 def _size(text: str) -> tuple[int, int]:
     w, h = text.lower().split("x")
     return int(w), int(h)
+
+
+def _box(text: str) -> tuple[int, int, int, int]:
+    left, top, right, bottom = (int(v) for v in text.split(","))
+    return left, top, right, bottom
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("out")
     s.add_argument("--size", type=_size, default=(1400, 900), help="window, WxH")
     s.add_argument("--max-width", type=int, default=1000, help="scale the PNG down to this width")
+    s.add_argument("--crop", type=_box, help="keep LEFT,TOP,RIGHT,BOTTOM of the window")
     for q in (d, s):
         q.add_argument("--budget-ms", type=int, default=20_000, help="virtual time to render")
     args = p.parse_args(argv)
@@ -155,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.out,
                 size=args.size,
                 max_width=args.max_width,
+                crop=args.crop,
                 budget_ms=args.budget_ms,
             )
             print(args.out)
