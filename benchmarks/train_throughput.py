@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from mlops.text import TextEncoder, item_texts
-from lightning_modules.demand import _HPARAMS, DEFAULTS
 from lightning_modules.price_datamodule import PriceDataModule
 from lightning_modules.price_module import PriceResponseModule
 from lightning_modules.sequences import Vocab
+from mlops.config import BertConfig
+from mlops.text import TextEncoder, item_texts
 from pricing import schema as S
 from pricing.simulator import SimConfig, simulate
 from pricing.split import time_split
@@ -102,7 +102,7 @@ def build(
         n_categories=len(vocab.categories),
         n_queries=len(vocab.queries),
         text_dim=enc.dim,
-        **{k: cfg[k] for k in _HPARAMS},
+        **{k: cfg[k] for k in BertConfig.ARCH},
     )
     module.set_text_vectors(
         torch.from_numpy(item_text),
@@ -261,7 +261,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     raw = yaml.safe_load(Path(args.config).read_text()).get("bert", {}) or {}
-    cfg = {**DEFAULTS, **raw}
+    cfg = BertConfig.model_validate(raw).model_dump()
     args.batch_size = args.batch_size or int(cfg["batch_size"])
     args.num_workers = int(cfg["num_workers"] if args.num_workers is None else args.num_workers)
     args.precision = args.precision or ("bf16-mixed" if args.device == "cuda" else "32-true")

@@ -162,8 +162,8 @@ def test_protected_attributes_never_change_predictions(
 def test_save_load_round_trip_needs_no_text_encoder_for_items(
     trained_bert: Any, small_splits: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlops import text
     from lightning_modules.demand import BertDemand
+    from mlops import text
     from mlops.models import load_model, save_model
 
     test = small_splits[2]
