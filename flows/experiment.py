@@ -14,7 +14,7 @@ from typing import Any
 
 from prefect import flow
 
-from mlops import tracking
+from mlops import registry, tracking
 from mlops.registry import CHALLENGER, CHAMPION
 from mlops.settings import get_settings
 from pricing import experiment as X
@@ -36,12 +36,12 @@ def _default_arms(
     if X.arm_column(offers) == X.ARM:
         return control or CHAMPION, treatment or CHALLENGER
     if control is None:
-        v = tracking.alias_version(registered, CHAMPION)
+        v = registry.alias_version(registered, CHAMPION)
         if v is None:
             raise ValueError("the log has no arms and there is no champion: pass control=<policy>")
         control = f"{registered}@{v}"
     if treatment is None:
-        v = tracking.alias_version(registered, CHALLENGER)
+        v = registry.alias_version(registered, CHALLENGER)
         if v is None:
             raise ValueError("the log has no arms and no challenger: pass treatment=<policy>")
         treatment = f"{registered}@{v}"

@@ -26,7 +26,7 @@ import pandas as pd
 from prefect import flow, get_run_logger
 
 from flows.training import training
-from mlops import tracking
+from mlops import registry, tracking
 from mlops.config import CONFIG_DIR, load_config
 from mlops.registry import CHAMPION, ModelHandle
 from mlops.settings import get_settings
@@ -265,12 +265,12 @@ def _retrain_gate_and_experiment(
         "split": result["split"],
         "metrics": result["metrics"].get(result["model"], {}),
     }
-    candidate = tracking.load_version(registered, version)
-    champion_version = tracking.alias_version(registered, CHAMPION)
+    candidate = registry.load_version(registered, version)
+    champion_version = registry.alias_version(registered, CHAMPION)
     catalog = read_table(market, S.ITEMS)
     assert catalog is not None
     champion = (
-        tracking.load_version(registered, champion_version)
+        registry.load_version(registered, champion_version)
         if champion_version is not None
         else list_price_handle(catalog, guard)
     )
@@ -290,7 +290,7 @@ def _retrain_gate_and_experiment(
         True,
         PromotionRule(**cfg.promotion.model_dump()),
     )
-    tracking.tag_version(
+    registry.tag_version(
         registered, version, {"offline_gate": {"passed": gate.promote, "reasons": gate.reasons}}
     )
     detail["offline_gate"] = {"passed": gate.promote, "reasons": gate.reasons}

@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from mlops import tracking
+from mlops import registry, tracking
 from mlops.config import ExperimentConfig, load_config
 from mlops.database import DataWindow, database_name, default_snapshot_dir
 from mlops.models import DemandModel, PricingData
@@ -78,11 +78,11 @@ def ingest(
 
 def _load_champion(name: str) -> tuple[str | None, DemandModel | None]:
     """The current champion's version and model (None, None without one; model None if unloadable)."""
-    version = tracking.alias_version(name, CHAMPION)
+    version = registry.alias_version(name, CHAMPION)
     if version is None:
         return None, None
     try:
-        return version, tracking.load_version(name, version).model
+        return version, registry.load_version(name, version).model
     except Exception as exc:  # noqa: BLE001 - an unloadable champion must not block a new model
         get_run_logger().warning(
             "champion v%s could not be loaded (%s): using its stored metrics", version, exc

@@ -1,4 +1,6 @@
-"""MLflow: experiments, the pyfunc model the scorer loads, the registry and its aliases."""
+"""MLflow tracking: experiments, runs, UI links, and the pyfunc model the scorer loads.
+
+Versions and aliases are `mlops.registry`'s."""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from mlops.models import DemandModel, load_model, save_model
-from mlops.registry import CHALLENGER, CHAMPION, ModelHandle
 from pricing import schema as S
 
 # Requirements written next to the model: explicit, so log_model does not spend 10 s inferring them.
@@ -86,13 +87,6 @@ def version_url(name: str, version: str) -> str:
     return f"{ui_base_url()}/#/models/{name}/versions/{version}"
 
 
-def describe_version(name: str, version: str, description: str) -> None:
-    """The version's description, the first thing its page in the MLflow UI shows."""
-    import mlflow
-
-    mlflow.MlflowClient().update_model_version(name, str(version), description=description)
-
-
 def _pyfunc_class() -> type:
     """The MLflow pyfunc wrapper, built lazily so that importing this module does not import mlflow."""
     import mlflow.pyfunc
@@ -145,7 +139,7 @@ def log_price_model(
 ) -> tuple[str, str]:
     """Log `model` as a pyfunc to the active run and register it; returns (model_uri, version).
 
-    The new version gets the alias `challenger`.
+    Aliases are the registry's: `tasks.registry.register` points `challenger` at the new version.
     """
     import mlflow
     from mlflow.models import infer_signature
@@ -167,10 +161,7 @@ def log_price_model(
             registered_model_name=registered_model,
             code_paths=_code_paths(),
         )
-    version = str(info.registered_model_version)
-    client = mlflow.MlflowClient()
-    client.set_registered_model_alias(registered_model, CHALLENGER, version)
-    return info.model_uri, version
+    return info.model_uri, str(info.registered_model_version)
 
 
 def _is_pickle_warning(record: logging.LogRecord) -> bool:
@@ -189,93 +180,3 @@ def _code_paths() -> list[str]:
     """Ship the project's model code with the model so it loads without this checkout."""
     root = Path(__file__).resolve().parent.parent
     return [str(root / p) for p in ("pricing", "mlops", "lightning_modules")]
-
-
-def alias_version(name: str, alias: str = CHAMPION) -> str | None:
-    """The version an alias points at, or None when the alias (or the model) does not exist."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
-
-
-def set_alias(name: str, version: str, alias: str = CHAMPION) -> None:
-    import mlflow
-
-    mlflow.MlflowClient().set_registered_model_alias(name, alias, str(version))
-
-
-def delete_alias(name: str, alias: str = CHAMPION) -> None:
-    import mlflow
-
-    mlflow.MlflowClient().delete_registered_model_alias(name, alias)
-
-
-def tag_version(name: str, version: str, tags: dict[str, Any]) -> None:
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    for k, v in tags.items():
-        client.set_model_version_tag(
-            name, str(version), k, v if isinstance(v, str) else json.dumps(v)
-        )
-
-
-def version_evaluation(name: str, version: str) -> dict[str, Any]:
-    """The evaluation record a version was registered with (the `evaluation` version tag).
-
-    `{"metrics": {...}, "dataset": ..., "data_hash": ..., "split": {...}, "protocol": {...}}`;
-    empty when the tag is missing (deleted, or a version registered by hand).
-    """
-    import mlflow
-
-    mv = mlflow.MlflowClient().get_model_version(name, str(version))
-    raw = (mv.tags or {}).get("evaluation")
-    return json.loads(raw) if raw else {}
-
-
-def version_metrics(name: str, version: str) -> dict[str, Any]:
-    """The metrics a version was registered with (the `metrics` of its evaluation record).
-
-    Only the numbers: whether they may be compared with another run's is for
-    `pricing.promotion.stored_champion_metrics` to say, from the whole `version_evaluation`.
-    """
-    metrics = version_evaluation(name, version).get("metrics")
-    return metrics if isinstance(metrics, dict) else {}
-
-
-def run_version(name: str, run_id: str) -> str | None:
-    """The version of `name` registered from run `run_id`, or None.
-
-    Registration is then idempotent: a retry after a failure that came after the version was created
-    (setting its alias or tags) reuses that version instead of registering a second one. Filtered on
-    `run_id` server-side and on the name here, so the name needs no quoting in the filter.
-    """
-    import mlflow
-
-    found = mlflow.MlflowClient().search_model_versions(f"run_id = '{run_id}'")
-    versions = sorted(int(mv.version) for mv in found if mv.name == name)
-    return str(versions[0]) if versions else None
-
-
-def load_version(name: str, version: str) -> ModelHandle:
-    """Load a registered version as a servable handle."""
-    import mlflow.pyfunc
-
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    wrapper = pyfunc.unwrap_python_model()
-    return ModelHandle(
-        name=name,
-        version=str(version),
-        model=wrapper.demand_model,
-        run_id=pyfunc.metadata.run_id,
-        guardrails=wrapper.guardrails,
-    )
-
-
-def load_alias(name: str, alias: str = CHAMPION) -> ModelHandle | None:
-    version = alias_version(name, alias)
-    return None if version is None else load_version(name, version)

@@ -186,13 +186,13 @@ class RegistryArms:
         self.model = registered_model
 
     def version(self, alias: str) -> str | None:
-        from mlops.tracking import alias_version
+        from mlops.registry import alias_version
 
         _configure()
         return alias_version(self.model, alias)
 
     def load(self, alias: str) -> ModelHandle | None:
-        from mlops.tracking import load_version
+        from mlops.registry import load_version
 
         version = self.version(alias)
         if version is None:

@@ -19,7 +19,7 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from mlops import tracking
+from mlops import registry
 from pricing import experiment as X
 from pricing import schema as S
 from pricing.io import read_table
@@ -149,7 +149,7 @@ def tag_experiment(
     """Record the experiment on the treatment's model version: tags and the description."""
     import mlflow
 
-    tracking.tag_version(
+    registry.tag_version(
         registered_model,
         version,
         {
@@ -218,7 +218,7 @@ def promote_experiment_winner(
                         "no scorer configured: alias moved, scorer not notified; a running "
                         "scorer picks it up by watching the alias"
                     )
-    tracking.tag_version(registered_model, version, {"promotion": out, "decided_at": time.time()})
+    registry.tag_version(registered_model, version, {"promotion": out, "decided_at": time.time()})
     return out
 
 

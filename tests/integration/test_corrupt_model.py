@@ -349,7 +349,7 @@ def _register(model: LightGBMDemand) -> str:
 def test_mlflow_champion_with_a_corrupt_file_fails_to_load_and_the_scorer_keeps_the_old_one(
     mlflow_store: str, tmp_path: Path
 ) -> None:
-    from mlops import tracking
+    from mlops import registry, tracking
     from mlops.registry import load_champion
     from mlops.settings import get_settings
 
@@ -363,7 +363,7 @@ def test_mlflow_champion_with_a_corrupt_file_fails_to_load_and_the_scorer_keeps_
     before = set(art_root.rglob("lightgbm.txt"))
     v2 = _register(small_lightgbm(1))
     (stored_v2,) = set(art_root.rglob("lightgbm.txt")) - before
-    tracking.set_alias(NAME, v1)
+    registry.set_alias(NAME, v1)
 
     settings = _settings(tmp_path)  # the tracking URI: MLFLOW_TRACKING_URI, set by mlflow_store
     get_settings.cache_clear()
@@ -371,7 +371,7 @@ def test_mlflow_champion_with_a_corrupt_file_fails_to_load_and_the_scorer_keeps_
     with TestClient(app) as c:
         assert _served_version(c) == v1
         truncate_half(stored_v2)
-        tracking.set_alias(NAME, v2)
+        registry.set_alias(NAME, v2)
         with pytest.raises(ModelLoadError) as info:
             load_champion(NAME)
         assert info.value.version == v2
@@ -510,14 +510,14 @@ def test_pricing_run_with_a_corrupt_champion_trains_on_instead_of_crashing(
     """
     import mlflow
 
-    from mlops import tracking
+    from mlops import registry, tracking
 
     tracking.configure(mlflow_store)
     art_root = tmp_path / "mlruns" / "artifacts"
     tracking.experiment_id("seed", art_root)
     mlflow.set_experiment("seed")
     champion = _register(small_lightgbm(0))
-    tracking.set_alias(NAME, champion)
+    registry.set_alias(NAME, champion)
     (stored,) = art_root.rglob("lightgbm.txt")
     truncate_half(stored)
 

@@ -29,6 +29,7 @@ def registry(mlflow_store: str) -> Any:
     """Versions 1 and 2 of NAME (no artifacts needed): v1 champion, v2 challenger."""
     import mlflow
 
+    from mlops import registry as reg
     from mlops import tracking
 
     tracking.configure(mlflow_store)
@@ -36,8 +37,8 @@ def registry(mlflow_store: str) -> Any:
     client.create_registered_model(NAME)
     for _ in range(2):
         client.create_model_version(NAME, source="file:///nonexistent/model", run_id=None)
-    tracking.set_alias(NAME, "1", "champion")
-    tracking.set_alias(NAME, "2", "challenger")
+    reg.set_alias(NAME, "1", "champion")
+    reg.set_alias(NAME, "2", "challenger")
     return client
 
 
@@ -93,7 +94,7 @@ def test_a_clear_winner_is_promoted_and_the_decision_published(
     from prefect.artifacts import Artifact
 
     from flows.experiment import experiment
-    from mlops import tracking
+    from mlops import registry as reg
 
     log_dir = tmp_path / "offer_log"
     write_log(log_dir, {"champion": 0.10, "challenger": 0.16}, 4000, arms=True)
@@ -104,7 +105,7 @@ def test_a_clear_winner_is_promoted_and_the_decision_published(
     assert result["treatment_version"] == "2"
     assert [a["arm"] for a in result["arms"]] == ["challenger", "champion"]
     assert result["promotion"]["promoted"] is True
-    assert tracking.alias_version(NAME, "champion") == "2"
+    assert reg.alias_version(NAME, "champion") == "2"
     mv = registry.get_model_version(NAME, "2")
     assert mv.tags["experiment_decision"] == X.PROMOTE
     recorded = json.loads(mv.tags["experiment"])
@@ -120,7 +121,7 @@ def test_a_log_without_arms_is_read_by_policy_and_keeps_running(
     registry: Any, items_dir: Path, tmp_path: Path, prefect_harness: None
 ) -> None:
     from flows.experiment import experiment
-    from mlops import tracking
+    from mlops import registry as reg
 
     log_dir = tmp_path / "offer_log"
     write_log(log_dir, {"a": 0.10, "b": 0.10}, 600, arms=False, seed=1)
@@ -128,7 +129,7 @@ def test_a_log_without_arms_is_read_by_policy_and_keeps_running(
     assert (result["control"], result["treatment"]) == (f"{NAME}@1", f"{NAME}@2")
     assert result["decision"]["action"] == X.CONTINUE
     assert result["promotion"]["promoted"] is False
-    assert tracking.alias_version(NAME, "champion") == "1"
+    assert reg.alias_version(NAME, "champion") == "1"
     assert registry.get_model_version(NAME, "2").tags["experiment_decision"] == X.CONTINUE
 
 
@@ -136,7 +137,7 @@ def test_a_scorer_that_does_not_serve_the_winner_rolls_the_alias_back(
     registry: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import tasks.registry
-    from mlops import tracking
+    from mlops import registry as reg
     from tasks.experiment import promote_experiment_winner
 
     monkeypatch.setattr(
@@ -152,7 +153,7 @@ def test_a_scorer_that_does_not_serve_the_winner_rolls_the_alias_back(
         promote_experiment_winner(
             NAME, "2", "1", decision, "http://127.0.0.1:9", "tok", ["i1"], "u1"
         )
-    assert tracking.alias_version(NAME, "champion") == "1"
+    assert reg.alias_version(NAME, "champion") == "1"
     promotion = json.loads(registry.get_model_version(NAME, "2").tags["promotion"])
     assert promotion["promoted"] is False
     assert any("rolled back" in r for r in promotion["promotion_reasons"])

@@ -33,6 +33,7 @@ def registry(mlflow_store: str) -> Any:
     """Versions 1..3 of NAME (no artifacts needed); v1 is champion, registered with its evaluation."""
     import mlflow
 
+    from mlops import registry as reg
     from mlops import tracking
 
     tracking.configure(mlflow_store)
@@ -40,8 +41,8 @@ def registry(mlflow_store: str) -> Any:
     client.create_registered_model(NAME)
     for _ in range(3):
         client.create_model_version(NAME, source="file:///nonexistent/model", run_id=None)
-    tracking.tag_version(NAME, "1", {"evaluation": {"metrics": CHAMP, **RECORD}})
-    tracking.set_alias(NAME, "1", "champion")
+    reg.tag_version(NAME, "1", {"evaluation": {"metrics": CHAMP, **RECORD}})
+    reg.set_alias(NAME, "1", "champion")
     return client
 
 
@@ -67,14 +68,14 @@ def _champion(challenger: dict[str, float]) -> Any:
 def test_unloadable_champion_with_comparable_stored_metrics_keeps_a_worse_challenger_out(
     registry: Any,
 ) -> None:
-    from mlops import tracking
+    from mlops import registry as reg
 
     champion = _champion(WORSE)
     assert champion == CHAMP  # the metrics, not the whole evaluation tag
     out = _promote("2", champion, challenger=WORSE)
     assert not out["promoted"]
     assert any("does not beat champion 0.0380" in r for r in out["promotion_reasons"])
-    assert tracking.alias_version(NAME, "champion") == "1"
+    assert reg.alias_version(NAME, "champion") == "1"
 
 
 @pytest.mark.parametrize("record", ["deleted", "legacy", "other-dataset"])
@@ -82,15 +83,15 @@ def test_a_champion_without_comparable_metrics_blocks_a_worse_challenger(
     registry: Any, record: str
 ) -> None:
     """The incident: champion artifacts (and its record) gone, v2 at 0.099 vs 0.038 was promoted."""
-    from mlops import tracking
+    from mlops import registry as reg
 
     if record == "deleted":
         registry.delete_model_version_tag(NAME, "1", "evaluation")
     elif record == "legacy":  # how versions were tagged before: no data hash, no protocol
         legacy = {"metrics": CHAMP, "dataset": "simulated", "split": RECORD["split"]}
-        tracking.tag_version(NAME, "1", {"evaluation": legacy})
+        reg.tag_version(NAME, "1", {"evaluation": legacy})
     else:
-        tracking.tag_version(
+        reg.tag_version(
             NAME, "1", {"evaluation": {"metrics": CHAMP, **RECORD, "dataset": "tafeng"}}
         )
     champion = _champion(WORSE)
@@ -98,19 +99,19 @@ def test_a_champion_without_comparable_metrics_blocks_a_worse_challenger(
     out = _promote("2", champion, challenger=WORSE)
     assert not out["promoted"] and not out["forced"]
     assert any("champion not comparable" in r for r in out["promotion_reasons"])
-    assert tracking.alias_version(NAME, "champion") == "1"
+    assert reg.alias_version(NAME, "champion") == "1"
     promotion = json.loads(registry.get_model_version(NAME, "2").tags["promotion"])
     assert promotion["promoted"] is False
 
 
 def test_force_promote_moves_the_alias_and_records_it_on_the_version(registry: Any) -> None:
-    from mlops import tracking
+    from mlops import registry as reg
 
     registry.delete_model_version_tag(NAME, "1", "evaluation")
     out = _promote("2", _champion(WORSE), challenger=WORSE, force=True)
     assert out["promoted"] and out["forced"]
     assert any("forced by operator" in r for r in out["promotion_reasons"])
-    assert tracking.alias_version(NAME, "champion") == "2"
+    assert reg.alias_version(NAME, "champion") == "2"
     tags = registry.get_model_version(NAME, "2").tags
     forced = json.loads(tags["forced_promotion"])
     assert forced["forced"] is True and forced["previous_champion"] == "1" and forced["by"]
@@ -123,7 +124,7 @@ def test_force_promote_moves_the_alias_and_records_it_on_the_version(registry: A
 
 def test_two_concurrent_promotions_promote_exactly_one(registry: Any) -> None:
     """Both runs evaluated against v1 and both beat it; only the first to move the alias wins."""
-    from mlops import tracking
+    from mlops import registry as reg
 
     barrier = threading.Barrier(2)
     results: dict[str, dict[str, Any]] = {}
@@ -148,35 +149,35 @@ def test_two_concurrent_promotions_promote_exactly_one(registry: Any) -> None:
     loser = results["3" if winner == "2" else "2"]
     assert loser["champion_changed"]
     assert any("champion changed" in r for r in loser["promotion_reasons"])
-    assert tracking.alias_version(NAME, "champion") == winner
+    assert reg.alias_version(NAME, "champion") == winner
 
 
 def test_a_stale_champion_version_is_not_overwritten(registry: Any) -> None:
-    from mlops import tracking
+    from mlops import registry as reg
 
-    tracking.set_alias(NAME, "3", "champion")  # someone promoted v3 after we evaluated against v1
+    reg.set_alias(NAME, "3", "champion")  # someone promoted v3 after we evaluated against v1
     out = _promote("2", CHAMP)
     assert not out["promoted"] and out["champion_changed"]
     assert any("alias now at v3" in r for r in out["promotion_reasons"])
-    assert tracking.alias_version(NAME, "champion") == "3"
+    assert reg.alias_version(NAME, "champion") == "3"
 
 
 def test_a_writer_outside_the_lock_that_moves_the_alias_mid_promotion_is_not_undone(
     registry: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlops import tracking
+    from mlops import registry as reg
 
-    set_alias = tracking.set_alias
+    set_alias = reg.set_alias
 
     def racing_set_alias(name: str, version: str, alias: str = "champion") -> None:
         set_alias(name, version, alias)
         set_alias(name, "3", alias)  # another host's promotion lands right after ours
 
-    monkeypatch.setattr(tracking, "set_alias", racing_set_alias)
+    monkeypatch.setattr(reg, "set_alias", racing_set_alias)
     out = _promote("2", CHAMP)
     assert not out["promoted"] and out["champion_changed"]
     assert any("during promotion" in r for r in out["promotion_reasons"])
-    assert tracking.alias_version(NAME, "champion") == "3"
+    assert reg.alias_version(NAME, "champion") == "3"
 
 
 def test_no_admin_token_promotes_and_leaves_the_scorer_to_the_alias_watch(

@@ -21,7 +21,7 @@ def test_a_register_retry_after_a_failed_tag_reuses_the_runs_version(
     tagging it failed. The retry must not register a second version for the same run."""
     import mlflow
 
-    from mlops import tracking
+    from mlops import registry, tracking
     from mlops.models import LogisticDemand, PricingData
     from pricing import features as F
     from pricing import schema as S
@@ -37,7 +37,7 @@ def test_a_register_retry_after_a_failed_tag_reuses_the_runs_version(
     exp = tracking.experiment_id("simulated", tmp_path / "artifacts")
     with mlflow.start_run(experiment_id=exp) as run:
         run_id = run.info.run_id
-    tag_version, calls = tracking.tag_version, {"n": 0}
+    tag_version, calls = registry.tag_version, {"n": 0}
 
     def flaky_tag_version(name: str, version: str, tags: dict[str, Any]) -> None:
         calls["n"] += 1
@@ -45,7 +45,7 @@ def test_a_register_retry_after_a_failed_tag_reuses_the_runs_version(
             raise ConnectionError("registry went away while tagging")
         tag_version(name, version, tags)
 
-    monkeypatch.setattr(tracking, "tag_version", flaky_tag_version)
+    monkeypatch.setattr(registry, "tag_version", flaky_tag_version)
     evaluation = {"metrics": {"log_loss": 0.3}, **RECORD}
     args = (model, run_id, NAME, {"band_low": 0.7}, input_example(t[S.OFFERS]), evaluation)
     with pytest.raises(ConnectionError):
@@ -54,6 +54,6 @@ def test_a_register_retry_after_a_failed_tag_reuses_the_runs_version(
 
     versions = mlflow.MlflowClient().search_model_versions(f"name = '{NAME}'")
     assert [(str(mv.version), mv.run_id) for mv in versions] == [(version, run_id)]
-    assert tracking.version_evaluation(NAME, version)["data_hash"] == RECORD["data_hash"]
-    assert tracking.version_metrics(NAME, version) == {"log_loss": 0.3}
-    assert tracking.alias_version(NAME, "challenger") == version
+    assert registry.version_evaluation(NAME, version)["data_hash"] == RECORD["data_hash"]
+    assert registry.version_metrics(NAME, version) == {"log_loss": 0.3}
+    assert registry.alias_version(NAME, "challenger") == version

@@ -344,7 +344,7 @@ def test_arms_from_registry_aliases_and_tags_and_a_corrupt_challenger_artifact(
     `experiment_share` tag; its artifact cut in half disables the arm, not the champion."""
     import mlflow
 
-    from mlops import tracking
+    from mlops import registry, tracking
     from mlops.settings import get_settings
     from scorer.experiment import SHARE_TAG
     from scorer.state import InMemoryUserStore
@@ -365,9 +365,9 @@ def test_arms_from_registry_aliases_and_tags_and_a_corrupt_challenger_artifact(
     before = set(art_root.rglob("lightgbm.txt"))
     v2 = register(1)
     (stored_v2,) = set(art_root.rglob("lightgbm.txt")) - before
-    tracking.set_alias(name, v1)
-    tracking.set_alias(name, v2, "challenger")
-    tracking.tag_version(name, v2, {SHARE_TAG: "0.5"})
+    registry.set_alias(name, v1)
+    registry.set_alias(name, v2, "challenger")
+    registry.tag_version(name, v2, {SHARE_TAG: "0.5"})
 
     get_settings.cache_clear()
     settings = _settings(tmp_path)
