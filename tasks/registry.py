@@ -26,7 +26,7 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from mlops import tracking
+from mlops import registry, tracking
 from mlops.models import DemandModel
 from mlops.registry import CHALLENGER, CHAMPION
 from pricing import evaluation as _evaluation
@@ -81,7 +81,7 @@ def champion_for_gate(
     if live_metrics is not None:
         return live_metrics
     try:
-        stored = tracking.version_evaluation(registered_model, champion_version)
+        stored = registry.version_evaluation(registered_model, champion_version)
     except Exception as exc:  # noqa: BLE001 - an unreadable record is a non-comparable champion
         return NotComparable(f"champion v{champion_version}'s record is unreadable ({exc})")
     return stored_champion_metrics(champion_version, stored, evaluation)
@@ -103,7 +103,7 @@ def register(
     """
     import mlflow
 
-    version = tracking.run_version(registered_model, run_id)
+    version = registry.run_version(registered_model, run_id)
     if version is None:
         active = mlflow.active_run()
         same = active is not None and active.info.run_id == run_id
@@ -111,9 +111,8 @@ def register(
             _, version = tracking.log_price_model(
                 model, guardrails, input_example, registered_model
             )
-    else:
-        tracking.set_alias(registered_model, version, CHALLENGER)
-    tracking.tag_version(
+    registry.set_alias(registered_model, version, CHALLENGER)
+    registry.tag_version(
         registered_model,
         version,
         {
@@ -188,7 +187,15 @@ def notify_scorer(
         )
     except httpx.TransportError as exc:
         return "failed", f"smoke quote failed after reload: {exc}"
-    served = q.json().get("model_version") if q.status_code == 200 else None
+    body = q.json() if q.status_code == 200 else {}
+    served = body.get("model_version")
+    if body.get("arm", "champion") != "champion":
+        # The smoke user is in an experiment's arm, so the quote shows that arm's version: it
+        # proves the scorer answers; the champion's version is the one /readyz reports.
+        try:
+            served = httpx.get(f"{scorer_url}/readyz", timeout=10.0).json().get("model_version")
+        except (httpx.TransportError, ValueError) as exc:
+            return "failed", f"smoke quote ok but /readyz unreadable after reload: {exc}"
     if str(served) != str(expected_version):
         return "failed", (
             f"smoke quote served version {served} (HTTP {q.status_code}), expected {expected_version}"
@@ -330,8 +337,8 @@ def promote(
             "previous_champion": champion_version,
             "reasons": decision.reasons,
         }
-    tracking.tag_version(registered_model, version, tags)
-    tracking.describe_version(registered_model, version, decision_text(out))
+    registry.tag_version(registered_model, version, tags)
+    registry.describe_version(registered_model, version, decision_text(out))
     return out
 
 
@@ -366,7 +373,7 @@ def _move_alias(
 ) -> bool:
     """The compare-and-set of `promote` (the caller holds the lock): True if the alias moved."""
     reasons: list[str] = out["promotion_reasons"]
-    current = tracking.alias_version(registered_model, CHAMPION)
+    current = registry.alias_version(registered_model, CHAMPION)
     if current != champion_version:
         out["champion_changed"] = True
         reasons.append(
@@ -375,8 +382,8 @@ def _move_alias(
             f"{'v' + current if current else 'no version'}); re-run to evaluate against it"
         )
         return False
-    tracking.set_alias(registered_model, version, CHAMPION)
-    after = tracking.alias_version(registered_model, CHAMPION)
+    registry.set_alias(registered_model, version, CHAMPION)
+    after = registry.alias_version(registered_model, CHAMPION)
     if after != version:
         out["champion_changed"] = True
         reasons.append(
@@ -409,14 +416,14 @@ def _hand_over(
     if status != "failed":
         return
     if champion_version is not None:
-        tracking.set_alias(registered_model, champion_version, CHAMPION)
+        registry.set_alias(registered_model, champion_version, CHAMPION)
         reasons.append(f"rolled back alias to version {champion_version}")
     else:
-        tracking.delete_alias(registered_model, CHAMPION)
+        registry.delete_alias(registered_model, CHAMPION)
         reasons.append("rolled back: no champion alias")
     out["promoted"] = False
-    tracking.tag_version(registered_model, version, {"promotion": out})
-    tracking.describe_version(registered_model, version, decision_text(out))
+    registry.tag_version(registered_model, version, {"promotion": out})
+    registry.describe_version(registered_model, version, decision_text(out))
     raise RuntimeError(f"promotion of version {version} rolled back: {msg}")
 
 
