@@ -88,10 +88,11 @@ def scorer(registry: dict) -> Iterator[str]:
 @pytest.fixture(autouse=True)
 def champion_is_version_1(registry: dict, scorer: str) -> None:
     """Each test starts from version 1 as champion, served (tests move the alias)."""
+    from mlops import registry as reg
     from mlops import tracking
 
     tracking.configure(registry["uri"])
-    tracking.set_alias("price-response", "1", "champion")
+    reg.set_alias("price-response", "1", "champion")
     _wait_version(scorer, "1", timeout=30)
 
 
@@ -110,33 +111,33 @@ def _promote(registry: dict, scorer_url: str | None, token: str = TOKEN) -> dict
 def test_promotion_reloads_the_scorer_and_checks_it_serves_the_new_version(
     registry: dict, scorer: str
 ) -> None:
-    from mlops import tracking
+    from mlops import registry as reg
 
     result = _promote(registry, scorer)
     assert result["promoted"] and result["scorer_notified"]
     assert any("serves version 2" in r for r in result["promotion_reasons"])
-    assert tracking.alias_version("price-response", "champion") == "2"
+    assert reg.alias_version("price-response", "champion") == "2"
     q = httpx.post(f"{scorer}/v1/quote", json={"user_id": "u000001", "items": ["i00001"]}).json()
     assert q["model_version"] == "2"
 
 
 def test_a_scorer_that_refuses_the_reload_rolls_the_alias_back(registry: dict, scorer: str) -> None:
-    from mlops import tracking
+    from mlops import registry as reg
 
     with pytest.raises(RuntimeError, match="rolled back"):
         _promote(registry, scorer, token="wrong-token")
-    assert tracking.alias_version("price-response", "champion") == "1"
+    assert reg.alias_version("price-response", "champion") == "1"
 
 
 def test_unreachable_scorer_still_moves_the_alias_and_the_scorer_catches_up_by_watching(
     registry: dict, scorer: str
 ) -> None:
-    from mlops import tracking
+    from mlops import registry as reg
 
     result = _promote(registry, f"http://127.0.0.1:{free_port()}")
     assert result["promoted"] and not result["scorer_notified"]
     assert any("unreachable" in r for r in result["promotion_reasons"])
-    assert tracking.alias_version("price-response", "champion") == "2"
+    assert reg.alias_version("price-response", "champion") == "2"
     _wait_version(scorer, "2", timeout=30)  # the scorer polls the alias every second
 
 
@@ -163,10 +164,16 @@ def test_closed_loop_turns_live_quotes_into_a_valid_next_training_set(
     logged = offers[offers["policy"].str.startswith("price-response@")]
     assert len(logged) == 60 and logged["propensity"].between(0, 1, inclusive="right").all()
 
-    # the monitor flow reads the same log: live conversion against the predicted probability
-    from flows.monitor import monitor
+    # the monitor reads the same log: live conversion against the predicted probability
+    from flows.monitor import DriftAlert, alerts_of, monitor
+    from tasks.monitoring import monitor_live_traffic
 
-    report = monitor(str(registry["data"]), str(log_dir))
+    report = monitor_live_traffic.fn(Path(registry["data"]), Path(log_dir))
     assert report["live_offers"] == 60
     assert 0 < report["live_predicted_rate"] < 1 and report["live_n"] == 60
-    assert report["psi_price_ratio"] >= 0 and isinstance(report["alerts"], list)
+    # every one of these 60 quotes explored a random ladder price: the price mix has drifted from
+    # the training data's, and the monitor flow fails on that alert (after publishing its report)
+    assert report["psi_price_ratio"] > 0.25
+    assert any("price mix drifted" in a for a in alerts_of(report))
+    with pytest.raises(DriftAlert, match="price mix drifted"):
+        monitor(str(registry["data"]), str(log_dir))
