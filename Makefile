@@ -51,10 +51,10 @@ test-fast: install ## Unit and data tests only
 test-slow: install ## Only the tests marked slow
 	$(BIN)/pytest -q -m slow
 
-lint: install ## ruff (lint + format check) and mypy on pricing/ and scorer/
+lint: install ## ruff (lint + format check) and mypy on every package
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy pricing scorer
+	$(BIN)/mypy pricing scorer lightning_modules mlops tasks flows expectations
 
 format: install ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

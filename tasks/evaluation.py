@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,10 @@ from pricing.simulator import GroundTruth
 from pricing.split import TimeSplit, time_split
 
 LIST_PRICE = "list_price"
+
+
+def _predict_grid(model: DemandModel, data: PricingData, grid: np.ndarray) -> np.ndarray:
+    return model.predict_grid(data, grid)
 
 
 def subset(data: PricingData, idx: np.ndarray) -> PricingData:
@@ -65,21 +70,22 @@ def eval_inputs(test: PricingData, truth: GroundTruth | None) -> EvalInputs:
             if attr in users:
                 # an empty value, like a user missing from the table, is no group: left out of the
                 # group means (and counted) by price_dispersion
-                col = users[attr].astype("string").replace("", pd.NA)
+                col = users[attr].astype("string")
+                col = col.mask(col == "")
                 if col.notna().any():
                     groups[attr] = offers[S.USER_ID].astype(str).map(col).to_numpy(object)
     truth_fn = oracle_fn = None
     unit_cost = test.unit_cost()
     if truth is not None:
-        users = offers[S.USER_ID].astype(str).to_numpy()
-        items = offers[S.ITEM_ID].astype(str).to_numpy()
+        user_ids = offers[S.USER_ID].astype(str).to_numpy()
+        item_ids = offers[S.ITEM_ID].astype(str).to_numpy()
 
         def truth_fn(prices: np.ndarray) -> np.ndarray:
             with np.errstate(invalid="ignore"):  # NaN grid positions stay NaN
-                return truth.purchase_probability(users, items, prices)
+                return truth.purchase_probability(user_ids, item_ids, prices)
 
         def oracle_fn(low: np.ndarray, high: np.ndarray, objective: str) -> np.ndarray:
-            price, _ = truth.oracle(users, items, low, high, unit_cost, objective)  # type: ignore[arg-type]
+            price, _ = truth.oracle(user_ids, item_ids, low, high, unit_cost, objective)  # type: ignore[arg-type]
             return price
 
     prop = (
@@ -130,7 +136,7 @@ def evaluate_models(
         metrics[name], decision = evaluate_policy(
             inputs,
             guardrails,
-            lambda grid, m=model: m.predict_grid(test, grid),
+            partial(_predict_grid, model, test),
             op,
             with_ope=with_ope,
             calibration_bins=calibration_bins,

@@ -53,7 +53,9 @@ def monitor_report(data_dir: Path, offer_log_dir: Path) -> dict[str, Any]:
         out.update(
             {
                 f"live_{k}": v
-                for k, v in live_calibration(known[PREDICTED], known[S.PURCHASED]).items()
+                for k, v in live_calibration(
+                    known[PREDICTED].to_numpy(float), known[S.PURCHASED].to_numpy(float)
+                ).items()
             }
         )
     return out
