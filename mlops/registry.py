@@ -170,3 +170,21 @@ def describe_version(name: str, version: str, description: str) -> None:
     import mlflow
 
     mlflow.MlflowClient().update_model_version(name, str(version), description=description)
+
+
+MODEL_DESCRIPTION = (
+    "Purchase probability as a function of price for each (user, item): the demand model behind "
+    "the personalized prices. The `champion` alias is what the scorer serves; `challenger` is the "
+    "latest version registered by the training flow. Each version's description says why it was "
+    "promoted or rejected; its `evaluation` tag holds the metrics it was registered with."
+)
+
+
+def describe_model(name: str, description: str = MODEL_DESCRIPTION) -> None:
+    """The registered model's own description (its page in the MLflow UI), set once when empty:
+    a description an operator wrote by hand is never overwritten."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if not (client.get_registered_model(name).description or "").strip():
+        client.update_registered_model(name, description=description)

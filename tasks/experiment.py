@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from pricing import experiment as X
 from pricing import schema as S
 from pricing.io import read_table
 from pricing.promotion import PromotionDecision
-from tasks.registry import _hand_over, _lock_path, _move_alias, promotion_lock
+from tasks.registry import _hand_over, _lock_path, _move_alias, now_iso, promotion_lock
 
 
 def read_experiment_offers(log_dir: str | Path, experiment_id: str | None = None) -> pd.DataFrame:
@@ -147,7 +146,6 @@ def tag_experiment(
     report: str,
 ) -> None:
     """Record the experiment on the treatment's model version: tags and the description."""
-    import mlflow
 
     registry.tag_version(
         registered_model,
@@ -159,14 +157,12 @@ def tag_experiment(
                 "rule_id": rule.rule_id(),
                 "decision": decision.to_dict(),
                 "arms": json.loads(table.to_json(orient="records")),
-                "decided_at": time.time(),
+                "decided_at": now_iso(),
             },
             "experiment_decision": decision.action,
         },
     )
-    mlflow.MlflowClient().update_model_version(
-        registered_model, str(version), description=f"Experiment {experiment_id}\n\n{report}"
-    )
+    registry.describe_version(registered_model, version, f"Experiment {experiment_id}\n\n{report}")
 
 
 def promote_experiment_winner(
@@ -218,7 +214,7 @@ def promote_experiment_winner(
                         "no scorer configured: alias moved, scorer not notified; a running "
                         "scorer picks it up by watching the alias"
                     )
-    registry.tag_version(registered_model, version, {"promotion": out, "decided_at": time.time()})
+    registry.tag_version(registered_model, version, {"promotion": out, "decided_at": now_iso()})
     return out
 
 

@@ -112,6 +112,7 @@ def register(
                 model, guardrails, input_example, registered_model
             )
     registry.set_alias(registered_model, version, CHALLENGER)
+    registry.describe_model(registered_model)
     registry.tag_version(
         registered_model,
         version,

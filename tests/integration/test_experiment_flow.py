@@ -110,6 +110,9 @@ def test_a_clear_winner_is_promoted_and_the_decision_published(
     assert mv.tags["experiment_decision"] == X.PROMOTE
     recorded = json.loads(mv.tags["experiment"])
     assert recorded["rule_id"] == result["rule_id"] and recorded["decision"]["action"] == X.PROMOTE
+    from datetime import datetime
+
+    assert datetime.fromisoformat(recorded["decided_at"]).tzinfo is not None  # ISO, not Unix time
     assert "Decision: promote" in mv.description
     table = Artifact.get("experiment-exp-14-arms")
     decision = Artifact.get("experiment-exp-14-decision")

@@ -144,6 +144,8 @@ def _assert_decisions_read_well(client: object, first: dict, second: dict) -> No
         assert datetime.fromisoformat(v.tags["decided_at"]).tzinfo is not None
         assert v.tags["decided_at"] == report["decided_at"]
         assert f"Decided at {report['decided_at']}" in v.description
+    model = client.get_registered_model("price-response")  # type: ignore[attr-defined]
+    assert "`champion` alias is what the scorer serves" in model.description
 
 
 def _assert_prefect_artifacts(report: dict) -> None:
