@@ -23,8 +23,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -141,25 +139,17 @@ class LoopScorer:
     proc: subprocess.Popen[bytes]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def loop_scorer(
     out_dir: Path, market_dir: Path, guardrails: dict[str, Any], seed: int, timeout_s: float = 300
 ) -> Iterator[LoopScorer]:
     """Start the loop's scorer under uvicorn (the registry from this process's environment), wait
     until it is ready, stop it at the end. Its log is `out_dir/scorer.log`."""
-    port = _free_port()
+    from scorer.process import start_scorer
+
     token = secrets.token_hex(16)
     offer_log = out_dir / "offer_log"
-    env = {
-        **os.environ,
+    env: dict[str, str | None] = {
         "PRICING_OFFER_LOG_DIR": str(offer_log),
         "PRICING_ADMIN_TOKEN": token,
         "PRICING_BOOTSTRAP_DATA_DIR": str(market_dir),
@@ -167,39 +157,19 @@ def loop_scorer(
         MARKET_ENV: str(market_dir),
         GUARDRAILS_ENV: json.dumps(guardrails),
         SEED_ENV: str(seed),
+        # exploration comes from each policy's guardrails; an in-process user store
+        "PRICING_EXPLORATION": None,
+        "REDIS_URL": None,
+        "PRICING_SCORER_URL": None,
     }
-    for key in ("PRICING_EXPLORATION", "REDIS_URL", "PRICING_SCORER_URL"):
-        env.pop(key, None)  # exploration comes from each policy's guardrails; in-process store
-    cmd = [sys.executable, "-m", "uvicorn", "tasks.loop:loop_scorer_app", "--factory"]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
-    log_file = open(out_dir / "scorer.log", "ab")  # noqa: SIM115 - closed after the process
-    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    scorer = LoopScorer(f"http://127.0.0.1:{port}", token, offer_log, proc)
+    sp = start_scorer(
+        "tasks.loop:loop_scorer_app", env=env, log_path=out_dir / "scorer.log",
+        ready_timeout_s=timeout_s,
+    )  # fmt: skip
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"the loop's scorer exited ({proc.returncode}); see {out_dir / 'scorer.log'}"
-                )
-            try:
-                if httpx.get(f"{scorer.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the loop's scorer was not ready within {timeout_s:.0f} s")
-            time.sleep(0.2)
-        yield scorer
+        yield LoopScorer(sp.url, token, offer_log, sp.proc)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log_file.close()
+        sp.stop(timeout_s=20)
 
 
 def served(scorer_url: str) -> dict[str, Any]:
