@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
@@ -30,11 +29,10 @@ from fastapi.testclient import TestClient
 from mlops.models import LightGBMDemand, ModelIntegrityError, load_model, save_model
 from mlops.registry import ModelHandle, ModelLoadError
 from mlops.settings import Settings
-from pricing import features as F
 from pricing import schema as S
 from scorer.app import ReloadStatus, create_app
 from scorer.state import InMemoryUserStore
-from scorer.testing import toy_catalog
+from scorer.testing import small_lightgbm
 
 pytestmark = pytest.mark.integration
 
@@ -43,22 +41,6 @@ NAME = "price-response"
 ADMIN = {"Authorization": "Bearer s3cret"}
 ITEMS = ["i0", "i1", "i2"]
 CRASH_CODES = {-11, -6, 134, 139}  # SIGSEGV / SIGABRT, as a signal or as a shell's exit code
-
-
-def small_lightgbm(seed: int = 0) -> LightGBMDemand:
-    """A real LightGBM demand model over a 20-item toy catalog, fit in a fraction of a second."""
-    import lightgbm as lgb
-
-    rng = np.random.default_rng(seed)
-    m = LightGBMDemand({"n_estimators": 30, "num_threads": 1}, seed=seed)
-    m.set_catalog(toy_catalog(20))
-    m.categories = sorted(m.catalog[S.CATEGORY].astype(str).unique().tolist())
-    feats = pd.DataFrame(rng.normal(size=(600, len(F.FEATURES))), columns=list(F.FEATURES))
-    feats[S.CATEGORY] = [f"c{k % 5}" for k in range(600)]
-    y = (feats["log_price_ratio"] + rng.normal(0, 0.5, 600) < 0).to_numpy(float)
-    params = {"objective": "binary", "verbose": -1, "num_threads": 1, "seed": seed}
-    m.booster = lgb.train(params, lgb.Dataset(m._frame(feats), y), 30)
-    return m
 
 
 def truncate_half(path: Path) -> None:
