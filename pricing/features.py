@@ -177,8 +177,10 @@ def _last_before(
     `values` is aligned with the event arrays; among events with equal ts the last one given wins.
     Rows without an earlier event get NaN. The result is aligned with the query rows.
     """
-    left = pd.DataFrame({"_row": np.arange(len(key)), "_k": key, "_t": ts})
-    right = values.reset_index(drop=True).assign(_k=ev_key, _t=ev_ts)
+    # Keys as one string dtype on both sides: pandas infers its string dtype for an array of str,
+    # but not for an empty one (no searches in the data), and merge_asof refuses the mix.
+    left = pd.DataFrame({"_row": np.arange(len(key)), "_k": pd.Series(key, dtype="str"), "_t": ts})
+    right = values.reset_index(drop=True).assign(_k=pd.Series(ev_key, dtype="str"), _t=ev_ts)
     joined = pd.merge_asof(
         left.sort_values("_t", kind="stable"),
         right.sort_values("_t", kind="stable"),

@@ -22,6 +22,7 @@ from mlops.models import (
 from pricing import features as F
 from pricing import schema as S
 from pricing.keywords import query_terms
+from pricing.model import DemandModel
 from pricing.simulator import Market
 from pricing.split import time_split
 from scorer.redis_store import decode_state, encode_state
@@ -257,6 +258,26 @@ def test_keywords_are_learned_from_training_events_only_and_saved(tmp_path: Path
     assert frame.loc[~frugal.to_numpy(), "u_cheap_share"].max() == 0.0
     save_model(model, tmp_path / "m")
     assert load_model(tmp_path / "m").keywords == model.keywords  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("model", [LogisticDemand(), LightGBMDemand(FAST)], ids=lambda m: m.name)
+def test_a_shop_whose_events_have_no_searches_trains_and_prices(model: DemandModel) -> None:
+    """Real grocery logs (Ta Feng, The Complete Journey) hold purchases only. With no search event
+    the as-of join of the keyword features met an empty key column of another dtype and crashed
+    every tabular baseline; now the shares are zero and the models train and price."""
+    shop = _made_up_shop(40)
+    events = shop[S.EVENTS]
+    events = events[events[S.EVENT_TYPE] != S.SEARCH].drop(columns=[S.QUERY]).reset_index(drop=True)
+    offers = shop[S.OFFERS]
+    feats = F.offer_features(offers, events, shop[S.ITEMS])
+    full = PricingData(offers, shop[S.ITEMS], events, feats)
+    train = subset(full, np.flatnonzero(offers[S.TS] < pd.Timestamp("2026-01-15", tz="UTC")))
+    test = subset(full, np.flatnonzero(offers[S.TS] >= pd.Timestamp("2026-01-15", tz="UTC")))
+    model.fit(train)
+    frame = model.offer_frame(test)  # type: ignore[attr-defined]
+    assert (frame[["u_cheap_share", "u_premium_share"]] == 0.0).all().all()
+    probs = model.predict_grid(test, _grid(test))
+    assert probs.shape == (len(test), 21) and np.isfinite(probs).all()
 
 
 def test_a_model_saved_before_the_layout_existed_still_loads_and_serves(
