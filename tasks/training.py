@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
 
 from mlops.config import ExperimentConfig
 from mlops.models import DemandModel, LogisticDemand, PricingData, model_class
@@ -53,6 +54,8 @@ def model_params(name: str, config: ExperimentConfig) -> dict[str, Any]:
     from tasks.tracking import flatten
 
     block = getattr(config, name, None)
+    if isinstance(block, BaseModel):  # a typed block (`bert`: BertConfig)
+        block = block.model_dump(mode="json")
     params = flatten(name, block) if isinstance(block, dict) else {}
     return {"model": name, "seed": config.seed, **params}
 

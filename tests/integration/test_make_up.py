@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -190,12 +191,18 @@ def test_mlflow_server_on_postgres_registers_and_loads_by_alias(
             check=False,
         )
         assert done.returncode == 0, done.stderr[-3000:]
-        assert "version 1 predict [1.0]" in done.stdout
+        found = re.search(r"version (\d+) predict \[1\.0\]", done.stdout)
+        assert found, done.stdout[-3000:]
+        # Normally version 1; a client retry of a create request that timed out on a loaded
+        # machine makes it 2 (seen in CI). Either way it is what the alias serves.
+        version = int(found.group(1))
         # The registry rows are in PostgreSQL, not in a file next to the server.
         rows = postgres.execute("select name, version from model_versions", database="mlflow")
-        assert rows == [("price-response", 1)]
+        assert ("price-response", version) in rows and {name for name, _ in rows} == {
+            "price-response"
+        }
         aliases = postgres.execute("select alias, version from registered_model_aliases", "mlflow")
-        assert aliases == [("champion", 1)]
+        assert aliases == [("champion", version)]
     finally:
         os.killpg(server.pid, 15)
         try:
