@@ -670,7 +670,8 @@ class LightGBMTextDemand(LightGBMDemand):
         t0 = time.perf_counter()
         vecs = self.encoder.encode(item_texts(self.catalog))
         searches = train_events[train_events[S.EVENT_TYPE].astype(str) == S.SEARCH]
-        queries = sorted(set(searches[S.QUERY].dropna().astype(str)) - {""})
+        texts = searches[S.QUERY] if S.QUERY in searches else pd.Series(dtype=object)
+        queries = sorted(set(texts.dropna().astype(str)) - {""})
         qvecs = self.encoder.encode(queries)
         encode_s = time.perf_counter() - t0
         offered = self.catalog[S.ITEM_ID].isin(set(train.offers[S.ITEM_ID].astype(str)))
@@ -684,7 +685,11 @@ class LightGBMTextDemand(LightGBMDemand):
     def _set_queries(self, queries: list[str], vecs: np.ndarray, unit: np.ndarray) -> None:
         self.queries = list(queries)
         self.query_vecs = np.asarray(vecs, np.float64).reshape(len(queries), self.dims)
-        self.query_unit = np.asarray(unit, np.float32).reshape(len(queries), -1)
+        unit = np.asarray(unit, np.float32)
+        # (n, d); with no queries at all (purchase-only logs: Ta Feng, The Complete Journey) the
+        # width comes from the array's own shape, since reshape(0, -1) cannot infer it.
+        width = unit.shape[-1] if unit.ndim == 2 else unit.size // max(len(queries), 1)
+        self.query_unit = unit.reshape(len(queries), width)
         self._query_row = {q: i for i, q in enumerate(self.queries)}
         self._extra = {}
 

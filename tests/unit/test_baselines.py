@@ -260,14 +260,22 @@ def test_keywords_are_learned_from_training_events_only_and_saved(tmp_path: Path
     assert load_model(tmp_path / "m").keywords == model.keywords  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("model", [LogisticDemand(), LightGBMDemand(FAST)], ids=lambda m: m.name)
-def test_a_shop_whose_events_have_no_searches_trains_and_prices(model: DemandModel) -> None:
+@pytest.mark.parametrize(
+    "model",
+    [LogisticDemand(), LightGBMDemand(FAST), LightGBMTextDemand(TEXT)],
+    ids=lambda m: m.name,
+)
+def test_a_shop_whose_events_have_no_searches_trains_and_prices(
+    model: DemandModel, tmp_path: Path
+) -> None:
     """Real grocery logs (Ta Feng, The Complete Journey) hold purchases only. With no search event
     the as-of join of the keyword features met an empty key column of another dtype and crashed
-    every tabular baseline; now the shares are zero and the models train and price."""
+    every tabular baseline, and lightgbm_text could not shape zero query vectors; now the shares
+    are zero and the models train, price, save and load."""
     shop = _made_up_shop(40)
     events = shop[S.EVENTS]
-    events = events[events[S.EVENT_TYPE] != S.SEARCH].drop(columns=[S.QUERY]).reset_index(drop=True)
+    events = events[events[S.EVENT_TYPE] != S.SEARCH].reset_index(drop=True)
+    events[S.QUERY] = None  # the contract's column, empty: purchases and views only
     offers = shop[S.OFFERS]
     feats = F.offer_features(offers, events, shop[S.ITEMS])
     full = PricingData(offers, shop[S.ITEMS], events, feats)
@@ -278,6 +286,8 @@ def test_a_shop_whose_events_have_no_searches_trains_and_prices(model: DemandMod
     assert (frame[["u_cheap_share", "u_premium_share"]] == 0.0).all().all()
     probs = model.predict_grid(test, _grid(test))
     assert probs.shape == (len(test), 21) and np.isfinite(probs).all()
+    save_model(model, tmp_path / "m")  # and it saves and loads with no queries to keep
+    np.testing.assert_allclose(load_model(tmp_path / "m").predict_grid(test, _grid(test)), probs)
 
 
 def test_a_model_saved_before_the_layout_existed_still_loads_and_serves(
