@@ -130,6 +130,7 @@ REGISTER_AND_LOAD = textwrap.dedent(
             return model_input["x"] * 0.5
 
     mlflow.set_tracking_uri(sys.argv[1])
+    mlflow.set_registry_uri(sys.argv[1])
     mlflow.set_experiment("pg-smoke")
     with mlflow.start_run():
         mlflow.log_metric("val/auc", 0.5)
@@ -184,7 +185,9 @@ def test_mlflow_server_on_postgres_registers_and_loads_by_alias(
         done = subprocess.run(
             [sys.executable, "-c", REGISTER_AND_LOAD, f"http://127.0.0.1:{port}"],
             cwd=tmp_path,
-            env={k: v for k, v in env.items() if k != "MLFLOW_BACKEND_STORE_URI"},
+            # Only the server: no MLFLOW_* variable of this test process (its sqlite store, or a
+            # registry URI an earlier test left behind) may point the client anywhere else.
+            env={k: v for k, v in env.items() if not k.startswith("MLFLOW_")},
             capture_output=True,
             text=True,
             timeout=300,
