@@ -228,9 +228,10 @@ def summarize(per_seed: PerSeed, main: str, primary: str, level: float = LEVEL) 
     """The compare summary (what `compare.json` holds; nan where undefined).
 
     `{"primary", "seeds", "main", "best_baseline", "level", "models", "paired", "slices",
-    "metric_direction", "verdicts"}`: per model and metric the mean, t interval and per-seed values;
+    "slices_paired", "metric_direction", "verdicts"}`: per model and metric the mean, t interval and per-seed values;
     per model other than the best baseline, the paired difference against it for every metric with
-    a good direction; the cold-start slices' means over seeds (empty when the evaluation has none).
+    a good direction; the cold-start slices' means over seeds (empty when the evaluation has none)
+    and, on each slice, the main model's paired difference against every other model.
     """
     seeds = list(per_seed)
     names, metric_names = _split_keys(per_seed)
@@ -274,6 +275,7 @@ def summarize(per_seed: PerSeed, main: str, primary: str, level: float = LEVEL) 
                 mean = float(np.mean(x)) if len(x) else math.nan
                 slices.setdefault(prefix, {}).setdefault(name, {})[key.split("/", 1)[1]] = mean
 
+    slices_paired = _paired_slices(per_seed, seeds, names, main, level)
     metrics_seen = {m for ms in metric_names.values() for m in ms}
     return {
         "primary": primary,
@@ -284,11 +286,48 @@ def summarize(per_seed: PerSeed, main: str, primary: str, level: float = LEVEL) 
         "models": models,
         "paired": paired,
         "slices": slices,
+        "slices_paired": slices_paired,
         "metric_direction": {
             m: {"higher_is_better": up} for m, up in HIGHER_IS_BETTER.items() if m in metrics_seen
         },
         "verdicts": verdicts,
     }
+
+
+def _paired_slices(
+    per_seed: PerSeed, seeds: list[int], names: list[str], main: str, level: float
+) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    """On each cold-start slice, the main model minus every other model, per directed metric.
+
+    `{slice: {other: {metric: {"model", "vs", "mean", "lo", "hi", "verdict"}}}}`: the per-seed
+    difference on the slice's offers (seeds where both values are finite), so "better on cold items"
+    is claimed only where the interval excludes zero, as for the whole test set.
+    """
+    out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+
+    def values(name: str, key: str) -> list[float]:
+        return [float(per_seed[s].get(name, {}).get(key, math.nan)) for s in seeds]
+
+    for prefix in SLICES:
+        keys = sorted(
+            k
+            for k in {k for s in seeds for k in per_seed[s].get(main, {})}
+            if k.startswith(f"{prefix}/") and k.split("/", 1)[1] in HIGHER_IS_BETTER
+        )
+        for other in names:
+            if other == main:
+                continue
+            for key in keys:
+                a, b = np.asarray(values(main, key)), np.asarray(values(other, key))
+                both = np.isfinite(a) & np.isfinite(b)
+                if not both.any():
+                    continue
+                metric = key.split("/", 1)[1]
+                iv = paired_interval(a[both], b[both], level)
+                entry = {"model": main, "vs": other, **iv.as_dict()}
+                entry["verdict"] = verdict(iv.lo, iv.hi, HIGHER_IS_BETTER[metric])
+                out.setdefault(prefix, {}).setdefault(other, {})[metric] = entry
+    return out
 
 
 def headline_metrics(summary: Mapping[str, Any]) -> list[str]:
@@ -351,6 +390,23 @@ def markdown_table(summary: Mapping[str, Any], metrics: Sequence[str] | None = N
                 cells = " | ".join(_fmt(vals.get(k, math.nan)) for k in keys)
                 lines.append(f"| {name} | {cells} |")
             lines.append("")
+    for slice_name, by_other in summary.get("slices_paired", {}).items():
+        keys = [k for k in metrics if any(k in m for m in by_other.values())]
+        if not keys:
+            continue
+        lines += [
+            f"### {slice_name}: `{summary['main']}` minus each model, paired over seeds",
+            "",
+            "| vs | " + " | ".join(keys) + " |",
+            "|---|" + "---|" * len(keys),
+        ]
+        for other, by_metric in by_other.items():
+            cells = [
+                f"{_fmt_interval(by_metric[k])} {by_metric[k]['verdict']}" if k in by_metric else ""
+                for k in keys
+            ]
+            lines.append(f"| {other} | " + " | ".join(cells) + " |")
+        lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
 

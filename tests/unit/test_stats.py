@@ -185,3 +185,24 @@ def test_markdown_table_has_intervals_paired_column_and_verdicts() -> None:
     assert "| profit_regret | lightgbm |" in md and "(reference)" in md
     assert "no difference" in md and "### cold_items" in md
     assert stats.headline_metrics(s) == ["profit_regret", "auc"]
+
+
+def test_summarize_pairs_the_main_model_against_every_model_on_each_slice() -> None:
+    per_seed = _per_seed(with_slices=True)
+    for i, seed in enumerate(per_seed):  # bert is 0.05 lower than every other model on cold items
+        per_seed[seed]["bert"]["cold_items/profit_regret"] = 0.15 + i / 100 + (0.002 if i else 0)
+    s = stats.summarize(per_seed, main="bert", primary="profit_regret")
+    paired = s["slices_paired"]["cold_items"]
+    assert set(paired) == {"logistic", "lightgbm"}  # list price has no slice values here
+    entry = paired["lightgbm"]["profit_regret"]
+    want = stats.paired_interval([0.15, 0.162, 0.172], [0.20, 0.21, 0.22])
+    assert entry["model"] == "bert" and entry["vs"] == "lightgbm"
+    assert (entry["mean"], entry["lo"], entry["hi"]) == pytest.approx((want.mean, want.lo, want.hi))
+    assert entry["verdict"] == "better" and entry["hi"] < 0
+    assert "n" not in paired["lightgbm"]  # counts are descriptive: no paired difference
+    # cold users: identical log loss for everyone -> a zero-width interval at 0, "no difference"
+    assert s["slices_paired"]["cold_users"]["logistic"]["log_loss"]["verdict"] == "no difference"
+    md = stats.markdown_table(s)
+    assert "### cold_items: `bert` minus each model, paired over seeds" in md
+    row = next(line for line in md.splitlines() if line.startswith("| lightgbm | -0.0"))
+    assert "better" in row
