@@ -391,21 +391,21 @@ def markdown_table(summary: Mapping[str, Any], metrics: Sequence[str] | None = N
                 lines.append(f"| {name} | {cells} |")
             lines.append("")
     for slice_name, by_other in summary.get("slices_paired", {}).items():
-        keys = [k for k in metrics if any(k in m for m in by_other.values())]
-        if not keys:
+        shown = [k for k in metrics if any(k in m for m in by_other.values())]
+        if not shown:
             continue
         lines += [
             f"### {slice_name}: `{summary['main']}` minus each model, paired over seeds",
             "",
-            "| vs | " + " | ".join(keys) + " |",
-            "|---|" + "---|" * len(keys),
+            "| vs | " + " | ".join(shown) + " |",
+            "|---|" + "---|" * len(shown),
         ]
         for other, by_metric in by_other.items():
-            cells = [
+            row = [
                 f"{_fmt_interval(by_metric[k])} {by_metric[k]['verdict']}" if k in by_metric else ""
-                for k in keys
+                for k in shown
             ]
-            lines.append(f"| {other} | " + " | ".join(cells) + " |")
+            lines.append(f"| {other} | " + " | ".join(row) + " |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
