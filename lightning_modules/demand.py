@@ -27,6 +27,7 @@ from lightning_modules.price_datamodule import PriceDataModule, loader
 from lightning_modules.price_module import PriceResponseModule
 from lightning_modules.sequences import HistoryBatcher, Vocab, event_arrays
 from mlops.config import BertConfig
+from mlops.models import WideFeatures
 from mlops.text import TextEncoder, item_texts
 from pricing import schema as S
 from pricing.model import DemandModel, PricingData
@@ -130,6 +131,7 @@ class BertDemand(DemandModel):
         self._extra_vecs = np.zeros((0, 0), np.float32)
         self._item_vecs: torch.Tensor | None = None
         self._ab_cache: tuple[Any, Any, np.ndarray, np.ndarray] | None = None
+        self.wide: WideFeatures | None = None  # wide & deep: the tabular features (`config.wide`)
 
     # --- helpers ---------------------------------------------------------------------------------
     @property
@@ -240,12 +242,22 @@ class BertDemand(DemandModel):
         encode_s = time.perf_counter() - t0
 
         rate = float(np.clip(train.offers[S.PURCHASED].mean(), 1e-3, 1 - 1e-3))
+        has_valid = valid is not None and len(valid) > 0
+        train_wide = valid_wide = None
+        self.wide = None
+        if cfg.wide:
+            self.wide = WideFeatures()
+            self.wide.fit(train, valid if has_valid else None)
+            train_wide = self.wide.matrix(train)
+            if has_valid and valid is not None:
+                valid_wide = self.wide.matrix(valid)
         module = PriceResponseModule(
             n_items=len(vocab.item_ids),
             n_categories=len(vocab.categories),
             n_queries=len(vocab.queries),
             text_dim=self.encoder.dim,
             a_init=math.log(rate / (1 - rate)),
+            n_wide=0 if self.wide is None else self.wide.dim,
             **cfg.arch(),
         )
         dim = self.encoder.dim
@@ -258,7 +270,6 @@ class BertDemand(DemandModel):
             torch.from_numpy(vocab.item_category),
             torch.from_numpy(query_text),
         )
-        has_valid = valid is not None and len(valid) > 0
         on_gpu = device_plan(self.trainer_args)[1]
         if on_gpu:
             torch.set_float32_matmul_precision("high")  # TF32 for whatever still runs in fp32
@@ -278,6 +289,8 @@ class BertDemand(DemandModel):
             eval_batch_size=int(cfg.eval_batch_size),
             seed=self.seed,
             trim_padding=bool(cfg.trim_padding),
+            train_wide=train_wide,
+            valid_wide=valid_wide,
         )
         with contextlib.ExitStack() as stack:
             if cfg.checkpoint_dir:
@@ -328,7 +341,11 @@ class BertDemand(DemandModel):
             return c[2], c[3]
         assert self.vocab is not None
         batcher = HistoryBatcher(
-            self._events(data.events), data.offers, self.vocab, int(self.config.max_len)
+            self._events(data.events),
+            data.offers,
+            self.vocab,
+            int(self.config.max_len),
+            wide=None if self.wide is None else self.wide.matrix(data),
         )
         table = self._query_table()
         a_out, b_out = [], []
@@ -336,7 +353,7 @@ class BertDemand(DemandModel):
         with torch.inference_mode():
             for batch in loader(batcher, len(batcher), int(self.config.eval_batch_size)):
                 u = net.user_vector(batch, table)
-                a, b = net.head(u, net.items(batch["item"]))
+                a, b = net.head(u, net.items(batch["item"]), batch.get("wide"))
                 a_out.append(a.float().numpy())
                 b_out.append(b.float().numpy())
         a_all = np.concatenate(a_out) if a_out else np.zeros(0)
@@ -363,12 +380,22 @@ class BertDemand(DemandModel):
             self._item_vecs = self.net.items(torch.arange(len(self.vocab.item_ids) + 1))
         self._list_price = self.catalog[S.LIST_PRICE].to_numpy(float)
 
-    def user_state(self, events: pd.DataFrame, at: Any = None) -> np.ndarray:
+    def user_state(self, events: pd.DataFrame, at: Any = None) -> Any:
         """The user vector from one user's events (any order) before `at`.
 
         `at` defaults to the last event plus `serving_gap_s` (a quote usually follows the latest
-        event); an empty history gives the CLS-only vector.
+        event); an empty history gives the CLS-only vector. With wide features the state is the
+        pair (vector, the tabular history state `WideFeatures.user_state` keeps).
         """
+        vector = self._user_vector(events, at)
+        if self.wide is None:
+            return vector
+        if at is not None and len(events):
+            cut = pd.to_datetime([at], utc=True)[0]
+            events = events[(pd.to_datetime(events[S.TS], utc=True) < cut).to_numpy()]
+        return (vector, self.wide.user_state(events))
+
+    def _user_vector(self, events: pd.DataFrame, at: Any = None) -> np.ndarray:
         assert self.vocab is not None
         ev = events.assign(**{S.USER_ID: "_"}) if len(events) else events
         if at is None:
@@ -392,25 +419,30 @@ class BertDemand(DemandModel):
             u = self.net.user_vector(batcher([0]), self._query_table())
         return u[0].float().numpy()
 
-    def _head(self, state: np.ndarray, item_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _head(self, state: Any, item_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._item_vecs is None:
             self.warm()
         assert self._item_vecs is not None
-        idx = torch.as_tensor(np.asarray(item_idx, np.int64) + 1)
+        rows = np.asarray(item_idx, np.int64)
+        idx = torch.as_tensor(rows + 1)
+        wide = None
+        if self.wide is not None:
+            state, tabular = state
+            wide = torch.from_numpy(self.wide.serving_matrix(tabular, rows))
         with torch.inference_mode():
             iv = self._item_vecs[idx]
             u = torch.from_numpy(np.asarray(state, np.float32)).expand(len(idx), -1)
-            a, b = self.net.head(u, iv)
+            a, b = self.net.head(u, iv, wide)
         return a.numpy().astype(float), b.numpy().astype(float)
 
-    def demand(self, state: np.ndarray, item_idx: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    def demand(self, state: Any, item_idx: np.ndarray, grid: np.ndarray) -> np.ndarray:
         """P(purchase) (n, G) for catalog rows `item_idx` at prices `grid`: only the head runs."""
         a, b = self._head(state, item_idx)
         lp = self._list_price[np.asarray(item_idx, np.int64)]
         with np.errstate(invalid="ignore", divide="ignore"):
             return _sigmoid(a[:, None] - b[:, None] * np.log(np.asarray(grid, float) / lp[:, None]))
 
-    def price_sensitivity(self, state: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
+    def price_sensitivity(self, state: Any, item_idx: np.ndarray) -> np.ndarray:
         """b(u, i) >= 0 per catalog row: the elasticity of the demand logit to log price."""
         return self._head(state, item_idx)[1]
 
@@ -429,6 +461,8 @@ class BertDemand(DemandModel):
         }
         (path / _META).write_text(json.dumps(meta, indent=1))
         self.catalog.to_parquet(path / _CATALOG, index=False)
+        if self.wide is not None:
+            self.wide.save(path)
 
     @classmethod
     def load(cls, path: Path) -> BertDemand:
@@ -445,5 +479,7 @@ class BertDemand(DemandModel):
         module = PriceResponseModule(**meta["hparams"])
         module.load_state_dict(torch.load(path / _STATE, map_location="cpu", weights_only=True))
         m.module = module.eval()
+        if int(meta["hparams"].get("n_wide", 0)):
+            m.wide = WideFeatures.load(path)
         m.warm()
         return m

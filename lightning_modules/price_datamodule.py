@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
@@ -133,6 +134,7 @@ class PriceDataModule(pl.LightningDataModule):
         batch_size, num_workers: DataLoader settings; pin_memory follows `pin_memory` (on for GPU).
         seed: the data-order seed (the order of epoch e is a function of (seed, e)).
         trim_padding: cut each batch to its longest true history (see `HistoryBatcher`).
+        train_wide, valid_wide: wide features per offer (wide & deep), or None.
     """
 
     def __init__(
@@ -148,8 +150,11 @@ class PriceDataModule(pl.LightningDataModule):
         eval_batch_size: int = 2048,
         seed: int = 0,
         trim_padding: bool = False,
+        train_wide: np.ndarray | None = None,
+        valid_wide: np.ndarray | None = None,
     ) -> None:
         super().__init__()
+        self.train_wide, self.valid_wide = train_wide, valid_wide
         self.train_offers = train_offers.reset_index(drop=True)
         self.valid_offers = None if valid_offers is None else valid_offers.reset_index(drop=True)
         self.events = events
@@ -171,10 +176,12 @@ class PriceDataModule(pl.LightningDataModule):
             return
         ev = event_arrays(self.events, self.vocab)
         trim = self.trim_padding
-        self.train_batcher = HistoryBatcher(ev, self.train_offers, self.vocab, self.max_len, trim)
+        self.train_batcher = HistoryBatcher(
+            ev, self.train_offers, self.vocab, self.max_len, trim, self.train_wide
+        )
         if self.valid_offers is not None and len(self.valid_offers):
             self.valid_batcher = HistoryBatcher(
-                ev, self.valid_offers, self.vocab, self.max_len, trim
+                ev, self.valid_offers, self.vocab, self.max_len, trim, self.valid_wide
             )
 
     def train_dataloader(self) -> DataLoader:

@@ -59,6 +59,7 @@ class PriceResponseModule(pl.LightningModule):
         weight_decay: float = 0.01,
         warmup_steps: int = 50,
         cosine: bool = True,
+        n_wide: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -75,6 +76,7 @@ class PriceResponseModule(pl.LightningModule):
             head_hidden=head_hidden,
             a_init=a_init,
             ff_mult=ff_mult,
+            n_wide=n_wide,
         )
         self.val_auc = BinaryAUROC()
         self._compile = False

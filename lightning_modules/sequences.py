@@ -116,7 +116,7 @@ class HistoryBatcher:
         trim: cut the all-padding left columns of each batch (its width becomes the batch's longest
             true history, at least 1). Histories are left-padded and positions count from the
             newest event, so a trimmed batch gives the same outputs up to float noise (dropout
-            aside: its masks are drawn per tensor shape) while the transformer runs on fewer tokens.
+            aside: its masks are drawn per tensor shape) while the transformer runs on fewer tokens.        wide: (n_offers, k) float32 wide features per offer (wide & deep), batched as "wide".
     """
 
     def __init__(
@@ -126,9 +126,13 @@ class HistoryBatcher:
         vocab: Vocab,
         max_len: int,
         trim: bool = False,
+        wide: np.ndarray | None = None,
     ) -> None:
         self.max_len = max_len
         self.trim = trim
+        if wide is not None and len(wide) != len(offers):
+            raise ValueError(f"{len(wide)} wide rows for {len(offers)} offers")
+        self.wide = None if wide is None else np.asarray(wide, np.float32)
         off_user = offers[S.USER_ID].astype(str).to_numpy()
         codes, uniques = pd.factorize(np.concatenate([events["user"], off_user]))
         ev_user, o_user = codes[: len(events["user"])], codes[len(events["user"]) :]
@@ -193,4 +197,6 @@ class HistoryBatcher:
             "lpr": self.o_lpr[o],
             "label": self.label[o],
         }
+        if self.wide is not None:
+            batch["wide"] = self.wide[o]
         return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}

@@ -97,6 +97,9 @@ class BertConfig(_Strict):
     resume: bool = True  # continue from checkpoint_dir/last.ckpt when it exists
     log_dir: str | None = None  # a CSV logger writes here when set
     serving_gap_s: float = 30.0  # assumed seconds from a user's last event to the quote
+    # Wide & deep: the baselines' tabular features (all but the price) join the price head's input
+    # (`mlops.models.WideFeatures`); needs the offer feature table, as the baselines do.
+    wide: bool = False
     # Lightning Trainer settings (accelerator, devices, strategy, precision, ...)
     trainer: dict[str, Any] = Field(default_factory=dict)
 

@@ -258,6 +258,92 @@ class LogisticDemand(FeatureModel):
         return m
 
 
+# The wide input of the neural model (wide & deep): every hand-built column the tabular baselines
+# read except the price's own, which enters only through the monotone price term.
+WIDE_FEATURES: tuple[str, ...] = (
+    *F.ITEM_FEATURES,
+    *F.POPULARITY_FEATURES,
+    *F.USER_FEATURES,
+    *F.KEYWORD_FEATURES,
+)
+_WIDE_CLIP = 8.0  # standardized values beyond this many training sds are clipped
+
+
+class WideFeatures(FeatureModel):
+    """The baselines' tabular features as a network input, so the network never knows less.
+
+    The same columns the baselines read (`offer_frame` per offer in training and evaluation,
+    `serving_frame` at quote time), minus the price: the user's purchase rate, paid-to-list ratio,
+    conversion at low and high prices, category share, learned cheap/premium search shares, and
+    the item's list price, margin and popularity as of the offer. Learned from training data only
+    (keywords, popularity snapshot, standardization). Not a demand model itself: `matrix` and
+    `serving_matrix` give standardized float32 rows for `BertDemand`'s price head.
+    """
+
+    name = "wide"
+
+    def __init__(self) -> None:
+        self.numeric = list(WIDE_FEATURES)
+        self.mean: np.ndarray | None = None
+        self.std: np.ndarray | None = None
+
+    def fit(self, train: PricingData, valid: PricingData | None = None) -> dict[str, float]:
+        if train.features is None:
+            raise ValueError(
+                "wide features need the offer feature table (PricingData.features): build it "
+                "with tasks.features.build_offer_features, as training and evaluation do"
+            )
+        self.fit_context(train, valid)
+        x = self._matrix(self.offer_frame(train))
+        self.mean = np.nanmean(x, axis=0)
+        self.std = np.nanstd(x, axis=0) + 1e-6
+        self.mean = np.where(np.isfinite(self.mean), self.mean, 0.0)
+        self._frames = None
+        return {"n_wide": float(len(self.numeric))}
+
+    @property
+    def dim(self) -> int:
+        return len(self.numeric)
+
+    def _standard(self, x: np.ndarray) -> np.ndarray:
+        assert self.mean is not None and self.std is not None, "fit or load the wide features first"
+        z = (x - self.mean) / self.std
+        return np.clip(np.nan_to_num(z, nan=0.0), -_WIDE_CLIP, _WIDE_CLIP).astype(np.float32)
+
+    def matrix(self, data: PricingData) -> np.ndarray:
+        """(n_offers, dim) standardized wide rows of `data`'s offers (features as of each offer)."""
+        if data.features is None:
+            raise ValueError("wide features need PricingData.features for these offers")
+        return self._standard(self._matrix(self.offer_frame(data)))
+
+    def serving_matrix(self, state: Any, item_idx: np.ndarray) -> np.ndarray:
+        """The same rows at quote time, for catalog rows `item_idx`, from `user_state(events)`."""
+        return self._standard(self._matrix(self.serving_frame(state, np.asarray(item_idx))))
+
+    def _predict_matrix(self, feats: pd.DataFrame) -> np.ndarray:
+        raise TypeError("WideFeatures are a network input, not a demand model")
+
+    def save(self, path: Path) -> None:
+        assert self.mean is not None and self.std is not None, "fit first"
+        path.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            path / "wide.npz",
+            mean=self.mean,
+            std=self.std,
+            layout=np.array(json.dumps(self._layout())),
+        )
+        self.catalog.to_parquet(path / "wide_catalog.parquet", index=False)
+
+    @classmethod
+    def load(cls, path: Path) -> WideFeatures:
+        z = np.load(path / "wide.npz")
+        m = cls()
+        m.mean, m.std = z["mean"], z["std"]
+        m._set_layout(json.loads(str(z["layout"])), list(WIDE_FEATURES))
+        m.set_catalog(pd.read_parquet(path / "wide_catalog.parquet"))
+        return m
+
+
 def _lightgbm() -> Any:
     """Import LightGBM with OpenMP's idle threads sleeping rather than spinning (unless set).
 

@@ -301,6 +301,7 @@ class BertUserState:
     Mirrors `lightning_modules.sequences.event_arrays` and `HistoryBatcher` for a single history
     (same codes, same stable time order, same window, same gap buckets), then calls the network's
     own `UserTower` with the warmed item vectors and the projected query vocabulary gathered in.
+    With wide features the state is (vector, the model's tabular history state), as the model's.
     """
 
     def __init__(self, model: Any) -> None:
@@ -309,6 +310,7 @@ class BertUserState:
         from lightning_modules.sequences import EVENT_TYPE_CODES, NO_ITEM, gap_bucket
 
         self.model = model
+        self.wide = getattr(model, "wide", None)
         self.torch = torch
         self.net = model.net
         self.vocab = model.vocab
@@ -414,13 +416,20 @@ class BertUserState:
             "ev_mask": mask[None, :],
         }
 
-    def __call__(self, events: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    def __call__(self, events: Sequence[Mapping[str, Any]]) -> Any:
+        vector = self.vector(events)
+        if self.wide is None:
+            return vector
+        return (vector, self.wide.user_state(events_frame(events)))
+
+    def vector(self, events: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """The user tower's vector (the whole state without wide features)."""
         if not events:
-            return self.model.user_state(events_frame(events))
+            return self.model._user_vector(events_frame(events))
         try:
             a = self.arrays(events)
         except _Unusual:
-            return self.model.user_state(events_frame(events))
+            return self.model._user_vector(events_frame(events))
         if self.numpy_tower is not None:
             _, projected = self._query_table()
             return self.numpy_tower(a, self.item_table_np, self._projected_np(projected))
@@ -446,6 +455,8 @@ class BertUserState:
         catalog = self.model.catalog
         for events in probe_histories(catalog, list(self.vocab.queries)[:5]):
             got, want = self(events), reference(events)
+            if self.wide is not None:  # the tabular half is the model's own code on both sides
+                got, want = got[0], want[0]
             if got.shape != want.shape or not np.allclose(got, want, rtol=0, atol=STATE_ATOL):
                 diff = float(np.max(np.abs(got - want))) if got.shape == want.shape else math.inf
                 return f"user vector of a {len(events)}-event probe differs by {diff:.2g}"
@@ -482,6 +493,7 @@ class BertNumpyHead:
     First layer: W [u; i; u*i] + b = W_u u + (W_i i + b) + W_x (u*i); the bracketed term is one
     (items x hidden) table per model version, so a quote computes W_u u once and one (n x d) by
     (d x hidden) product for the interaction. a and b share the products (stacked weights).
+    With wide features, + W_w w: the model's own standardized rows for the quoted items.
     """
 
     def __init__(self, model: Any) -> None:
@@ -513,15 +525,23 @@ class BertNumpyHead:
         self.d, self.hidden = d, head.a[0].weight.shape[0]
         self.iv = np.ascontiguousarray(iv, np.float32)
         self.w_u = np.ascontiguousarray(w1[:, :d], np.float32)
-        self.w_x_t = np.ascontiguousarray(w1[:, 2 * d :].T, np.float32)
+        self.w_x_t = np.ascontiguousarray(w1[:, 2 * d : 3 * d].T, np.float32)
+        self.wide = getattr(model, "wide", None)
+        self.w_wide_t = np.ascontiguousarray(w1[:, 3 * d :].T, np.float32)
+        if (self.wide is None) != (self.w_wide_t.shape[0] == 0):
+            raise TypeError("the head's wide inputs do not match the model's wide features")
         self.item_part = np.ascontiguousarray(self.iv @ w1[:, d : 2 * d].T + b1, np.float32)
         self.list_price = np.asarray(model._list_price, float)
 
     def ab(self, state: Any, item_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(a, b) per catalog row, as the model's `_head` returns them."""
         rows = np.asarray(item_idx, np.int64) + 1
+        if self.wide is not None:
+            state, tabular = state
         u = np.asarray(state, np.float32)
         pre = (self.iv[rows] * u) @ self.w_x_t
+        if self.wide is not None:
+            pre += self.wide.serving_matrix(tabular, rows - 1) @ self.w_wide_t
         pre += self.item_part[rows]
         pre += self.w_u @ u
         h = np.float32(0.5) * pre * (np.float32(1.0) + _erf(pre * np.float32(1 / math.sqrt(2))))

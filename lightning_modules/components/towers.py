@@ -122,15 +122,29 @@ class UserTower(nn.Module):
 
 
 class PriceHead(nn.Module):
-    """(a, b) of the demand curve from [u, i, u*i]; b = softplus(.) >= 0 makes demand monotone."""
+    """(a, b) of the demand curve from [u, i, u*i] (+ the wide features w); b = softplus(.) >= 0
+    makes demand monotone.
+
+    With `n_wide` > 0 (wide & deep) the offer's standardized tabular features, the ones the
+    baselines read except the price, join the head's input: [u, i, u*i, w]. The price still enters
+    only through the monotone term, so no feature can make demand rise with price.
+    """
 
     def __init__(
-        self, d_model: int, hidden: int, a_init: float = -2.0, b_init: float = 2.0
+        self,
+        d_model: int,
+        hidden: int,
+        a_init: float = -2.0,
+        b_init: float = 2.0,
+        n_wide: int = 0,
     ) -> None:
         super().__init__()
+        self.n_wide = n_wide
 
         def mlp(bias: float) -> nn.Sequential:
-            net = nn.Sequential(nn.Linear(3 * d_model, hidden), nn.GELU(), nn.Linear(hidden, 1))
+            net = nn.Sequential(
+                nn.Linear(3 * d_model + n_wide, hidden), nn.GELU(), nn.Linear(hidden, 1)
+            )
             out = net[-1]
             assert isinstance(out, nn.Linear)
             nn.init.constant_(out.bias, bias)
@@ -139,8 +153,13 @@ class PriceHead(nn.Module):
         self.a = mlp(a_init)
         self.b = mlp(math.log(math.expm1(b_init)))  # softplus(bias) = b_init at start
 
-    def forward(self, u: Tensor, i: Tensor) -> tuple[Tensor, Tensor]:
-        z = torch.cat([u, i, u * i], dim=-1)
+    def forward(self, u: Tensor, i: Tensor, wide: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        parts = [u, i, u * i]
+        if self.n_wide:
+            if wide is None:
+                raise ValueError(f"this head takes {self.n_wide} wide features per offer")
+            parts.append(wide.to(u.dtype))
+        z = torch.cat(parts, dim=-1)
         return self.a(z).squeeze(-1), F.softplus(self.b(z)).squeeze(-1)
 
 
@@ -163,11 +182,12 @@ class PriceResponseNet(nn.Module):
         head_hidden: int = 64,
         a_init: float = -2.0,
         ff_mult: int = 4,
+        n_wide: int = 0,
     ) -> None:
         super().__init__()
         self.items = ItemTower(n_items, n_categories, text_dim, d_model)
         self.user = UserTower(d_model, text_dim, n_layers, n_heads, max_len, dropout, ff_mult)
-        self.head = PriceHead(d_model, head_hidden, a_init=a_init)
+        self.head = PriceHead(d_model, head_hidden, a_init=a_init, n_wide=n_wide)
         self.register_buffer("query_text", torch.zeros(n_queries + 1, text_dim))  # row 0: none
 
     def user_vector(self, batch: dict[str, Tensor], query_table: Tensor | None = None) -> Tensor:
@@ -199,7 +219,7 @@ class PriceResponseNet(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """(a, b) per offer."""
         u = self.user_vector(batch)
-        return self.head(u, self.items(batch["item"]))
+        return self.head(u, self.items(batch["item"]), batch.get("wide"))
 
     @staticmethod
     def logit(a: Tensor, b: Tensor, lpr: Tensor) -> Tensor:
