@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -108,6 +108,20 @@ class BertConfig(_Strict):
         return {k: getattr(self, k) for k in self.ARCH}
 
 
+BASE_MODELS = ("logistic", "lightgbm", "lightgbm_text", "bert")
+
+
+class VariantConfig(_Strict):
+    """A named variant of a model: its config block with some keys set (ablations, `pricing compare`).
+
+    In YAML: `variants: {bert_wide: {model: bert, set: {wide: true}}}`; `bert_wide` is then a model
+    name like any other (`--models bert_wide,bert,lightgbm`, `model: bert_wide`).
+    """
+
+    model: Literal["logistic", "lightgbm", "lightgbm_text", "bert"]
+    set: dict[str, Any] = Field(default_factory=dict)
+
+
 class ExperimentConfig(_Strict):
     """Everything that defines one training run. Unknown keys are errors, so typos fail loudly."""
 
@@ -129,6 +143,35 @@ class ExperimentConfig(_Strict):
     logistic: dict[str, Any] = Field(default_factory=lambda: {"l2": 1.0})
     bert: BertConfig = Field(default_factory=BertConfig)
     simulate: dict[str, Any] = Field(default_factory=dict)  # SimConfig overrides for --simulate
+    variants: dict[str, VariantConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _variants_are_valid(self) -> ExperimentConfig:
+        for name in self.variants:
+            if name in BASE_MODELS:
+                raise ValueError(f"variant {name!r} would hide the model of that name")
+            self.model_block(name)  # a wrong key or type fails when the config is read
+        return self
+
+    def base_model(self, name: str) -> str:
+        """The model kind behind `name`: itself, or the model a variant changes."""
+        return self.variants[name].model if name in self.variants else name
+
+    def model_block(self, name: str) -> Any:
+        """The config block model `name` is built from: `bert` is typed (`BertConfig`), the rest
+        are dicts; a variant's block is its base model's with the variant's keys set."""
+        base = self.base_model(name)
+        if base not in BASE_MODELS:
+            raise ValueError(
+                f"unknown model {name!r}: choose {', '.join(BASE_MODELS)} or a variant"
+            )
+        block = getattr(self, base)
+        if name not in self.variants:
+            return block
+        changes = self.variants[name].set
+        if isinstance(block, BertConfig):
+            return BertConfig.model_validate({**block.model_dump(), **changes})
+        return {**block, **changes}
 
 
 def load_config(

@@ -25,13 +25,14 @@ class TrainedModel(NamedTuple):
 def make_model(
     name: str, config: ExperimentConfig, trainer: dict[str, Any] | None = None
 ) -> DemandModel:
-    """An untrained model of kind `name`, built from the experiment config."""
-    if name == "logistic":
-        return LogisticDemand(**config.logistic)
-    if name in ("lightgbm", "lightgbm_text"):
-        return model_class(name)(getattr(config, name), seed=config.seed)  # type: ignore[call-arg]
-    cls = model_class(name)
-    return cls(config.bert, seed=config.seed, trainer=trainer or {})  # type: ignore[call-arg]
+    """An untrained model of kind `name` (or a variant's kind), built from the experiment config."""
+    base, block = config.base_model(name), config.model_block(name)
+    if base == "logistic":
+        return LogisticDemand(**block)
+    if base in ("lightgbm", "lightgbm_text"):
+        return model_class(base)(block, seed=config.seed)  # type: ignore[call-arg]
+    cls = model_class(base)
+    return cls(block, seed=config.seed, trainer=trainer or {})  # type: ignore[call-arg]
 
 
 def fit_model(
@@ -53,11 +54,13 @@ def model_params(name: str, config: ExperimentConfig) -> dict[str, Any]:
     """The config block of model `name`, as dotted params (`lightgbm.num_leaves`), for its run."""
     from tasks.tracking import flatten
 
-    block = getattr(config, name, None)
+    base = config.base_model(name)
+    block = config.model_block(name)
     if isinstance(block, BaseModel):  # a typed block (`bert`: BertConfig)
         block = block.model_dump(mode="json")
-    params = flatten(name, block) if isinstance(block, dict) else {}
-    return {"model": name, "seed": config.seed, **params}
+    params = flatten(base, block) if isinstance(block, dict) else {}
+    variant = {"variant_of": base} if base != name else {}
+    return {"model": name, "seed": config.seed, **variant, **params}
 
 
 def _run_logger() -> Any:
@@ -117,7 +120,7 @@ def train_price_model(
         run_id = run.info.run_id
         mlflow.log_params(model_params(name, config))
         overrides = dict(trainer or {})
-        if name == "bert":
+        if config.base_model(name) == "bert":
             extra = training_feedback(name, run_id)
             overrides["callbacks"] = [*overrides.get("callbacks", []), *extra["callbacks"]]
             overrides.setdefault("logger", extra.get("logger"))
