@@ -152,6 +152,8 @@ class BertDemand(DemandModel):
     def _register_queries(self, queries: Any) -> None:
         """Encode queries outside the cached vocabulary (the only BERT call after training)."""
         assert self.vocab is not None
+        if not self.config.text:
+            return  # no text in this model: every query is "none"
         known = set(self.vocab.queries) | set(self._extra_queries)
         q = pd.Series(queries, dtype=object).dropna().astype(str)
         new = sorted({x for x in q if x and x not in known})
@@ -171,6 +173,8 @@ class BertDemand(DemandModel):
 
     def _events(self, events: pd.DataFrame) -> dict[str, np.ndarray]:
         assert self.vocab is not None
+        if not self.config.sequence:
+            events = events.iloc[:0]  # ablation: the network sees no history
         if S.QUERY in events:
             self._register_queries(
                 events.loc[events[S.EVENT_TYPE].astype(str) == S.SEARCH, S.QUERY]
@@ -233,12 +237,20 @@ class BertDemand(DemandModel):
         if valid is not None and valid.events is not train.events:
             extra = valid.events.loc[valid.events[S.EVENT_TYPE].astype(str) == S.SEARCH, S.QUERY]
             queries = pd.concat([queries, extra])
+        if not cfg.text:
+            queries = queries.iloc[:0]
         self.vocab = vocab = Vocab.build(
             self.catalog, queries.dropna().astype(str).unique().tolist()
         )
         t0 = time.perf_counter()
-        item_vecs = self.encoder.encode(item_texts(self.catalog))
-        query_vecs = self.encoder.encode(vocab.queries)
+        if cfg.text:
+            item_vecs = self.encoder.encode(item_texts(self.catalog))
+            query_vecs = self.encoder.encode(vocab.queries)
+            dim = self.encoder.dim
+        else:  # ablation: zero text vectors of width 1 (the projection's bias only)
+            dim = 1
+            item_vecs = np.zeros((len(vocab.item_ids), dim), np.float32)
+            query_vecs = np.zeros((0, dim), np.float32)
         encode_s = time.perf_counter() - t0
 
         rate = float(np.clip(train.offers[S.PURCHASED].mean(), 1e-3, 1 - 1e-3))
@@ -255,12 +267,11 @@ class BertDemand(DemandModel):
             n_items=len(vocab.item_ids),
             n_categories=len(vocab.categories),
             n_queries=len(vocab.queries),
-            text_dim=self.encoder.dim,
+            text_dim=dim,
             a_init=math.log(rate / (1 - rate)),
             n_wide=0 if self.wide is None else self.wide.dim,
             **cfg.arch(),
         )
-        dim = self.encoder.dim
         item_text = np.zeros((len(vocab.item_ids) + 1, dim), np.float32)
         item_text[1:] = item_vecs
         query_text = np.zeros((len(vocab.queries) + 1, dim), np.float32)
@@ -280,7 +291,7 @@ class BertDemand(DemandModel):
         dm = PriceDataModule(
             train.offers,
             valid.offers if has_valid and valid is not None else None,
-            train.events,
+            train.events if cfg.sequence else train.events.iloc[:0],
             vocab,
             max_len=int(cfg.max_len),
             batch_size=int(cfg.batch_size),

@@ -116,7 +116,8 @@ class HistoryBatcher:
         trim: cut the all-padding left columns of each batch (its width becomes the batch's longest
             true history, at least 1). Histories are left-padded and positions count from the
             newest event, so a trimmed batch gives the same outputs up to float noise (dropout
-            aside: its masks are drawn per tensor shape) while the transformer runs on fewer tokens.        wide: (n_offers, k) float32 wide features per offer (wide & deep), batched as "wide".
+            aside: its masks are drawn per tensor shape) while the transformer runs on fewer tokens.
+        wide: (n_offers, k) float32 wide features per offer (wide & deep), batched as "wide".
     """
 
     def __init__(

@@ -100,6 +100,11 @@ class BertConfig(_Strict):
     # Wide & deep: the baselines' tabular features (all but the price) join the price head's input
     # (`mlops.models.WideFeatures`); needs the offer feature table, as the baselines do.
     wide: bool = False
+    # Ablations: without text (no item or query vectors: the item tower is id + category only), and
+    # without the user sequence (no events reach the network: one user vector for everyone; wide
+    # features, when on, still summarize the history).
+    text: bool = True
+    sequence: bool = True
     # Lightning Trainer settings (accelerator, devices, strategy, precision, ...)
     trainer: dict[str, Any] = Field(default_factory=dict)
 

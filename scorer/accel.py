@@ -424,7 +424,7 @@ class BertUserState:
 
     def vector(self, events: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """The user tower's vector (the whole state without wide features)."""
-        if not events:
+        if not events or not self.model.config.sequence:
             return self.model._user_vector(events_frame(events))
         try:
             a = self.arrays(events)

@@ -161,3 +161,34 @@ def test_wide_features_need_the_offer_feature_table(featured_splits: Any) -> Non
     bare = PricingData(train.offers, train.items, train.events)
     with pytest.raises(ValueError, match="offer feature table"):
         BertDemand({**TINY_BERT, "wide": True}).fit(bare, valid)
+
+
+def test_the_ablations_drop_text_and_sequence_and_still_serve(
+    featured_splits: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`text: false` never loads the encoder; `sequence: false` gives everyone the same vector."""
+    from lightning_modules.demand import BertDemand
+    from mlops import text
+    from scorer.accel import accelerate
+
+    def no_encoder(self: Any) -> None:
+        raise AssertionError("a model without text must not load the text encoder")
+
+    monkeypatch.setattr(text.TextEncoder, "_load", no_encoder)
+    train, valid, test = featured_splits
+    cfg = {**TINY_BERT, "max_epochs": 1, "wide": True, "text": False, "sequence": False}
+    model = BertDemand(cfg, seed=0)
+    model.fit(train, valid)
+    assert model.net.items.item_text.shape[1] == 1 and not model.vocab.queries
+    users = test.offers[S.USER_ID].unique()[:3]
+    vectors = [model._user_vector(test.events[test.events[S.USER_ID] == u]) for u in users]
+    assert all(np.allclose(v, vectors[0]) for v in vectors[1:])
+    probs = model.predict_grid(test, _grid(test))
+    assert (np.diff(probs, axis=1) <= 1e-12).all()
+    search = test.events.iloc[:1].assign(
+        **{S.EVENT_TYPE: S.SEARCH, S.ITEM_ID: None, S.PRICE: np.nan, S.QUERY: "never seen"}
+    )
+    model.user_state(search)  # an unseen query is not encoded either
+    acc = accelerate(model)
+    assert acc.notes["demand"] == "numpy head"
+    assert not acc.notes["user_state"].startswith("model ("), acc.notes
