@@ -130,7 +130,7 @@ def compare(
 
         promo = cfg.promotion
         primary = promo.primary_metric_simulated if all(with_truth) else promo.primary_metric_real
-        summary = summarize_seeds(per_seed, main, primary)
+        summary = summarize_seeds(per_seed, main, primary, cfg)
         summary["mlflow_run_id"] = parent_id
         paths = write_compare_report(summary, reports, out)
         log_comparison(parent_id, summary, paths, dataset)

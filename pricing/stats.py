@@ -210,21 +210,33 @@ def _split_keys(per_seed: PerSeed) -> tuple[list[str], dict[str, list[str]]]:
     return list(models), models
 
 
-def best_baseline(means: Mapping[str, float], main: str, higher_is_better: bool = False) -> str:
+def best_baseline(
+    means: Mapping[str, float],
+    main: str,
+    higher_is_better: bool = False,
+    not_baselines: Sequence[str] = (),
+) -> str:
     """The model other than `main` and list price with the best mean primary metric.
 
-    Falls back to list price when there is no other baseline (or none has a finite value).
+    `not_baselines` are compared but never the reference (the main model's own variants: an
+    ablation is not a baseline). Falls back to list price when there is no other baseline (or
+    none has a finite value).
     """
-    candidates = {
-        k: v for k, v in means.items() if k not in (main, LIST_PRICE) and math.isfinite(v)
-    }
+    skip = {main, LIST_PRICE, *not_baselines}
+    candidates = {k: v for k, v in means.items() if k not in skip and math.isfinite(v)}
     if not candidates:
         return LIST_PRICE
     pick = max if higher_is_better else min
     return pick(candidates, key=lambda k: candidates[k])
 
 
-def summarize(per_seed: PerSeed, main: str, primary: str, level: float = LEVEL) -> dict[str, Any]:
+def summarize(
+    per_seed: PerSeed,
+    main: str,
+    primary: str,
+    level: float = LEVEL,
+    not_baselines: Sequence[str] = (),
+) -> dict[str, Any]:
     """The compare summary (what `compare.json` holds; nan where undefined).
 
     `{"primary", "seeds", "main", "best_baseline", "level", "models", "paired", "slices",
@@ -248,7 +260,7 @@ def summarize(per_seed: PerSeed, main: str, primary: str, level: float = LEVEL) 
 
     primary_up = HIGHER_IS_BETTER.get(primary, False)
     means = {n: models[n].get(primary, {}).get("mean", math.nan) for n in names}
-    best = best_baseline(means, main, primary_up)
+    best = best_baseline(means, main, primary_up, not_baselines)
 
     paired: dict[str, dict[str, Any]] = {}
     verdicts: dict[str, dict[str, str]] = {}

@@ -207,10 +207,22 @@ def log_seed_run(seed: int, parent_run_id: str, experiment_id: str, report: dict
 
 @task(name="summarize_seeds", task_run_name="summarize {main} over seeds", cache_policy=NO_CACHE)
 def summarize_seeds(
-    per_seed: dict[int, dict[str, dict[str, float]]], main: str, primary: str
+    per_seed: dict[int, dict[str, dict[str, float]]],
+    main: str,
+    primary: str,
+    cfg: ExperimentConfig | None = None,
 ) -> dict[str, Any]:
-    """`pricing.stats.summarize` as a flow step: intervals, paired differences, verdicts, slices."""
-    return stats.summarize(per_seed, main, primary)
+    """`pricing.stats.summarize` as a flow step: intervals, paired differences, verdicts, slices.
+
+    With `cfg`, models of the main model's kind (its variants, or the base model of a main
+    variant) are ablations: compared and paired like the rest, never the best baseline.
+    """
+    ablations: list[str] = []
+    if cfg is not None:
+        kind = cfg.base_model(main)
+        names = {n for by_model in per_seed.values() for n in by_model}
+        ablations = sorted(n for n in names if n != main and cfg.base_model(n) == kind)
+    return stats.summarize(per_seed, main, primary, not_baselines=ablations)
 
 
 def _plt() -> Any:

@@ -206,3 +206,14 @@ def test_summarize_pairs_the_main_model_against_every_model_on_each_slice() -> N
     assert "### cold_items: `bert` minus each model, paired over seeds" in md
     row = next(line for line in md.splitlines() if line.startswith("| lightgbm | -0.0"))
     assert "better" in row
+
+
+def test_the_main_models_own_variants_are_never_the_best_baseline() -> None:
+    per_seed = _per_seed()
+    for i, seed in enumerate(per_seed):  # an ablation of bert, better than every baseline
+        per_seed[seed]["bert_small"] = {"profit_regret": 0.09 + i / 1000, "auc": 0.7}
+    plain = stats.summarize(per_seed, main="bert", primary="profit_regret")
+    assert plain["best_baseline"] == "bert_small"
+    s = stats.summarize(per_seed, "bert", "profit_regret", not_baselines=["bert_small"])
+    assert s["best_baseline"] == "lightgbm"
+    assert s["paired"]["bert_small"]["profit_regret"]["vs"] == "lightgbm"  # still compared
