@@ -95,6 +95,17 @@ def device_plan(trainer_args: dict[str, Any]) -> tuple[str, bool]:
     return accel, accel in {"gpu", "cuda"}
 
 
+def seen_items(train: PricingData, vocab: Vocab) -> np.ndarray:
+    """1-based indices of the catalog items training shows: offered in training, or in an event
+    up to the last training offer. Every other item is cold: the network's fallback serves it."""
+    end = pd.to_datetime(train.offers[S.TS], utc=True).max()
+    ev = train.events
+    early = ev[(pd.to_datetime(ev[S.TS], utc=True) <= end).to_numpy()] if len(ev) else ev
+    ids = pd.concat([train.offers[S.ITEM_ID], early[S.ITEM_ID]]).dropna().astype(str).unique()
+    idx = vocab.item_index(ids)
+    return np.unique(idx[idx > 0])
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return np.exp(-np.logaddexp(0.0, -x))
 
@@ -276,10 +287,13 @@ class BertDemand(DemandModel):
         item_text[1:] = item_vecs
         query_text = np.zeros((len(vocab.queries) + 1, dim), np.float32)
         query_text[1:] = query_vecs.reshape(-1, dim)
+        seen = np.zeros(len(vocab.item_ids) + 1, np.float32)
+        seen[seen_items(train, vocab)] = 1.0
         module.set_text_vectors(
             torch.from_numpy(item_text),
             torch.from_numpy(vocab.item_category),
             torch.from_numpy(query_text),
+            torch.from_numpy(seen),
         )
         on_gpu = device_plan(self.trainer_args)[1]
         if on_gpu:
@@ -336,6 +350,7 @@ class BertDemand(DemandModel):
         per_step = int(cfg.batch_size) * int(cfg.accumulate_grad_batches)
         samples = steps * per_step if steps else epochs * len(train)
         return {
+            "cold_items": float(len(vocab.item_ids) - int(seen[1:].sum())),
             "epochs": float(epochs),
             "steps": float(steps),
             "best_val_loss": float(best_score) if best_score is not None else float("nan"),

@@ -60,6 +60,7 @@ class PriceResponseModule(pl.LightningModule):
         warmup_steps: int = 50,
         cosine: bool = True,
         n_wide: int = 0,
+        id_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -77,6 +78,7 @@ class PriceResponseModule(pl.LightningModule):
             a_init=a_init,
             ff_mult=ff_mult,
             n_wide=n_wide,
+            id_dropout=id_dropout,
         )
         self.val_auc = BinaryAUROC()
         self._compile = False
@@ -102,13 +104,19 @@ class PriceResponseModule(pl.LightningModule):
         return state
 
     def set_text_vectors(
-        self, item_text: torch.Tensor, item_category: torch.Tensor, query_text: torch.Tensor
+        self,
+        item_text: torch.Tensor,
+        item_category: torch.Tensor,
+        query_text: torch.Tensor,
+        item_seen: torch.Tensor | None = None,
     ) -> None:
-        """Copy the precomputed (frozen) text vectors into the network's buffers."""
+        """Copy the precomputed (frozen) text vectors (and which items training shows) in."""
         with torch.no_grad():
             self.net.items.item_text.copy_(item_text)
             self.net.items.item_category.copy_(item_category)
             self.net.query_text.copy_(query_text)
+            if item_seen is not None:
+                self.net.items.item_seen.copy_(item_seen)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         a, b = self._step_net()(batch)

@@ -65,7 +65,7 @@ class BertConfig(_Strict):
     hyperparameters (`ARCH`); unknown keys and wrong types fail when the config is read.
     """
 
-    ARCH: ClassVar[tuple[str, ...]] = ("d_model", "n_layers", "n_heads", "max_len", "dropout", "head_hidden", "ff_mult", "lr", "weight_decay", "warmup_steps", "cosine")  # fmt: skip
+    ARCH: ClassVar[tuple[str, ...]] = ("d_model", "n_layers", "n_heads", "max_len", "dropout", "head_hidden", "ff_mult", "lr", "weight_decay", "warmup_steps", "cosine", "id_dropout")  # fmt: skip
 
     text_encoder: Literal["minilm", "tiny"] = "minilm"  # tiny: a random-init BERT, tests only
     text_cache_dir: str | None = None  # on-disk cache of encoded texts (hash of encoder + texts)
@@ -74,6 +74,9 @@ class BertConfig(_Strict):
     n_heads: int = Field(default=2, gt=0)
     max_len: int = Field(default=32, gt=0)  # L: most recent events per history window
     dropout: float = Field(default=0.1, ge=0, lt=1)
+    # Cold start: the share of items whose id embedding is dropped per training step, so text and
+    # category learn to carry an item alone (items training never showed always go without).
+    id_dropout: float = Field(default=0.0, ge=0, lt=1)
     head_hidden: int = Field(default=64, gt=0)
     ff_mult: int = Field(default=4, gt=0)  # transformer feed-forward width, in multiples of d_model
     batch_size: int = Field(default=256, gt=0)

@@ -9,6 +9,7 @@ precomputed vectors held in buffers (item texts, the query vocabulary).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,15 +27,23 @@ class ItemTower(nn.Module):
     """Item vector = projected frozen text vector + item-id embedding + category embedding.
 
     Row 0 of the id table is the shared "unknown item" (items outside the training catalog).
+    Cold start: an item the training data never showed (`item_seen` 0) has no id embedding, so its
+    vector is its text and category alone; `id_dropout` drops the id embedding of that share of
+    items in training, so the text and category learn to carry an item by themselves.
     """
 
     item_text: Tensor  # buffers: (n_items + 1, text_dim) frozen text vectors, and category codes
     item_category: Tensor
+    item_seen: Tensor  # (n_items + 1,) 1 where training data showed the item, else 0
 
-    def __init__(self, n_items: int, n_categories: int, text_dim: int, d_model: int) -> None:
+    def __init__(
+        self, n_items: int, n_categories: int, text_dim: int, d_model: int, id_dropout: float = 0.0
+    ) -> None:
         super().__init__()
+        self.id_dropout = id_dropout
         self.register_buffer("item_text", torch.zeros(n_items + 1, text_dim))
         self.register_buffer("item_category", torch.zeros(n_items + 1, dtype=torch.long))
+        self.register_buffer("item_seen", torch.ones(n_items + 1))
         self.text_proj = nn.Linear(text_dim, d_model)
         self.id_emb = nn.Embedding(n_items + 1, d_model)
         self.cat_emb = nn.Embedding(n_categories + 1, d_model)
@@ -42,9 +51,18 @@ class ItemTower(nn.Module):
         nn.init.normal_(self.id_emb.weight, std=0.02)
         nn.init.normal_(self.cat_emb.weight, std=0.02)
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # Models saved before the cold-start flag: every item counts as seen (as they served).
+        state_dict.setdefault(prefix + "item_seen", torch.ones_like(self.item_seen))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def forward(self, idx: Tensor) -> Tensor:
         text = self.text_proj(self.item_text[idx])
-        return self.norm(text + self.id_emb(idx) + self.cat_emb(self.item_category[idx]))
+        keep = self.item_seen[idx]
+        if self.training and self.id_dropout > 0:
+            keep = keep * (torch.rand_like(keep) >= self.id_dropout).to(keep.dtype)
+        ids = self.id_emb(idx) * keep.unsqueeze(-1).to(text.dtype)
+        return self.norm(text + ids + self.cat_emb(self.item_category[idx]))
 
 
 class UserTower(nn.Module):
@@ -183,9 +201,10 @@ class PriceResponseNet(nn.Module):
         a_init: float = -2.0,
         ff_mult: int = 4,
         n_wide: int = 0,
+        id_dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.items = ItemTower(n_items, n_categories, text_dim, d_model)
+        self.items = ItemTower(n_items, n_categories, text_dim, d_model, id_dropout)
         self.user = UserTower(d_model, text_dim, n_layers, n_heads, max_len, dropout, ff_mult)
         self.head = PriceHead(d_model, head_hidden, a_init=a_init, n_wide=n_wide)
         self.register_buffer("query_text", torch.zeros(n_queries + 1, text_dim))  # row 0: none
