@@ -344,6 +344,9 @@ class BertDemand(DemandModel):
                 module.load_state_dict(state)
         self.module = module.cpu().eval()
         self._ab_cache = None
+        temperature = float("nan")
+        if cfg.calibrate and has_valid and valid is not None:
+            temperature = self._calibrate(valid)
         self.warm()
         epochs = max(int(trainer.current_epoch), 1)
         steps = int(trainer.global_step)
@@ -351,6 +354,7 @@ class BertDemand(DemandModel):
         samples = steps * per_step if steps else epochs * len(train)
         return {
             "cold_items": float(len(vocab.item_ids) - int(seen[1:].sum())),
+            "temperature": temperature,
             "epochs": float(epochs),
             "steps": float(steps),
             "best_val_loss": float(best_score) if best_score is not None else float("nan"),
@@ -358,6 +362,41 @@ class BertDemand(DemandModel):
             "encode_seconds": encode_s,
             "n_params": float(sum(p.numel() for p in module.parameters())),
         }
+
+    def _calibrate(self, valid: PricingData) -> float:
+        """Fit the head's scale s on the validation offers by log loss; returns the temperature 1/s.
+
+        A one-parameter fit after early stopping (temperature scaling): s multiplies a and b alike,
+        so b stays >= 0 and the curve's shape in price is kept; it only gets sharper or flatter.
+        """
+        a, b = self._offer_ab(valid)
+        self._ab_cache = None
+        y = valid.offers[S.PURCHASED].to_numpy(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lpr = np.log(valid.offers[S.PRICE].to_numpy(float) / valid.list_price())
+        z = a - b * np.where(np.isfinite(lpr), lpr, 0.0)
+        ok = np.isfinite(z)
+        z, y = z[ok], y[ok]
+
+        def loss(s: float) -> float:
+            t = s * z
+            return float(np.mean(np.logaddexp(0.0, t) - y * t))
+
+        lo, hi = math.log(0.25), math.log(4.0)  # golden-section search on log s
+        g = (math.sqrt(5) - 1) / 2
+        c, d = hi - g * (hi - lo), lo + g * (hi - lo)
+        for _ in range(60):
+            if loss(math.exp(c)) < loss(math.exp(d)):
+                hi = d
+            else:
+                lo = c
+            c, d = hi - g * (hi - lo), lo + g * (hi - lo)
+        s = math.exp((lo + hi) / 2)
+        if loss(s) >= loss(1.0):
+            s = 1.0  # never worse than no calibration on the split it is fitted on
+        with torch.no_grad():
+            self.net.head.scale.fill_(s)
+        return 1.0 / s
 
     # --- batch prediction ------------------------------------------------------------------------
     def _offer_ab(self, data: PricingData) -> tuple[np.ndarray, np.ndarray]:

@@ -103,6 +103,9 @@ class BertConfig(_Strict):
     # Wide & deep: the baselines' tabular features (all but the price) join the price head's input
     # (`mlops.models.WideFeatures`); needs the offer feature table, as the baselines do.
     wide: bool = False
+    # Temperature scaling on the validation split after training: logit = s * (a - b log(p/list)),
+    # s fitted by log loss (b keeps its sign, so demand stays monotone).
+    calibrate: bool = False
     # Ablations: without text (no item or query vectors: the item tower is id + category only), and
     # without the user sequence (no events reach the network: one user vector for everyone; wide
     # features, when on, still summarize the history).

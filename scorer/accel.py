@@ -521,6 +521,7 @@ class BertNumpyHead:
             self.w2b = head.b[2].weight.numpy()[0].astype(np.float32)
             self.b2a = np.float32(head.a[2].bias.numpy()[0])
             self.b2b = np.float32(head.b[2].bias.numpy()[0])
+            self.scale = np.float32(head.scale.item()) if hasattr(head, "scale") else np.float32(1)
         d = iv.shape[1]
         self.d, self.hidden = d, head.a[0].weight.shape[0]
         self.iv = np.ascontiguousarray(iv, np.float32)
@@ -549,7 +550,7 @@ class BertNumpyHead:
         a = h[:, :k] @ self.w2a + self.b2a
         z = h[:, k:] @ self.w2b + self.b2b
         b = np.where(z > 20, z, np.log1p(np.exp(np.minimum(z, 20))))  # torch's softplus
-        return a.astype(float), b.astype(float)
+        return (a * self.scale).astype(float), (b * self.scale).astype(float)
 
     def __call__(self, state: Any, item_idx: np.ndarray, grid: np.ndarray) -> np.ndarray:
         a, b = self.ab(state, item_idx)

@@ -148,6 +148,8 @@ class PriceHead(nn.Module):
     only through the monotone term, so no feature can make demand rise with price.
     """
 
+    scale: Tensor  # buffer: the temperature's inverse (1 until `calibrate` sets it)
+
     def __init__(
         self,
         d_model: int,
@@ -158,6 +160,7 @@ class PriceHead(nn.Module):
     ) -> None:
         super().__init__()
         self.n_wide = n_wide
+        self.register_buffer("scale", torch.ones(()))
 
         def mlp(bias: float) -> nn.Sequential:
             net = nn.Sequential(
@@ -178,7 +181,13 @@ class PriceHead(nn.Module):
                 raise ValueError(f"this head takes {self.n_wide} wide features per offer")
             parts.append(wide.to(u.dtype))
         z = torch.cat(parts, dim=-1)
-        return self.a(z).squeeze(-1), F.softplus(self.b(z)).squeeze(-1)
+        s = self.scale.to(z.dtype)
+        return self.a(z).squeeze(-1) * s, F.softplus(self.b(z)).squeeze(-1) * s
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # Models saved before calibration existed: no temperature (scale 1), as they served.
+        state_dict.setdefault(prefix + "scale", torch.ones_like(self.scale))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 class PriceResponseNet(nn.Module):
