@@ -229,6 +229,8 @@ def _cmd_loop(args: argparse.Namespace) -> int:
         users=args.users,
         items=args.items,
         days=args.days,
+        experiment_mode=args.experiment_mode,
+        challenger_share=args.challenger_share,
     )
     print(f"{Path(args.out) / 'loop.json'}, loop.md, loop.png, loop-details.json")
     return 0
@@ -523,6 +525,19 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--users", type=int, help="simulated market size (default: the simulator's)")
     lp.add_argument("--items", type=int, help="simulated catalog size (default: the simulator's)")
     lp.add_argument("--days", type=int, help="simulated days (default: the simulator's)")
+    lp.add_argument(
+        "--experiment-mode",
+        choices=["live", "shadow"],
+        default="live",
+        help="live: the scorer's challenger arm serves the candidate to its share of users; "
+        "shadow: the candidate prices the champion's requests unseen, paired (simulator only)",
+    )
+    lp.add_argument(
+        "--challenger-share",
+        type=float,
+        default=0.5,
+        help="live mode: the share of users in the challenger arm",
+    )
     lp.add_argument(
         "--scorer-url",
         help="instead: one pass of shoppers against this running scorer (needs --data-dir)",

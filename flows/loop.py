@@ -4,8 +4,9 @@ Round 0: the loop's own scorer serves the list-price policy with exploration to 
 who answer from the ground truth. Each later round: the market's history plus everything the
 scorer logged becomes the training set (validated by the training flow), a new version is trained
 and registered, gated offline against the champion on the previous round's logs, and, if it passes,
-tested online against the champion (the challenger as a shadow arm, see `tasks.loop`) by the
-declared `ExperimentRule`; a winner is promoted through the registry (alias compare-and-set, scorer
+tested online against the champion by the declared `ExperimentRule` (by default on live traffic:
+the scorer's `challenger` arm serves the candidate to its share of users; or as a paired shadow
+arm, see `tasks.loop`); a winner is promoted through the registry (alias compare-and-set, scorer
 reload with a smoke quote, rollback). Then the round's shoppers meet whatever is champion.
 
 Writes `DIR/loop.json` (`{"rounds": [{"round", "policy", "quotes", "true_profit_per_quote",
@@ -39,6 +40,7 @@ from pricing.simulator import load_ground_truth
 from tasks.evaluation import LIST_PRICE
 from tasks.experiment import promote_experiment, publish_experiment
 from tasks.loop import (
+    LIVE,
     OfflineResult,
     build_next_training_set,
     evaluate_offline,
@@ -49,6 +51,8 @@ from tasks.loop import (
     serve_shoppers,
     served,
     simulate_loop_market,
+    start_challenger,
+    stop_challenger,
     write_loop_report,
     write_round_config,
 )
@@ -106,6 +110,8 @@ def loop(
     max_sample: int = 10000,
     same_shoppers: bool = True,
     registry_in_out_dir: bool = True,
+    experiment_mode: str = LIVE,
+    challenger_share: float = 0.5,
 ) -> dict[str, Any]:
     """Run `rounds` rounds of the closed loop on a simulated market; returns loop.json's content.
 
@@ -124,7 +130,14 @@ def loop(
             not the sample's; each round's DR estimate, made on the previous round's logs, then
             estimates the value on exactly the contexts it is compared with.
         registry_in_out_dir: keep the loop's MLflow registry under `out_dir` (not the project's).
+        experiment_mode: "live" (the scorer's challenger arm serves the candidate to
+            `challenger_share` of users) or "shadow" (paired, priced beside the champion's quotes).
+        challenger_share: the challenger arm's share of users in live mode.
     """
+    if experiment_mode not in (LIVE, "shadow"):
+        raise ValueError(f"experiment_mode must be 'live' or 'shadow', got {experiment_mode!r}")
+    if not 0 < challenger_share < 1:
+        raise ValueError(f"challenger_share must be in (0, 1), got {challenger_share}")
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     with own_registry(out) if registry_in_out_dir else contextlib.nullcontext():
@@ -132,6 +145,7 @@ def loop(
             out, rounds, model, config_path, requests_per_round, candidates, exploration, seed,
             users, items, days, experiment_batch,
             X.ExperimentRule(metric, min_sample, min_effect, guardrail, max_sample), same_shoppers,
+            experiment_mode, challenger_share,
         )  # fmt: skip
 
 
@@ -150,6 +164,8 @@ def _run(
     experiment_batch: int,
     rule: X.ExperimentRule,
     same_shoppers: bool,
+    mode: str = LIVE,
+    share: float = 0.5,
 ) -> dict[str, Any]:
     log = get_run_logger()
     settings = get_settings()
@@ -171,7 +187,8 @@ def _run(
     quotes_so_far: list[pd.DataFrame] = []
     dr_round0: float | None = None
     previous_start: datetime | None = None
-    with loop_scorer(out, market, guard, seed) as scorer:
+    split = share if mode == LIVE else None
+    with loop_scorer(out, market, guard, seed, challenger_share=split) as scorer:
         for k in range(rounds):
             start = datetime.now(UTC)
             detail: dict[str, Any] = {"round": k, "started": start.isoformat()}
@@ -181,7 +198,7 @@ def _run(
                 offline, promoted, served_key = _retrain_gate_and_experiment(
                     k, out, market, scorer, truth, cost, quotes_so_far, previous_start,
                     config_path, model, exploration, seed, registered, guard, rule,
-                    experiment_batch, candidates, smoke_items, smoke_user, detail,
+                    experiment_batch, candidates, smoke_items, smoke_user, detail, mode, share,
                 )  # fmt: skip
                 dr_value = offline.dr[served_key]["dr"]
                 if k == 1:  # round 0's list price on its own logs (on-policy: no earlier loop logs)
@@ -245,6 +262,8 @@ def _retrain_gate_and_experiment(
     smoke_items: list[str],
     smoke_user: str,
     detail: dict[str, Any],
+    mode: str = LIVE,
+    share: float = 0.5,
 ) -> tuple[OfflineResult, bool, str]:
     """Round k's learning step; returns the offline result, whether the candidate was promoted, and
     which policy ("candidate" or "champion") the round's shoppers will meet."""
@@ -302,19 +321,29 @@ def _retrain_gate_and_experiment(
     exp_id = f"loop-round-{k}"
     events = read_table(data_dir, S.EVENTS)
     assert events is not None
-    run = run_online_experiment(
-        scorer.url, truth, candidate, events, cost, rule, exp_id, k, experiment_batch,
-        candidates, seed + 1000 * k,
-    )  # fmt: skip
-    quotes_so_far.append(run.live)
-    run.rows.to_parquet(round_dir / "experiment.parquet", index=False)
-    publish_experiment(exp_id, run.table, run.decision, rule, registered, version)
-    promotion = promote_experiment(
-        registered, version, champion_version, run.decision, scorer.url, scorer.token,
-        smoke_items, smoke_user,
-    )  # fmt: skip
+    arm_status: dict[str, Any] = {}
+    if mode == LIVE:
+        arm_status["started"] = start_challenger(scorer, registered, version)
+    try:
+        run = run_online_experiment(
+            scorer.url, truth, candidate, events, cost, rule, exp_id, k, experiment_batch,
+            candidates, seed + 1000 * k, mode, {"champion": 1 - share, "challenger": share},
+        )  # fmt: skip
+        quotes_so_far.append(run.live)
+        run.rows.to_parquet(round_dir / "experiment.parquet", index=False)
+        publish_experiment(exp_id, run.table, run.decision, rule, registered, version)
+        promotion = promote_experiment(
+            registered, version, champion_version, run.decision, scorer.url, scorer.token,
+            smoke_items, smoke_user,
+        )  # fmt: skip
+    finally:
+        if mode == LIVE:  # the arm fails closed until the next experiment
+            arm_status["stopped"] = stop_challenger(scorer, registered)
     detail["experiment"] = {
         "id": exp_id,
+        "mode": mode,
+        "challenger_share": share if mode == LIVE else None,
+        "arm": arm_status,
         "rule": rule.to_dict(),
         "decision": run.decision.to_dict(),
         "looks": run.looks,

@@ -6,13 +6,20 @@ registry has no champion) with the loop's exploration. Every later round retrain
 history plus everything the scorer logged, gates the new version offline, runs the online
 experiment, and serves whatever is champion afterwards.
 
-The challenger arm is a *shadow* arm for now: the scorer cannot split traffic yet (issue 14 item 1),
-so each experiment request is quoted live by the champion and priced in this process for the
-challenger, by the same pricing function the scorer runs (`scorer.serving.build_serving_model`'s
-guardrails, `pricing.policy.optimize` then `explore`); the simulated shopper's answer to the price
-it was not shown is drawn from the ground truth with the same uniform number as its answer to the
-price it was shown (common random numbers), so the two arms are paired per request and item. That
-is possible only on the simulator; with the scorer's traffic split the arm becomes live.
+The online experiment runs in one of two modes:
+
+- **live** (the default): the scorer splits traffic. Its experiment (`PRICING_EXPERIMENT`,
+  `loop,challenger=challenger:<share>`) has a `challenger` arm served from the registry alias of
+  that name; the loop points the alias at the candidate and reloads the arm when an experiment
+  starts, and deletes the alias (the arm fails closed: everyone gets the champion) when it ends.
+  Each quote names its arm; the two arms are compared unpaired (inverse-probability weighting by
+  the configured shares), as on a real shop.
+- **shadow**: each experiment request is quoted live by the champion and priced in this process
+  for the challenger, by the same pricing function the scorer runs (`build_serving_model`'s
+  guardrails, `pricing.policy.optimize` then `explore`); the simulated shopper's answer to the
+  price it was not shown is drawn from the ground truth with the same uniform number as its answer
+  to the price it was shown (common random numbers), so the arms are paired per request and item:
+  more power per shopper, possible only on a simulator.
 """
 
 from __future__ import annotations
@@ -47,6 +54,9 @@ from pricing.io import read_table, read_tables, write_table
 from pricing.shoppers import ShopperRequest, loop_summary, shopper_requests
 from pricing.simulator import GroundTruth, SimConfig, load_ground_truth, simulate, write_market
 
+LIVE, SHADOW = "live", "shadow"  # the online experiment's modes (see the module docstring)
+LOOP_EXPERIMENT = "loop"  # the scorer's experiment id: users keep their arm across rounds
+CHALLENGER = "challenger"  # the experiment arm and the registry alias it serves
 LIST_PRICE_NAME = "list_price"
 LIST_PRICE_VERSION = "0"
 # What the loop's scorer process reads (besides the usual PRICING_* / MLFLOW_* settings).
@@ -141,10 +151,16 @@ class LoopScorer:
 
 @contextmanager
 def loop_scorer(
-    out_dir: Path, market_dir: Path, guardrails: dict[str, Any], seed: int, timeout_s: float = 300
+    out_dir: Path,
+    market_dir: Path,
+    guardrails: dict[str, Any],
+    seed: int,
+    timeout_s: float = 300,
+    challenger_share: float | None = None,
 ) -> Iterator[LoopScorer]:
     """Start the loop's scorer under uvicorn (the registry from this process's environment), wait
-    until it is ready, stop it at the end. Its log is `out_dir/scorer.log`."""
+    until it is ready, stop it at the end. Its log is `out_dir/scorer.log`. With
+    `challenger_share`, it splits traffic: that share of users is in the `challenger` arm."""
     from scorer.process import start_scorer
 
     token = secrets.token_hex(16)
@@ -161,6 +177,9 @@ def loop_scorer(
         "PRICING_EXPLORATION": None,
         "REDIS_URL": None,
         "PRICING_SCORER_URL": None,
+        "PRICING_EXPERIMENT": None
+        if challenger_share is None
+        else f"{LOOP_EXPERIMENT},{CHALLENGER}={CHALLENGER}:{challenger_share:g}",
     }
     sp = start_scorer(
         "tasks.loop:loop_scorer_app", env=env, log_path=out_dir / "scorer.log",
@@ -170,6 +189,56 @@ def loop_scorer(
         yield LoopScorer(sp.url, token, offer_log, sp.proc)
     finally:
         sp.stop(timeout_s=20)
+
+
+def _admin(scorer: LoopScorer) -> dict[str, str]:
+    return {"Authorization": f"Bearer {scorer.token}"}
+
+
+def start_challenger(scorer: LoopScorer, registered: str, version: str) -> dict[str, Any]:
+    """Point the `challenger` alias at `version` and have the scorer's arm serve it; returns the
+    arm's /readyz entry. Raises RuntimeError when the arm does not serve that version."""
+    from mlops.registry import set_alias
+
+    set_alias(registered, version, CHALLENGER)
+    r = httpx.post(
+        f"{scorer.url}/admin/reload",
+        params={"arm": CHALLENGER},
+        headers=_admin(scorer),
+        timeout=120,
+    )
+    arm = _arm_status(scorer.url)
+    if (
+        r.status_code != 200
+        or arm.get("status") != "serving"
+        or arm.get("model_version") != version
+    ):
+        raise RuntimeError(
+            f"the scorer's {CHALLENGER} arm does not serve version {version} "
+            f"(reload answered {r.status_code}: {r.text[:200]}; arm: {arm})"
+        )
+    return arm
+
+
+def stop_challenger(scorer: LoopScorer, registered: str) -> dict[str, Any]:
+    """Delete the `challenger` alias and reload the arm: it fails closed (its users get the
+    champion) until the next experiment. Returns the arm's /readyz entry."""
+    from mlops.registry import alias_version, delete_alias
+
+    if alias_version(registered, CHALLENGER) is not None:
+        delete_alias(registered, CHALLENGER)
+    httpx.post(
+        f"{scorer.url}/admin/reload",
+        params={"arm": CHALLENGER},
+        headers=_admin(scorer),
+        timeout=120,
+    )
+    return _arm_status(scorer.url)
+
+
+def _arm_status(scorer_url: str) -> dict[str, Any]:
+    arms = served(scorer_url).get("arms") or []
+    return next((dict(a) for a in arms if a.get("arm") == CHALLENGER), {})
 
 
 def served(scorer_url: str) -> dict[str, Any]:
@@ -318,6 +387,7 @@ def shop(
                     {
                         S.OFFER_ID: f"{q['quote_id']}:{it['item_id']}",
                         "quote_id": q["quote_id"],
+                        X.ARM: q.get("arm") or "champion",
                         S.TS: ts,
                         S.USER_ID: req.user_id,
                         S.SESSION_ID: req.session_id,
@@ -374,7 +444,7 @@ def serve_shoppers(
     return rows
 
 
-# --- the experiment (champion live, challenger in shadow) ---------------------------------------
+# --- the experiment (a live arm of the scorer, or a shadow arm) ---------------------------------
 
 
 @dataclass
@@ -405,8 +475,22 @@ def run_online_experiment(
     batch_requests: int,
     candidates: int,
     seed: int,
+    mode: str = SHADOW,
+    shares: dict[str, float] | None = None,
 ) -> ExperimentRun:
-    """Run the experiment batch by batch, a look after each, until the rule promotes or stops."""
+    """Run the experiment batch by batch, a look after each, until the rule promotes or stops.
+
+    `mode` live: the scorer's `challenger` arm serves the candidate (started by the caller with
+    `start_challenger`) and each quote's arm is the scorer's; `shares` are the arms' configured
+    shares (the weights of the unpaired difference). `mode` shadow: see the module docstring.
+    """
+    if mode == LIVE:
+        return _run_live_experiment(
+            scorer_url, truth, unit_cost, rule, experiment_id, round_no, batch_requests,
+            candidates, seed, shares,
+        )  # fmt: skip
+    if mode != SHADOW:
+        raise ValueError(f"experiment mode must be {LIVE!r} or {SHADOW!r}, got {mode!r}")
     log = get_run_logger()
     shadow = ShadowPricer(challenger, events, seed)
     live_parts: list[pd.DataFrame] = []
@@ -433,6 +517,43 @@ def run_online_experiment(
         batch += 1
         if decision.action != X.CONTINUE:
             return ExperimentRun(decision, table, rows, pd.concat(live_parts), looks)
+
+
+def _run_live_experiment(
+    scorer_url: str,
+    truth: GroundTruth,
+    unit_cost: pd.Series,
+    rule: X.ExperimentRule,
+    experiment_id: str,
+    round_no: int,
+    batch_requests: int,
+    candidates: int,
+    seed: int,
+    shares: dict[str, float] | None,
+) -> ExperimentRun:
+    log = get_run_logger()
+    parts: list[pd.DataFrame] = []
+    looks: list[dict[str, Any]] = []
+    batch = 0
+    while True:
+        traffic = make_traffic(
+            truth, batch_requests, candidates, seed + 7919 * batch, f"loop-r{round_no}-x{batch}"
+        )
+        live, _ = shop(scorer_url, traffic, truth)
+        parts.append(live)
+        rows = pd.concat(parts, ignore_index=True)
+        arms = rows.drop(columns=["quote_id", S.SESSION_ID]).assign(**{X.EXPERIMENT: experiment_id})
+        table, decision = X.evaluate_experiment(
+            arms, unit_cost, rule, "champion", CHALLENGER, shares
+        )
+        n_arm = arms[X.ARM].value_counts().to_dict()
+        looks.append({"look": batch + 1, "quotes_per_arm": n_arm, **decision.to_dict()})
+        log.info(
+            "experiment %s look %d %s: %s", experiment_id, batch + 1, n_arm, decision.reasons[-1]
+        )
+        batch += 1
+        if decision.action != X.CONTINUE:
+            return ExperimentRun(decision, table, arms, rows, looks)
 
 
 # --- the next training set ----------------------------------------------------------------------

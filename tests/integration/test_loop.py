@@ -75,3 +75,18 @@ def test_two_rounds_on_a_small_market_improve_on_list_price(
     logged = export_offers(out / "offer_log")
     assert len(logged) >= 2 * 150 * 8  # both rounds' quotes (and the experiment's live arm)
     assert set(logged["policy"]) >= {"list_price@0"}
+    # The online experiment ran on live traffic: the scorer's challenger arm served the candidate
+    # to its share of users, and the arm was switched off (fails closed) when it ended.
+    exp = details[1].get("experiment")
+    if exp is not None:
+        assert exp["mode"] == "live" and exp["challenger_share"] == 0.5
+        candidate = details[1]["candidate"]
+        assert exp["arm"]["started"]["status"] == "serving"
+        assert (
+            f"{exp['arm']['started']['model_name']}@{exp['arm']['started']['model_version']}"
+            == (candidate)
+        )
+        assert exp["arm"]["stopped"]["status"] == "disabled"
+        shares = {a["arm"]: a["quotes"] for a in exp["arms"]}
+        assert shares.get("challenger", 0) > 0 and shares.get("champion", 0) > 0
+        assert candidate in set(logged["policy"])  # the challenger's quotes were shown and logged
