@@ -299,6 +299,7 @@ class WideFeatures(FeatureModel):
         self.std = np.nanstd(x, axis=0) + 1e-6
         self.mean = np.where(np.isfinite(self.mean), self.mean, 0.0)
         self._frames = None
+        self._item_table = None  # the popularity snapshot is set: item columns are rebuilt
         return {"n_wide": float(len(self.numeric))}
 
     @property
@@ -317,8 +318,48 @@ class WideFeatures(FeatureModel):
         return self._standard(self._matrix(self.offer_frame(data)))
 
     def serving_matrix(self, state: Any, item_idx: np.ndarray) -> np.ndarray:
-        """The same rows at quote time, for catalog rows `item_idx`, from `user_state(events)`."""
+        """The same rows at quote time, for catalog rows `item_idx`, from `user_state(events)`.
+
+        In numpy: the item columns are one table per loaded model, the user columns come from the
+        state's sums (`pricing.features.history_columns`), the category share per row from its
+        counts. `serving_matrix_frame` is the same through `serving_frame` (tests compare them).
+        """
+        rows = np.asarray(item_idx, np.int64)
+        if self._item_table is None:
+            self._build_item_table()
+        assert self._item_table is not None and self._item_category is not None
+        sums, cat_counts = state[0], state[1]
+        values = np.asarray(sums.reindex(list(F.HISTORY_SUMS)).to_numpy(float))
+        counts = np.fromiter(
+            (cat_counts.get(c, 0.0) for c in self._item_category[rows]), float, len(rows)
+        )
+        user = F.history_columns(
+            {k: values[j : j + 1] for j, k in enumerate(F.HISTORY_SUMS)}, counts
+        )
+        x = self._item_table[rows].copy()
+        for j, col in enumerate(self.numeric):
+            if col in user:
+                x[:, j] = user[col]
+        return self._standard(x)
+
+    def serving_matrix_frame(self, state: Any, item_idx: np.ndarray) -> np.ndarray:
+        """`serving_matrix` through the baselines' `serving_frame` (pandas)."""
         return self._standard(self._matrix(self.serving_frame(state, np.asarray(item_idx))))
+
+    _item_table: np.ndarray | None = None
+    _item_category: np.ndarray | None = None
+
+    def set_catalog(self, items: pd.DataFrame) -> None:
+        super().set_catalog(items)
+        self._item_table = None
+
+    def _build_item_table(self) -> None:
+        """The item columns of every catalog row (user columns left at 0), once per model."""
+        rows = np.arange(len(self.catalog))
+        empty: tuple[pd.Series, dict[str, float]] = (pd.Series(0.0, index=list(F.HISTORY_SUMS)), {})
+        frame = self.serving_frame(empty, rows)
+        self._item_table = self._matrix(frame)
+        self._item_category = self.catalog[S.CATEGORY].astype(str).to_numpy()
 
     def _predict_matrix(self, feats: pd.DataFrame) -> np.ndarray:
         raise TypeError("WideFeatures are a network input, not a demand model")

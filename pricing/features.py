@@ -122,31 +122,33 @@ def finalize_history(sums: pd.DataFrame, cat_count: np.ndarray | pd.Series) -> p
 
     Shrunk ratios (a prior of a few pseudo-events) keep users with short histories near the average.
     """
-    n = sums["n_events"].to_numpy(float)
-    views = sums["n_views"].to_numpy(float)
-    buys = sums["n_purchases"].to_numpy(float)
-    searches = sums["n_searches"].to_numpy(float)
-    conv_low = (sums["n_low_buys"].to_numpy(float) + 0.1) / (
-        sums["n_low_views"].to_numpy(float) + 1.0
-    )
-    conv_high = (sums["n_high_buys"].to_numpy(float) + 0.1) / (
-        sums["n_high_views"].to_numpy(float) + 1.0
-    )
-    return pd.DataFrame(
-        {
-            "u_log_events": np.log1p(n),
-            "u_log_purchases": np.log1p(buys),
-            "u_buy_rate": (buys + 0.1) / (views + 1.0),
-            "u_paid_ratio": (sums["sum_paid_ratio"].to_numpy(float) + 2.0) / (buys + 2.0),
-            "u_cheap_share": (sums["n_cheap"].to_numpy(float)) / (searches + 1.0),
-            "u_premium_share": (sums["n_premium"].to_numpy(float)) / (searches + 1.0),
-            "u_conv_low": conv_low,
-            "u_conv_high": conv_high,
-            "u_conv_gap": np.log(conv_low) - np.log(conv_high),
-            "u_cat_share": (np.asarray(cat_count, dtype=float)) / (n + 1.0),
-        },
-        index=sums.index,
-    )
+    cols = history_columns({k: sums[k].to_numpy(float) for k in HISTORY_SUMS}, cat_count)
+    return pd.DataFrame(cols, index=sums.index)
+
+
+def history_columns(
+    sums: dict[str, np.ndarray], cat_count: np.ndarray | pd.Series
+) -> dict[str, np.ndarray]:
+    """`finalize_history` on plain arrays (one per `HISTORY_SUMS` key; they broadcast against
+    `cat_count`): the serving paths' version, with no DataFrame to build."""
+    n = sums["n_events"]
+    views = sums["n_views"]
+    buys = sums["n_purchases"]
+    searches = sums["n_searches"]
+    conv_low = (sums["n_low_buys"] + 0.1) / (sums["n_low_views"] + 1.0)
+    conv_high = (sums["n_high_buys"] + 0.1) / (sums["n_high_views"] + 1.0)
+    return {
+        "u_log_events": np.log1p(n),
+        "u_log_purchases": np.log1p(buys),
+        "u_buy_rate": (buys + 0.1) / (views + 1.0),
+        "u_paid_ratio": (sums["sum_paid_ratio"] + 2.0) / (buys + 2.0),
+        "u_cheap_share": sums["n_cheap"] / (searches + 1.0),
+        "u_premium_share": sums["n_premium"] / (searches + 1.0),
+        "u_conv_low": conv_low,
+        "u_conv_high": conv_high,
+        "u_conv_gap": np.log(conv_low) - np.log(conv_high),
+        "u_cat_share": np.asarray(cat_count, dtype=float) / (n + 1.0),
+    }
 
 
 def item_features(items: pd.DataFrame) -> pd.DataFrame:

@@ -192,3 +192,21 @@ def test_the_ablations_drop_text_and_sequence_and_still_serve(
     acc = accelerate(model)
     assert acc.notes["demand"] == "numpy head"
     assert not acc.notes["user_state"].startswith("model ("), acc.notes
+
+
+def test_the_numpy_serving_rows_equal_the_baselines_serving_frame(
+    wide_bert: Any, featured_splits: Any
+) -> None:
+    """The quote path's wide rows (numpy) are exactly the baselines' pandas `serving_frame` rows."""
+    wide = wide_bert.wide
+    test = featured_splits[2]
+    rows = np.arange(len(wide_bert.catalog))
+    for user in [*test.offers[S.USER_ID].unique()[:4], "nobody"]:
+        events = test.events[test.events[S.USER_ID] == user]
+        state = wide.user_state(events)
+        np.testing.assert_allclose(
+            wide.serving_matrix(state, rows[::-1]),
+            wide.serving_matrix_frame(state, rows[::-1]),
+            rtol=0,
+            atol=1e-6,
+        )
