@@ -484,17 +484,12 @@ def run_online_experiment(
     `start_challenger`) and each quote's arm is the scorer's; `shares` are the arms' configured
     shares (the weights of the unpaired difference). `mode` shadow: see the module docstring.
     """
-    if mode == LIVE:
-        return _run_live_experiment(
-            scorer_url, truth, unit_cost, rule, experiment_id, round_no, batch_requests,
-            candidates, seed, shares,
-        )  # fmt: skip
-    if mode != SHADOW:
+    if mode not in (LIVE, SHADOW):
         raise ValueError(f"experiment mode must be {LIVE!r} or {SHADOW!r}, got {mode!r}")
     log = get_run_logger()
-    shadow = ShadowPricer(challenger, events, seed)
+    shadow = ShadowPricer(challenger, events, seed) if mode == SHADOW else None
     live_parts: list[pd.DataFrame] = []
-    rows = pd.DataFrame()
+    arm_parts: list[pd.DataFrame] = []
     looks: list[dict[str, Any]] = []
     batch = 0
     while True:
@@ -503,57 +498,32 @@ def run_online_experiment(
         )
         live, ghost = shop(scorer_url, traffic, truth, shadow)
         live_parts.append(live)
-        live_cols: dict[str, Any] = {
-            X.ARM: "champion",
-            X.EXPERIMENT: experiment_id,
-            X.PAIR_ID: live[S.OFFER_ID],
-        }
-        arm_live = live.drop(columns=["quote_id", S.SESSION_ID]).assign(**live_cols)
-        arm_shadow = ghost.assign(**{X.ARM: "challenger", X.EXPERIMENT: experiment_id})
-        rows = pd.concat([rows, arm_live, arm_shadow], ignore_index=True)
-        table, decision = X.evaluate_experiment(rows, unit_cost, rule, "champion", "challenger")
-        looks.append({"look": batch + 1, **decision.to_dict()})
-        log.info("experiment %s look %d: %s", experiment_id, batch + 1, decision.reasons[-1])
-        batch += 1
-        if decision.action != X.CONTINUE:
-            return ExperimentRun(decision, table, rows, pd.concat(live_parts), looks)
-
-
-def _run_live_experiment(
-    scorer_url: str,
-    truth: GroundTruth,
-    unit_cost: pd.Series,
-    rule: X.ExperimentRule,
-    experiment_id: str,
-    round_no: int,
-    batch_requests: int,
-    candidates: int,
-    seed: int,
-    shares: dict[str, float] | None,
-) -> ExperimentRun:
-    log = get_run_logger()
-    parts: list[pd.DataFrame] = []
-    looks: list[dict[str, Any]] = []
-    batch = 0
-    while True:
-        traffic = make_traffic(
-            truth, batch_requests, candidates, seed + 7919 * batch, f"loop-r{round_no}-x{batch}"
-        )
-        live, _ = shop(scorer_url, traffic, truth)
-        parts.append(live)
-        rows = pd.concat(parts, ignore_index=True)
-        arms = rows.drop(columns=["quote_id", S.SESSION_ID]).assign(**{X.EXPERIMENT: experiment_id})
+        arm_parts.append(_arm_rows(live, ghost if shadow is not None else None, experiment_id))
+        rows = pd.concat(arm_parts, ignore_index=True)
         table, decision = X.evaluate_experiment(
-            arms, unit_cost, rule, "champion", CHALLENGER, shares
+            rows, unit_cost, rule, "champion", CHALLENGER, shares if shadow is None else None
         )
-        n_arm = arms[X.ARM].value_counts().to_dict()
+        n_arm = {str(k): int(v) for k, v in rows[X.ARM].value_counts().items()}
         looks.append({"look": batch + 1, "quotes_per_arm": n_arm, **decision.to_dict()})
         log.info(
             "experiment %s look %d %s: %s", experiment_id, batch + 1, n_arm, decision.reasons[-1]
         )
         batch += 1
         if decision.action != X.CONTINUE:
-            return ExperimentRun(decision, table, arms, rows, looks)
+            return ExperimentRun(decision, table, rows, pd.concat(live_parts), looks)
+
+
+def _arm_rows(live: pd.DataFrame, ghost: pd.DataFrame | None, experiment_id: str) -> pd.DataFrame:
+    """One batch's rows for the comparison. Live: every shown quote, in the arm the scorer named.
+    Shadow: the shown quotes as the champion arm, each paired (`pair_id`) with the challenger's
+    unseen price for the same request and item."""
+    shown = live.drop(columns=["quote_id", S.SESSION_ID]).assign(**{X.EXPERIMENT: experiment_id})
+    if ghost is None:
+        return shown
+    paired: dict[str, Any] = {X.ARM: "champion", X.PAIR_ID: live[S.OFFER_ID]}
+    shown = shown.assign(**paired)
+    unseen = ghost.assign(**{X.ARM: CHALLENGER, X.EXPERIMENT: experiment_id})
+    return pd.concat([shown, unseen], ignore_index=True)
 
 
 # --- the next training set ----------------------------------------------------------------------
