@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from bert_fixtures import TINY_BERT
 
 from mlops.models import PricingData
 from pricing import schema as S
-from tests.model.conftest import TINY_BERT
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from bert_fixtures import SMALL, TINY_BERT
 
 from mlops.models import WIDE_FEATURES, PricingData
 from pricing import features as F
@@ -21,7 +22,6 @@ from pricing import metrics as M
 from pricing import schema as S
 from pricing.simulator import simulate
 from pricing.split import time_split
-from tests.model.conftest import SMALL, TINY_BERT
 
 
 @pytest.fixture(scope="module")
