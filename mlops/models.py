@@ -328,6 +328,7 @@ class WideFeatures(FeatureModel):
         if self._item_table is None:
             self._build_item_table()
         assert self._item_table is not None and self._item_category is not None
+        assert self.mean is not None and self.std is not None
         sums, cat_counts = state[0], state[1]
         values = np.asarray(sums.reindex(list(F.HISTORY_SUMS)).to_numpy(float))
         counts = np.fromiter(
@@ -336,30 +337,30 @@ class WideFeatures(FeatureModel):
         user = F.history_columns(
             {k: values[j : j + 1] for j, k in enumerate(F.HISTORY_SUMS)}, counts
         )
-        x = self._item_table[rows].copy()
-        for j, col in enumerate(self.numeric):
-            if col in user:
-                x[:, j] = user[col]
-        return self._standard(x)
+        x = self._item_table[rows]  # already standardized: a fancy index is a copy
+        for j in self._user_columns:
+            z = (user[self.numeric[j]] - self.mean[j]) / self.std[j]
+            x[:, j] = np.clip(np.nan_to_num(z, nan=0.0), -_WIDE_CLIP, _WIDE_CLIP)
+        return x
 
     def serving_matrix_frame(self, state: Any, item_idx: np.ndarray) -> np.ndarray:
         """`serving_matrix` through the baselines' `serving_frame` (pandas)."""
         return self._standard(self._matrix(self.serving_frame(state, np.asarray(item_idx))))
 
+    # Built on the first quote from the fitted (or loaded) catalog: reset by `fit`, which sets the
+    # catalog's popularity snapshot; `load` starts from a fresh instance.
     _item_table: np.ndarray | None = None
     _item_category: np.ndarray | None = None
-
-    def set_catalog(self, items: pd.DataFrame) -> None:
-        super().set_catalog(items)
-        self._item_table = None
+    _user_columns: list[int]
 
     def _build_item_table(self) -> None:
-        """The item columns of every catalog row (user columns left at 0), once per model."""
+        """Every catalog row's standardized item columns (user columns filled per quote)."""
         rows = np.arange(len(self.catalog))
         empty: tuple[pd.Series, dict[str, float]] = (pd.Series(0.0, index=list(F.HISTORY_SUMS)), {})
-        frame = self.serving_frame(empty, rows)
-        self._item_table = self._matrix(frame)
+        self._item_table = self._standard(self._matrix(self.serving_frame(empty, rows)))
         self._item_category = self.catalog[S.CATEGORY].astype(str).to_numpy()
+        user = set(F.USER_FEATURES) | set(F.KEYWORD_FEATURES)
+        self._user_columns = [j for j, col in enumerate(self.numeric) if col in user]
 
     def _predict_matrix(self, feats: pd.DataFrame) -> np.ndarray:
         raise TypeError("WideFeatures are a network input, not a demand model")

@@ -97,7 +97,10 @@ def accelerate(model: Any) -> Accelerated:
     for step, how in notes.items():
         if how.startswith("model ("):
             log.warning("serving %s with the model's own %s: %s", type(model).__name__, step, how)
-    cheap = notes["user_state"] == "numpy tokens + numpy transformer"
+    # The wide features' history state is built through pandas (milliseconds): a worker thread.
+    cheap = notes["user_state"] == "numpy tokens + numpy transformer" and not getattr(
+        model, "wide", None
+    )
     return Accelerated(user_state, demand, notes, cheap_user_state=cheap)
 
 
