@@ -40,7 +40,9 @@ from pricing.simulator import load_ground_truth
 from tasks.evaluation import LIST_PRICE
 from tasks.experiment import promote_experiment, publish_experiment
 from tasks.loop import (
+    CHALLENGER,
     LIVE,
+    SHADOW,
     OfflineResult,
     build_next_training_set,
     evaluate_offline,
@@ -134,7 +136,7 @@ def loop(
             `challenger_share` of users) or "shadow" (paired, priced beside the champion's quotes).
         challenger_share: the challenger arm's share of users in live mode.
     """
-    if experiment_mode not in (LIVE, "shadow"):
+    if experiment_mode not in (LIVE, SHADOW):
         raise ValueError(f"experiment_mode must be 'live' or 'shadow', got {experiment_mode!r}")
     if not 0 < challenger_share < 1:
         raise ValueError(f"challenger_share must be in (0, 1), got {challenger_share}")
@@ -327,7 +329,7 @@ def _retrain_gate_and_experiment(
     try:
         run = run_online_experiment(
             scorer.url, truth, candidate, events, cost, rule, exp_id, k, experiment_batch,
-            candidates, seed + 1000 * k, mode, {"champion": 1 - share, "challenger": share},
+            candidates, seed + 1000 * k, mode, {"champion": 1 - share, CHALLENGER: share},
         )  # fmt: skip
         quotes_so_far.append(run.live)
         run.rows.to_parquet(round_dir / "experiment.parquet", index=False)

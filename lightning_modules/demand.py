@@ -29,6 +29,7 @@ from lightning_modules.sequences import HistoryBatcher, Vocab, event_arrays
 from mlops.config import BertConfig
 from mlops.models import WideFeatures
 from mlops.text import TextEncoder, item_texts
+from pricing import features as F
 from pricing import schema as S
 from pricing.model import DemandModel, PricingData
 
@@ -373,7 +374,7 @@ class BertDemand(DemandModel):
         self._ab_cache = None
         y = valid.offers[S.PURCHASED].to_numpy(float)
         with np.errstate(invalid="ignore", divide="ignore"):
-            lpr = np.log(valid.offers[S.PRICE].to_numpy(float) / valid.list_price())
+            lpr = F.price_features(valid.offers[S.PRICE].to_numpy(float), valid.list_price())
         z = a - b * np.where(np.isfinite(lpr), lpr, 0.0)
         ok = np.isfinite(z)
         z, y = z[ok], y[ok]

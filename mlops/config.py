@@ -129,7 +129,7 @@ class VariantConfig(_Strict):
     name like any other (`--models bert_wide,bert,lightgbm`, `model: bert_wide`).
     """
 
-    model: Literal["logistic", "lightgbm", "lightgbm_text", "bert"]
+    model: str  # one of BASE_MODELS (checked with the rest of the experiment config)
     set: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -191,23 +191,13 @@ def loop_scorer(
         sp.stop(timeout_s=20)
 
 
-def _admin(scorer: LoopScorer) -> dict[str, str]:
-    return {"Authorization": f"Bearer {scorer.token}"}
-
-
 def start_challenger(scorer: LoopScorer, registered: str, version: str) -> dict[str, Any]:
     """Point the `challenger` alias at `version` and have the scorer's arm serve it; returns the
     arm's /readyz entry. Raises RuntimeError when the arm does not serve that version."""
     from mlops.registry import set_alias
 
     set_alias(registered, version, CHALLENGER)
-    r = httpx.post(
-        f"{scorer.url}/admin/reload",
-        params={"arm": CHALLENGER},
-        headers=_admin(scorer),
-        timeout=120,
-    )
-    arm = _arm_status(scorer.url)
+    r, arm = _reload_arm(scorer)
     if (
         r.status_code != 200
         or arm.get("status") != "serving"
@@ -227,18 +217,19 @@ def stop_challenger(scorer: LoopScorer, registered: str) -> dict[str, Any]:
 
     if alias_version(registered, CHALLENGER) is not None:
         delete_alias(registered, CHALLENGER)
-    httpx.post(
+    return _reload_arm(scorer)[1]
+
+
+def _reload_arm(scorer: LoopScorer) -> tuple[httpx.Response, dict[str, Any]]:
+    """`POST /admin/reload?arm=challenger`, then the arm's /readyz entry."""
+    r = httpx.post(
         f"{scorer.url}/admin/reload",
         params={"arm": CHALLENGER},
-        headers=_admin(scorer),
+        headers={"Authorization": f"Bearer {scorer.token}"},
         timeout=120,
     )
-    return _arm_status(scorer.url)
-
-
-def _arm_status(scorer_url: str) -> dict[str, Any]:
-    arms = served(scorer_url).get("arms") or []
-    return next((dict(a) for a in arms if a.get("arm") == CHALLENGER), {})
+    arms = served(scorer.url).get("arms") or []
+    return r, next((dict(a) for a in arms if a.get("arm") == CHALLENGER), {})
 
 
 def served(scorer_url: str) -> dict[str, Any]:

@@ -55,3 +55,10 @@ def test_the_shipped_configs_variants_are_valid() -> None:
         cfg = load_config(f"configs/{name}.yaml")
         for variant in cfg.variants:
             assert isinstance(cfg.model_block(variant), BertConfig | dict)
+
+
+def test_the_configs_model_kinds_are_the_registrys() -> None:
+    from mlops.config import BASE_MODELS
+    from mlops.models import MODELS
+
+    assert set(BASE_MODELS) == set(MODELS)
