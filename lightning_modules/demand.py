@@ -23,6 +23,7 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 
+from lightning_modules.components.towers import TextTop
 from lightning_modules.price_datamodule import PriceDataModule, loader
 from lightning_modules.price_module import PriceResponseModule
 from lightning_modules.sequences import HistoryBatcher, Vocab, event_arrays
@@ -296,6 +297,8 @@ class BertDemand(DemandModel):
             torch.from_numpy(query_text),
             torch.from_numpy(seen),
         )
+        if cfg.finetune_layers and cfg.text:
+            module.net.items.attach_text_top(self._text_top(int(cfg.finetune_layers)))
         on_gpu = device_plan(self.trainer_args)[1]
         if on_gpu:
             torch.set_float32_matmul_precision("high")  # TF32 for whatever still runs in fp32
@@ -343,7 +346,11 @@ class BertDemand(DemandModel):
             if best_path and Path(best_path).exists():
                 state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
                 module.load_state_dict(state)
-        self.module = module.cpu().eval()
+        module = module.cpu()
+        # Fine-tuned text: the best weights' vectors go into the buffer; the layers are dropped.
+        module.net.items.bake_text()
+        module.net.items.detach_text_top()
+        self.module = module.eval()
         self._ab_cache = None
         temperature = float("nan")
         if cfg.calibrate and has_valid and valid is not None:
@@ -362,7 +369,19 @@ class BertDemand(DemandModel):
             "samples_per_s": samples / max(fit_s, 1e-9),
             "encode_seconds": encode_s,
             "n_params": float(sum(p.numel() for p in module.parameters())),
+            "finetune_layers": float(cfg.finetune_layers if cfg.text else 0),
         }
+
+    def _text_top(self, layers: int) -> TextTop:
+        """MiniLM's top `layers` layers and their inputs for every catalog item (row 0: none)."""
+        hidden, mask = self.encoder.top_inputs(item_texts(self.catalog), layers)
+        pad_h = np.zeros((1, *hidden.shape[1:]), hidden.dtype)
+        pad_m = np.zeros((1, mask.shape[1]), bool)
+        return TextTop(
+            self.encoder.top_layers(layers),
+            torch.from_numpy(np.concatenate([pad_h, hidden])),
+            torch.from_numpy(np.concatenate([pad_m, mask])),
+        )
 
     def _calibrate(self, valid: PricingData) -> float:
         """Fit the head's scale s on the validation offers by log loss; returns the temperature 1/s.

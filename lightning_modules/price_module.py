@@ -61,6 +61,7 @@ class PriceResponseModule(pl.LightningModule):
         cosine: bool = True,
         n_wide: int = 0,
         id_dropout: float = 0.0,
+        finetune_lr: float = 5e-5,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -148,6 +149,10 @@ class PriceResponseModule(pl.LightningModule):
             # Restored before the module moves to its device: set the current device's generator.
             torch.cuda.set_rng_state(rng["cuda"], torch.cuda.current_device())
 
+    def on_validation_epoch_start(self) -> None:
+        """Validation reads the item-text buffer: refresh it from the fine-tuned text top."""
+        self.net.items.bake_text()
+
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logit = self(batch).float()
         return F.binary_cross_entropy_with_logits(logit, batch["label"].float()), logit
@@ -173,13 +178,21 @@ class PriceResponseModule(pl.LightningModule):
         hp: Any = self.hparams  # an AttributeDict of __init__'s arguments
         decay: list[torch.nn.Parameter] = []
         no_decay: list[torch.nn.Parameter] = []
+        text: list[torch.nn.Parameter] = []  # fine-tuned MiniLM layers: their own (small) rate
         for name, p in self.named_parameters():
+            if ".text_top." in f".{name}":
+                text.append(p)
             # Embedding tables, norms and biases are not shrunk toward zero.
-            (no_decay if p.ndim < 2 or "emb" in name else decay).append(p)
+            elif p.ndim < 2 or "emb" in name:
+                no_decay.append(p)
+            else:
+                decay.append(p)
         groups = [
             {"params": decay, "weight_decay": hp.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
+        if text:
+            groups.append({"params": text, "weight_decay": 0.01, "lr": hp.finetune_lr})
         if fused is None:
             fused = self.device.type == "cuda"
         opt = torch.optim.AdamW(groups, lr=hp.lr, fused=fused)

@@ -65,7 +65,7 @@ class BertConfig(_Strict):
     hyperparameters (`ARCH`); unknown keys and wrong types fail when the config is read.
     """
 
-    ARCH: ClassVar[tuple[str, ...]] = ("d_model", "n_layers", "n_heads", "max_len", "dropout", "head_hidden", "ff_mult", "lr", "weight_decay", "warmup_steps", "cosine", "id_dropout")  # fmt: skip
+    ARCH: ClassVar[tuple[str, ...]] = ("d_model", "n_layers", "n_heads", "max_len", "dropout", "head_hidden", "ff_mult", "lr", "weight_decay", "warmup_steps", "cosine", "id_dropout", "finetune_lr")  # fmt: skip
 
     text_encoder: Literal["minilm", "tiny"] = "minilm"  # tiny: a random-init BERT, tests only
     text_cache_dir: str | None = None  # on-disk cache of encoded texts (hash of encoder + texts)
@@ -111,6 +111,12 @@ class BertConfig(_Strict):
     # features, when on, still summarize the history).
     text: bool = True
     sequence: bool = True
+    # Fine-tuning: MiniLM's top `finetune_layers` layers train with the network, at `finetune_lr`,
+    # over cached inputs (the frozen layers below run once); 0 keeps the text vectors frozen. On
+    # CPU, 1 (the last layer); more on a GPU. The trained vectors are baked into the saved model:
+    # serving never runs a BERT layer for an item.
+    finetune_layers: int = Field(default=0, ge=0)
+    finetune_lr: float = Field(default=5e-5, gt=0)
     # Lightning Trainer settings (accelerator, devices, strategy, precision, ...)
     trainer: dict[str, Any] = Field(default_factory=dict)
 

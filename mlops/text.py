@@ -1,13 +1,16 @@
-"""Frozen text encoders: all-MiniLM-L6-v2 (offline) or a tiny random BERT for tests.
+"""Text encoders: all-MiniLM-L6-v2 (offline) or a tiny random BERT for tests.
 
 Text is encoded once per data version (item texts, the query vocabulary) with mean pooling and no
 gradient, then cached; the networks only ever see the cached vectors. BERT therefore never runs
-per training step or per quote (only for a search query the model has never seen).
+per quote (only for a search query the model has never seen). Fine-tuning (`finetune_layers`)
+trains copies of the top layers (`top_layers`) over the cached inputs of those layers
+(`top_inputs`): the frozen layers below run once, never per training step.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +22,7 @@ import pandas as pd
 from pricing import schema as S
 
 ENCODERS: tuple[str, ...] = ("minilm", "tiny")
+log = logging.getLogger(__name__)
 _TINY_SEED = 1234  # the tiny encoder's weights must be the same in every process (save/load)
 
 
@@ -113,15 +117,67 @@ class TextEncoder:
         if key in self._memory:
             return self._memory[key]
         file = self.cache_dir / f"text-{key}.npy" if self.cache_dir else None
-        if file is not None and file.exists():
-            out = np.load(file)
-        else:
+        out = _load_cached(file, (len(texts), self.dim)) if file is not None else None
+        if out is None:
             out = self._encode(texts)
             if file is not None:
-                file.parent.mkdir(parents=True, exist_ok=True)
-                np.save(file, out)
+                _save_atomic(file, out)
         self._memory[key] = out
         return out
+
+    @property
+    def n_layers(self) -> int:
+        """Transformer layers in the encoder (6 for MiniLM, 1 for the tiny test encoder)."""
+        self._load()
+        return int(self._model.config.num_hidden_layers)
+
+    def top_inputs(self, texts: Sequence[str], layers: int) -> tuple[np.ndarray, np.ndarray]:
+        """What the top `layers` layers read for each text: hidden states and the token mask.
+
+        Returns ((N, T, H) float16 states, (N, T) bool mask), T the longest text's token count.
+        `top_layers(layers)` applied to them, then mean pooling over the mask, gives `encode`'s
+        vectors (up to float16 rounding).
+        """
+        import torch
+
+        if not 1 <= layers <= self.n_layers:
+            raise ValueError(f"layers must be in 1..{self.n_layers}, got {layers}")
+        texts = [str(t) for t in texts]
+        states, masks = [], []
+        with torch.inference_mode():
+            for i in range(0, len(texts), self.batch_size):
+                tok = self._tokenizer(
+                    texts[i : i + self.batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
+                out = self._model(**tok, output_hidden_states=True)
+                states.append(out.hidden_states[-(layers + 1)].to(torch.float16).numpy())
+                masks.append(tok["attention_mask"].numpy().astype(bool))
+        width = max((m.shape[1] for m in masks), default=1)
+        hidden = np.zeros((len(texts), width, self.dim), np.float16)
+        mask = np.zeros((len(texts), width), bool)
+        row = 0
+        for s, m in zip(states, masks, strict=True):
+            hidden[row : row + len(s), : s.shape[1]] = s
+            mask[row : row + len(m), : m.shape[1]] = m
+            row += len(s)
+        return hidden, mask
+
+    def top_layers(self, layers: int) -> Any:
+        """Trainable copies of the encoder's top `layers` transformer layers (a ModuleList)."""
+        import copy
+
+        import torch
+
+        if not 1 <= layers <= self.n_layers:
+            raise ValueError(f"layers must be in 1..{self.n_layers}, got {layers}")
+        top = copy.deepcopy(self._model.encoder.layer[-layers:])
+        for p in top.parameters():
+            p.requires_grad_(True)
+        return torch.nn.ModuleList(top).train()
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -142,3 +198,29 @@ class TextEncoder:
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
                 chunks.append(pooled.float().numpy())
         return np.concatenate(chunks).astype(np.float32)
+
+
+def _load_cached(file: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """A cached array, or None when it is missing, unreadable or of the wrong shape (re-encode)."""
+    if not file.exists():
+        return None
+    try:
+        out = np.load(file)
+    except (OSError, ValueError, EOFError) as exc:
+        log.warning("text cache %s is unreadable (%s); encoding again", file, exc)
+        return None
+    if out.shape != shape or out.dtype != np.float32:
+        log.warning(
+            "text cache %s has shape %s, expected %s; encoding again", file, out.shape, shape
+        )
+        return None
+    return out
+
+
+def _save_atomic(file: Path, out: np.ndarray) -> None:
+    """Write to a temporary file, then rename: a reader never sees a half-written cache."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, out)
+    os.replace(tmp, file)

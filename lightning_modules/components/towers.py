@@ -2,8 +2,10 @@
 
     logit(u, i, p) = a(u, i) - b(u, i) * log(p / list_price_i),   b = softplus(.) >= 0,
 
-so predicted demand can never rise with price, whatever the weights. Text enters only as frozen,
-precomputed vectors held in buffers (item texts, the query vocabulary).
+so predicted demand can never rise with price, whatever the weights. Text enters as precomputed
+vectors held in buffers (item texts, the query vocabulary). With fine-tuning, the item tower trains
+copies of MiniLM's top layers (`TextTop`) over their cached inputs; `bake_text` writes what they
+produce into the buffer, so evaluation, saving and serving read vectors, never a BERT layer.
 """
 
 from __future__ import annotations
@@ -21,6 +23,39 @@ from lightning_modules.sequences import N_EVENT_TYPES, N_GAP_BUCKETS
 def price_inputs(lpr: Tensor, has_price: Tensor) -> Tensor:
     """Per-token price features: log(price/list), its discount and markup parts, and a flag."""
     return torch.stack([lpr, F.relu(-lpr), F.relu(lpr), has_price.to(lpr.dtype)], dim=-1)
+
+
+class TextTop(nn.Module):
+    """MiniLM's top layers, trained with the network, over their cached inputs (one row per item).
+
+    `hidden` (n_items + 1, T, H) float16 and `mask` (n_items + 1, T) are what the top layers read
+    (`TextEncoder.top_inputs`; row 0, the unknown item, is empty and pools to zeros). They stay in
+    host memory, outside the state dict and the buffers DDP broadcasts: a step copies only the
+    rows it reads to the layers' device. Only the layers' weights are state.
+    """
+
+    def __init__(self, layers: nn.ModuleList, hidden: Tensor, mask: Tensor) -> None:
+        super().__init__()
+        self.layers = layers
+        self.hidden = hidden.to(torch.float16).cpu()
+        self.mask = mask.to(torch.bool).cpu()
+
+    def forward(self, rows: Tensor) -> Tensor:
+        """Mean-pooled vectors (len(rows), H) of these items' texts."""
+        device = next(self.layers.parameters()).device
+        rows = rows.cpu()
+        mask = self.mask[rows]
+        width = max(int(mask.sum(1).max()), 1) if len(rows) else 1  # right-padded: trim
+        mask = mask[:, :width].to(device)
+        h = self.hidden[rows, :width].to(device).float()
+        keep = mask.unsqueeze(-1).to(h.dtype)
+        # Additive mask: padded keys get the dtype's lowest value (as BERT's own mask does).
+        bias = (~mask)[:, None, None, :].to(h.dtype) * torch.finfo(h.dtype).min
+        for layer in self.layers:
+            h = layer(h, attention_mask=bias)
+            if isinstance(h, tuple):  # older transformers return (hidden, ...)
+                h = h[0]
+        return (h * keep).sum(1) / keep.sum(1).clamp(min=1.0)
 
 
 class ItemTower(nn.Module):
@@ -50,14 +85,51 @@ class ItemTower(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         nn.init.normal_(self.id_emb.weight, std=0.02)
         nn.init.normal_(self.cat_emb.weight, std=0.02)
+        self.text_top: TextTop | None = None
+
+    @property
+    def finetuning(self) -> bool:
+        """True while training with a fine-tuned text top (text vectors come from `text_top`)."""
+        return self.text_top is not None and self.training
+
+    def attach_text_top(self, top: TextTop) -> None:
+        """Train these top text layers with the network (`bake_text` + `detach_text_top` after)."""
+        self.text_top = top
+
+    def detach_text_top(self) -> None:
+        """Drop the text layers (after `bake_text`): the tower is a plain vector-table tower again."""
+        self.text_top = None
+
+    @torch.no_grad()
+    def bake_text(self, chunk: int = 512) -> None:
+        """Write the text top's current vectors for every item into the `item_text` buffer."""
+        top = self.text_top
+        if top is None:
+            return
+        was = top.training
+        top.eval()  # no dropout in the vectors evaluation and serving read
+        rows = torch.arange(self.item_text.shape[0], device=self.item_text.device)
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            self.item_text[part] = top(part).to(self.item_text.dtype)
+        top.train(was)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # Models saved before the cold-start flag: every item counts as seen (as they served).
         state_dict.setdefault(prefix + "item_seen", torch.ones_like(self.item_seen))
         super()._load_from_state_dict(state_dict, prefix, *args)
 
-    def forward(self, idx: Tensor) -> Tensor:
-        text = self.text_proj(self.item_text[idx])
+    def text_vectors(self, idx: Tensor) -> Tensor:
+        """Text vectors (..., text_dim) of items `idx`: the buffer's, or the text top's in training."""
+        if not self.finetuning:
+            return self.item_text[idx]
+        assert self.text_top is not None
+        rows, inverse = torch.unique(idx, return_inverse=True)  # each item's text once per step
+        return self.text_top(rows)[inverse]
+
+    def forward(self, idx: Tensor, text: Tensor | None = None) -> Tensor:
+        """Item vectors (..., d); `text` gives the items' text vectors when already computed."""
+        text = self.text_proj(self.text_vectors(idx) if text is None else text)
         keep = self.item_seen[idx]
         if self.training and self.id_dropout > 0:
             keep = keep * (torch.rand_like(keep) >= self.id_dropout).to(keep.dtype)
@@ -218,12 +290,20 @@ class PriceResponseNet(nn.Module):
         self.head = PriceHead(d_model, head_hidden, a_init=a_init, n_wide=n_wide)
         self.register_buffer("query_text", torch.zeros(n_queries + 1, text_dim))  # row 0: none
 
-    def user_vector(self, batch: dict[str, Tensor], query_table: Tensor | None = None) -> Tensor:
-        """User vectors (B, d) from event tensors; `query_table` overrides the cached vocabulary."""
+    def user_vector(
+        self,
+        batch: dict[str, Tensor],
+        query_table: Tensor | None = None,
+        item_text: Tensor | None = None,
+    ) -> Tensor:
+        """User vectors (B, d) from event tensors; `query_table` overrides the cached vocabulary,
+        `item_text` (B, L, text_dim) gives the history items' text vectors when already computed."""
         ev_item = batch["ev_item"]
         has_item = ev_item >= 0
         n_rows = self.items.item_text.shape[0]
-        if n_rows <= ev_item.numel():
+        if item_text is not None:
+            item_vec = self.items(ev_item.clamp(min=0), item_text)
+        elif n_rows <= ev_item.numel():
             # Small catalog: run the tower once per item and gather, not once per token.
             table = self.items(torch.arange(n_rows, device=ev_item.device))
             item_vec = table[ev_item.clamp(min=0)]
@@ -246,8 +326,15 @@ class PriceResponseNet(nn.Module):
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """(a, b) per offer."""
-        u = self.user_vector(batch)
-        return self.head(u, self.items(batch["item"]), batch.get("wide"))
+        if not self.items.finetuning:
+            u = self.user_vector(batch)
+            return self.head(u, self.items(batch["item"]), batch.get("wide"))
+        # Fine-tuning: the text top runs once per step over every item the batch shows.
+        history = batch["ev_item"].clamp(min=0)
+        text = self.items.text_vectors(torch.cat([history.flatten(), batch["item"]]))
+        n = history.numel()
+        u = self.user_vector(batch, item_text=text[:n].view(*history.shape, -1))
+        return self.head(u, self.items(batch["item"], text[n:]), batch.get("wide"))
 
     @staticmethod
     def logit(a: Tensor, b: Tensor, lpr: Tensor) -> Tensor:
