@@ -187,7 +187,22 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         models=[m for m in args.models.split(",") if m.strip()] if args.models else None,
         config_path=args.config,
         out_dir=args.out,
+        first_seed=args.first_seed,
     )
+    print(json.dumps(result, indent=2, default=str))
+    print(f"\n{Path(args.out) / 'compare.md'}:\n")
+    print((Path(args.out) / "compare.md").read_text())
+    return 0
+
+
+def _cmd_compare_merge(args: argparse.Namespace) -> int:
+    from flows.compare import merge_compare
+
+    try:
+        result = merge_compare(args.dirs, args.out, args.config)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(result, indent=2, default=str))
     print(f"\n{Path(args.out) / 'compare.md'}:\n")
     print((Path(args.out) / "compare.md").read_text())
@@ -500,10 +515,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--simulate", action="store_true", help="a new simulated market per seed (seed s)"
     )
     c.add_argument("--seeds", type=int, required=True, help="how many seeds (config seed, +1, ...)")
+    c.add_argument(
+        "--first-seed",
+        type=int,
+        help="start at this seed, not the config's (split seeds over machines; compare-merge)",
+    )
     c.add_argument("--models", help="main model first, then baselines: lightgbm,logistic")
     c.add_argument("--config", help="experiment YAML (default: configs/default.yaml)")
     c.add_argument("--out", required=True, help="writes compare.json, compare.md, seed-<s>.json")
     c.set_defaults(func=_cmd_compare)
+
+    cm = sub.add_parser(
+        "compare-merge",
+        help="pool the seeds of several compare runs (e.g. one per machine) into one report",
+    )
+    cm.add_argument("dirs", nargs="+", help="output folders of pricing compare (seed-<s>.json)")
+    cm.add_argument("--config", help="experiment YAML (the primary metric; default: default.yaml)")
+    cm.add_argument("--out", required=True, help="writes compare.json, compare.md, seed-<s>.json")
+    cm.set_defaults(func=_cmd_compare_merge)
 
     lp = sub.add_parser(
         "loop",

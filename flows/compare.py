@@ -27,6 +27,7 @@ from tasks.compare import (
     log_seed_run,
     model_names,
     prepare_data,
+    read_seed_reports,
     seed_report,
     summarize_seeds,
     train_seed_model,
@@ -43,11 +44,13 @@ def compare(
     models: list[str] | None = None,
     config_path: str | None = None,
     out_dir: str | None = None,
+    first_seed: int | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate the main model and its baselines on `seeds` seeds; report intervals.
 
     Args:
-        seeds: how many seeds: the config's `seed`, `seed + 1`, ...
+        seeds: how many seeds: `first_seed` (default: the config's `seed`), `+ 1`, ... Seeds run
+            in separate processes or machines are pooled afterwards with `merge_compare`.
         simulate: a fresh simulated market per seed (the config's `simulate:` overrides); else
             the fixed data in `data_dir`, with only the training seed changing.
         models: the main model first, then the baselines (default: the config's `model` and
@@ -70,7 +73,8 @@ def compare(
     names = model_names(cfg, models)
     main = names[0]
     cfg = cfg.model_copy(update={"model": main, "baselines": names[1:]})
-    seed_list = [cfg.seed + i for i in range(seeds)]
+    start = cfg.seed if first_seed is None else int(first_seed)
+    seed_list = [start + i for i in range(seeds)]
     out = Path(out_dir) if out_dir else runs_dir / "compare"
 
     # Fixed data is validated, featurized and split once; only the training seed changes.
@@ -163,3 +167,33 @@ def compare(
         out / COMPARE_JSON,
     )
     return result
+
+
+def merge_compare(dirs: list[str], out_dir: str, config_path: str | None = None) -> dict[str, Any]:
+    """Pool the seeds of several `compare` runs (split across processes or machines) into one report.
+
+    Every seed is independent, so the pooled report is what one run over all the seeds gives: the
+    same statistics over the `seed-<s>.json` files of `dirs` (same main model and models; no seed
+    twice), written to `out_dir` like `compare` writes them. Nothing is trained or logged to MLflow.
+    """
+    cfg = load_config(config_path)
+    reports = read_seed_reports([Path(d) for d in dirs])
+    first = next(iter(reports.values()))
+    main = first["main"]
+    promo = cfg.promotion
+    truth = all(r["ground_truth"] for r in reports.values())
+    primary = promo.primary_metric_simulated if truth else promo.primary_metric_real
+    per_seed = {seed: r["metrics"] for seed, r in reports.items()}
+    summary = summarize_seeds.fn(per_seed, main, primary, cfg)
+    summary["merged_from"] = [str(d) for d in dirs]
+    out = Path(out_dir)
+    write_compare_report.fn(summary, reports, out)
+    return {
+        "out_dir": str(out),
+        "compare_json": str(out / COMPARE_JSON),
+        "seeds": sorted(reports),
+        "main": main,
+        "primary": primary,
+        "best_baseline": summary["best_baseline"],
+        "verdicts": summary["verdicts"].get(main, {}),
+    }

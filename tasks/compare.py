@@ -10,6 +10,7 @@ registered. The statistics themselves are pure (`pricing.stats`).
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -301,6 +302,44 @@ def write_compare_report(
         path.write_text(json.dumps(stats.json_safe(report), indent=2, allow_nan=False) + "\n")
         paths[f"seed-{seed}"] = path
     return paths
+
+
+def read_seed_reports(dirs: list[Path]) -> dict[int, dict[str, Any]]:
+    """The `seed-<s>.json` reports of several compare runs, checked to be one comparison's seeds.
+
+    Raises ValueError (naming the file) when a folder has no seed reports, a report is unreadable,
+    a seed appears twice, or the runs disagree on the main model or the models compared.
+    """
+    reports: dict[int, dict[str, Any]] = {}
+    where: dict[int, Path] = {}
+    for d in dirs:
+        files = sorted(Path(d).glob("seed-*.json"))
+        if not files:
+            raise ValueError(
+                f"{d}: no seed-<s>.json reports (the output folder of pricing compare)"
+            )
+        for f in files:
+            try:
+                r = json.loads(f.read_text())
+                seed, main, models = int(r["seed"]), str(r["main"]), list(r["models"])
+                r["metrics"] = {  # null is how the report writes nan
+                    name: {k: math.nan if v is None else float(v) for k, v in vals.items()}
+                    for name, vals in r["metrics"].items()
+                }
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise ValueError(f"{f}: not a compare seed report ({exc})") from exc
+            if seed in reports:
+                raise ValueError(f"seed {seed} is in both {where[seed]} and {f}")
+            if reports:
+                ref = next(iter(reports.values()))
+                if (main, sorted(models)) != (ref["main"], sorted(ref["models"])):
+                    raise ValueError(
+                        f"{f} compares {main} with {sorted(models)}, but "
+                        f"{next(iter(where.values()))} compares {ref['main']} with "
+                        f"{sorted(ref['models'])}"
+                    )
+            reports[seed], where[seed] = r, f
+    return dict(sorted(reports.items()))
 
 
 def artifact_key(text: str) -> str:

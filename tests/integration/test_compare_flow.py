@@ -157,3 +157,45 @@ def test_compare_on_fixed_data_without_ground_truth_uses_log_loss_and_one_seed_s
     assert report["verdicts"]["logistic"]["log_loss"] == "n/a"
     assert "[n/a]" in (out / "compare.md").read_text()
     assert result["mlflow_experiment"] == "shop-compare"
+
+
+def test_seeds_run_apart_merge_into_the_report_of_one_run(
+    prefect_harness: None, mlflow_store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--first-seed` splits the seeds over processes or machines; `compare-merge` pools them."""
+    from flows.cli import main
+    from flows.compare import compare, merge_compare
+    from pricing import stats
+
+    config = tmp_path / "compare.yaml"
+    config.write_text(yaml.safe_dump(TINY_CONFIG))
+    a, b = tmp_path / "a", tmp_path / "b"
+    ra = compare(seeds=1, simulate=True, config_path=str(config), out_dir=str(a))
+    rb = compare(seeds=1, simulate=True, config_path=str(config), out_dir=str(b), first_seed=1)
+    assert ra["seeds"] == [0] and rb["seeds"] == [1]
+
+    merged = merge_compare([str(a), str(b)], str(tmp_path / "ab"), str(config))
+    assert merged["seeds"] == [0, 1] and merged["primary"] == "profit_regret"
+    report = _strict((tmp_path / "ab" / "compare.json").read_text())
+    per_seed = {
+        s: _strict((d / f"seed-{s}.json").read_text())["metrics"] for s, d in ((0, a), (1, b))
+    }
+    want = stats.json_safe(stats.summarize(per_seed, "lightgbm", "profit_regret"))
+    assert report["models"] == want["models"] and report["paired"] == want["paired"]
+    assert report["models"]["lightgbm"]["profit_regret"]["per_seed"] == [
+        per_seed[0]["lightgbm"]["profit_regret"],
+        per_seed[1]["lightgbm"]["profit_regret"],
+    ]
+    assert report["merged_from"] == [str(a), str(b)]
+    assert {p.name for p in (tmp_path / "ab").glob("seed-*.json")} == {"seed-0.json", "seed-1.json"}
+
+    # One comparison's seeds only: the same seed twice, or other models, is refused by name.
+    with pytest.raises(ValueError, match="seed 0 is in both"):
+        merge_compare([str(a), str(a)], str(tmp_path / "x"), str(config))
+    other = _strict((b / "seed-1.json").read_text())
+    other["models"] = ["lightgbm"]
+    (b / "seed-1.json").write_text(json.dumps(other))
+    assert main(["compare-merge", str(a), str(b), "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert "seed-1.json compares lightgbm with ['lightgbm']" in err and "Traceback" not in err
+    assert not (tmp_path / "y").exists()
