@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,19 +140,11 @@ class TextEncoder:
         """
         import torch
 
-        if not 1 <= layers <= self.n_layers:
-            raise ValueError(f"layers must be in 1..{self.n_layers}, got {layers}")
+        self._check_layers(layers)
         texts = [str(t) for t in texts]
         states, masks = [], []
         with torch.inference_mode():
-            for i in range(0, len(texts), self.batch_size):
-                tok = self._tokenizer(
-                    texts[i : i + self.batch_size],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                )
+            for tok in self._batches(texts):
                 out = self._model(**tok, output_hidden_states=True)
                 states.append(out.hidden_states[-(layers + 1)].to(torch.float16).numpy())
                 masks.append(tok["attention_mask"].numpy().astype(bool))
@@ -172,27 +164,34 @@ class TextEncoder:
 
         import torch
 
-        if not 1 <= layers <= self.n_layers:
-            raise ValueError(f"layers must be in 1..{self.n_layers}, got {layers}")
+        self._check_layers(layers)
         top = copy.deepcopy(self._model.encoder.layer[-layers:])
         for p in top.parameters():
             p.requires_grad_(True)
         return torch.nn.ModuleList(top).train()
 
+    def _check_layers(self, layers: int) -> None:
+        if not 1 <= layers <= self.n_layers:
+            raise ValueError(f"layers must be in 1..{self.n_layers}, got {layers}")
+
+    def _batches(self, texts: list[str]) -> Iterator[Any]:
+        """Tokenized batches of `batch_size` texts (right-padded to each batch's longest)."""
+        self._load()
+        for i in range(0, len(texts), self.batch_size):
+            yield self._tokenizer(
+                texts[i : i + self.batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+
     def _encode(self, texts: list[str]) -> np.ndarray:
         import torch
 
-        self._load()
         chunks = []
         with torch.inference_mode():
-            for i in range(0, len(texts), self.batch_size):
-                tok = self._tokenizer(
-                    texts[i : i + self.batch_size],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                )
+            for tok in self._batches(texts):
                 hidden = self._model(**tok).last_hidden_state
                 mask = tok["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
