@@ -26,7 +26,7 @@ request counts at the timeout.
   CPU per request of the scorer processes, Redis and the generator from /proc, the offer log's
   quotes per batched write, and an in-process cProfile of the quote path.
 
-    python benchmarks/scorer_load.py [--model bert|lightgbm|toy] [--workers 2] [--quick]
+    python benchmarks/scorer_load.py [--model bert|bert_wide|lightgbm|toy] [--workers 2] [--quick]
                                      [--model-dir DIR]  (reuse a trained model between runs)
 
 Prints progress on stderr and one JSON line on stdout. Everything is on loopback and bounded.
@@ -118,12 +118,22 @@ def build_model(kind: str, workdir: Path, seed: int) -> tuple[str, pd.DataFrame,
 
         data.features = F.offer_features(t[S.OFFERS], t[S.EVENTS], t[S.ITEMS])
         model: Any = LightGBMDemand({"n_estimators": 100}, seed=seed)
-    elif kind == "bert":
+    elif kind in ("bert", "bert_wide"):
         from lightning_modules.demand import BertDemand
 
-        # tiny-CPU training: a few dozen steps of the small towers over frozen MiniLM vectors
+        # tiny-CPU training: a few dozen steps of the small towers over frozen MiniLM vectors;
+        # bert_wide adds the tabular features to the head (computed per quote from the history)
+        wide = kind == "bert_wide"
+        if wide:
+            data.features = F.offer_features(t[S.OFFERS], t[S.EVENTS], t[S.ITEMS])
         model = BertDemand(
-            {"text_encoder": "minilm", "max_epochs": 1, "max_steps": 60, "batch_size": 128},
+            {
+                "text_encoder": "minilm",
+                "max_epochs": 1,
+                "max_steps": 60,
+                "batch_size": 128,
+                "wide": wide,
+            },
             seed=seed,
         )
     else:
@@ -659,7 +669,9 @@ def measure(
 def main() -> None:
     default_model = "bert" if importlib.util.find_spec("lightning_modules.demand") else "toy"
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=["bert", "lightgbm", "toy"], default=default_model)
+    ap.add_argument(
+        "--model", choices=["bert", "bert_wide", "lightgbm", "toy"], default=default_model
+    )
     ap.add_argument("--workers", type=int, default=2, help="scorer processes on the port")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per rate step")
     ap.add_argument("--warmup", type=float, default=8.0, help="closed-loop warm-up seconds")
