@@ -298,7 +298,9 @@ class BertDemand(DemandModel):
             torch.from_numpy(seen),
         )
         if cfg.finetune_layers and cfg.text:
-            module.net.items.attach_text_top(self._text_top(int(cfg.finetune_layers)))
+            module.net.items.attach_text_top(
+                self._text_top(int(cfg.finetune_layers)), int(cfg.finetune_items)
+            )
         on_gpu = device_plan(self.trainer_args)[1]
         if on_gpu:
             torch.set_float32_matmul_precision("high")  # TF32 for whatever still runs in fp32

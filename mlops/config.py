@@ -117,6 +117,9 @@ class BertConfig(_Strict):
     # serving never runs a BERT layer for an item.
     finetune_layers: int = Field(default=0, ge=0)
     finetune_lr: float = Field(default=5e-5, gt=0)
+    # Items per training step whose text runs through the fine-tuned layers (with gradient); the
+    # batch's other items read their latest vectors. 0: every item of the batch (GPU).
+    finetune_items: int = Field(default=64, ge=0)
     # Lightning Trainer settings (accelerator, devices, strategy, precision, ...)
     trainer: dict[str, Any] = Field(default_factory=dict)
 

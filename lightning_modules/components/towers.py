@@ -86,15 +86,22 @@ class ItemTower(nn.Module):
         nn.init.normal_(self.id_emb.weight, std=0.02)
         nn.init.normal_(self.cat_emb.weight, std=0.02)
         self.text_top: TextTop | None = None
+        self.text_top_items = 0  # items per training step through the text top (0: all)
 
     @property
     def finetuning(self) -> bool:
         """True while training with a fine-tuned text top (text vectors come from `text_top`)."""
         return self.text_top is not None and self.training
 
-    def attach_text_top(self, top: TextTop) -> None:
-        """Train these top text layers with the network (`bake_text` + `detach_text_top` after)."""
+    def attach_text_top(self, top: TextTop, items_per_step: int = 0) -> None:
+        """Train these top text layers with the network (`bake_text` + `detach_text_top` after).
+
+        `items_per_step` > 0 bounds the cost of a step: that many of the batch's items (drawn at
+        random) go through the layers, with gradient; the others read their latest vectors from
+        the buffer, which every pass through the layers refreshes (a memory bank).
+        """
         self.text_top = top
+        self.text_top_items = int(items_per_step)
 
     def detach_text_top(self) -> None:
         """Drop the text layers (after `bake_text`): the tower is a plain vector-table tower again."""
@@ -125,7 +132,18 @@ class ItemTower(nn.Module):
             return self.item_text[idx]
         assert self.text_top is not None
         rows, inverse = torch.unique(idx, return_inverse=True)  # each item's text once per step
-        return self.text_top(rows)[inverse]
+        k = self.text_top_items
+        if k and len(rows) > k:
+            pick = torch.randperm(len(rows), device=rows.device)[:k]
+            fresh = self.text_top(rows[pick])
+            vec = self.item_text[rows].index_put((pick,), fresh.to(self.item_text.dtype))
+            live = rows[pick]
+        else:
+            vec = fresh = self.text_top(rows)
+            live = rows
+        with torch.no_grad():
+            self.item_text[live] = fresh.detach().to(self.item_text.dtype)
+        return vec[inverse]
 
     def forward(self, idx: Tensor, text: Tensor | None = None) -> Tensor:
         """Item vectors (..., d); `text` gives the items' text vectors when already computed."""

@@ -107,3 +107,39 @@ def test_the_text_layers_train_at_their_own_rate() -> None:
         module.net.items.text_top.eval()(idx).detach().numpy(),
         atol=1e-6,
     )
+
+
+def test_a_bounded_step_runs_only_some_items_through_the_layers_and_refreshes_their_vectors() -> (
+    None
+):
+    from lightning_modules.components.towers import ItemTower
+
+    enc = TextEncoder("tiny")
+    hidden, mask = enc.top_inputs(TEXTS, 1)
+    tower = ItemTower(len(TEXTS), 2, enc.dim, 8)
+    with torch.no_grad():
+        tower.item_text[1:] = torch.from_numpy(enc.encode(TEXTS))
+    top = TextTop(
+        enc.top_layers(1),
+        torch.from_numpy(np.concatenate([np.zeros((1, *hidden.shape[1:]), np.float16), hidden])),
+        torch.from_numpy(np.concatenate([np.zeros((1, mask.shape[1]), bool), mask])),
+    )
+    tower.attach_text_top(top, items_per_step=2)
+    tower.train()
+    top.eval()  # no dropout: the layers' output is a fixed function of the weights
+    with torch.no_grad():
+        for p in top.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # as after some training: layers != stale vectors
+    before = tower.item_text.clone()
+    idx = torch.tensor([1, 2, 3, 4, 1])
+    out = tower.text_vectors(idx)
+    refreshed = [r for r in range(1, 5) if not torch.equal(tower.item_text[r], before[r])]
+    assert len(refreshed) == 2  # two of the four items went through the layers
+    with torch.no_grad():
+        live = top(torch.arange(len(TEXTS) + 1))
+    for pos, r in enumerate(idx.tolist()):
+        want = live[r] if r in refreshed else before[r]
+        torch.testing.assert_close(out[pos].detach(), want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(tower.item_text[r], want, atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in top.parameters())
