@@ -189,10 +189,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         out_dir=args.out,
         first_seed=args.first_seed,
     )
-    print(json.dumps(result, indent=2, default=str))
-    print(f"\n{Path(args.out) / 'compare.md'}:\n")
-    print((Path(args.out) / "compare.md").read_text())
-    return 0
+    return _print_compare(result, Path(args.out))
 
 
 def _cmd_compare_merge(args: argparse.Namespace) -> int:
@@ -203,9 +200,14 @@ def _cmd_compare_merge(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return _print_compare(result, Path(args.out))
+
+
+def _print_compare(result: dict[str, Any], out: Path) -> int:
+    """The flow's result as JSON, then the Markdown report it wrote."""
     print(json.dumps(result, indent=2, default=str))
-    print(f"\n{Path(args.out) / 'compare.md'}:\n")
-    print((Path(args.out) / "compare.md").read_text())
+    print(f"\n{out / 'compare.md'}:\n")
+    print((out / "compare.md").read_text())
     return 0
 
 

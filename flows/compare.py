@@ -132,8 +132,7 @@ def compare(
             reports[seed]["mlflow_run_id"] = children[seed]
             with_truth.append(data.truth is not None)
 
-        promo = cfg.promotion
-        primary = promo.primary_metric_simulated if all(with_truth) else promo.primary_metric_real
+        primary = cfg.promotion.primary_metric(all(with_truth))
         summary = summarize_seeds(per_seed, main, primary, cfg)
         summary["mlflow_run_id"] = parent_id
         paths = write_compare_report(summary, reports, out)
@@ -180,9 +179,7 @@ def merge_compare(dirs: list[str], out_dir: str, config_path: str | None = None)
     reports = read_seed_reports([Path(d) for d in dirs])
     first = next(iter(reports.values()))
     main = first["main"]
-    promo = cfg.promotion
-    truth = all(r["ground_truth"] for r in reports.values())
-    primary = promo.primary_metric_simulated if truth else promo.primary_metric_real
+    primary = cfg.promotion.primary_metric(all(r["ground_truth"] for r in reports.values()))
     per_seed = {seed: r["metrics"] for seed, r in reports.items()}
     summary = summarize_seeds.fn(per_seed, main, primary, cfg)
     summary["merged_from"] = [str(d) for d in dirs]

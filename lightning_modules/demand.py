@@ -298,9 +298,10 @@ class BertDemand(DemandModel):
             torch.from_numpy(seen),
         )
         if cfg.finetune_layers and cfg.text:
-            module.net.items.attach_text_top(
-                self._text_top(int(cfg.finetune_layers)), int(cfg.finetune_items)
+            top = TextTop.for_items(
+                self.encoder, item_texts(self.catalog), int(cfg.finetune_layers)
             )
+            module.net.items.attach_text_top(top, int(cfg.finetune_items))
         on_gpu = device_plan(self.trainer_args)[1]
         if on_gpu:
             torch.set_float32_matmul_precision("high")  # TF32 for whatever still runs in fp32
@@ -373,17 +374,6 @@ class BertDemand(DemandModel):
             "n_params": float(sum(p.numel() for p in module.parameters())),
             "finetune_layers": float(cfg.finetune_layers if cfg.text else 0),
         }
-
-    def _text_top(self, layers: int) -> TextTop:
-        """MiniLM's top `layers` layers and their inputs for every catalog item (row 0: none)."""
-        hidden, mask = self.encoder.top_inputs(item_texts(self.catalog), layers)
-        pad_h = np.zeros((1, *hidden.shape[1:]), hidden.dtype)
-        pad_m = np.zeros((1, mask.shape[1]), bool)
-        return TextTop(
-            self.encoder.top_layers(layers),
-            torch.from_numpy(np.concatenate([pad_h, hidden])),
-            torch.from_numpy(np.concatenate([pad_m, mask])),
-        )
 
     def _calibrate(self, valid: PricingData) -> float:
         """Fit the head's scale s on the validation offers by log loss; returns the temperature 1/s.

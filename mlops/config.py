@@ -46,6 +46,10 @@ class PromotionConfig(_Strict):
     # Whether a challenger whose fairness was not evaluated (no protected-group column) is blocked.
     require_fairness: bool = False
 
+    def primary_metric(self, ground_truth: bool) -> str:
+        """The metric that decides: regret where the data has ground truth, else log loss."""
+        return self.primary_metric_simulated if ground_truth else self.primary_metric_real
+
 
 class ValidationConfig(_Strict):
     max_bad_share: float = 0.01

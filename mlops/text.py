@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from pricing import schema as S
+from pricing.io import atomic_path
 
 ENCODERS: tuple[str, ...] = ("minilm", "tiny")
 log = logging.getLogger(__name__)
@@ -121,7 +122,8 @@ class TextEncoder:
         if out is None:
             out = self._encode(texts)
             if file is not None:
-                _save_atomic(file, out)
+                with atomic_path(file) as tmp, open(tmp, "wb") as f:
+                    np.save(f, out)  # a reader never sees a half-written cache
         self._memory[key] = out
         return out
 
@@ -214,12 +216,3 @@ def _load_cached(file: Path, shape: tuple[int, int]) -> np.ndarray | None:
         )
         return None
     return out
-
-
-def _save_atomic(file: Path, out: np.ndarray) -> None:
-    """Write to a temporary file, then rename: a reader never sees a half-written cache."""
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, out)
-    os.replace(tmp, file)

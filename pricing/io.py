@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +22,25 @@ class ContractError(Exception):
 
 
 SUFFIXES = (".parquet", ".csv")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path next to `path` to write to; on success it is fsynced and renamed over
+    `path` (`os.replace`, atomic on POSIX), on failure removed.
+
+    Readers see either the old file or the complete new one, never a partial write; two processes
+    writing the same path concurrently each rename a complete file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def find_table_file(data_dir: str | Path, table: str) -> Path | None:

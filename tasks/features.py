@@ -18,8 +18,6 @@ import functools
 import hashlib
 import inspect
 import logging
-import os
-import uuid
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -30,6 +28,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pricing import features as F
 from pricing import schema as S
+from pricing.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -122,17 +121,10 @@ def write_atomic(df: pd.DataFrame, path: Path) -> None:
     """Write `df` as Parquet to `path` through a temporary file and `os.replace`.
 
     Readers see either the old file or the complete new one, never a partial write; two processes
-    building the same key concurrently each rename a complete file.
+    building the same key concurrently each rename a complete file (`pricing.io.atomic_path`).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def build_offer_features(tables: dict[str, pd.DataFrame], cache_dir: Path) -> FeatureBuild:

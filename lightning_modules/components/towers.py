@@ -11,8 +11,10 @@ produce into the buffer, so evaluation, saving and serving read vectors, never a
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -39,6 +41,21 @@ class TextTop(nn.Module):
         self.layers = layers
         self.hidden = hidden.to(torch.float16).cpu()
         self.mask = mask.to(torch.bool).cpu()
+
+    @classmethod
+    def for_items(cls, encoder: Any, texts: Sequence[str], layers: int) -> TextTop:
+        """`encoder`'s top `layers` layers over the item texts, row i + 1 for text i (row 0: none).
+
+        `encoder` is a `mlops.text.TextEncoder` (`top_inputs`, `top_layers`).
+        """
+        hidden, mask = encoder.top_inputs(texts, layers)
+        pad_h = np.zeros((1, *hidden.shape[1:]), hidden.dtype)
+        pad_m = np.zeros((1, mask.shape[1]), bool)
+        return cls(
+            encoder.top_layers(layers),
+            torch.from_numpy(np.concatenate([pad_h, hidden])),
+            torch.from_numpy(np.concatenate([pad_m, mask])),
+        )
 
     def forward(self, rows: Tensor) -> Tensor:
         """Mean-pooled vectors (len(rows), H) of these items' texts."""

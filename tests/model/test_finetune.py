@@ -77,17 +77,9 @@ def test_the_text_layers_train_at_their_own_rate() -> None:
     from lightning_modules.price_module import PriceResponseModule
 
     enc = TextEncoder("tiny")
-    hidden, mask = enc.top_inputs(TEXTS, 1)
     module = PriceResponseModule(4, 2, 0, enc.dim, d_model=16, lr=1e-3, finetune_lr=2e-5)
     n_rows = len(TEXTS) + 1
-    pad = (np.zeros((1, *hidden.shape[1:]), np.float16), np.zeros((1, mask.shape[1]), bool))
-    module.net.items.attach_text_top(
-        TextTop(
-            enc.top_layers(1),
-            torch.from_numpy(np.concatenate([pad[0], hidden])),
-            torch.from_numpy(np.concatenate([pad[1], mask])),
-        )
-    )
+    module.net.items.attach_text_top(TextTop.for_items(enc, TEXTS, 1))
     opt, _ = module.build_optimizer(100)
     lrs = sorted({g["initial_lr"] for g in opt.param_groups})  # before the schedule's warm-up
     assert lrs == [2e-5, 1e-3]
@@ -115,15 +107,10 @@ def test_a_bounded_step_runs_only_some_items_through_the_layers_and_refreshes_th
     from lightning_modules.components.towers import ItemTower
 
     enc = TextEncoder("tiny")
-    hidden, mask = enc.top_inputs(TEXTS, 1)
     tower = ItemTower(len(TEXTS), 2, enc.dim, 8)
     with torch.no_grad():
         tower.item_text[1:] = torch.from_numpy(enc.encode(TEXTS))
-    top = TextTop(
-        enc.top_layers(1),
-        torch.from_numpy(np.concatenate([np.zeros((1, *hidden.shape[1:]), np.float16), hidden])),
-        torch.from_numpy(np.concatenate([np.zeros((1, mask.shape[1]), bool), mask])),
-    )
+    top = TextTop.for_items(enc, TEXTS, 1)
     tower.attach_text_top(top, items_per_step=2)
     tower.train()
     top.eval()  # no dropout: the layers' output is a fixed function of the weights

@@ -92,7 +92,7 @@ def test_cache_writes_go_through_a_temp_file_and_os_replace(
         replace(src, dst)  # type: ignore[arg-type]
 
     monkeypatch.setattr(pd.DataFrame, "to_parquet", spy_to_parquet)
-    monkeypatch.setattr(T.os, "replace", spy_replace)
+    monkeypatch.setattr(os, "replace", spy_replace)  # the one module object every writer uses
     T.build_offer_features(tables, tmp_path)
     (final,) = _cache_files(tmp_path)
     assert final not in written  # never written in place
