@@ -14,6 +14,9 @@ user's recent items and searches (`recent_events`).
 
 from __future__ import annotations
 
+import contextlib
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -392,6 +395,89 @@ def user_history_state(
     sums = event_sums(events, items, keywords).sum()
     cats = events[S.ITEM_ID].map(items.set_index(S.ITEM_ID)[S.CATEGORY]).dropna().astype(str)
     return sums, {str(k): float(v) for k, v in cats.value_counts().items()}
+
+
+class HistoryState:
+    """`user_history_state(events_frame(events), items, keywords)` for one user's event dicts.
+
+    The scorer's path: the same sums and category counts without building a DataFrame or
+    re-indexing the catalog per call (that costs tens of milliseconds on a large catalog; this is
+    a loop over the history). Lookups are dicts built once per catalog, keyword flags are cached
+    per query. Pandas' rules are kept: an unknown item has no list price (ratio 1 for the
+    thresholds) and no category; a price that is not a number counts as missing. The scorer
+    checks it against `user_history_state` on probe users when a model version loads.
+    """
+
+    def __init__(self, items: pd.DataFrame, keywords: Any = None) -> None:
+        ids = items[S.ITEM_ID].tolist()
+        prices = items[S.LIST_PRICE].astype("float64").tolist()
+        self._list_price = dict(zip(ids, prices, strict=True))
+        self._category = {
+            item: str(cat)
+            for item, cat in zip(ids, items[S.CATEGORY].tolist(), strict=True)
+            if not pd.isna(cat)
+        }
+        self._cheap = set(keywords.cheap) if keywords is not None else set()
+        self._premium = set(keywords.premium) if keywords is not None else set()
+        self._flags: dict[str, tuple[bool, bool]] = {}
+
+    def _query_flags(self, query: Any) -> tuple[bool, bool]:
+        q = "" if query is None or (isinstance(query, float) and np.isnan(query)) else str(query)
+        hit = self._flags.get(q)
+        if hit is None:
+            from pricing.keywords import query_terms
+
+            terms = query_terms(q) if q and (self._cheap or self._premium) else set()
+            hit = (bool(terms & self._cheap), bool(terms & self._premium))
+            if len(self._flags) < 100_000:
+                self._flags[q] = hit
+        return hit
+
+    def __call__(self, events: Sequence[Mapping[str, Any]]) -> tuple[pd.Series, dict[str, float]]:
+        n = len(events)
+        if n == 0:
+            return pd.Series(0.0, index=list(HISTORY_SUMS)), {}
+        price = np.full(n, np.nan)
+        list_price = np.full(n, np.nan)
+        etype = np.empty(n, object)
+        cheap = np.zeros(n, bool)
+        premium = np.zeros(n, bool)
+        cats: Counter[str] = Counter()
+        for k, e in enumerate(events):
+            item = e.get(S.ITEM_ID)
+            lp = self._list_price.get(item) if item is not None else None
+            if lp is not None:
+                list_price[k] = lp
+                cat = self._category.get(item)
+                if cat is not None:
+                    cats[cat] += 1
+            p = e.get(S.PRICE)
+            if p is not None and not isinstance(p, bool):
+                with contextlib.suppress(TypeError, ValueError):  # pd.to_numeric's "coerce"
+                    price[k] = float(p)
+            etype[k] = str(e.get(S.EVENT_TYPE))
+            cheap[k], premium[k] = self._query_flags(e.get(S.QUERY))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.nan_to_num(price / list_price, nan=1.0)
+        is_view, is_buy, is_search = etype == S.VIEW, etype == S.PURCHASE, etype == S.SEARCH
+        low, high = ratio < LOW_RATIO, ratio > HIGH_RATIO
+        sums = np.array(
+            [
+                n,
+                is_view.sum(),
+                is_buy.sum(),
+                is_search.sum(),
+                np.where(is_buy, ratio, 0.0).sum(),
+                (is_search & cheap).sum(),
+                (is_search & premium).sum(),
+                (is_view & low).sum(),
+                (is_buy & low).sum(),
+                (is_view & high).sum(),
+                (is_buy & high).sum(),
+            ],
+            float,
+        )
+        return pd.Series(sums, index=list(HISTORY_SUMS)), {c: float(v) for c, v in cats.items()}
 
 
 def serving_features(

@@ -14,8 +14,10 @@ most of the cost. This module builds, per loaded model version:
 
 Every fast path is compared with the model's own method on synthetic users when the version is
 loaded (`accelerate`); on any difference beyond float noise, or any error, the model's method
-serves and the reason is kept in `notes` (shown on /readyz). Other model types get the generic
-paths: `model.user_state(events_frame(events))` and `model.demand`.
+serves and the reason is kept in `notes` (shown on /readyz). The tabular models get the history
+sums from event dicts (`pricing.features.HistoryState`, checked the same way) and their own
+`demand`; other model types get the generic paths: `model.user_state(events_frame(events))` and
+`model.demand`.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def accelerate(model: Any) -> Accelerated:
     """Fast paths for `model` where one exists and agrees with the model; see the module doc."""
     base = generic(model)
     if type(model).__name__ != "BertDemand":
-        return base
+        return _accelerate_features(model, base)
     notes = dict(base.notes)
     user_state, demand = base.user_state, base.demand
     try:
@@ -97,11 +99,63 @@ def accelerate(model: Any) -> Accelerated:
     for step, how in notes.items():
         if how.startswith("model ("):
             log.warning("serving %s with the model's own %s: %s", type(model).__name__, step, how)
-    # The wide features' history state is built through pandas (milliseconds): a worker thread.
-    cheap = notes["user_state"] == "numpy tokens + numpy transformer" and not getattr(
-        model, "wide", None
-    )
+    # Sub-millisecond without torch or pandas: run on the event loop, not in a worker thread.
+    cheap = notes["user_state"] == "numpy tokens + numpy transformer"
     return Accelerated(user_state, demand, notes, cheap_user_state=cheap)
+
+
+def _accelerate_features(model: Any, base: Accelerated) -> Accelerated:
+    """The tabular models: the history sums from event dicts (`HistoryState`) when the model's
+    state is exactly `pricing.features.user_history_state` (the text baseline adds more: generic)."""
+    from mlops.models import FeatureModel
+
+    if not isinstance(model, FeatureModel) or type(model).user_state is not (
+        FeatureModel.user_state
+    ):
+        return base
+    notes = dict(base.notes)
+    try:
+        fast = HistoryStateFn(model)
+        problem = fast.check(base.user_state)
+    except Exception as exc:  # noqa: BLE001 - a fast path never stops a model from serving
+        problem = f"unavailable: {type(exc).__name__}: {exc}"
+    if problem is not None:
+        notes["user_state"] = f"model (fast path {problem})"
+        return Accelerated(base.user_state, base.demand, notes)
+    notes["user_state"] = "numpy history sums"
+    return Accelerated(fast, base.demand, notes, cheap_user_state=True)
+
+
+class HistoryStateFn:
+    """`FeatureModel.user_state(events_frame(events))` from event dicts (`HistoryState`)."""
+
+    def __init__(self, model: Any) -> None:
+        from pricing.features import HistoryState
+
+        self.model = model
+        self.history = HistoryState(model.catalog, model.keywords)
+
+    def __call__(self, events: Sequence[Mapping[str, Any]]) -> Any:
+        return self.history(events)
+
+    def check(self, reference: StateFn) -> str | None:
+        """None when the sums match `reference` on the probe users, else what differed."""
+        kw = self.model.keywords
+        queries = [*(kw.cheap[:2] if kw else ()), *(kw.premium[:2] if kw else ()), "plain words"]
+        for events in probe_histories(self.model.catalog, queries):
+            problem = history_difference(self(events), reference(events))
+            if problem is not None:
+                return f"disagreed: {problem} for a {len(events)}-event probe"
+        return None
+
+
+def history_difference(got: Any, want: Any) -> str | None:
+    """None when two (history sums, category counts) states agree, else what differed."""
+    if not np.allclose(got[0].to_numpy(float), want[0].to_numpy(float), rtol=1e-12, atol=1e-9):
+        return "history sums differ"
+    if got[1] != want[1]:
+        return "category counts differ"
+    return None
 
 
 # --- test histories --------------------------------------------------------------------------------
@@ -314,6 +368,11 @@ class BertUserState:
 
         self.model = model
         self.wide = getattr(model, "wide", None)
+        self.history: Any = None
+        if self.wide is not None:
+            from pricing.features import HistoryState
+
+            self.history = HistoryState(self.wide.catalog, self.wide.keywords)
         self.torch = torch
         self.net = model.net
         self.vocab = model.vocab
@@ -421,9 +480,9 @@ class BertUserState:
 
     def __call__(self, events: Sequence[Mapping[str, Any]]) -> Any:
         vector = self.vector(events)
-        if self.wide is None:
+        if self.history is None:
             return vector
-        return (vector, self.wide.user_state(events_frame(events)))
+        return (vector, self.history(events))
 
     def vector(self, events: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """The user tower's vector (the whole state without wide features)."""
@@ -458,7 +517,10 @@ class BertUserState:
         catalog = self.model.catalog
         for events in probe_histories(catalog, list(self.vocab.queries)[:5]):
             got, want = self(events), reference(events)
-            if self.wide is not None:  # the tabular half is the model's own code on both sides
+            if self.history is not None:  # (vector, tabular history state)
+                problem = history_difference(got[1], want[1])
+                if problem is not None:
+                    return f"{problem} for a {len(events)}-event probe"
                 got, want = got[0], want[0]
             if got.shape != want.shape or not np.allclose(got, want, rtol=0, atol=STATE_ATOL):
                 diff = float(np.max(np.abs(got - want))) if got.shape == want.shape else math.inf

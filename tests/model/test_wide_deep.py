@@ -108,7 +108,7 @@ def test_the_scorer_fast_paths_agree_with_the_model_and_the_state_stores(
     acc = accelerate(wide_bert)
     assert acc.notes["demand"] == "numpy head", acc.notes
     assert not acc.notes["user_state"].startswith("model ("), acc.notes
-    assert not acc.cheap_user_state  # the history sums go through pandas: off the event loop
+    assert acc.cheap_user_state  # numpy tower + numpy history sums: on the event loop
     test = featured_splits[2]
     user = test.offers[S.USER_ID].iloc[0]
     rows = test.events[test.events[S.USER_ID] == user]
