@@ -330,7 +330,9 @@ class WideFeatures(FeatureModel):
         assert self._item_table is not None and self._item_category is not None
         assert self.mean is not None and self.std is not None
         sums, cat_counts = state[0], state[1]
-        values = np.asarray(sums.reindex(list(F.HISTORY_SUMS)).to_numpy(float))
+        # The states the scorer builds are in HISTORY_SUMS order: no reindex (a third of the cost).
+        ordered = tuple(sums.index) == F.HISTORY_SUMS
+        values = (sums if ordered else sums.reindex(list(F.HISTORY_SUMS))).to_numpy(float)
         counts = np.fromiter(
             (cat_counts.get(c, 0.0) for c in self._item_category[rows]), float, len(rows)
         )
@@ -338,9 +340,13 @@ class WideFeatures(FeatureModel):
             {k: values[j : j + 1] for j, k in enumerate(F.HISTORY_SUMS)}, counts
         )
         x = self._item_table[rows]  # already standardized: a fancy index is a copy
-        for j in self._user_columns:
-            z = (user[self.numeric[j]] - self.mean[j]) / self.std[j]
-            x[:, j] = np.clip(np.nan_to_num(z, nan=0.0), -_WIDE_CLIP, _WIDE_CLIP)
+        cols = self._user_columns
+        if cols:
+            u = np.empty((len(rows), len(cols)))
+            for k, j in enumerate(cols):
+                u[:, k] = user[self.numeric[j]]  # per user (broadcast) or per row
+            z = (u - self.mean[cols]) / self.std[cols]
+            x[:, cols] = np.clip(np.nan_to_num(z, nan=0.0), -_WIDE_CLIP, _WIDE_CLIP)
         return x
 
     def serving_matrix_frame(self, state: Any, item_idx: np.ndarray) -> np.ndarray:
@@ -358,7 +364,7 @@ class WideFeatures(FeatureModel):
         rows = np.arange(len(self.catalog))
         empty: tuple[pd.Series, dict[str, float]] = (pd.Series(0.0, index=list(F.HISTORY_SUMS)), {})
         self._item_table = self._standard(self._matrix(self.serving_frame(empty, rows)))
-        self._item_category = self.catalog[S.CATEGORY].astype(str).to_numpy()
+        self._item_category = np.asarray(self.catalog[S.CATEGORY].astype(str).tolist(), object)
         user = set(F.USER_FEATURES) | set(F.KEYWORD_FEATURES)
         self._user_columns = [j for j, col in enumerate(self.numeric) if col in user]
 
