@@ -331,14 +331,13 @@ class WideFeatures(FeatureModel):
         assert self.mean is not None and self.std is not None
         sums, cat_counts = state[0], state[1]
         # The states the scorer builds are in HISTORY_SUMS order: no reindex (a third of the cost).
-        ordered = tuple(sums.index) == F.HISTORY_SUMS
+        ordered = sums.index is F.SUMS_INDEX or sums.index.equals(F.SUMS_INDEX)
         values = (sums if ordered else sums.reindex(list(F.HISTORY_SUMS))).to_numpy(float)
         counts = np.fromiter(
             (cat_counts.get(c, 0.0) for c in self._item_category[rows]), float, len(rows)
         )
-        user = F.history_columns(
-            {k: values[j : j + 1] for j, k in enumerate(F.HISTORY_SUMS)}, counts
-        )
+        # numpy scalars per sum (cheaper than 1-element arrays); the category share is per row
+        user = F.history_columns({k: values[j] for j, k in enumerate(F.HISTORY_SUMS)}, counts)
         x = self._item_table[rows]  # already standardized: a fancy index is a copy
         cols = self._user_columns
         if cols:
