@@ -14,7 +14,7 @@ user's recent items and searches (`recent_events`).
 
 from __future__ import annotations
 
-import contextlib
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -441,47 +441,77 @@ class HistoryState:
         n = len(events)
         if n == 0:
             return pd.Series(0.0, index=SUMS_INDEX), {}
-        price = np.full(n, np.nan)
-        list_price = np.full(n, np.nan)
-        etype = np.empty(n, object)
-        cheap = np.zeros(n, bool)
-        premium = np.zeros(n, bool)
+        # views, purchases, searches, cheap, premium, low views, low buys, high views, high buys
+        counts = [0] * 9
+        paid = [0.0] * n  # per event, as pandas sums the column (same pairwise order)
         cats: Counter[str] = Counter()
+        lp_get, cat_get, flags = self._list_price.get, self._category.get, self._query_flags
         for k, e in enumerate(events):
             item = e.get(S.ITEM_ID)
-            lp = self._list_price.get(item) if item is not None else None
+            lp = lp_get(item) if item is not None else None
             if lp is not None:
-                list_price[k] = lp
-                cat = self._category.get(item)
+                cat = cat_get(item)
                 if cat is not None:
                     cats[cat] += 1
-            p = e.get(S.PRICE)
-            if p is not None and not isinstance(p, bool):
-                with contextlib.suppress(TypeError, ValueError):  # pd.to_numeric's "coerce"
-                    price[k] = float(p)
-            etype[k] = str(e.get(S.EVENT_TYPE))
-            cheap[k], premium[k] = self._query_flags(e.get(S.QUERY))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ratio = np.nan_to_num(price / list_price, nan=1.0)
-        is_view, is_buy, is_search = etype == S.VIEW, etype == S.PURCHASE, etype == S.SEARCH
-        low, high = ratio < LOW_RATIO, ratio > HIGH_RATIO
+            kind = str(e.get(S.EVENT_TYPE))
+            if kind == S.SEARCH:
+                counts[2] += 1
+                cheap, premium = flags(e.get(S.QUERY))
+                counts[3] += cheap
+                counts[4] += premium
+                continue
+            view, buy = kind == S.VIEW, kind == S.PURCHASE
+            if not (view or buy):
+                continue
+            r = _ratio(_number(e.get(S.PRICE)), lp)
+            if buy:
+                counts[1] += 1
+                paid[k] = r
+            else:
+                counts[0] += 1
+            if r < LOW_RATIO:
+                counts[5 + buy] += 1
+            elif r > HIGH_RATIO:
+                counts[7 + buy] += 1
+        views, buys, searches, cheap_n, premium_n, lv, lb, hv, hb = counts
         sums = np.array(
-            [
-                n,
-                is_view.sum(),
-                is_buy.sum(),
-                is_search.sum(),
-                np.where(is_buy, ratio, 0.0).sum(),
-                (is_search & cheap).sum(),
-                (is_search & premium).sum(),
-                (is_view & low).sum(),
-                (is_buy & low).sum(),
-                (is_view & high).sum(),
-                (is_buy & high).sum(),
-            ],
+            [n, views, buys, searches, np.array(paid).sum(), cheap_n, premium_n, lv, lb, hv, hb],
             float,
         )
         return pd.Series(sums, index=SUMS_INDEX), {c: float(v) for c, v in cats.items()}
+
+
+_FLOAT_MAX = float(np.finfo(np.float64).max)
+
+
+def _number(value: Any) -> float:
+    """A stored price as `pd.to_numeric(errors="coerce")` reads it: not a number is NaN."""
+    if value is None or isinstance(value, bool):
+        return math.nan
+    if type(value) is float:
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _ratio(price: float, list_price: float | None) -> float:
+    """`np.nan_to_num(price / list_price, nan=1.0)` for one event (no list price: NaN)."""
+    if list_price is None or price != price or list_price != list_price:
+        return 1.0
+    if list_price == 0:  # pandas divides by zero to +-inf (or NaN for 0 / 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = float(np.float64(price) / np.float64(list_price))
+    else:
+        r = price / list_price
+    if r != r:
+        return 1.0
+    if r == math.inf:
+        return _FLOAT_MAX
+    if r == -math.inf:
+        return -_FLOAT_MAX
+    return r
 
 
 def serving_features(
