@@ -267,6 +267,12 @@ WIDE_FEATURES: tuple[str, ...] = (
     *F.KEYWORD_FEATURES,
 )
 _WIDE_CLIP = 8.0  # standardized values beyond this many training sds are clipped
+_PER_ROW_USER_COLUMNS = frozenset({"u_cat_share"})
+
+
+def _clipped(z: Any) -> Any:
+    """`np.clip(np.nan_to_num(z, nan=0.0), -_WIDE_CLIP, _WIDE_CLIP)` in three ufunc calls."""
+    return np.minimum(np.maximum(np.where(np.isnan(z), 0.0, z), -_WIDE_CLIP), _WIDE_CLIP)
 
 
 class WideFeatures(FeatureModel):
@@ -333,19 +339,22 @@ class WideFeatures(FeatureModel):
         # The states the scorer builds are in HISTORY_SUMS order: no reindex (a third of the cost).
         ordered = sums.index is F.SUMS_INDEX or sums.index.equals(F.SUMS_INDEX)
         values = (sums if ordered else sums.reindex(list(F.HISTORY_SUMS))).to_numpy(float)
-        counts = np.fromiter(
-            (cat_counts.get(c, 0.0) for c in self._item_category[rows]), float, len(rows)
+        counts = (
+            np.fromiter(
+                (cat_counts.get(c, 0.0) for c in self._item_category[rows]), float, len(rows)
+            )
+            if self._row_columns
+            else np.zeros(len(rows))
         )
         # numpy scalars per sum (cheaper than 1-element arrays); the category share is per row
         user = F.history_columns({k: values[j] for j, k in enumerate(F.HISTORY_SUMS)}, counts)
         x = self._item_table[rows]  # already standardized: a fancy index is a copy
-        cols = self._user_columns
-        if cols:
-            u = np.empty((len(rows), len(cols)))
-            for k, j in enumerate(cols):
-                u[:, k] = user[self.numeric[j]]  # per user (broadcast) or per row
-            z = (u - self.mean[cols]) / self.std[cols]
-            x[:, cols] = np.clip(np.nan_to_num(z, nan=0.0), -_WIDE_CLIP, _WIDE_CLIP)
+        per_user = self._user_columns
+        if per_user:  # one value per user, standardized once and broadcast over the rows
+            u = np.array([user[self.numeric[j]] for j in per_user], float)
+            x[:, per_user] = _clipped((u - self.mean[per_user]) / self.std[per_user])
+        for j in self._row_columns:
+            x[:, j] = _clipped((user[self.numeric[j]] - self.mean[j]) / self.std[j])
         return x
 
     def serving_matrix_frame(self, state: Any, item_idx: np.ndarray) -> np.ndarray:
@@ -356,16 +365,19 @@ class WideFeatures(FeatureModel):
     # catalog's popularity snapshot; `load` starts from a fresh instance.
     _item_table: np.ndarray | None = None
     _item_category: np.ndarray | None = None
-    _user_columns: list[int]
+    _user_columns: list[int]  # user columns with one value per user
+    _row_columns: list[int]  # user columns that vary with the candidate (its category's share)
 
     def _build_item_table(self) -> None:
         """Every catalog row's standardized item columns (user columns filled per quote)."""
         rows = np.arange(len(self.catalog))
-        empty: tuple[pd.Series, dict[str, float]] = (pd.Series(0.0, index=list(F.HISTORY_SUMS)), {})
+        empty: tuple[pd.Series, dict[str, float]] = (pd.Series(0.0, index=F.SUMS_INDEX), {})
         self._item_table = self._standard(self._matrix(self.serving_frame(empty, rows)))
         self._item_category = np.asarray(self.catalog[S.CATEGORY].astype(str).tolist(), object)
         user = set(F.USER_FEATURES) | set(F.KEYWORD_FEATURES)
-        self._user_columns = [j for j, col in enumerate(self.numeric) if col in user]
+        columns = [j for j, col in enumerate(self.numeric) if col in user]
+        self._row_columns = [j for j in columns if self.numeric[j] in _PER_ROW_USER_COLUMNS]
+        self._user_columns = [j for j in columns if j not in self._row_columns]
 
     def _predict_matrix(self, feats: pd.DataFrame) -> np.ndarray:
         raise TypeError("WideFeatures are a network input, not a demand model")
