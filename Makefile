@@ -60,7 +60,7 @@ format: install ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-BENCHMARKS := simulator_throughput validation_throughput optimizer_throughput train_throughput scorer_load
+BENCHMARKS := simulator_throughput validation_throughput optimizer_throughput train_throughput serving_steps scorer_load
 
 bench: install ## Run the benchmarks (each prints JSON; README's Performance table comes from them)
 	@for b in $(BENCHMARKS); do echo "== benchmarks/$$b.py"; $(BIN)/python benchmarks/$$b.py || exit 1; done
