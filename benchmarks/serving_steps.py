@@ -96,33 +96,30 @@ def main() -> None:
     times: dict[str, dict[str, list[float]]] = {k: {"user_state": [], "demand": []} for k in setups}
     pandas_sums: list[float] = []
     fast_sums: list[float] = []
+    nh, nc = len(histories), len(cands)
     t_start = time.perf_counter()
     for r in range(args.rounds):
         order = list(setups) if r % 2 == 0 else list(reversed(setups))
         for kind in order:
             acc, states = setups[kind]["acc"], setups[kind]["states"]
-            nh, nc = len(histories), len(cands)
             times[kind]["user_state"].append(
-                _per_call(lambda k, a=acc, n=nh: a.user_state(histories[k % n]), args.calls)
+                _per_call(lambda k, a=acc: a.user_state(histories[k % nh]), args.calls)
             )
             times[kind]["demand"].append(
                 _per_call(
-                    lambda k, a=acc, st=states, n=nc: a.demand(
-                        st[k % len(st)], cands[k % n], grids[k % n]
-                    ),
+                    lambda k, a=acc, st=states: a.demand(st[k % nh], cands[k % nc], grids[k % nc]),
                     args.calls,
                 )
             )
-        nh = len(histories)
         pandas_sums.append(
             _per_call(
-                lambda k, n=nh: F.user_history_state(
-                    events_frame(histories[k % n]), wide.catalog, wide.keywords
+                lambda k: F.user_history_state(
+                    events_frame(histories[k % nh]), wide.catalog, wide.keywords
                 ),
                 max(args.calls // 10, 5),
             )
         )
-        fast_sums.append(_per_call(lambda k, n=nh: history(histories[k % n]), args.calls))
+        fast_sums.append(_per_call(lambda k: history(histories[k % nh]), args.calls))
         note(f"round {r + 1}/{args.rounds}")
 
     med = {k: {s: statistics.median(v) for s, v in d.items()} for k, d in times.items()}
@@ -130,7 +127,7 @@ def main() -> None:
         k: (1 - EVENTS_SHARE) * m["demand"] + EVENTS_SHARE * m["user_state"] for k, m in med.items()
     }
     out = {
-        "what": "per-call CPU of the scorer's model steps, median over interleaved rounds (us)",
+        "what": "per-call time of the scorer's model steps (one thread), median over interleaved rounds (us)",
         "candidates": N_CANDIDATES,
         "grid": GRID,
         "catalog_items": n_items,

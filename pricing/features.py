@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from pricing import schema as S
+from pricing.keywords import query_terms
 
 # Price relative to list below/above which a view counts as "on discount" / "marked up".
 LOW_RATIO = 0.97
@@ -426,11 +427,9 @@ class HistoryState:
         self._flags: dict[str, tuple[bool, bool]] = {}
 
     def _query_flags(self, query: Any) -> tuple[bool, bool]:
-        q = "" if query is None or (isinstance(query, float) and np.isnan(query)) else str(query)
+        q = "" if query is None or query != query else str(query)  # None or NaN: no query
         hit = self._flags.get(q)
         if hit is None:
-            from pricing.keywords import query_terms
-
             terms = query_terms(q) if q and (self._cheap or self._premium) else set()
             hit = (bool(terms & self._cheap), bool(terms & self._premium))
             if len(self._flags) < 100_000:

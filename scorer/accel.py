@@ -113,10 +113,12 @@ def _accelerate_features(model: Any, base: Accelerated) -> Accelerated:
         FeatureModel.user_state
     ):
         return base
+    from pricing.features import HistoryState
+
     notes = dict(base.notes)
     try:
-        fast = HistoryStateFn(model)
-        problem = fast.check(base.user_state)
+        fast = HistoryState(model.catalog, model.keywords)
+        problem = _check_history(fast, base.user_state, model)
     except Exception as exc:  # noqa: BLE001 - a fast path never stops a model from serving
         problem = f"unavailable: {type(exc).__name__}: {exc}"
     if problem is not None:
@@ -126,27 +128,16 @@ def _accelerate_features(model: Any, base: Accelerated) -> Accelerated:
     return Accelerated(fast, base.demand, notes, cheap_user_state=True)
 
 
-class HistoryStateFn:
-    """`FeatureModel.user_state(events_frame(events))` from event dicts (`HistoryState`)."""
-
-    def __init__(self, model: Any) -> None:
-        from pricing.features import HistoryState
-
-        self.model = model
-        self.history = HistoryState(model.catalog, model.keywords)
-
-    def __call__(self, events: Sequence[Mapping[str, Any]]) -> Any:
-        return self.history(events)
-
-    def check(self, reference: StateFn) -> str | None:
-        """None when the sums match `reference` on the probe users, else what differed."""
-        kw = self.model.keywords
-        queries = [*(kw.cheap[:2] if kw else ()), *(kw.premium[:2] if kw else ()), "plain words"]
-        for events in probe_histories(self.model.catalog, queries):
-            problem = history_difference(self(events), reference(events))
-            if problem is not None:
-                return f"disagreed: {problem} for a {len(events)}-event probe"
-        return None
+def _check_history(fast: StateFn, reference: StateFn, model: Any) -> str | None:
+    """None when `fast` gives `reference`'s sums on the probe users (searches with the model's
+    keywords among them), else what differed."""
+    kw = model.keywords
+    queries = [*(kw.cheap[:2] if kw else ()), *(kw.premium[:2] if kw else ()), "plain words"]
+    for events in probe_histories(model.catalog, queries):
+        problem = history_difference(fast(events), reference(events))
+        if problem is not None:
+            return f"disagreed: {problem} for a {len(events)}-event probe"
+    return None
 
 
 def history_difference(got: Any, want: Any) -> str | None:
@@ -365,14 +356,11 @@ class BertUserState:
         import torch
 
         from lightning_modules.sequences import EVENT_TYPE_CODES, NO_ITEM, gap_bucket
+        from pricing.features import HistoryState
 
         self.model = model
-        self.wide = getattr(model, "wide", None)
-        self.history: Any = None
-        if self.wide is not None:
-            from pricing.features import HistoryState
-
-            self.history = HistoryState(self.wide.catalog, self.wide.keywords)
+        wide = getattr(model, "wide", None)  # its tabular half: the history sums, without pandas
+        self.history = None if wide is None else HistoryState(wide.catalog, wide.keywords)
         self.torch = torch
         self.net = model.net
         self.vocab = model.vocab

@@ -13,7 +13,7 @@ from pricing import features as F
 from pricing import schema as S
 from pricing.keywords import QueryKeywords
 from pricing.simulator import Market
-from scorer.accel import HistoryStateFn, accelerate, history_difference, probe_histories
+from scorer.accel import accelerate, history_difference, probe_histories
 from scorer.state import events_frame
 
 KW = QueryKeywords(cheap=("bargain", "on sale"), premium=("finest",))
@@ -117,13 +117,13 @@ def test_a_fast_path_that_disagrees_is_not_served(
 ) -> None:
     model = LogisticDemand()
     model.fit(_data(tiny_market))
-    real = HistoryStateFn.__call__
+    real = F.HistoryState.__call__
 
-    def off_by_one(self: HistoryStateFn, events: Any) -> Any:
+    def off_by_one(self: F.HistoryState, events: Any) -> Any:
         sums, cats = real(self, events)
         return sums + 1.0, cats
 
-    monkeypatch.setattr(HistoryStateFn, "__call__", off_by_one)
+    monkeypatch.setattr(F.HistoryState, "__call__", off_by_one)
     acc = accelerate(model)
     assert acc.notes["user_state"].startswith("model (fast path disagreed: history sums differ")
     assert not acc.cheap_user_state
