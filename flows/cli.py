@@ -203,6 +203,35 @@ def _cmd_compare_merge(args: argparse.Namespace) -> int:
     return _print_compare(result, Path(args.out))
 
 
+def _cmd_bound(args: argparse.Namespace) -> int:
+    """The simulator's regret floor (`pricing.bounds`) over seeds, and compared models' gaps to it."""
+    from mlops.config import load_config
+    from mlops.settings import get_settings
+    from tasks.bound import BOUND_MD, bound
+
+    cfg = load_config(args.config)
+    first = cfg.seed if args.first_seed is None else args.first_seed
+    if args.seeds < 1:
+        raise ContractError(f"--seeds must be at least 1, got {args.seeds}")
+    compare_dirs = [Path(d) for d in args.compare or []]
+    for d in compare_dirs:
+        if not d.is_dir():
+            raise ContractError(f"--compare {d}: no such folder (the --out of pricing compare)")
+    try:
+        bound(
+            list(range(first, first + args.seeds)),
+            cfg,
+            Path(get_settings().runs_dir),
+            Path(args.out),
+            compare_dirs,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print((Path(args.out) / BOUND_MD).read_text())
+    return 0
+
+
 def _print_compare(result: dict[str, Any], out: Path) -> int:
     """The flow's result as JSON, then the Markdown report it wrote."""
     print(json.dumps(result, indent=2, default=str))
@@ -535,6 +564,25 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--config", help="experiment YAML (the primary metric; default: default.yaml)")
     cm.add_argument("--out", required=True, help="writes compare.json, compare.md, seed-<s>.json")
     cm.set_defaults(func=_cmd_compare_merge)
+
+    bd = sub.add_parser(
+        "bound",
+        help="the simulator's regret floor: Bayes pricing that knows the truth except each "
+        "user's price sensitivity, on the markets of pricing compare --simulate",
+    )
+    bd.add_argument(
+        "--seeds", type=int, required=True, help="how many seeds (config seed, +1, ...)"
+    )
+    bd.add_argument("--first-seed", type=int, help="start at this seed, not the config's")
+    bd.add_argument("--config", help="experiment YAML (default: configs/default.yaml)")
+    bd.add_argument(
+        "--compare",
+        action="append",
+        help="a pricing compare --simulate output folder (same config): each model's regret "
+        "minus the floor, paired by seed; repeat for several",
+    )
+    bd.add_argument("--out", required=True, help="writes bound.json and bound.md")
+    bd.set_defaults(func=_cmd_bound)
 
     lp = sub.add_parser(
         "loop",
