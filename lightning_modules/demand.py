@@ -283,6 +283,7 @@ class BertDemand(DemandModel):
             text_dim=dim,
             a_init=math.log(rate / (1 - rate)),
             n_wide=0 if self.wide is None else self.wide.dim,
+            n_user_wide=0 if self.wide is None else self.wide.n_user,
             **cfg.arch(),
         )
         item_text = np.zeros((len(vocab.item_ids) + 1, dim), np.float32)
@@ -430,7 +431,7 @@ class BertDemand(DemandModel):
         with torch.inference_mode():
             for batch in loader(batcher, len(batcher), int(self.config.eval_batch_size)):
                 u = net.user_vector(batch, table)
-                a, b = net.head(u, net.items(batch["item"]), batch.get("wide"))
+                a, b = net.head(u, net.items(batch["item"]), batch.get("wide"), net.category(batch))
                 a_out.append(a.float().numpy())
                 b_out.append(b.float().numpy())
         a_all = np.concatenate(a_out) if a_out else np.zeros(0)
@@ -509,7 +510,7 @@ class BertDemand(DemandModel):
         with torch.inference_mode():
             iv = self._item_vecs[idx]
             u = torch.from_numpy(np.asarray(state, np.float32)).expand(len(idx), -1)
-            a, b = self.net.head(u, iv, wide)
+            a, b = self.net.head(u, iv, wide, self.net.items.item_category[idx])
         return a.numpy().astype(float), b.numpy().astype(float)
 
     def demand(self, state: Any, item_idx: np.ndarray, grid: np.ndarray) -> np.ndarray:

@@ -61,6 +61,8 @@ class PriceResponseModule(pl.LightningModule):
         cosine: bool = True,
         n_wide: int = 0,
         id_dropout: float = 0.0,
+        price_head: str = "mlp",
+        n_user_wide: int = 0,
         finetune_lr: float = 5e-5,
     ) -> None:
         super().__init__()
@@ -80,6 +82,8 @@ class PriceResponseModule(pl.LightningModule):
             ff_mult=ff_mult,
             n_wide=n_wide,
             id_dropout=id_dropout,
+            price_head=price_head,
+            n_user_wide=n_user_wide,
         )
         self.val_auc = BinaryAUROC()
         self._compile = False

@@ -69,7 +69,7 @@ class BertConfig(_Strict):
     hyperparameters (`ARCH`); unknown keys and wrong types fail when the config is read.
     """
 
-    ARCH: ClassVar[tuple[str, ...]] = ("d_model", "n_layers", "n_heads", "max_len", "dropout", "head_hidden", "ff_mult", "lr", "weight_decay", "warmup_steps", "cosine", "id_dropout", "finetune_lr")  # fmt: skip
+    ARCH: ClassVar[tuple[str, ...]] = ("d_model", "n_layers", "n_heads", "max_len", "dropout", "head_hidden", "ff_mult", "lr", "weight_decay", "warmup_steps", "cosine", "id_dropout", "finetune_lr", "price_head")  # fmt: skip
 
     text_encoder: Literal["minilm", "tiny"] = "minilm"  # tiny: a random-init BERT, tests only
     text_cache_dir: str | None = None  # on-disk cache of encoded texts (hash of encoder + texts)
@@ -82,6 +82,11 @@ class BertConfig(_Strict):
     # category learn to carry an item alone (items training never showed always go without).
     id_dropout: float = Field(default=0.0, ge=0, lt=1)
     head_hidden: int = Field(default=64, gt=0)
+    # The price sensitivity b of the head: "mlp" = softplus(MLP([u, i, u*i, w])), any function of
+    # user and item; "user_category" = exp(c + f(u, w_user) + e[category]): a property of the
+    # shopper (the user vector and the wide user features) times one of the product category, so
+    # it cannot learn an item's buyers' sensitivity as the item's own (see README, "the loop").
+    price_head: Literal["mlp", "user_category"] = "mlp"
     ff_mult: int = Field(default=4, gt=0)  # transformer feed-forward width, in multiples of d_model
     batch_size: int = Field(default=256, gt=0)
     eval_batch_size: int = Field(default=2048, gt=0)

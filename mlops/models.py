@@ -312,6 +312,17 @@ class WideFeatures(FeatureModel):
     def dim(self) -> int:
         return len(self.numeric)
 
+    @property
+    def n_user(self) -> int:
+        """How many of the last columns describe the user alone (`USER_FEATURES`, keywords)."""
+        user = set(F.USER_FEATURES) | set(F.KEYWORD_FEATURES)
+        n = 0
+        for name in reversed(self.numeric):
+            if name not in user:
+                break
+            n += 1
+        return n
+
     def _standard(self, x: np.ndarray) -> np.ndarray:
         assert self.mean is not None and self.std is not None, "fit or load the wide features first"
         z = (x - self.mean) / self.std

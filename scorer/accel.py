@@ -553,6 +553,8 @@ class BertNumpyHead:
         import torch
 
         head = model.net.head
+        if getattr(head, "form", "mlp") != "mlp":
+            raise TypeError(f"no numpy path for the {head.form!r} price head")
         for mlp in (head.a, head.b):
             if not (
                 len(mlp) == 3

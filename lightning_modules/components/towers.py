@@ -246,6 +246,10 @@ class UserTower(nn.Module):
         return self.out(torch.cat([h[:, 0], mean], dim=-1))
 
 
+PRICE_HEADS = ("mlp", "user_category")
+LOG_B_LIMIT = 8.0  # the user_category head's |log b| cap: b in [3e-4, 3e3], never 0 or inf
+
+
 class PriceHead(nn.Module):
     """(a, b) of the demand curve from [u, i, u*i] (+ the wide features w); b = softplus(.) >= 0
     makes demand monotone.
@@ -264,9 +268,16 @@ class PriceHead(nn.Module):
         a_init: float = -2.0,
         b_init: float = 2.0,
         n_wide: int = 0,
+        form: str = "mlp",
+        n_categories: int = 0,
+        n_user_wide: int = 0,
     ) -> None:
         super().__init__()
-        self.n_wide = n_wide
+        if form not in PRICE_HEADS:
+            raise ValueError(f"unknown price head {form!r}: one of {PRICE_HEADS}")
+        if not 0 <= n_user_wide <= n_wide:
+            raise ValueError(f"n_user_wide must be in [0, n_wide={n_wide}], got {n_user_wide}")
+        self.n_wide, self.form, self.n_user_wide = n_wide, form, n_user_wide
         self.register_buffer("scale", torch.ones(()))
 
         def mlp(bias: float) -> nn.Sequential:
@@ -279,9 +290,24 @@ class PriceHead(nn.Module):
             return net
 
         self.a = mlp(a_init)
-        self.b = mlp(math.log(math.expm1(b_init)))  # softplus(bias) = b_init at start
+        if form == "mlp":
+            self.b = mlp(math.log(math.expm1(b_init)))  # softplus(bias) = b_init at start
+        else:
+            # log b = log b_init + f(user vector, user's wide features) + e[item's category]
+            self.b_user = nn.Sequential(
+                nn.Linear(d_model + n_user_wide, hidden), nn.GELU(), nn.Linear(hidden, 1)
+            )
+            out = self.b_user[-1]
+            assert isinstance(out, nn.Linear)
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
+            self.b_category = nn.Embedding(n_categories + 1, 1)
+            nn.init.zeros_(self.b_category.weight)
+            self.log_b0 = nn.Parameter(torch.tensor(math.log(b_init)))
 
-    def forward(self, u: Tensor, i: Tensor, wide: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, u: Tensor, i: Tensor, wide: Tensor | None = None, category: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         parts = [u, i, u * i]
         if self.n_wide:
             if wide is None:
@@ -289,7 +315,19 @@ class PriceHead(nn.Module):
             parts.append(wide.to(u.dtype))
         z = torch.cat(parts, dim=-1)
         s = self.scale.to(z.dtype)
-        return self.a(z).squeeze(-1) * s, F.softplus(self.b(z)).squeeze(-1) * s
+        if self.form == "mlp":
+            b = F.softplus(self.b(z)).squeeze(-1)
+        else:
+            if category is None:
+                raise ValueError("the user_category price head needs each offer's item category")
+            uw = u
+            if self.n_user_wide:
+                assert wide is not None
+                uw = torch.cat([u, wide[..., self.n_wide - self.n_user_wide :].to(u.dtype)], -1)
+            log_b = self.log_b0.to(z.dtype) + self.b_user(uw).squeeze(-1)
+            log_b = log_b + self.b_category(category).squeeze(-1).to(z.dtype)
+            b = torch.exp(log_b.clamp(-LOG_B_LIMIT, LOG_B_LIMIT))
+        return self.a(z).squeeze(-1) * s, b * s
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # Models saved before calibration existed: no temperature (scale 1), as they served.
@@ -318,11 +356,21 @@ class PriceResponseNet(nn.Module):
         ff_mult: int = 4,
         n_wide: int = 0,
         id_dropout: float = 0.0,
+        price_head: str = "mlp",
+        n_user_wide: int = 0,
     ) -> None:
         super().__init__()
         self.items = ItemTower(n_items, n_categories, text_dim, d_model, id_dropout)
         self.user = UserTower(d_model, text_dim, n_layers, n_heads, max_len, dropout, ff_mult)
-        self.head = PriceHead(d_model, head_hidden, a_init=a_init, n_wide=n_wide)
+        self.head = PriceHead(
+            d_model,
+            head_hidden,
+            a_init=a_init,
+            n_wide=n_wide,
+            form=price_head,
+            n_categories=n_categories,
+            n_user_wide=n_user_wide,
+        )
         self.register_buffer("query_text", torch.zeros(n_queries + 1, text_dim))  # row 0: none
 
     def user_vector(
@@ -363,13 +411,19 @@ class PriceResponseNet(nn.Module):
         """(a, b) per offer."""
         if not self.items.finetuning:
             u = self.user_vector(batch)
-            return self.head(u, self.items(batch["item"]), batch.get("wide"))
+            return self.head(u, self.items(batch["item"]), batch.get("wide"), self.category(batch))
         # Fine-tuning: the text top runs once per step over every item the batch shows.
         history = batch["ev_item"].clamp(min=0)
         text = self.items.text_vectors(torch.cat([history.flatten(), batch["item"]]))
         n = history.numel()
         u = self.user_vector(batch, item_text=text[:n].view(*history.shape, -1))
-        return self.head(u, self.items(batch["item"], text[n:]), batch.get("wide"))
+        return self.head(
+            u, self.items(batch["item"], text[n:]), batch.get("wide"), self.category(batch)
+        )
+
+    def category(self, batch: dict[str, Tensor]) -> Tensor:
+        """Each offer's item category code (what the user_category price head reads)."""
+        return self.items.item_category[batch["item"]]
 
     @staticmethod
     def logit(a: Tensor, b: Tensor, lpr: Tensor) -> Tensor:
