@@ -553,9 +553,12 @@ class BertNumpyHead:
         import torch
 
         head = model.net.head
-        if getattr(head, "form", "mlp") != "mlp":
-            raise TypeError(f"no numpy path for the {head.form!r} price head")
-        for mlp in (head.a, head.b):
+        self.form = getattr(head, "form", "mlp")
+        if self.form not in ("mlp", "user_category"):
+            raise TypeError(f"no numpy path for the {self.form!r} price head")
+        # user_category: the a MLP as below; b = exp(c + MLP_b([u, w_user]) + e[category])
+        mlps = (head.a, head.b) if self.form == "mlp" else (head.a, head.b_user)
+        for mlp in mlps:
             if not (
                 len(mlp) == 3
                 and isinstance(mlp[0], torch.nn.Linear)
@@ -570,12 +573,26 @@ class BertNumpyHead:
                 model.warm()
                 items = model._item_vecs
             iv = items.float().numpy()
-            w1 = np.concatenate([head.a[0].weight.numpy(), head.b[0].weight.numpy()])
-            b1 = np.concatenate([head.a[0].bias.numpy(), head.b[0].bias.numpy()])
+            if self.form == "mlp":
+                w1 = np.concatenate([head.a[0].weight.numpy(), head.b[0].weight.numpy()])
+                b1 = np.concatenate([head.a[0].bias.numpy(), head.b[0].bias.numpy()])
+                self.w2b = head.b[2].weight.numpy()[0].astype(np.float32)
+                self.b2b = np.float32(head.b[2].bias.numpy()[0])
+            else:
+                w1, b1 = head.a[0].weight.numpy(), head.a[0].bias.numpy()
+                bu = head.b_user
+                self.n_user_wide = int(head.n_user_wide)
+                self.bu_w1_t = np.ascontiguousarray(bu[0].weight.numpy().T, np.float32)
+                self.bu_b1 = bu[0].bias.numpy().astype(np.float32)
+                self.bu_w2 = bu[2].weight.numpy()[0].astype(np.float32)
+                self.bu_b2 = np.float32(bu[2].bias.numpy()[0] + head.log_b0.item())
+                from lightning_modules.components.towers import LOG_B_LIMIT
+
+                self.log_b_limit = np.float32(LOG_B_LIMIT)
+                cats = model.net.items.item_category.numpy()
+                self.b_category = head.b_category.weight.numpy()[cats, 0].astype(np.float32)
             self.w2a = head.a[2].weight.numpy()[0].astype(np.float32)
-            self.w2b = head.b[2].weight.numpy()[0].astype(np.float32)
             self.b2a = np.float32(head.a[2].bias.numpy()[0])
-            self.b2b = np.float32(head.b[2].bias.numpy()[0])
             self.scale = np.float32(head.scale.item()) if hasattr(head, "scale") else np.float32(1)
         d = iv.shape[1]
         self.d, self.hidden = d, head.a[0].weight.shape[0]
@@ -596,15 +613,25 @@ class BertNumpyHead:
             state, tabular = state
         u = np.asarray(state, np.float32)
         pre = (self.iv[rows] * u) @ self.w_x_t
+        wide = None
         if self.wide is not None:
-            pre += self.wide.serving_matrix(tabular, rows - 1) @ self.w_wide_t
+            wide = self.wide.serving_matrix(tabular, rows - 1)
+            pre += wide @ self.w_wide_t
         pre += self.item_part[rows]
         pre += self.w_u @ u
-        h = np.float32(0.5) * pre * (np.float32(1.0) + _erf(pre * np.float32(1 / math.sqrt(2))))
+        h = _gelu(pre)
         k = self.hidden
         a = h[:, :k] @ self.w2a + self.b2a
-        z = h[:, k:] @ self.w2b + self.b2b
-        b = np.where(z > 20, z, np.log1p(np.exp(np.minimum(z, 20))))  # torch's softplus
+        if self.form == "mlp":
+            z = h[:, k:] @ self.w2b + self.b2b
+            b = np.where(z > 20, z, np.log1p(np.exp(np.minimum(z, 20))))  # torch's softplus
+        else:
+            pre_b = np.broadcast_to(u @ self.bu_w1_t[: len(u)], (len(rows), len(self.bu_b1)))
+            if self.n_user_wide:
+                assert wide is not None
+                pre_b = pre_b + wide[:, wide.shape[1] - self.n_user_wide :] @ self.bu_w1_t[len(u) :]
+            log_b = _gelu(pre_b + self.bu_b1) @ self.bu_w2 + self.bu_b2 + self.b_category[rows]
+            b = np.exp(np.clip(log_b, -self.log_b_limit, self.log_b_limit))
         return (a * self.scale).astype(float), (b * self.scale).astype(float)
 
     def __call__(self, state: Any, item_idx: np.ndarray, grid: np.ndarray) -> np.ndarray:

@@ -211,3 +211,88 @@ def test_the_numpy_serving_rows_equal_the_baselines_serving_frame(
             rtol=0,
             atol=1e-6,
         )
+
+
+@pytest.fixture(scope="module")
+def user_category_bert(featured_splits: tuple[PricingData, PricingData, PricingData]) -> Any:
+    from lightning_modules.demand import BertDemand
+
+    train, valid, _ = featured_splits
+    model = BertDemand({**TINY_BERT, "wide": True, "price_head": "user_category"}, seed=0)
+    model.fit(train, valid)
+    return model
+
+
+def test_the_user_category_head_makes_sensitivity_a_property_of_shopper_and_category(
+    user_category_bert: Any, featured_splits: Any
+) -> None:
+    """b = exp(c + f(user, user's wide columns) + e[category]): one b per (user, category), never
+    an item's own, and demand never rises with price."""
+    model = user_category_bert
+    test = featured_splits[2]
+    assert model.net.head.form == "user_category" and model.net.head.n_user_wide == 10
+    probs = model.predict_grid(test, _grid(test))
+    assert (np.diff(probs, axis=1) <= 1e-12).all()
+    y = test.offers[S.PURCHASED].to_numpy(float)
+    assert M.log_loss(y, model.predict(test)) < M.log_loss(y, np.full(len(y), y.mean()))
+
+    catalog = model.catalog
+    categories = catalog[S.CATEGORY].astype(str).to_numpy()
+    rows = np.arange(len(catalog))
+    for user in test.offers[S.USER_ID].unique()[:3]:
+        state = model.user_state(test.events[test.events[S.USER_ID] == user])
+        a, b = model._head(state, rows)
+        assert (b > 0).all()
+        for cat in np.unique(categories):
+            same = b[categories == cat]
+            np.testing.assert_allclose(same, same[0], rtol=1e-5)  # every item of the category
+        assert np.unique(np.round(a, 5)).size > len(np.unique(categories))  # a stays per item
+    # users differ in sensitivity: the head reads the shopper
+    states = [
+        model.user_state(test.events[test.events[S.USER_ID] == u])
+        for u in test.offers[S.USER_ID].unique()[:20]
+    ]
+    first_item = np.array([0])
+    spread = np.std([np.log(model._head(s, first_item)[1][0]) for s in states])
+    assert spread > 0.01
+
+
+def test_the_user_category_head_serves_from_numpy_and_survives_save_and_load(
+    user_category_bert: Any, featured_splits: Any, tmp_path: Path
+) -> None:
+    from lightning_modules.demand import BertDemand
+    from mlops.models import load_model, save_model
+    from scorer.accel import accelerate
+
+    model = user_category_bert
+    test = featured_splits[2]
+    acc = accelerate(model)
+    assert acc.notes["demand"] == "numpy head", acc.notes  # its check compared it with the model
+    grid = _grid(test)
+    before = model.predict_grid(test, grid)
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert isinstance(loaded, BertDemand) and loaded.net.head.form == "user_category"
+    fresh = PricingData(test.offers.copy(), test.items, test.events.copy(), test.features.copy())
+    np.testing.assert_allclose(loaded.predict_grid(fresh, grid), before, rtol=0, atol=1e-6)
+    events = test.events[test.events[S.USER_ID] == test.offers[S.USER_ID].iloc[3]]
+    idx = np.arange(len(loaded.catalog))
+    lp = loaded.catalog[S.LIST_PRICE].to_numpy()[:, None] * np.linspace(0.7, 1.3, 5)
+    want = model.demand(model.user_state(events), idx, lp)
+    np.testing.assert_allclose(loaded.demand(loaded.user_state(events), idx, lp), want, atol=1e-6)
+    np.testing.assert_allclose(
+        acc.demand(acc.user_state(_event_dicts(events)), idx, lp), want, atol=1e-5
+    )
+
+
+def _event_dicts(rows: pd.DataFrame) -> list[Any]:
+    return [
+        {
+            S.TS: pd.Timestamp(r[S.TS]).isoformat(),
+            S.EVENT_TYPE: r[S.EVENT_TYPE],
+            S.ITEM_ID: r[S.ITEM_ID],
+            S.PRICE: r[S.PRICE],
+            S.QUERY: r[S.QUERY] if isinstance(r[S.QUERY], str) else None,
+        }
+        for _, r in rows.iterrows()
+    ]
