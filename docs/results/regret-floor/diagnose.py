@@ -71,6 +71,10 @@ def report(
     name: str, model: Any, offers: PricingData, data: Any, guard: Guardrails
 ) -> dict[str, Any]:
     truth = data.truth
+    if not hasattr(model, "offer_params"):  # a baseline: its regret only
+        metrics, _ = evaluate_models({"model": model}, offers, truth, guard, 0.1)
+        regret = {k: round(v["profit_regret"], 5) for k, v in metrics.items()}
+        return {"offers": name, "profit_regret": regret}
     a, b = model.offer_params(offers)
     u = truth.user_index(offers.offers[S.USER_ID].astype(str).to_numpy())
     i = truth.item_index(offers.offers[S.ITEM_ID].astype(str).to_numpy())
@@ -114,6 +118,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="bert key=value (YAML value)")
     ap.add_argument("--runs-dir", default="runs/diagnose")
     ap.add_argument("--model-dir", help="save the trained model here, or load it if it is there")
+    ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
     cfg = load_config(args.config)
     over = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
@@ -142,7 +147,12 @@ def main() -> None:
         report("test offers (views)", model, test, data, guard),
         report("loop quote requests", model, loop_requests(data), data, guard),
     ]
-    print(json.dumps(out, indent=2))
+    text = json.dumps(
+        {"seed": args.seed, "model": args.model, "set": over, "reports": out}, indent=2
+    )
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":
