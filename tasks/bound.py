@@ -18,13 +18,10 @@ import numpy as np
 import pandas as pd
 
 from mlops.config import ExperimentConfig
-from pricing import schema as S
 from pricing import stats
 from pricing.bounds import LEVELS, SensitivityOracle
-from pricing.policy import Guardrails
-from tasks.compare import load_seed_data, read_seed_reports
+from tasks.compare import evaluate_seed, load_seed_data, read_seed_reports
 from tasks.data import simulate_to
-from tasks.evaluation import evaluate_models
 
 BOUND_JSON, BOUND_MD = "bound.json", "bound.md"
 METRICS = ("profit_regret", "cold_items/profit_regret", "cold_users/profit_regret", "log_loss")
@@ -38,17 +35,8 @@ def bound_seed(seed: int, cfg: ExperimentConfig, runs_dir: Path) -> dict[str, di
         raise ValueError(f"{path} has no ground truth")
     history = pd.concat([data.train.offers, data.valid.offers, data.test.offers], ignore_index=True)
     oracles = {f"oracle_{lvl}": SensitivityOracle(data.truth, history, lvl) for lvl in LEVELS}
-    metrics, _ = evaluate_models(
-        oracles,  # type: ignore[arg-type]  # duck-typed: predict, predict_grid
-        data.test,
-        data.truth,
-        Guardrails.from_dict(cfg.guardrails.model_dump()),
-        float(data.train.offers[S.PURCHASED].mean()),
-        max_offers=cfg.evaluation.max_test_offers,
-        seed=seed,
-        calibration_bins=cfg.evaluation.calibration_bins,
-        train_items=set(data.train.offers[S.ITEM_ID].astype(str)),
-    )
+    # the compare flow's own evaluation step, so the rows, guardrails and slices are the same
+    metrics = evaluate_seed.fn(seed, oracles, data, cfg)  # type: ignore[arg-type]  # duck-typed
     return {name: metrics[name] for name in oracles}
 
 

@@ -112,16 +112,7 @@ def test_the_scorer_fast_paths_agree_with_the_model_and_the_state_stores(
     test = featured_splits[2]
     user = test.offers[S.USER_ID].iloc[0]
     rows = test.events[test.events[S.USER_ID] == user]
-    events: list[Event] = [
-        {
-            S.TS: pd.Timestamp(r[S.TS]).isoformat(),
-            S.EVENT_TYPE: r[S.EVENT_TYPE],
-            S.ITEM_ID: r[S.ITEM_ID],
-            S.PRICE: r[S.PRICE],
-            S.QUERY: r[S.QUERY] if isinstance(r[S.QUERY], str) else None,
-        }
-        for _, r in rows.iterrows()
-    ]
+    events: list[Event] = _event_dicts(rows)
     state = acc.user_state(events)
     again = decode_state(encode_state(state))
     idx = np.arange(min(10, len(wide_bert.catalog)))
