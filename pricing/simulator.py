@@ -304,6 +304,14 @@ _N_CANDIDATES = 4  # random items per view before the tier-affinity Gumbel-max
 _SEARCH_PROB = 0.65  # a session starts with a search
 _SECOND_SEARCH_PROB = 0.25
 _CLICK_BASE, _CLICK_SLOPE = 0.06, 0.6  # a non-buyer clicks with this + slope * P
+
+
+def click_probability(p_buy: np.ndarray) -> np.ndarray:
+    """P(a shopper clicks an item shown at a price they buy it at with probability `p_buy`): the
+    simulator's funnel, for the closed loop's shoppers too."""
+    return _CLICK_BASE + _CLICK_SLOPE * np.asarray(p_buy, dtype=float)
+
+
 _CART_ABANDON = 0.2  # share of non-buying clickers who still add to cart
 
 
@@ -1183,7 +1191,7 @@ def _simulate_behaviour(
     propensity = probs[rung]
     p_true = truth._prob_idx(view_user, view_item, price)
     purchased = rng_offers.random(n_off) < p_true
-    clicked = purchased | (rng_offers.random(n_off) < _CLICK_BASE + _CLICK_SLOPE * p_true)
+    clicked = purchased | (rng_offers.random(n_off) < click_probability(p_true))
     carted = purchased | (clicked & (rng_offers.random(n_off) < _CART_ABANDON))
     click_dt = rng_offers.uniform(2.0, 10.0, size=n_off)
     cart_dt = click_dt + rng_offers.uniform(5.0, 30.0, size=n_off)

@@ -52,7 +52,14 @@ from pricing import policy as P
 from pricing import schema as S
 from pricing.io import read_table, read_tables, write_table
 from pricing.shoppers import ShopperRequest, loop_summary, shopper_requests
-from pricing.simulator import GroundTruth, SimConfig, load_ground_truth, simulate, write_market
+from pricing.simulator import (
+    GroundTruth,
+    SimConfig,
+    click_probability,
+    load_ground_truth,
+    simulate,
+    write_market,
+)
 
 LIVE, SHADOW = "live", "shadow"  # the online experiment's modes (see the module docstring)
 LOOP_EXPERIMENT = "loop"  # the scorer's experiment id: users keep their arm across rounds
@@ -261,6 +268,9 @@ def simulate_loop_market(
 # --- shoppers -----------------------------------------------------------------------------------
 
 
+OPENED = "opened"  # a live row's flag: the shopper opened (clicked) or bought the item
+
+
 @dataclass
 class Traffic:
     """Quote requests and, per request, one uniform number per candidate: a shopper buys at price p
@@ -268,6 +278,9 @@ class Traffic:
 
     requests: list[ShopperRequest]
     uniforms: list[np.ndarray]
+    # one more per candidate: the shopper clicks (opens) an item it does not buy when its number
+    # is below `click_probability`; only opened or bought items reach its history as views
+    click_uniforms: list[np.ndarray] = field(default_factory=list)
 
 
 def make_traffic(
@@ -279,7 +292,8 @@ def make_traffic(
         ShopperRequest(r.user_id, f"{tag}-{k:06d}", r.item_ids)
         for k, r in enumerate(shopper_requests(truth, n_requests, candidates, rng))
     ]
-    return Traffic(reqs, [rng.random(len(r.item_ids)) for r in reqs])
+    uniforms = [rng.random(len(r.item_ids)) for r in reqs]
+    return Traffic(reqs, uniforms, [rng.random(len(r.item_ids)) for r in reqs])
 
 
 class ShadowPricer:
@@ -331,8 +345,14 @@ def shop(
     shadow: ShadowPricer | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Each shopper asks the scorer for a quote, buys from the ground truth, and reports outcomes
-    and behaviour (views, purchases) back; with `shadow`, also the challenger's price for the same
-    request and the shopper's answer to it (never shown, never logged by the scorer).
+    and behaviour back; with `shadow`, also the challenger's price for the same request and the
+    shopper's answer to it (never shown, never logged by the scorer).
+
+    Behaviour is what the shopper did, as in the simulator's funnel: a view for each item it opened
+    (clicked, `click_probability` of the shown price) or bought, a purchase for each one bought.
+    Every quoted item gets an outcome; an item only shown is not a view: reported as one, the
+    loop's candidates (drawn by category taste alone) would fill the shoppers' histories with items
+    they never chose and erase the browsing that reveals their price sensitivity.
 
     Returns (live rows, shadow rows): one row per quoted item, the shadow's paired to the live one
     by `pair_id` (the live offer id).
@@ -340,8 +360,10 @@ def shop(
     live: list[dict[str, Any]] = []
     ghost: list[dict[str, Any]] = []
     with httpx.Client(base_url=scorer_url, timeout=60.0) as client:
-        for req, u in zip(traffic.requests, traffic.uniforms, strict=True):
+        clicks = traffic.click_uniforms or [np.zeros(len(r.item_ids)) for r in traffic.requests]
+        for req, u, c in zip(traffic.requests, traffic.uniforms, clicks, strict=True):
             uniform = dict(zip(req.item_ids, u, strict=True))
+            click_u = dict(zip(req.item_ids, c, strict=True))
             r = client.post(
                 "/v1/quote",
                 json={"user_id": req.user_id, "items": req.item_ids, "session_id": req.session_id},
@@ -354,9 +376,10 @@ def shop(
             users = np.full(len(items), req.user_id)
             p_true = truth.purchase_probability(users, np.array(items), price)
             bought = np.array([uniform[i] for i in items]) < p_true
+            opened = bought | (np.array([click_u[i] for i in items]) < click_probability(p_true))
             policy = f"{q['model_name']}@{q['model_version']}"
             events = []
-            for it, b in zip(q["items"], bought, strict=True):
+            for it, b, seen in zip(q["items"], bought, opened, strict=True):
                 client.post(
                     "/v1/outcomes",
                     json={
@@ -365,7 +388,7 @@ def shop(
                         "purchased": bool(b),
                     },
                 ).raise_for_status()
-                for kind in (S.VIEW, S.PURCHASE) if b else (S.VIEW,):
+                for kind in (S.VIEW, S.PURCHASE) if b else (S.VIEW,) if seen else ():
                     events.append(
                         {
                             S.EVENT_TYPE: kind,
@@ -387,11 +410,13 @@ def shop(
                         S.PROPENSITY: float(it["propensity"]),
                         S.PURCHASED: int(b),
                         S.POLICY: policy,
+                        OPENED: bool(seen),
                     }
                 )
-            client.post(
-                "/v1/events", json={"user_id": req.user_id, "events": events}
-            ).raise_for_status()
+            if events:
+                client.post(
+                    "/v1/events", json={"user_id": req.user_id, "events": events}
+                ).raise_for_status()
             if shadow is not None:
                 s_price, s_prop = shadow.quote(req.user_id, req.item_ids)
                 s_true = truth.purchase_probability(
@@ -521,10 +546,13 @@ def _arm_rows(live: pd.DataFrame, ghost: pd.DataFrame | None, experiment_id: str
 
 
 def loop_events(quotes: pd.DataFrame, logged: pd.DataFrame) -> pd.DataFrame:
-    """The shoppers' behaviour as contract events: a view per quoted item and a purchase per sale,
-    at the offer's logged time (equal, not earlier: an offer never sees its own view)."""
+    """The shoppers' behaviour as contract events, what `shop` reported to the scorer: a view per
+    item opened or bought (`OPENED`; every quoted item for rows without the column) and a purchase
+    per sale, at the offer's logged time (equal, not earlier: an offer never sees its own view)."""
     ts = logged.set_index(S.OFFER_ID)[S.TS]
     q = quotes[quotes[S.OFFER_ID].isin(ts.index)]
+    if OPENED in q:
+        q = q[q[OPENED].fillna(True).astype(bool) | q[S.PURCHASED].astype(bool)]
     when = ts.reindex(q[S.OFFER_ID]).to_numpy()
     base = {
         S.TS: when,
