@@ -85,7 +85,8 @@ class BertConfig(_Strict):
     # The price sensitivity b of the head: "mlp" = softplus(MLP([u, i, u*i, w])), any function of
     # user and item; "user_category" = exp(c + f(u, w_user) + e[category]): a property of the
     # shopper (the user vector and the wide user features) times one of the product category, so
-    # it cannot learn an item's buyers' sensitivity as the item's own (see README, "the loop").
+    # it cannot learn an item's buyers' sensitivity as the item's own (README, "Price sensitivity
+    # as shopper × category").
     price_head: Literal["mlp", "user_category"] = "mlp"
     ff_mult: int = Field(default=4, gt=0)  # transformer feed-forward width, in multiples of d_model
     batch_size: int = Field(default=256, gt=0)
