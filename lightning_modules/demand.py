@@ -510,7 +510,7 @@ class BertDemand(DemandModel):
         with torch.inference_mode():
             iv = self._item_vecs[idx]
             u = torch.from_numpy(np.asarray(state, np.float32)).expand(len(idx), -1)
-            a, b = self.net.head(u, iv, wide, self.net.items.item_category[idx])
+            a, b = self.net.head(u, iv, wide, self.net.category({"item": idx}))
         return a.numpy().astype(float), b.numpy().astype(float)
 
     def demand(self, state: Any, item_idx: np.ndarray, grid: np.ndarray) -> np.ndarray:

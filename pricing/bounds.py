@@ -35,7 +35,7 @@ from pricing import simulator as sim
 LEVELS = ("offers", "traits")
 
 
-def _log_normal_pdf(x: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
+def _normal_logpdf(x: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
     return -0.5 * ((x - mean) / sd) ** 2 - np.log(sd)
 
 
@@ -79,44 +79,44 @@ class SensitivityOracle:
         if self.level == "offers":
             comp = np.stack(
                 [
-                    np.log(p) + _log_normal_pdf(x, m, s)
+                    np.log(p) + _normal_logpdf(x, m, s)
                     for p, m, s in zip(sim._SEGMENT_PROBS, med, sig, strict=True)
                 ]
             )  # (3, 1, K)
             return np.broadcast_to(np.logaddexp.reduce(comp, axis=0), (n_users, x.shape[1])).copy()
         seg = t.user_segment.astype(int)
-        lp = _log_normal_pdf(x, med[seg][:, None], sig[seg][:, None])
+        lp = _normal_logpdf(x, med[seg][:, None], sig[seg][:, None])
         # Traits that sensitivity drives, each a linear function of z = (log beta - M) / S + noise.
         z = (x - sim._LOG_BETA_MEAN) / sim._LOG_BETA_STD  # (1, K)
-        lp = lp + _log_normal_pdf(
+        lp = lp + _normal_logpdf(
             t.user_alpha[:, None], sim._ALPHA_SENSITIVITY_SLOPE * z, np.array(sim._USER_ALPHA_SD)
         )
         slope = np.array([sim._TIER_SLOPE, 0.0, -sim._TIER_SLOPE])
         aff = t.tier_alpha / sim._TIER_WEIGHT  # (U, T): the affinities themselves
         for k in np.flatnonzero(slope):
-            lp = lp + _log_normal_pdf(aff[:, k : k + 1], slope[k] * z, np.array(sim._TIER_NOISE))
+            lp = lp + _normal_logpdf(aff[:, k : k + 1], slope[k] * z, np.array(sim._TIER_NOISE))
         return lp
 
     # -- the user's own offers ----------------------------------------------------------------------
 
-    def _pair_terms(self, offers: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per offer: user position, alpha, and the beta multiplier m (beta = user_beta * m)."""
+    def _pair_terms(
+        self, offers: pd.DataFrame
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per offer: user position, alpha, the beta multiplier m (beta = user_beta * m) and the
+        item's list price."""
         t = self.truth
         u = t.user_index(offers[S.USER_ID].astype(str).to_numpy())
         i = t.item_index(offers[S.ITEM_ID].astype(str).to_numpy())
         alpha, beta = t.params_idx(u, i)
-        return u, alpha, beta / t.user_beta[u]
+        return u, alpha, beta / t.user_beta[u], t.list_price[i]
 
     def _history_loglik(self, history: pd.DataFrame) -> dict[str, Any]:
         """Cumulative log-likelihood over the grid of each user's offers, in time order."""
         h = history.assign(_ts=pd.to_datetime(history[S.TS], utc=True)).sort_values(
             [S.USER_ID, "_ts"], kind="stable"
         )
-        u, alpha, m = self._pair_terms(h)
-        lpr = np.log(
-            h[S.PRICE].to_numpy(float)
-            / self.truth.list_price[self.truth.item_index(h[S.ITEM_ID].astype(str).to_numpy())]
-        )
+        u, alpha, m, lp = self._pair_terms(h)
+        lpr = np.log(h[S.PRICE].to_numpy(float) / lp)
         y = h[S.PURCHASED].to_numpy(float)
         beta = np.exp(self.log_beta)[None, :] * m[:, None]
         logit = alpha[:, None] - beta * lpr[:, None]
@@ -131,10 +131,11 @@ class SensitivityOracle:
             "frame": pd.DataFrame({"_ts": h["_ts"].to_numpy(), "_u": u, "_row": np.arange(len(u))}),
         }
 
-    def posterior(self, offers: pd.DataFrame) -> np.ndarray:
+    def posterior(self, offers: pd.DataFrame, u: np.ndarray | None = None) -> np.ndarray:
         """(n, K) posterior weights over the log-beta grid for each offer's user, given the prior
-        and that user's offers strictly before the offer."""
-        u, _, _ = self._pair_terms(offers)
+        and that user's offers strictly before the offer (`u`: the users' positions, if known)."""
+        if u is None:
+            u = self._pair_terms(offers)[0]
         q = pd.DataFrame(
             {
                 "_ts": pd.to_datetime(offers[S.TS], utc=True).to_numpy(),
@@ -159,9 +160,8 @@ class SensitivityOracle:
         """Posterior mean P(purchase) of each offer of `data` at each price of `grid` (n, G)."""
         offers = data.offers
         grid = np.asarray(grid, dtype=float)
-        w = self.posterior(offers)  # (n, K)
-        _, alpha, m = self._pair_terms(offers)
-        lp = self.truth.list_price[self.truth.item_index(offers[S.ITEM_ID].astype(str).to_numpy())]
+        u, alpha, m, lp = self._pair_terms(offers)
+        w = self.posterior(offers, u)  # (n, K)
         lpr = np.log(grid / lp[:, None])  # (n, G)
         beta = np.exp(self.log_beta)  # (K,)
         out = np.empty_like(grid)

@@ -68,7 +68,6 @@ def bound(
     }
     if compare_dirs:
         gaps: dict[str, Any] = {}
-        used: set[int] = set()
         for d in compare_dirs:  # each folder one comparison; a model already seen keeps its first
             reports = read_seed_reports([d])
             common = [s for s in seeds if s in reports]
@@ -80,7 +79,6 @@ def bound(
                         f"{d}: seed {s} was evaluated on {theirs} test offers, the floor on {n}: "
                         "not the same market, split or config"
                     )
-            used.update(common)
             for model in reports[common[0]]["metrics"] if common else []:
                 if model in gaps:
                     continue

@@ -280,7 +280,7 @@ class Traffic:
     uniforms: list[np.ndarray]
     # one more per candidate: the shopper clicks (opens) an item it does not buy when its number
     # is below `click_probability`; only opened or bought items reach its history as views
-    click_uniforms: list[np.ndarray] = field(default_factory=list)
+    click_uniforms: list[np.ndarray]
 
 
 def make_traffic(
@@ -360,8 +360,9 @@ def shop(
     live: list[dict[str, Any]] = []
     ghost: list[dict[str, Any]] = []
     with httpx.Client(base_url=scorer_url, timeout=60.0) as client:
-        clicks = traffic.click_uniforms or [np.zeros(len(r.item_ids)) for r in traffic.requests]
-        for req, u, c in zip(traffic.requests, traffic.uniforms, clicks, strict=True):
+        for req, u, c in zip(
+            traffic.requests, traffic.uniforms, traffic.click_uniforms, strict=True
+        ):
             uniform = dict(zip(req.item_ids, u, strict=True))
             click_u = dict(zip(req.item_ids, c, strict=True))
             r = client.post(

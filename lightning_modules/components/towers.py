@@ -421,9 +421,9 @@ class PriceResponseNet(nn.Module):
             u, self.items(batch["item"], text[n:]), batch.get("wide"), self.category(batch)
         )
 
-    def category(self, batch: dict[str, Tensor]) -> Tensor:
-        """Each offer's item category code (what the user_category price head reads)."""
-        return self.items.item_category[batch["item"]]
+    def category(self, batch: dict[str, Tensor]) -> Tensor | None:
+        """Each offer's item category code, for the user_category price head (None for mlp)."""
+        return None if self.head.form == "mlp" else self.items.item_category[batch["item"]]
 
     @staticmethod
     def logit(a: Tensor, b: Tensor, lpr: Tensor) -> Tensor:
