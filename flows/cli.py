@@ -273,6 +273,7 @@ def _cmd_loop(args: argparse.Namespace) -> int:
         days=args.days,
         experiment_mode=args.experiment_mode,
         challenger_share=args.challenger_share,
+        shoppers=args.shoppers,
     )
     print(f"{Path(args.out) / 'loop.json'}, loop.md, loop.png, loop-details.json")
     return 0
@@ -612,6 +613,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.5,
         help="live mode: the share of users in the challenger arm",
+    )
+    lp.add_argument(
+        "--shoppers",
+        choices=["browse", "taste"],
+        default="browse",
+        help="browse: each request is a session the market's shoppers would make (searches, items "
+        "picked by brand-tier affinity and prominence); taste: items by category taste alone, no "
+        "search (the loop before 2026-12-06)",
     )
     lp.add_argument(
         "--scorer-url",

@@ -36,6 +36,7 @@ from pricing import schema as S
 from pricing.io import read_table
 from pricing.policy import Guardrails
 from pricing.promotion import PromotionRule, decide
+from pricing.shoppers import SHOPPERS
 from pricing.simulator import load_ground_truth
 from tasks.evaluation import LIST_PRICE
 from tasks.experiment import promote_experiment, publish_experiment
@@ -114,6 +115,7 @@ def loop(
     registry_in_out_dir: bool = True,
     experiment_mode: str = LIVE,
     challenger_share: float = 0.5,
+    shoppers: str = "browse",
 ) -> dict[str, Any]:
     """Run `rounds` rounds of the closed loop on a simulated market; returns loop.json's content.
 
@@ -135,11 +137,15 @@ def loop(
         experiment_mode: "live" (the scorer's challenger arm serves the candidate to
             `challenger_share` of users) or "shadow" (paired, priced beside the champion's quotes).
         challenger_share: the challenger arm's share of users in live mode.
+        shoppers: how shoppers pick a request's items (`pricing.shoppers.shopper_requests`):
+            "browse", as the market's shoppers browse (with their searches), or "taste".
     """
     if experiment_mode not in (LIVE, SHADOW):
         raise ValueError(f"experiment_mode must be 'live' or 'shadow', got {experiment_mode!r}")
     if not 0 < challenger_share < 1:
         raise ValueError(f"challenger_share must be in (0, 1), got {challenger_share}")
+    if shoppers not in SHOPPERS:
+        raise ValueError(f"shoppers must be one of {SHOPPERS}, got {shoppers!r}")
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     with own_registry(out) if registry_in_out_dir else contextlib.nullcontext():
@@ -147,7 +153,7 @@ def loop(
             out, rounds, model, config_path, requests_per_round, candidates, exploration, seed,
             users, items, days, experiment_batch,
             X.ExperimentRule(metric, min_sample, min_effect, guardrail, max_sample), same_shoppers,
-            experiment_mode, challenger_share,
+            experiment_mode, challenger_share, shoppers,
         )  # fmt: skip
 
 
@@ -168,6 +174,7 @@ def _run(
     same_shoppers: bool,
     mode: str = LIVE,
     share: float = 0.5,
+    shoppers: str = "browse",
 ) -> dict[str, Any]:
     log = get_run_logger()
     settings = get_settings()
@@ -201,6 +208,7 @@ def _run(
                     k, out, market, scorer, truth, cost, quotes_so_far, previous_start,
                     config_path, model, exploration, seed, registered, guard, rule,
                     experiment_batch, candidates, smoke_items, smoke_user, detail, mode, share,
+                    shoppers,
                 )  # fmt: skip
                 dr_value = offline.dr[served_key]["dr"]
                 if k == 1:  # round 0's list price on its own logs (on-policy: no earlier loop logs)
@@ -208,7 +216,7 @@ def _run(
             ready = served(scorer.url)
             quotes = serve_shoppers(
                 scorer.url, truth, k, "main", requests_per_round, candidates,
-                seed + 101 * (1 if same_shoppers else k + 1),
+                seed + 101 * (1 if same_shoppers else k + 1), shoppers,
             )  # fmt: skip
             quotes_so_far.append(quotes)
             numbers = round_numbers(
@@ -266,6 +274,7 @@ def _retrain_gate_and_experiment(
     detail: dict[str, Any],
     mode: str = LIVE,
     share: float = 0.5,
+    shoppers: str = "browse",
 ) -> tuple[OfflineResult, bool, str]:
     """Round k's learning step; returns the offline result, whether the candidate was promoted, and
     which policy ("candidate" or "champion") the round's shoppers will meet."""
@@ -330,6 +339,7 @@ def _retrain_gate_and_experiment(
         run = run_online_experiment(
             scorer.url, truth, candidate, events, cost, rule, exp_id, k, experiment_batch,
             candidates, seed + 1000 * k, mode, {"champion": 1 - share, CHALLENGER: share},
+            shoppers,
         )  # fmt: skip
         quotes_so_far.append(run.live)
         run.rows.to_parquet(round_dir / "experiment.parquet", index=False)

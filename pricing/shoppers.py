@@ -9,7 +9,7 @@ import pandas as pd
 
 from pricing import schema as S
 from pricing.policy import Guardrails, price_bounds
-from pricing.simulator import GroundTruth
+from pricing.simulator import GroundTruth, browse_session
 
 
 @dataclass(frozen=True)
@@ -17,23 +17,50 @@ class ShopperRequest:
     user_id: str
     session_id: str
     item_ids: list[str]
+    queries: tuple[str, ...] = ()  # what the shopper searched before asking (oldest first)
+
+
+SHOPPERS = ("browse", "taste")
 
 
 def shopper_requests(
-    truth: GroundTruth, n_requests: int, candidates: int, rng: np.random.Generator
+    truth: GroundTruth,
+    n_requests: int,
+    candidates: int,
+    rng: np.random.Generator,
+    shoppers: str = "browse",
 ) -> list[ShopperRequest]:
-    """Quote requests of random users over items drawn from their category taste."""
+    """Quote requests of random users, each over the `candidates` items of one session.
+
+    `shoppers`:
+        "browse": the session the market's shoppers make (`pricing.simulator.browse_session`): a
+            search or two phrased by the user's price attitude and needs, then items picked by
+            brand-tier affinity, prominence and what was searched. The loop's histories then grow
+            the way the market's did, so what the model learned from the market still applies.
+        "taste": items drawn by the user's category taste alone, no search (before 2026-12-06;
+            kept to reproduce the results made with it). Brand choice then carries no signal and
+            every round's histories dilute the browsing that reveals price sensitivity.
+    """
+    if shoppers not in SHOPPERS:
+        raise ValueError(f"shoppers must be one of {SHOPPERS}, got {shoppers!r}")
     n_items = len(truth.item_ids)
     k = min(candidates, n_items)
     users = rng.integers(0, len(truth.user_ids), n_requests)
     out = []
     for r, u in enumerate(users):
-        # taste-weighted item choice: weight of an item = user's taste for its category
-        w = truth.user_taste[u, truth.item_category] + 1e-9
-        items = rng.choice(n_items, size=k, replace=False, p=w / w.sum())
+        queries: tuple[str, ...] = ()
+        if shoppers == "browse":
+            session = browse_session(truth, int(u), k, rng)
+            items, queries = session.items, session.queries
+        else:  # taste-weighted item choice: weight of an item = user's taste for its category
+            w = truth.user_taste[u, truth.item_category] + 1e-9
+            items = rng.choice(n_items, size=k, replace=False, p=w / w.sum())
         out.append(
             ShopperRequest(
-                str(truth.user_ids[u]), f"loop-{r:06d}", [str(truth.item_ids[i]) for i in items]
+                str(truth.user_ids[u]),
+                f"loop-{r:06d}",
+                [str(truth.item_ids[i]) for i in items],
+                queries,
             )
         )
     return out

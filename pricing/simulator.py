@@ -315,6 +315,20 @@ def click_probability(p_buy: np.ndarray) -> np.ndarray:
 _CART_ABANDON = 0.2  # share of non-buying clickers who still add to cart
 
 
+def funnel(
+    p_buy: np.ndarray, u_buy: np.ndarray, u_click: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bought, clicked, carted) of items shown at prices bought with probability `p_buy`, from one
+    uniform number per item and stage: the market's funnel (a buyer also clicks and carts; a
+    non-buyer clicks with `click_probability`, and a fifth of those clickers add to cart), with
+    the cart decided by the click's number so two numbers do (the loop pairs arms on them)."""
+    p_click = click_probability(p_buy)
+    bought = np.asarray(u_buy) < p_buy
+    clicked = bought | (np.asarray(u_click) < p_click)
+    carted = bought | (np.asarray(u_click) < _CART_ABANDON * p_click)
+    return bought, clicked, carted
+
+
 @dataclass(frozen=True)
 class SimConfig:
     """Size, seed, logging policy and realism of a simulated market.
@@ -453,6 +467,8 @@ class GroundTruth:
     # Arrivals: ms after the market's start when a user/item first exists (0: from the start).
     user_arrival_ms: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     item_arrival_ms: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # Browsing prominence of each item (how often it wins a place on the page; not demand).
+    item_popularity: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (I,)
     novelty_start: str | None = None  # ISO UTC time from which novelty may occur
     heldout_queries: tuple[str, ...] = ()  # phrasings that never occur before `novelty_start`
     _user_index: pd.Index = field(init=False, repr=False)
@@ -475,6 +491,8 @@ class GroundTruth:
             self.user_arrival_ms = np.zeros(n_users, dtype=np.int64)
         if np.size(self.item_arrival_ms) == 0:
             self.item_arrival_ms = np.zeros(n_items, dtype=np.int64)
+        if np.size(self.item_popularity) == 0:
+            self.item_popularity = np.zeros(n_items)
         expected = {
             "user_intent": (n_users, k),
             "item_tags": (n_items, k),
@@ -482,6 +500,7 @@ class GroundTruth:
             "tag_log_beta": (k,),
             "user_arrival_ms": (n_users,),
             "item_arrival_ms": (n_items,),
+            "item_popularity": (n_items,),
         }
         for name, shape in expected.items():
             if np.shape(getattr(self, name)) != shape:
@@ -699,7 +718,7 @@ class GroundTruth:
         "category_alpha", "tier_affinity", "tier_alpha", "user_age_group", "user_region",
         "item_category", "item_tier", "item_quality", "list_price", "unit_cost",
         "category_sensitivity", "user_intent", "item_tags", "tag_alpha", "tag_log_beta",
-        "user_arrival_ms", "item_arrival_ms",
+        "user_arrival_ms", "item_arrival_ms", "item_popularity",
     )  # fmt: skip
     _NAMES: ClassVar[tuple[str, ...]] = (
         "categories", "tiers", "segments", "age_groups", "regions", "needs", "heldout_queries",
@@ -947,6 +966,25 @@ def _pick_cold_items(category: np.ndarray, share: float, rng: np.random.Generato
     return cold
 
 
+def _query_cdf(z: np.ndarray, intent: np.ndarray | None) -> np.ndarray:
+    """(U, classes) cumulative probabilities of what a user's search asks for: QUERY_CLASSES, or
+    INTENTS when `intent` (the users' need strengths) is given.
+
+    The price attitude: P(cheap-like) rises and P(premium-like) falls with sensitivity z; needs
+    take their shares from plain searches.
+    """
+    p_cheap = _sigmoid(1.4 * z - 0.9)
+    p_premium = _sigmoid(-1.4 * z - 1.2)
+    if intent is None:
+        return np.stack([p_cheap, 1.0 - p_premium, np.ones(len(z))], axis=1)
+    need_w = _NEED_SEARCH_WEIGHT * intent
+    rest = (1.0 - p_cheap - p_premium) / (1.0 + need_w.sum(axis=1))
+    probs = np.column_stack([p_cheap, rest, p_premium, rest[:, None] * need_w])
+    query_cdf = np.cumsum(probs, axis=1)
+    query_cdf[:, -1] = 1.0
+    return query_cdf
+
+
 def _simulate_users(
     config: SimConfig, rng: np.random.Generator, rng_real: np.random.Generator
 ) -> dict[str, np.ndarray]:
@@ -969,22 +1007,13 @@ def _simulate_users(
     age_group = _inverse_cdf(np.cumsum(age_probs, axis=1), rng.random(n)).astype(np.int8)
     region = rng.choice(len(REGIONS), size=n, p=_REGION_PROBS).astype(np.int8)
     activity = rng.gamma(2.0, 0.5, size=n)  # mean 1: some users shop far more than others
-    # Query attitude: P(cheap-like) rises and P(premium-like) falls with sensitivity.
-    p_cheap = _sigmoid(1.4 * z - 0.9)
-    p_premium = _sigmoid(-1.4 * z - 1.2)
-    query_cdf = np.stack([p_cheap, 1.0 - p_premium, np.ones(n)], axis=1)
     intent = np.zeros((n, 0))
     if config.intents:
         # Needs: held or not (prevalence leaning with sensitivity), and how strongly.
         logit = np.log(_NEED_PREVALENCE / (1 - _NEED_PREVALENCE)) + z[:, None] * _NEED_Z_SLOPE
         held = rng_real.random((n, len(NEED_INTENTS))) < _sigmoid(logit)
         intent = held * rng_real.uniform(*_NEED_STRENGTH, size=held.shape)
-        # Searches: the price attitude keeps its shares; needs take theirs from plain searches.
-        need_w = _NEED_SEARCH_WEIGHT * intent
-        rest = (1.0 - p_cheap - p_premium) / (1.0 + need_w.sum(axis=1))
-        probs = np.column_stack([p_cheap, rest, p_premium, rest[:, None] * need_w])
-        query_cdf = np.cumsum(probs, axis=1)
-        query_cdf[:, -1] = 1.0
+    query_cdf = _query_cdf(z, intent if config.intents else None)
     new_user = np.zeros(n, dtype=bool)
     new_user[rng_real.permutation(n)[: int(round(config.new_user_share * n))]] = True
     return {
@@ -1040,6 +1069,7 @@ def simulate(config: SimConfig | None = None) -> Market:
         item_tags=it["tags"],
         tag_alpha=np.array([TAG_EFFECTS[k][0] for k in needs]),
         tag_log_beta=np.array([TAG_EFFECTS[k][1] for k in needs]),
+        item_popularity=it["popularity"],
     )
     users = pd.DataFrame(
         {
@@ -1398,6 +1428,94 @@ def _browse_bonus(
     flat = matches.ravel()[cand * matches.shape[1] + np.maximum(si, 0)[:, None]]
     bonus += np.where(si[:, None] >= 0, _INTENT_BROWSE_BONUS * flat, 0.0)
     return bonus
+
+
+@dataclass(frozen=True)
+class Session:
+    """One shopper's visit as the market's shoppers make it: what they searched, what they browsed."""
+
+    user: int  # position in the truth's `user_ids`
+    queries: tuple[str, ...]  # searches that open the session, in order (none for about a third)
+    items: np.ndarray  # positions in the truth's `item_ids` of the distinct items browsed
+
+
+def browse_session(
+    truth: GroundTruth, user: int, n_items: int, rng: np.random.Generator
+) -> Session:
+    """A session of `user` that browses `n_items` distinct items, drawn as `simulate` draws views.
+
+    The same steps and constants as the market (`_simulate_behaviour`): a focus category from the
+    user's taste; a search with probability `_SEARCH_PROB` (a second one sometimes), asking for the
+    user's price attitude or needs (`_query_cdf`) in the usual phrasings; then each item from
+    `_N_CANDIDATES` random items of the focus category (else a fresh taste draw), the one with the
+    highest tier affinity + prominence + Gumbel noise (+ the need and searched-intent bonuses, and
+    the featured bonus of items that arrived during the market). Every item exists by then (the
+    session comes after the market), and a repeat is drawn again (a page lists an item once).
+    Vectorized across slots, one session at a time: the loop's shoppers ask for a few thousand.
+    """
+    n_cat = len(truth.categories)
+    taste_cdf = np.cumsum(truth.user_taste[user])[None, :]
+    intents = len(truth.needs) > 0
+    z = (np.log(truth.user_beta[[user]]) - _LOG_BETA_MEAN) / _LOG_BETA_STD
+    qcdf = _query_cdf(z, truth.user_intent[[user]] if intents else None)
+    focus = int(_inverse_cdf(taste_cdf, rng.random(1))[0])
+    n_search = int(rng.random() < _SEARCH_PROB)
+    n_search += int(n_search > 0 and rng.random() < _SECOND_SEARCH_PROB)
+    q_class = _inverse_cdf(np.repeat(qcdf, n_search, axis=0), rng.random(n_search))
+    queries = _search_phrases(q_class, np.full(n_search, focus), intents, rng)
+    session_intent = np.array([q_class[0] if n_search else -1])
+
+    by_cat = [np.flatnonzero(truth.item_category == c) for c in range(n_cat)]
+    featured = truth.item_arrival_ms > 0
+    want = min(n_items, len(truth.item_ids))
+    chosen: list[int] = []
+    for _ in range(50):  # a few rounds of draws fill the page; 50 is far beyond what any needs
+        need = want - len(chosen)
+        if need <= 0:
+            break
+        other = _inverse_cdf(np.repeat(taste_cdf, need, axis=0), rng.random(need))
+        cat = np.where(rng.random(need) < _FOCUS_SHARE, focus, other)
+        pools = [by_cat[c] for c in cat]
+        cand = np.stack([p[rng.integers(0, len(p), _N_CANDIDATES)] for p in pools])
+        users = np.full(need, user)
+        score = (
+            truth.tier_affinity[users[:, None], truth.item_tier[cand]]
+            + truth.item_popularity[cand]
+            + rng.gumbel(size=cand.shape)
+            + _NEW_ITEM_BONUS * featured[cand]
+        )
+        if intents:
+            score += _browse_bonus(
+                truth.user_intent, truth.item_tags, truth.item_tier, session_intent, users,
+                np.zeros(need, dtype=np.int64), cand,
+            )  # fmt: skip
+        for item in cand[np.arange(need), score.argmax(axis=1)]:
+            if int(item) not in chosen and len(chosen) < want:
+                chosen.append(int(item))
+    if len(chosen) < want:  # tiny catalogs: the rest by taste, as a page would fill itself
+        rest = np.setdiff1d(np.arange(len(truth.item_ids)), chosen)
+        w = truth.user_taste[user, truth.item_category[rest]] + 1e-9
+        chosen += rng.choice(rest, size=want - len(chosen), replace=False, p=w / w.sum()).tolist()
+    return Session(user, tuple(queries), np.asarray(chosen, dtype=np.int64))
+
+
+def _search_phrases(
+    q_class: np.ndarray, category: np.ndarray, intents: bool, rng: np.random.Generator
+) -> list[str]:
+    """The words of searches asking for `q_class` in `category`, in the market's usual phrasings
+    (INTENTS' with intents, else QUERY_CLASSES')."""
+    if intents:
+        codes, vocabulary = _intent_queries(
+            q_class, category, np.zeros(len(q_class), bool), 0.0, rng
+        )
+        return [str(vocabulary[c]) for c in codes]
+    n_templates = len(_QUERY_TEMPLATES[0])
+    template = rng.integers(0, n_templates, size=len(q_class))
+    noun = rng.integers(0, 3, size=len(q_class))
+    return [
+        _QUERY_TEMPLATES[q][t].format(q=CATEGORIES[c].queries[w])
+        for q, t, c, w in zip(q_class, template, category, noun, strict=True)
+    ]
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ from pricing.shoppers import ShopperRequest, loop_summary, shopper_requests
 from pricing.simulator import (
     GroundTruth,
     SimConfig,
-    click_probability,
+    funnel,
     load_ground_truth,
     simulate,
     write_market,
@@ -268,7 +268,10 @@ def simulate_loop_market(
 # --- shoppers -----------------------------------------------------------------------------------
 
 
-OPENED = "opened"  # a live row's flag: the shopper opened (clicked) or bought the item
+# A live row's record of what the shopper did, so the next training set holds what was reported.
+OPENED = "opened"  # the shopper opened (clicked) or bought the item
+REPORTED = "reported"  # the item's events the shopper reported, comma-joined ("view,click")
+QUERIES = "queries"  # the session's searches, "\n"-joined, on the request's first row ("" after)
 
 
 @dataclass
@@ -279,21 +282,28 @@ class Traffic:
     requests: list[ShopperRequest]
     uniforms: list[np.ndarray]
     # one more per candidate: the shopper clicks (opens) an item it does not buy when its number
-    # is below `click_probability`; only opened or bought items reach its history as views
+    # is below `click_probability` (and carts it when below a fifth of that)
     click_uniforms: list[np.ndarray]
+    # how the requests were drawn (`pricing.shoppers.SHOPPERS`): what reaches the history
+    shoppers: str = "browse"
 
 
 def make_traffic(
-    truth: GroundTruth, n_requests: int, candidates: int, seed: int, tag: str
+    truth: GroundTruth,
+    n_requests: int,
+    candidates: int,
+    seed: int,
+    tag: str,
+    shoppers: str = "browse",
 ) -> Traffic:
     """Shoppers (`pricing.shoppers.shopper_requests`) with sessions unique to `tag`."""
     rng = np.random.default_rng(seed)
     reqs = [
-        ShopperRequest(r.user_id, f"{tag}-{k:06d}", r.item_ids)
-        for k, r in enumerate(shopper_requests(truth, n_requests, candidates, rng))
+        ShopperRequest(r.user_id, f"{tag}-{k:06d}", r.item_ids, r.queries)
+        for k, r in enumerate(shopper_requests(truth, n_requests, candidates, rng, shoppers))
     ]
     uniforms = [rng.random(len(r.item_ids)) for r in reqs]
-    return Traffic(reqs, uniforms, [rng.random(len(r.item_ids)) for r in reqs])
+    return Traffic(reqs, uniforms, [rng.random(len(r.item_ids)) for r in reqs], shoppers)
 
 
 class ShadowPricer:
@@ -338,6 +348,12 @@ class ShadowPricer:
         return price, propensity
 
 
+def _event_kinds(viewed: bool, clicked: bool, carted: bool, bought: bool) -> list[str]:
+    """The events one quoted item leaves in the history, in funnel order."""
+    flags = ((S.VIEW, viewed), (S.CLICK, clicked), (S.ADD_TO_CART, carted), (S.PURCHASE, bought))
+    return [kind for kind, on in flags if on]
+
+
 def shop(
     scorer_url: str,
     traffic: Traffic,
@@ -348,15 +364,18 @@ def shop(
     and behaviour back; with `shadow`, also the challenger's price for the same request and the
     shopper's answer to it (never shown, never logged by the scorer).
 
-    Behaviour is what the shopper did, as in the simulator's funnel: a view for each item it opened
-    (clicked, `click_probability` of the shown price) or bought, a purchase for each one bought.
-    Every quoted item gets an outcome; an item only shown is not a view: reported as one, the
-    loop's candidates (drawn by category taste alone) would fill the shoppers' histories with items
-    they never chose and erase the browsing that reveals their price sensitivity.
+    Behaviour is what the shopper did, as in the simulator's funnel (`pricing.simulator.funnel`).
+    Browsing shoppers (the default) report their searches, a view of every item on the page (they
+    chose them, as the market's shoppers choose what they view), a click per item opened, a cart
+    and a purchase per item bought (and a cart for a fifth of the other clicks). Taste shoppers
+    (`Traffic.shoppers == "taste"`) report a view only for items opened or bought, and purchases:
+    their candidates, drawn by category taste alone, were never chosen, and as views they would
+    erase the browsing that reveals price sensitivity. Every quoted item gets an outcome.
 
     Returns (live rows, shadow rows): one row per quoted item, the shadow's paired to the live one
     by `pair_id` (the live offer id).
     """
+    browsing = traffic.shoppers == "browse"
     live: list[dict[str, Any]] = []
     ghost: list[dict[str, Any]] = []
     with httpx.Client(base_url=scorer_url, timeout=60.0) as client:
@@ -376,28 +395,37 @@ def shop(
             price = np.array([it["price"] for it in q["items"]], dtype=float)
             users = np.full(len(items), req.user_id)
             p_true = truth.purchase_probability(users, np.array(items), price)
-            bought = np.array([uniform[i] for i in items]) < p_true
-            opened = bought | (np.array([click_u[i] for i in items]) < click_probability(p_true))
+            bought, opened, carted = funnel(
+                p_true, np.array([uniform[i] for i in items]), np.array([click_u[i] for i in items])
+            )
+            viewed = np.ones(len(items), bool) if browsing else opened
             policy = f"{q['model_name']}@{q['model_version']}"
-            events = []
-            for it, b, seen in zip(q["items"], bought, opened, strict=True):
+            events: list[dict[str, Any]] = [
+                {S.EVENT_TYPE: S.SEARCH, S.QUERY: text, S.SESSION_ID: req.session_id}
+                for text in req.queries
+            ]
+            for k, it in enumerate(q["items"]):
                 client.post(
                     "/v1/outcomes",
                     json={
                         "quote_id": q["quote_id"],
                         "item_id": it["item_id"],
-                        "purchased": bool(b),
+                        "purchased": bool(bought[k]),
                     },
                 ).raise_for_status()
-                for kind in (S.VIEW, S.PURCHASE) if b else (S.VIEW,) if seen else ():
-                    events.append(
-                        {
-                            S.EVENT_TYPE: kind,
-                            S.ITEM_ID: it["item_id"],
-                            S.PRICE: it["price"],
-                            S.SESSION_ID: req.session_id,
-                        }
-                    )
+                kinds = _event_kinds(
+                    bool(viewed[k]), browsing and bool(opened[k]), browsing and bool(carted[k]),
+                    bool(bought[k]),
+                )  # fmt: skip
+                events += [
+                    {
+                        S.EVENT_TYPE: kind,
+                        S.ITEM_ID: it["item_id"],
+                        S.PRICE: it["price"],
+                        S.SESSION_ID: req.session_id,
+                    }
+                    for kind in kinds
+                ]
                 live.append(
                     {
                         S.OFFER_ID: f"{q['quote_id']}:{it['item_id']}",
@@ -409,9 +437,11 @@ def shop(
                         S.ITEM_ID: it["item_id"],
                         S.PRICE: float(it["price"]),
                         S.PROPENSITY: float(it["propensity"]),
-                        S.PURCHASED: int(b),
+                        S.PURCHASED: int(bought[k]),
                         S.POLICY: policy,
-                        OPENED: bool(seen),
+                        OPENED: bool(opened[k]),
+                        REPORTED: ",".join(kinds),
+                        QUERIES: "\n".join(req.queries) if k == 0 else "",
                     }
                 )
             if events:
@@ -453,10 +483,13 @@ def serve_shoppers(
     n_requests: int,
     candidates: int,
     seed: int,
+    shoppers: str = "browse",
 ) -> pd.DataFrame:
     """A round's main traffic: `n_requests` shoppers against the live scorer (no retries: a retry
     would quote the same shoppers twice)."""
-    traffic = make_traffic(truth, n_requests, candidates, seed, f"loop-r{round_no}-{phase}")
+    traffic = make_traffic(
+        truth, n_requests, candidates, seed, f"loop-r{round_no}-{phase}", shoppers
+    )
     rows, _ = shop(scorer_url, traffic, truth)
     return rows
 
@@ -494,6 +527,7 @@ def run_online_experiment(
     seed: int,
     mode: str = SHADOW,
     shares: dict[str, float] | None = None,
+    shoppers: str = "browse",
 ) -> ExperimentRun:
     """Run the experiment batch by batch, a look after each, until the rule promotes or stops.
 
@@ -511,8 +545,9 @@ def run_online_experiment(
     batch = 0
     while True:
         traffic = make_traffic(
-            truth, batch_requests, candidates, seed + 7919 * batch, f"loop-r{round_no}-x{batch}"
-        )
+            truth, batch_requests, candidates, seed + 7919 * batch, f"loop-r{round_no}-x{batch}",
+            shoppers,
+        )  # fmt: skip
         live, ghost = shop(scorer_url, traffic, truth, shadow)
         live_parts.append(live)
         arm_parts.append(_arm_rows(live, ghost if shadow is not None else None, experiment_id))
@@ -547,30 +582,69 @@ def _arm_rows(live: pd.DataFrame, ghost: pd.DataFrame | None, experiment_id: str
 
 
 def loop_events(quotes: pd.DataFrame, logged: pd.DataFrame) -> pd.DataFrame:
-    """The shoppers' behaviour as contract events, what `shop` reported to the scorer: a view per
-    item opened or bought (`OPENED`; every quoted item for rows without the column) and a purchase
-    per sale, at the offer's logged time (equal, not earlier: an offer never sees its own view)."""
+    """The shoppers' behaviour as contract events, what `shop` reported to the scorer.
+
+    Per quoted item, the events in its `REPORTED` column, at the offer's logged time (equal, not
+    earlier: an offer never sees its own view); per request, the searches in its `QUERIES`, a
+    millisecond apart just before its first offer (what the shopper searched came before the page).
+    Rows from before `REPORTED`: a view per item opened or bought (`OPENED`; every quoted item for
+    rows without that column too) and a purchase per sale.
+    """
     ts = logged.set_index(S.OFFER_ID)[S.TS]
-    q = quotes[quotes[S.OFFER_ID].isin(ts.index)]
-    if OPENED in q:
-        q = q[q[OPENED].fillna(True).astype(bool) | q[S.PURCHASED].astype(bool)]
-    when = ts.reindex(q[S.OFFER_ID]).to_numpy()
-    base = {
-        S.TS: when,
-        S.USER_ID: q[S.USER_ID].to_numpy(str),
-        S.SESSION_ID: q[S.SESSION_ID].to_numpy(str),
-        S.ITEM_ID: q[S.ITEM_ID].to_numpy(str),
-        S.QUERY: None,
-        S.PRICE: q[S.PRICE].to_numpy(float),
-    }
-    views = pd.DataFrame(
-        {S.EVENT_ID: (q[S.OFFER_ID] + ":view").to_numpy(str), S.EVENT_TYPE: S.VIEW, **base}
+    q = quotes[quotes[S.OFFER_ID].isin(ts.index)].reset_index(drop=True)
+    when = pd.Series(ts.reindex(q[S.OFFER_ID]).to_numpy(), index=q.index)
+    if REPORTED in q:
+        kinds = q[REPORTED].fillna("").astype(str).str.split(",")
+    else:
+        seen = q[OPENED].fillna(True).astype(bool) if OPENED in q else pd.Series(True, q.index)
+        sold = q[S.PURCHASED].astype(bool)
+        kinds = pd.Series(
+            [
+                [S.VIEW, S.PURCHASE] if b else [S.VIEW] if v else []
+                for v, b in zip(seen, sold, strict=True)
+            ],
+            index=q.index,
+            dtype=object,
+        )
+    per_item = kinds.explode().dropna()
+    per_item = per_item[per_item != ""]
+    rows = q.loc[per_item.index]
+    items = pd.DataFrame(
+        {
+            S.EVENT_ID: (rows[S.OFFER_ID] + ":" + per_item).to_numpy(str),
+            S.TS: when.loc[per_item.index].to_numpy(),
+            S.USER_ID: rows[S.USER_ID].to_numpy(str),
+            S.SESSION_ID: rows[S.SESSION_ID].to_numpy(str),
+            S.EVENT_TYPE: per_item.to_numpy(str),
+            S.ITEM_ID: rows[S.ITEM_ID].to_numpy(str),
+            S.QUERY: None,
+            S.PRICE: rows[S.PRICE].to_numpy(float),
+        }
     )
-    sold = q[S.PURCHASED].to_numpy(bool)
-    buys = pd.DataFrame(
-        {S.EVENT_ID: (q[S.OFFER_ID] + ":purchase").to_numpy(str), S.EVENT_TYPE: S.PURCHASE, **base}
-    )[sold]
-    return pd.concat([views, buys], ignore_index=True)[S.column_names(S.EVENTS)]
+    parts = [items]
+    if QUERIES in q:
+        texts = q[QUERIES].fillna("").astype(str).str.split("\n").explode()
+        texts = texts[texts != ""]
+        if len(texts):
+            rank = texts.groupby(level=0).cumcount().to_numpy()
+            n = texts.groupby(level=0).transform("size").to_numpy()
+            first = when.groupby(q[S.SESSION_ID]).transform("min").loc[texts.index]
+            rows = q.loc[texts.index]
+            parts.append(
+                pd.DataFrame(
+                    {
+                        S.EVENT_ID: (rows[S.OFFER_ID] + ":search" + rank.astype(str)).to_numpy(str),
+                        S.TS: (first - pd.to_timedelta(n - rank, unit="ms")).to_numpy(),
+                        S.USER_ID: rows[S.USER_ID].to_numpy(str),
+                        S.SESSION_ID: rows[S.SESSION_ID].to_numpy(str),
+                        S.EVENT_TYPE: S.SEARCH,
+                        S.ITEM_ID: None,
+                        S.QUERY: texts.to_numpy(str),
+                        S.PRICE: np.nan,
+                    }
+                )
+            )
+    return pd.concat(parts, ignore_index=True)[S.column_names(S.EVENTS)]
 
 
 @task(

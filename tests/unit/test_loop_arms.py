@@ -47,22 +47,6 @@ def test_shadow_rows_pair_each_shown_quote_with_the_challengers_unseen_price() -
     assert diff.paired
 
 
-def test_the_next_training_set_has_views_only_of_items_the_shopper_opened_or_bought() -> None:
-    from tasks.loop import OPENED, loop_events
-
-    quotes = _live(["champion"] * 4).assign(
-        **{S.PURCHASED: [1, 0, 0, 1], OPENED: [True, True, False, False]}
-    )
-    events = loop_events(quotes, quotes[[S.OFFER_ID, S.TS]])
-    views = set(events.loc[events[S.EVENT_TYPE] == S.VIEW, S.ITEM_ID])
-    buys = set(events.loc[events[S.EVENT_TYPE] == S.PURCHASE, S.ITEM_ID])
-    assert views == {"i0", "i1", "i3"}  # i2 was only shown: no view
-    assert buys == {"i0", "i3"}  # a purchase is always reported (and opens the item)
-    # rows without the flag (logs from before it existed): a view per quoted item, as they were
-    legacy = loop_events(quotes.drop(columns=OPENED), quotes[[S.OFFER_ID, S.TS]])
-    assert len(legacy[legacy[S.EVENT_TYPE] == S.VIEW]) == 4
-
-
 def test_shoppers_open_items_by_the_simulators_click_funnel() -> None:
     import numpy as np
 

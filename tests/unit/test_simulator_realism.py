@@ -382,7 +382,7 @@ def test_ground_truth_round_trip_keeps_needs_and_arrivals(market: Market, tmp_pa
     assert loaded is not None
     truth = market.truth
     for name in ("user_intent", "item_tags", "tag_alpha", "tag_log_beta", "user_arrival_ms",
-                 "item_arrival_ms"):  # fmt: skip
+                 "item_arrival_ms", "item_popularity"):  # fmt: skip
         np.testing.assert_array_equal(getattr(truth, name), getattr(loaded, name), err_msg=name)
     assert loaded.needs == truth.needs == NEED_INTENTS
     assert loaded.novelty_start == truth.novelty_start
