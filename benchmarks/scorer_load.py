@@ -26,7 +26,8 @@ request counts at the timeout.
   CPU per request of the scorer processes, Redis and the generator from /proc, the offer log's
   quotes per batched write, and an in-process cProfile of the quote path.
 
-    python benchmarks/scorer_load.py [--model bert|bert_wide|lightgbm|toy] [--workers 2] [--quick]
+    python benchmarks/scorer_load.py [--model bert|bert_wide|bert_wide_ucat|lightgbm|toy]
+                                     [--workers 2] [--quick]
                                      [--model-dir DIR]  (reuse a trained model between runs)
 
 Prints progress on stderr and one JSON line on stdout. Everything is on loopback and bounded.
@@ -118,12 +119,13 @@ def build_model(kind: str, workdir: Path, seed: int) -> tuple[str, pd.DataFrame,
 
         data.features = F.offer_features(t[S.OFFERS], t[S.EVENTS], t[S.ITEMS])
         model: Any = LightGBMDemand({"n_estimators": 100}, seed=seed)
-    elif kind in ("bert", "bert_wide"):
+    elif kind in ("bert", "bert_wide", "bert_wide_ucat"):
         from lightning_modules.demand import BertDemand
 
         # tiny-CPU training: a few dozen steps of the small towers over frozen MiniLM vectors;
-        # bert_wide adds the tabular features to the head (computed per quote from the history)
-        wide = kind == "bert_wide"
+        # bert_wide adds the tabular features to the head (computed per quote from the history);
+        # bert_wide_ucat also reads the price sensitivity per shopper and category (its price head)
+        wide = kind != "bert"
         if wide:
             data.features = F.offer_features(t[S.OFFERS], t[S.EVENTS], t[S.ITEMS])
         model = BertDemand(
@@ -133,6 +135,7 @@ def build_model(kind: str, workdir: Path, seed: int) -> tuple[str, pd.DataFrame,
                 "max_steps": 60,
                 "batch_size": 128,
                 "wide": wide,
+                **({"price_head": "user_category"} if kind == "bert_wide_ucat" else {}),
             },
             seed=seed,
         )
@@ -670,7 +673,9 @@ def main() -> None:
     default_model = "bert" if importlib.util.find_spec("lightning_modules.demand") else "toy"
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--model", choices=["bert", "bert_wide", "lightgbm", "toy"], default=default_model
+        "--model",
+        choices=["bert", "bert_wide", "bert_wide_ucat", "lightgbm", "toy"],
+        default=default_model,
     )
     ap.add_argument("--workers", type=int, default=2, help="scorer processes on the port")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per rate step")

@@ -274,6 +274,7 @@ def _cmd_loop(args: argparse.Namespace) -> int:
         experiment_mode=args.experiment_mode,
         challenger_share=args.challenger_share,
         shoppers=args.shoppers,
+        same_shoppers=not args.fresh_shoppers,
     )
     print(f"{Path(args.out) / 'loop.json'}, loop.md, loop.png, loop-details.json")
     return 0
@@ -621,6 +622,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="browse: each request is a session the market's shoppers would make (searches, items "
         "picked by brand-tier affinity and prominence); taste: items by category taste alone, no "
         "search (the loop before 2026-12-06)",
+    )
+    lp.add_argument(
+        "--fresh-shoppers",
+        action="store_true",
+        help="new sessions every round (default: every round's main traffic is the same sessions, "
+        "so a change between rounds is the policy's, but each shopper repeats its visit)",
     )
     lp.add_argument(
         "--scorer-url",

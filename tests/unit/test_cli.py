@@ -106,3 +106,19 @@ def test_an_expected_error_loses_prefects_traceback_and_others_keep_it(
     assert expected.exc_info is None
     assert all(f.filter(unexpected) for f in task_runs.filters if isinstance(f, logging.Filter))
     assert unexpected.exc_info is not None
+
+
+def test_pricing_loop_passes_the_shoppers_options_to_the_flow(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]
+) -> None:
+    import flows.loop
+    from flows.cli import main
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(flows.loop, "loop", lambda **kw: seen.update(kw) or {"rounds": []})
+    assert main(["loop", "--out", str(tmp_path), "--rounds", "2"]) == 0
+    assert seen["shoppers"] == "browse" and seen["same_shoppers"] is True
+    assert main(["loop", "--out", str(tmp_path), "--shoppers", "taste", "--fresh-shoppers"]) == 0
+    assert seen["shoppers"] == "taste" and seen["same_shoppers"] is False
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["loop", "--shoppers", "random"])

@@ -5,10 +5,11 @@
 Trains the model on seed s's market as `pricing compare --simulate` does (or loads it from
 `--model-dir` when that holds one), then prices two sets of offers through the evaluation's optimizer:
 the test split's offers (the items shoppers viewed, as in `pricing compare`) and the closed loop's
-quote requests (`pricing.shoppers.shopper_requests`: items drawn by category taste alone, as `pricing
-loop` serves them). For each it prints the regret of the model, of the model's a with the true b,
-and of the true a with the model's b, and the error of log b by the user's segment and the item's
-brand tier. Not part of the pipeline: the diagnosis behind README's "Price sensitivity: shopper x
+quote requests (`pricing.shoppers.shopper_requests`; `--shoppers taste`, the default here: items
+drawn by category taste alone, as `pricing loop` served them when offdist/ was made; `browse`: the
+sessions the loop's shoppers make since then). For each it prints the regret of the model, of the
+model's a with the true b, and of the true a with the model's b, and the error of log b by the
+user's segment and the item's brand tier. Not part of the pipeline: the diagnosis behind README's "Price sensitivity: shopper x
 category".
 """
 
@@ -52,10 +53,12 @@ class FixedCurves:
         return self.predict_grid(data, data.offers[S.PRICE].to_numpy(float)[:, None])[:, 0]
 
 
-def loop_requests(data: Any, n: int = 1500, candidates: int = 10, seed: int = 101) -> PricingData:
+def loop_requests(
+    data: Any, shoppers: str, n: int = 1500, candidates: int = 10, seed: int = 101
+) -> PricingData:
     """The loop's quote requests as offers right after the market's last event (list price)."""
     events, items = data.train.events, data.train.items
-    reqs = shopper_requests(data.truth, n, candidates, np.random.default_rng(seed))
+    reqs = shopper_requests(data.truth, n, candidates, np.random.default_rng(seed), shoppers)
     off = pd.DataFrame(
         [(r.user_id, i) for r in reqs for i in r.item_ids], columns=[S.USER_ID, S.ITEM_ID]
     )
@@ -119,6 +122,7 @@ def main() -> None:
     ap.add_argument("--runs-dir", default="runs/diagnose")
     ap.add_argument("--model-dir", help="save the trained model here, or load it if it is there")
     ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--shoppers", choices=["taste", "browse"], default="taste")
     args = ap.parse_args()
     cfg = load_config(args.config)
     over = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
@@ -145,7 +149,7 @@ def main() -> None:
     guard = Guardrails.from_dict(cfg.guardrails.model_dump())
     out = [
         report("test offers (views)", model, test, data, guard),
-        report("loop quote requests", model, loop_requests(data), data, guard),
+        report("loop quote requests", model, loop_requests(data, args.shoppers), data, guard),
     ]
     text = json.dumps(
         {"seed": args.seed, "model": args.model, "set": over, "reports": out}, indent=2
