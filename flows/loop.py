@@ -7,7 +7,9 @@ and registered, gated offline against the champion on the previous round's logs,
 tested online against the champion by the declared `ExperimentRule` (by default on live traffic:
 the scorer's `challenger` arm serves the candidate to its share of users; or as a paired shadow
 arm, see `tasks.loop`); a winner is promoted through the registry (alias compare-and-set, scorer
-reload with a smoke quote, rollback). Then the round's shoppers meet whatever is champion.
+reload with a smoke quote, rollback). Then the round's shoppers meet whatever is champion. The
+market's history ends before today by as many days as the rounds' quotes would take a shop with its
+traffic, and the training sets put each round there (`tasks.loop.ShopClock`).
 
 Writes `DIR/loop.json` (`{"rounds": [{"round", "policy", "quotes", "true_profit_per_quote",
 "oracle_profit_per_quote", "list_price_profit_per_quote", "ope_dr_estimate", "promoted"}]}`; other
@@ -45,6 +47,7 @@ from tasks.loop import (
     LIVE,
     SHADOW,
     OfflineResult,
+    ShopClock,
     build_next_training_set,
     evaluate_offline,
     list_price_handle,
@@ -182,7 +185,10 @@ def _run(
     registered = settings.registered_model
     base_cfg = load_config(config_path, {"model": model, "seed": seed})
     guard = {**base_cfg.guardrails.model_dump(), "exploration": exploration}
-    market = simulate_loop_market(out / "market", seed, users, items, days)
+    market = simulate_loop_market(
+        out / "market", seed, users, items, days, rounds, requests_per_round * candidates
+    )
+    clock = ShopClock.load(market)
     truth = load_ground_truth(market)
     assert truth is not None
     catalog = read_table(market, S.ITEMS)
@@ -195,17 +201,20 @@ def _run(
     details: list[dict[str, Any]] = []
     quotes_so_far: list[pd.DataFrame] = []
     dr_round0: float | None = None
-    previous_start: datetime | None = None
     split = share if mode == LIVE else None
     with loop_scorer(out, market, guard, seed, challenger_share=split) as scorer:
         for k in range(rounds):
             start = datetime.now(UTC)
-            detail: dict[str, Any] = {"round": k, "started": start.isoformat()}
+            clock.round_starts.append(start)
+            detail: dict[str, Any] = {
+                "round": k,
+                "started": start.isoformat(),
+                "shop_time": clock.shop_start(k).isoformat(),
+            }
             promoted, dr_value = False, float("nan")
             if k >= 1:
-                assert previous_start is not None
                 offline, promoted, served_key = _retrain_gate_and_experiment(
-                    k, out, market, scorer, truth, cost, quotes_so_far, previous_start,
+                    k, out, market, scorer, truth, cost, quotes_so_far, clock,
                     config_path, model, exploration, seed, registered, guard, rule,
                     experiment_batch, candidates, smoke_items, smoke_user, detail, mode, share,
                     shoppers,
@@ -238,11 +247,10 @@ def _run(
             detail.update({"policy": policy, "served_guardrails": ready["guardrails"], **numbers})
             details.append(detail)
             log.info("round %d: %s", k, rows[-1])
-            previous_start = start
         if rounds == 1:
             dr_round0 = _round0_estimate(
                 out, market, scorer.offer_log_dir, quotes_so_far, config_path, model,
-                exploration, seed, previous_start, catalog, guard,
+                exploration, seed, clock, catalog, guard,
             )  # fmt: skip
     if rows and dr_round0 is not None:
         rows[0]["ope_dr_estimate"] = dr_round0
@@ -259,7 +267,7 @@ def _retrain_gate_and_experiment(
     truth: Any,
     cost: pd.Series,
     quotes_so_far: list[pd.DataFrame],
-    previous_start: datetime,
+    clock: ShopClock,
     config_path: str | None,
     model: str | None,
     exploration: float,
@@ -281,10 +289,11 @@ def _retrain_gate_and_experiment(
     round_dir = out / f"round-{k}"
     data_dir = round_dir / "loop"  # the MLflow experiment is named after this folder: "loop"
     detail["training_set"] = build_next_training_set(
-        market, scorer.offer_log_dir, pd.concat(quotes_so_far, ignore_index=True), data_dir, k - 1
-    )
-    cfg_path = write_round_config(
-        config_path, model, exploration, previous_start, seed, round_dir / "config.yaml"
+        market, scorer.offer_log_dir, pd.concat(quotes_so_far, ignore_index=True), data_dir, k - 1,
+        clock, clock.round_starts[k],
+    )  # fmt: skip
+    cfg_path = write_round_config(  # the test split: the previous round's logs
+        config_path, model, exploration, clock.shop_start(k - 1), seed, round_dir / "config.yaml"
     )
     result = training(data_dir=str(data_dir), config_path=str(cfg_path), promote=False, seed=seed)
     version = str(result["model_version"])
@@ -375,18 +384,17 @@ def _round0_estimate(
     model: str | None,
     exploration: float,
     seed: int,
-    round0_start: datetime | None,
+    clock: ShopClock,
     catalog: pd.DataFrame,
     guard: dict[str, Any],
 ) -> float:
     """With a single round, round 0's DR estimate (list price on its own logs) is computed here."""
-    assert round0_start is not None
     data_dir = out / "round-1" / "loop"
     build_next_training_set(
-        market, offer_log_dir, pd.concat(quotes_so_far, ignore_index=True), data_dir, 0
+        market, offer_log_dir, pd.concat(quotes_so_far, ignore_index=True), data_dir, 0, clock
     )
     cfg_path = write_round_config(
-        config_path, model, exploration, round0_start, seed, out / "round-1" / "config.yaml"
+        config_path, model, exploration, clock.shop_start(0), seed, out / "round-1" / "config.yaml"
     )
     handle = list_price_handle(catalog, guard)
     offline = evaluate_offline(

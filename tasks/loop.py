@@ -250,18 +250,88 @@ def served(scorer_url: str) -> dict[str, Any]:
 # --- the market ---------------------------------------------------------------------------------
 
 
+CLOCK_FILE = "shop_clock.json"
+
+
+@dataclass
+class ShopClock:
+    """Where the loop's rounds sit on the shop's calendar.
+
+    The loop serves a round's shoppers in minutes; a shop with the market's traffic would take
+    `days_per_round` days for them. Time-windowed features (an item's events in the last 7 days)
+    and the time split need the shop's time: on the wall clock, a round's events would pile into
+    one window and each round's items would look several times more popular than the market's.
+    So the next training set moves every logged offer and loop event from the wall clock to the
+    shop's: round j's wall-clock span [start_j, start_j+1) maps linearly onto
+    [market_end + j * days_per_round, market_end + (j + 1) * days_per_round). Order within and
+    across rounds is kept; equal times stay equal.
+    """
+
+    market_end: datetime
+    days_per_round: float
+    round_starts: list[datetime] = field(default_factory=list)  # wall clock, one per round
+
+    def shop_start(self, k: int) -> datetime:
+        """Round k's start on the shop's calendar."""
+        return self.market_end + timedelta(days=k * self.days_per_round)
+
+    def to_shop(self, ts: pd.Series, until: datetime) -> pd.Series:
+        """Wall-clock times of the rounds started before `until` (the wall-clock end of the last
+        of them) on the shop's calendar; raises ValueError for a time outside those rounds."""
+        if not self.round_starts or self.days_per_round <= 0:
+            return ts
+        wall = [t for t in self.round_starts if t < until] + [until]
+        xp = np.array([pd.Timestamp(t).value for t in wall], dtype=np.float64)
+        fp = np.array([pd.Timestamp(self.shop_start(j)).value for j in range(len(wall))], float)
+        ns = pd.to_datetime(ts, utc=True).dt.as_unit("ns").astype("int64").to_numpy(np.float64)
+        if len(ns) and (ns.min() < xp[0] or ns.max() > xp[-1]):
+            raise ValueError("a logged time falls outside the rounds the clock knows")
+        shop = pd.to_datetime(np.interp(ns, xp, fp).astype(np.int64), utc=True)
+        return pd.Series(shop, index=ts.index).astype(ts.dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"market_end": self.market_end.isoformat(), "days_per_round": self.days_per_round}
+
+    @classmethod
+    def load(cls, market_dir: Path) -> ShopClock:
+        raw = json.loads((market_dir / CLOCK_FILE).read_text())
+        return cls(datetime.fromisoformat(raw["market_end"]), float(raw["days_per_round"]))
+
+
 @task(name="simulate_loop_market", task_run_name="simulate the loop's market (seed {seed})")
 def simulate_loop_market(
-    out_dir: Path, seed: int, n_users: int | None, n_items: int | None, n_days: int | None
+    out_dir: Path,
+    seed: int,
+    n_users: int | None,
+    n_items: int | None,
+    n_days: int | None,
+    rounds: int = 0,
+    quotes_per_round: int = 0,
 ) -> Path:
-    """A simulated market whose history ends at today's midnight (UTC), so the loop's live offers
-    follow it in time, with the ground truth the shoppers answer from."""
+    """A simulated market with the ground truth the shoppers answer from, and its `ShopClock`.
+
+    The market's history ends early enough (a UTC midnight, plus its last sessions) for `rounds`
+    rounds of `quotes_per_round` quotes each to follow it on the shop's calendar before today, a
+    round lasting as many days as the market took for as many offers (`ShopClock`, whose rounds
+    start at the market's last event). With no rounds, it ends at today's midnight.
+    """
     cfg = SimConfig(seed=seed)
     sizes: dict[str, Any] = {"n_users": n_users, "n_items": n_items, "n_days": n_days}
     cfg = replace(cfg, **{k: v for k, v in sizes.items() if v is not None})
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    cfg = replace(cfg, start=(today - timedelta(days=cfg.n_days)).isoformat())
-    write_market(simulate(cfg), out_dir)
+    market = simulate(replace(cfg, start=(today - timedelta(days=cfg.n_days)).isoformat()))
+    offers_per_day = len(market.tables[S.OFFERS]) / cfg.n_days
+    days_per_round = quotes_per_round / offers_per_day if offers_per_day > 0 else 0.0
+    # a day more than the rounds need: the market's last sessions run a little past its end
+    lead = math.ceil(rounds * days_per_round) + 1 if rounds > 0 else 0
+    if lead > 0:  # the same market (the draws do not depend on the start), earlier
+        end = today - timedelta(days=lead)
+        market = simulate(replace(cfg, start=(end - timedelta(days=cfg.n_days)).isoformat()))
+    write_market(market, out_dir)
+    t = market.tables
+    last = max(pd.to_datetime(t[name][S.TS], utc=True).max() for name in (S.OFFERS, S.EVENTS))
+    clock = ShopClock(last.ceil("min").to_pydatetime(), days_per_round)
+    (out_dir / CLOCK_FILE).write_text(json.dumps(clock.to_dict(), indent=2) + "\n")
     return out_dir
 
 
@@ -653,13 +723,24 @@ def loop_events(quotes: pd.DataFrame, logged: pd.DataFrame) -> pd.DataFrame:
     cache_policy=NO_CACHE,
 )
 def build_next_training_set(
-    market_dir: Path, offer_log_dir: Path, quotes: pd.DataFrame, out_dir: Path, round_no: int
+    market_dir: Path,
+    offer_log_dir: Path,
+    quotes: pd.DataFrame,
+    out_dir: Path,
+    round_no: int,
+    clock: ShopClock | None = None,
+    until: datetime | None = None,
 ) -> dict[str, Any]:
     """The market's tables plus every offer the scorer logged (its export, with propensities) and
-    the shoppers' events: the next round's data directory (validated by the training flow)."""
+    the shoppers' events: the next round's data directory (validated by the training flow).
+
+    With `clock`, logged offers and loop events are on the shop's calendar (`ShopClock.to_shop`;
+    `until`: the wall-clock end of the last round logged, default now)."""
     from scorer.offer_log import export_offers
 
     logged = export_offers(offer_log_dir)
+    if clock is not None:
+        logged[S.TS] = clock.to_shop(logged[S.TS], until or datetime.now(UTC))
     tables = read_tables(market_dir)
     events = loop_events(quotes, logged)
     tables[S.EVENTS] = pd.concat([tables[S.EVENTS], events], ignore_index=True)

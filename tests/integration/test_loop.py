@@ -11,6 +11,7 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -90,3 +91,22 @@ def test_two_rounds_on_a_small_market_improve_on_list_price(
         shares = {a["arm"]: a["quotes"] for a in exp["arms"]}
         assert shares.get("challenger", 0) > 0 and shares.get("champion", 0) > 0
         assert candidate in set(logged["policy"])  # the challenger's quotes were shown and logged
+    # The training set holds the shoppers' sessions on the shop's calendar: round 0's quotes and
+    # the shoppers' searches, views and clicks in the days after the market's history, not today.
+    from pricing import schema as S
+    from pricing.io import read_table
+    from tasks.loop import ShopClock
+
+    clock = ShopClock.load(out / "market")
+    data = out / "round-1" / "loop"
+    offers, events = read_table(data, S.OFFERS), read_table(data, S.EVENTS)
+    assert offers is not None and events is not None
+    loop_offers = offers[offers[S.OFFER_ID].isin(set(logged[S.OFFER_ID]))]
+    assert len(loop_offers) > 0
+    when = pd.to_datetime(loop_offers[S.TS], utc=True)
+    assert when.min() >= pd.Timestamp(clock.market_end)
+    assert when.max() <= pd.Timestamp(clock.shop_start(1))
+    new = events[pd.to_datetime(events[S.TS], utc=True) >= pd.Timestamp(clock.market_end)]
+    kinds = set(new[S.EVENT_TYPE])
+    assert {S.VIEW, S.CLICK, S.SEARCH} <= kinds
+    assert details[1]["shop_time"] == clock.shop_start(1).isoformat()

@@ -143,3 +143,54 @@ def test_rows_logged_before_the_report_column_keep_their_events() -> None:
 def test_an_unknown_kind_of_shopper_is_refused(market: Market) -> None:
     with pytest.raises(ValueError, match="shoppers must be one of"):
         shopper_requests(market.truth, 1, 3, np.random.default_rng(0), "random")
+
+
+# --- the shop's calendar ---------------------------------------------------------------------------
+
+
+def test_the_shop_clock_spreads_each_round_over_its_days_in_order() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tasks.loop import ShopClock
+
+    end = datetime(2026, 10, 1, tzinfo=UTC)
+    wall = datetime(2026, 12, 6, 3, 0, tzinfo=UTC)
+    clock = ShopClock(end, 7.0, [wall, wall + timedelta(minutes=10)])
+    until = wall + timedelta(minutes=30)
+    ts = pd.Series(
+        pd.to_datetime(
+            [wall, wall + timedelta(minutes=5), wall + timedelta(minutes=5),
+             wall + timedelta(minutes=10), wall + timedelta(minutes=20)],
+            utc=True,
+        )
+    )  # fmt: skip
+    shop = clock.to_shop(ts, until)
+    assert shop.dtype == ts.dtype
+    assert shop[0] == pd.Timestamp(end)  # round 0 starts where the market ends
+    assert shop[1] == shop[2] == pd.Timestamp(end + timedelta(days=3.5))  # equal stays equal
+    assert shop[3] == pd.Timestamp(clock.shop_start(1)) == pd.Timestamp(end + timedelta(days=7))
+    assert shop[4] == pd.Timestamp(end + timedelta(days=10.5))  # half of round 1's 20 minutes
+    assert shop.is_monotonic_increasing
+    with pytest.raises(ValueError, match="outside the rounds"):
+        clock.to_shop(pd.Series(pd.to_datetime([until + timedelta(seconds=1)], utc=True)), until)
+    assert clock.to_shop(ts, until).equals(shop)  # a later call with the same rounds: the same
+
+
+def test_the_loops_market_ends_early_enough_for_its_rounds(tmp_path) -> None:
+    from datetime import UTC, datetime
+
+    from pricing.io import read_table
+    from tasks.loop import ShopClock, simulate_loop_market
+
+    market = simulate_loop_market.fn(tmp_path / "m", 3, 150, 60, 14, 4, 1000)
+    clock = ShopClock.load(market)
+    offers = read_table(market, S.OFFERS)
+    assert offers is not None
+    per_day = len(offers) / 14
+    assert clock.days_per_round == pytest.approx(1000 / per_day)
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    assert clock.shop_start(4) <= today  # every round is in the past on the shop's calendar
+    last = pd.to_datetime(offers[S.TS], utc=True).max()
+    assert last <= pd.Timestamp(clock.market_end) <= last + pd.Timedelta(minutes=1)
+    nominal_end = today - pd.Timedelta(days=int(np.ceil(4 * clock.days_per_round)) + 1)
+    assert nominal_end <= last < nominal_end + pd.Timedelta(hours=2)
