@@ -275,6 +275,7 @@ def _cmd_loop(args: argparse.Namespace) -> int:
         challenger_share=args.challenger_share,
         shoppers=args.shoppers,
         same_shoppers=not args.fresh_shoppers,
+        dr_calibration=args.dr_calibration,
     )
     print(f"{Path(args.out) / 'loop.json'}, loop.md, loop.png, loop-details.json")
     return 0
@@ -628,6 +629,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="new sessions every round (default: every round's main traffic is the same sessions, "
         "so a change between rounds is the policy's, but each shopper repeats its visit)",
+    )
+    lp.add_argument(
+        "--dr-calibration",
+        action="store_true",
+        help="rescale the DR estimate's reward model to the rewards logged in the previous round "
+        "(for shoppers unlike the market's it was fitted on, e.g. --shoppers taste); both values "
+        "are in loop-details.json",
     )
     lp.add_argument(
         "--scorer-url",

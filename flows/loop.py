@@ -119,6 +119,7 @@ def loop(
     experiment_mode: str = LIVE,
     challenger_share: float = 0.5,
     shoppers: str = "browse",
+    dr_calibration: bool = False,
 ) -> dict[str, Any]:
     """Run `rounds` rounds of the closed loop on a simulated market; returns loop.json's content.
 
@@ -142,6 +143,8 @@ def loop(
         challenger_share: the challenger arm's share of users in live mode.
         shoppers: how shoppers pick a request's items (`pricing.shoppers.shopper_requests`):
             "browse", as the market's shoppers browse (with their searches), or "taste".
+        dr_calibration: rescale the DR estimate's reward model to the logged rewards
+            (`tasks.loop.dr_estimate`; for shoppers unlike the market's, such as "taste").
     """
     if experiment_mode not in (LIVE, SHADOW):
         raise ValueError(f"experiment_mode must be 'live' or 'shadow', got {experiment_mode!r}")
@@ -156,7 +159,7 @@ def loop(
             out, rounds, model, config_path, requests_per_round, candidates, exploration, seed,
             users, items, days, experiment_batch,
             X.ExperimentRule(metric, min_sample, min_effect, guardrail, max_sample), same_shoppers,
-            experiment_mode, challenger_share, shoppers,
+            experiment_mode, challenger_share, shoppers, dr_calibration,
         )  # fmt: skip
 
 
@@ -178,6 +181,7 @@ def _run(
     mode: str = LIVE,
     share: float = 0.5,
     shoppers: str = "browse",
+    dr_calibration: bool = False,
 ) -> dict[str, Any]:
     log = get_run_logger()
     settings = get_settings()
@@ -217,7 +221,7 @@ def _run(
                     k, out, market, scorer, truth, cost, quotes_so_far, clock,
                     config_path, model, exploration, seed, registered, guard, rule,
                     experiment_batch, candidates, smoke_items, smoke_user, detail, mode, share,
-                    shoppers,
+                    shoppers, dr_calibration,
                 )  # fmt: skip
                 dr_value = offline.dr[served_key]["dr"]
                 if k == 1:  # round 0's list price on its own logs (on-policy: no earlier loop logs)
@@ -250,7 +254,7 @@ def _run(
         if rounds == 1:
             dr_round0 = _round0_estimate(
                 out, market, scorer.offer_log_dir, quotes_so_far, config_path, model,
-                exploration, seed, clock, catalog, guard,
+                exploration, seed, clock, catalog, guard, dr_calibration,
             )  # fmt: skip
     if rows and dr_round0 is not None:
         rows[0]["ope_dr_estimate"] = dr_round0
@@ -283,6 +287,7 @@ def _retrain_gate_and_experiment(
     mode: str = LIVE,
     share: float = 0.5,
     shoppers: str = "browse",
+    dr_calibration: bool = False,
 ) -> tuple[OfflineResult, bool, str]:
     """Round k's learning step; returns the offline result, whether the candidate was promoted, and
     which policy ("candidate" or "champion") the round's shoppers will meet."""
@@ -319,8 +324,9 @@ def _retrain_gate_and_experiment(
     }
     previous_main = quotes_so_far[-1][S.OFFER_ID].astype(str).tolist()
     offline = evaluate_offline(
-        data_dir, cfg_path, policies, out / "runs" / "cache", k, dr_offer_ids=previous_main
-    )
+        data_dir, cfg_path, policies, out / "runs" / "cache", k, previous_main,
+        calibrate=dr_calibration,
+    )  # fmt: skip
     cfg = load_config(cfg_path)
     gate = decide(
         offline.metrics["candidate"],
@@ -387,6 +393,7 @@ def _round0_estimate(
     clock: ShopClock,
     catalog: pd.DataFrame,
     guard: dict[str, Any],
+    dr_calibration: bool = False,
 ) -> float:
     """With a single round, round 0's DR estimate (list price on its own logs) is computed here."""
     data_dir = out / "round-1" / "loop"
@@ -404,5 +411,6 @@ def _round0_estimate(
         out / "runs" / "cache",
         1,
         dr_offer_ids=quotes_so_far[-1][S.OFFER_ID].astype(str).tolist(),
+        calibrate=dr_calibration,
     )
     return float(offline.dr["champion"]["dr"])

@@ -110,3 +110,8 @@ def test_two_rounds_on_a_small_market_improve_on_list_price(
     kinds = set(new[S.EVENT_TYPE])
     assert {S.VIEW, S.CLICK, S.SEARCH} <= kinds
     assert details[1]["shop_time"] == clock.shop_start(1).isoformat()
+    # DR: the reward model as fitted (the default), the rescaled value recorded beside it
+    served = "candidate" if second["promoted"] else "champion"
+    dr = details[1]["dr"][served]
+    assert second["ope_dr_estimate"] == dr["dr"] == dr["dr_uncalibrated"]
+    assert math.isfinite(dr["dr_calibrated"]) and dr["calibration"] == 1.0

@@ -118,7 +118,10 @@ def test_pricing_loop_passes_the_shoppers_options_to_the_flow(
     monkeypatch.setattr(flows.loop, "loop", lambda **kw: seen.update(kw) or {"rounds": []})
     assert main(["loop", "--out", str(tmp_path), "--rounds", "2"]) == 0
     assert seen["shoppers"] == "browse" and seen["same_shoppers"] is True
-    assert main(["loop", "--out", str(tmp_path), "--shoppers", "taste", "--fresh-shoppers"]) == 0
+    assert seen["dr_calibration"] is False
+    argv = ["loop", "--out", str(tmp_path), "--shoppers", "taste", "--fresh-shoppers"]
+    assert main([*argv, "--dr-calibration"]) == 0
     assert seen["shoppers"] == "taste" and seen["same_shoppers"] is False
+    assert seen["dr_calibration"] is True
     with pytest.raises(SystemExit):
         build_parser().parse_args(["loop", "--shoppers", "random"])
