@@ -43,6 +43,11 @@ def read_experiment_offers(log_dir: str | Path, experiment_id: str | None = None
         if len(rows):
             rows = rows[[S.OFFER_ID, *extra]].drop_duplicates(S.OFFER_ID, keep="last")
             offers = offers.merge(rows, on=S.OFFER_ID, how="left")
+    if X.REQUEST not in offers and len(offers):
+        # the scorer's offer ids are "<quote id>:<item id>" (a quote id is hex): the request
+        ids = offers[S.OFFER_ID].astype(str)
+        if ids.str.contains(":", regex=False).all():
+            offers[X.REQUEST] = ids.str.split(":", n=1).str[0]
     if experiment_id is not None and X.EXPERIMENT in offers and offers[X.EXPERIMENT].notna().any():
         offers = offers[offers[X.EXPERIMENT].astype(str) == experiment_id].reset_index(drop=True)
     return offers

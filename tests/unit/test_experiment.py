@@ -314,3 +314,60 @@ def test_switch_and_calibration_tame_weights_and_a_reward_model_off_in_level() -
     assert switched["dm"] == pytest.approx(truth, rel=0.02)
     assert switched["dr"] == pytest.approx(truth, rel=0.02)
     assert 0.4 < switched["corrected_share"] < 1.0  # the agreeing half corrects, the rest does not
+
+
+def _paged_log(n_requests: int, per_request: int, seed: int = 4) -> pd.DataFrame:
+    """Requests of `per_request` quotes in alternating arms; every quote of a request has the same
+    outcome (its shopper decides for the page), both arms buying at 20%."""
+    rng = np.random.default_rng(seed)
+    base = pd.Timestamp("2026-06-01", tz="UTC")
+    rows = []
+    for r in range(n_requests):
+        arm = "challenger" if r % 2 else "champion"
+        bought = int(rng.random() < 0.2)
+        for k in range(per_request):
+            rows.append(
+                {
+                    S.OFFER_ID: f"q{r}:i{k}",
+                    S.TS: base + pd.Timedelta(seconds=r),
+                    S.USER_ID: f"u{r}",
+                    S.ITEM_ID: "i1",
+                    S.PRICE: 10.0,
+                    S.PURCHASED: bought,
+                    X.ARM: arm,
+                    X.REQUEST: f"q{r}",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_quotes_of_one_request_count_as_one_unit_in_the_unpaired_difference() -> None:
+    log = _paged_log(400, 10)
+    by_request = X.difference(log, COST, "champion", "challenger")
+    by_row = X.difference(log.drop(columns=X.REQUEST), COST, "champion", "challenger")
+    assert by_request.estimate == pytest.approx(by_row.estimate)  # equal pages: same estimate
+    assert by_request.n == by_row.n == 2000  # quotes per arm, as the rule counts them
+    # a page's quotes move together: independent-row intervals are about sqrt(10) too narrow
+    ratio = (by_request.hi - by_request.lo) / (by_row.hi - by_row.lo)
+    assert 2.5 < ratio < 4.0
+    single = _paged_log(400, 1)
+    a = X.difference(single, COST, "champion", "challenger")
+    b = X.difference(single.drop(columns=X.REQUEST), COST, "champion", "challenger")
+    assert (a.estimate, a.lo, a.hi) == pytest.approx((b.estimate, b.lo, b.hi))
+
+
+def test_the_scorers_offer_ids_name_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    import scorer.offer_log
+    from tasks.experiment import read_experiment_offers
+
+    log = (
+        _paged_log(4, 3)
+        .drop(columns=X.REQUEST)
+        .assign(**{S.OFFER_ID: [f"a1b2c{r}:item:{k}" for r in range(4) for k in range(3)]})
+    )  # the scorer's "<quote id>:<item id>" (an item id may hold a colon)
+    monkeypatch.setattr(scorer.offer_log, "export_offers", lambda _dir: log.copy())
+    read = read_experiment_offers("unused")
+    assert read[X.REQUEST].tolist() == [f"a1b2c{r}" for r in range(4) for _ in range(3)]
+    other = log.assign(**{S.OFFER_ID: [f"o{k}" for k in range(12)]})  # ids of another form
+    monkeypatch.setattr(scorer.offer_log, "export_offers", lambda _dir: other.copy())
+    assert X.REQUEST not in read_experiment_offers("unused")  # rows stay the units

@@ -33,6 +33,7 @@ def test_live_rows_keep_the_scorers_arm_and_are_unpaired() -> None:
     assert rows[X.ARM].tolist() == ["champion", CHALLENGER, "champion"]
     assert set(rows[X.EXPERIMENT]) == {"loop-round-1"} and X.PAIR_ID not in rows
     assert "quote_id" not in rows and S.SESSION_ID not in rows
+    assert rows[X.REQUEST].tolist() == ["q0", "q1", "q2"]  # the unit the difference counts
 
 
 def test_shadow_rows_pair_each_shown_quote_with_the_challengers_unseen_price() -> None:
