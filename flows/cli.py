@@ -276,6 +276,8 @@ def _cmd_loop(args: argparse.Namespace) -> int:
         shoppers=args.shoppers,
         same_shoppers=not args.fresh_shoppers,
         dr_calibration=args.dr_calibration,
+        min_sample=args.min_sample,
+        max_sample=args.max_sample,
     )
     print(f"{Path(args.out) / 'loop.json'}, loop.md, loop.png, loop-details.json")
     return 0
@@ -629,6 +631,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="new sessions every round (default: every round's main traffic is the same sessions, "
         "so a change between rounds is the policy's, but each shopper repeats its visit)",
+    )
+    lp.add_argument(
+        "--min-sample", type=int, default=2000, help="experiments: quotes per arm before promoting"
+    )
+    lp.add_argument(
+        "--max-sample", type=int, default=10000, help="experiments: quotes per arm, then stop"
     )
     lp.add_argument(
         "--dr-calibration",

@@ -119,6 +119,7 @@ def test_pricing_loop_passes_the_shoppers_options_to_the_flow(
     assert main(["loop", "--out", str(tmp_path), "--rounds", "2"]) == 0
     assert seen["shoppers"] == "browse" and seen["same_shoppers"] is True
     assert seen["dr_calibration"] is False
+    assert (seen["min_sample"], seen["max_sample"]) == (2000, 10000)  # the flow's defaults
     argv = ["loop", "--out", str(tmp_path), "--shoppers", "taste", "--fresh-shoppers"]
     assert main([*argv, "--dr-calibration"]) == 0
     assert seen["shoppers"] == "taste" and seen["same_shoppers"] is False
