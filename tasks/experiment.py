@@ -28,26 +28,23 @@ from tasks.registry import _hand_over, _lock_path, _move_alias, now_iso, promoti
 
 def read_experiment_offers(log_dir: str | Path, experiment_id: str | None = None) -> pd.DataFrame:
     """The offers of the log with an outcome, with their `experiment`, `arm` and `pair_id` when the
-    log records them; only `experiment_id`'s rows when given and the log names experiments.
+    log records them, and their request (`request_id`: the outcome row's quote id); only
+    `experiment_id`'s rows when given and the log names experiments.
 
-    `export_offers` gives the contract's columns; the experiment's columns are read from the same
-    outcome rows (`read_outcomes`) and joined by offer id, so a log written before arms existed
-    still reads (its arms are then its policies).
+    `export_offers` gives the contract's columns; the others are read from the same outcome rows
+    (`read_outcomes`) and joined by offer id, so a log written before arms existed still reads
+    (its arms are then its policies; rows without a quote id leave their request empty).
     """
-    from scorer.offer_log import export_offers, read_outcomes
+    from scorer.offer_log import QUOTE_ID, export_offers, read_outcomes
 
     offers = export_offers(log_dir)
-    extra = [c for c in (X.EXPERIMENT, X.ARM, X.PAIR_ID) if c not in offers]
-    if extra and len(offers):
+    extra = [c for c in (X.EXPERIMENT, X.ARM, X.PAIR_ID) if c not in offers] + [QUOTE_ID]
+    if len(offers):
         rows = read_outcomes(log_dir, extra=extra).frame()
         if len(rows):
             rows = rows[[S.OFFER_ID, *extra]].drop_duplicates(S.OFFER_ID, keep="last")
+            rows = rows.rename(columns={QUOTE_ID: X.REQUEST})
             offers = offers.merge(rows, on=S.OFFER_ID, how="left")
-    if X.REQUEST not in offers and len(offers):
-        # the scorer's offer ids are "<quote id>:<item id>" (a quote id is hex): the request
-        ids = offers[S.OFFER_ID].astype(str)
-        if ids.str.contains(":", regex=False).all():
-            offers[X.REQUEST] = ids.str.split(":", n=1).str[0]
     if experiment_id is not None and X.EXPERIMENT in offers and offers[X.EXPERIMENT].notna().any():
         offers = offers[offers[X.EXPERIMENT].astype(str) == experiment_id].reset_index(drop=True)
     return offers

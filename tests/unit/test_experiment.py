@@ -356,18 +356,18 @@ def test_quotes_of_one_request_count_as_one_unit_in_the_unpaired_difference() ->
     assert (a.estimate, a.lo, a.hi) == pytest.approx((b.estimate, b.lo, b.hi))
 
 
-def test_the_scorers_offer_ids_name_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
-    import scorer.offer_log
+def test_the_offer_logs_quote_ids_name_the_request(tmp_path) -> None:
+    from scorer.offer_log import QUOTE_ID, OfferLog
     from tasks.experiment import read_experiment_offers
 
-    log = (
-        _paged_log(4, 3)
-        .drop(columns=X.REQUEST)
-        .assign(**{S.OFFER_ID: [f"a1b2c{r}:item:{k}" for r in range(4) for k in range(3)]})
-    )  # the scorer's "<quote id>:<item id>" (an item id may hold a colon)
-    monkeypatch.setattr(scorer.offer_log, "export_offers", lambda _dir: log.copy())
-    read = read_experiment_offers("unused")
-    assert read[X.REQUEST].tolist() == [f"a1b2c{r}" for r in range(4) for _ in range(3)]
-    other = log.assign(**{S.OFFER_ID: [f"o{k}" for k in range(12)]})  # ids of another form
-    monkeypatch.setattr(scorer.offer_log, "export_offers", lambda _dir: other.copy())
-    assert X.REQUEST not in read_experiment_offers("unused")  # rows stay the units
+    log = OfferLog(tmp_path)
+    rows = _paged_log(4, 3).drop(columns=X.REQUEST).assign(**{S.PROPENSITY: 1.0, S.POLICY: "p@1"})
+    for r in rows.to_dict("records"):
+        r[S.TS] = r[S.TS].isoformat()
+        quote = r[S.OFFER_ID].split(":")[0]
+        log.append_outcome({**r, QUOTE_ID: quote} if quote != "q3" else r)  # q3: an older row
+    log.close()
+    read = read_experiment_offers(tmp_path).sort_values(S.OFFER_ID)
+    assert read[X.REQUEST].iloc[:9].tolist() == ["q0"] * 3 + ["q1"] * 3 + ["q2"] * 3
+    assert read[X.REQUEST].iloc[9:].isna().all()  # then the difference counts rows
+    assert X.arm_column(read) == X.ARM  # the arms come through as before
