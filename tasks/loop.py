@@ -339,7 +339,6 @@ def simulate_loop_market(
 
 
 # A live row's record of what the shopper did, so the next training set holds what was reported.
-OPENED = "opened"  # the shopper opened (clicked) or bought the item
 REPORTED = "reported"  # the item's events the shopper reported, comma-joined ("view,click")
 QUERIES = "queries"  # the session's searches, "\n"-joined, on the request's first row ("" after)
 
@@ -509,7 +508,6 @@ def shop(
                         S.PROPENSITY: float(it["propensity"]),
                         S.PURCHASED: int(bought[k]),
                         S.POLICY: policy,
-                        OPENED: bool(opened[k]),
                         REPORTED: ",".join(kinds),
                         QUERIES: "\n".join(req.queries) if k == 0 else "",
                     }
@@ -661,26 +659,11 @@ def loop_events(quotes: pd.DataFrame, logged: pd.DataFrame) -> pd.DataFrame:
     Per quoted item, the events in its `REPORTED` column, at the offer's logged time (equal, not
     earlier: an offer never sees its own view); per request, the searches in its `QUERIES`, a
     millisecond apart just before its first offer (what the shopper searched came before the page).
-    Rows from before `REPORTED`: a view per item opened or bought (`OPENED`; every quoted item for
-    rows without that column too) and a purchase per sale.
     """
     ts = logged.set_index(S.OFFER_ID)[S.TS]
     q = quotes[quotes[S.OFFER_ID].isin(ts.index)].reset_index(drop=True)
     when = pd.Series(ts.reindex(q[S.OFFER_ID]).to_numpy(), index=q.index)
-    if REPORTED in q:
-        kinds = q[REPORTED].fillna("").astype(str).str.split(",")
-    else:
-        seen = q[OPENED].fillna(True).astype(bool) if OPENED in q else pd.Series(True, q.index)
-        sold = q[S.PURCHASED].astype(bool)
-        kinds = pd.Series(
-            [
-                [S.VIEW, S.PURCHASE] if b else [S.VIEW] if v else []
-                for v, b in zip(seen, sold, strict=True)
-            ],
-            index=q.index,
-            dtype=object,
-        )
-    per_item = kinds.explode().dropna()
+    per_item = q[REPORTED].str.split(",").explode()
     per_item = per_item[per_item != ""]
     rows = q.loc[per_item.index]
     items = pd.DataFrame(

@@ -19,7 +19,7 @@ from pricing.simulator import (
     funnel,
     simulate,
 )
-from tasks.loop import OPENED, QUERIES, REPORTED, loop_events
+from tasks.loop import QUERIES, REPORTED, loop_events
 
 DEAL_SEEKER, INSENSITIVE = 2, 0  # positions in SEGMENTS
 
@@ -104,7 +104,6 @@ def _quotes() -> pd.DataFrame:
             S.ITEM_ID: ["a", "b", "c"],
             S.PRICE: [3.0, 4.0, 5.0],
             S.PURCHASED: [1, 0, 0],
-            OPENED: [True, True, False],
             REPORTED: ["view,click,add_to_cart,purchase", "view,click", "view"],
             QUERIES: ["cheap soap\nsoap deal", "", ""],
         }
@@ -128,16 +127,6 @@ def test_the_next_training_set_holds_exactly_what_the_shoppers_reported() -> Non
     assert (searches[S.TS] < quotes[S.TS][0]).all()  # searched before the page was shown
     assert events[S.EVENT_ID].is_unique
     assert list(events.columns) == S.column_names(S.EVENTS)
-
-
-def test_rows_logged_before_the_report_column_keep_their_events() -> None:
-    quotes = _quotes().drop(columns=[REPORTED, QUERIES])
-    events = loop_events(quotes, quotes[[S.OFFER_ID, S.TS]])
-    views = set(events.loc[events[S.EVENT_TYPE] == S.VIEW, S.ITEM_ID])
-    assert views == {"a", "b"}  # c was only shown: no view
-    assert set(events.loc[events[S.EVENT_TYPE] == S.PURCHASE, S.ITEM_ID]) == {"a"}
-    legacy = loop_events(quotes.drop(columns=OPENED), quotes[[S.OFFER_ID, S.TS]])
-    assert len(legacy[legacy[S.EVENT_TYPE] == S.VIEW]) == 3
 
 
 def test_an_unknown_kind_of_shopper_is_refused(market: Market) -> None:
