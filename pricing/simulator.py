@@ -1158,23 +1158,7 @@ def _simulate_behaviour(
         session_intent = np.full(n_sess, -1, dtype=np.int64)
         session_intent[search_sess[first]] = q_class[first]
     else:
-        n_templates = len(_QUERY_TEMPLATES[0])
-        q_template = rng.integers(0, n_templates, size=len(search_sess))
-        q_noun = rng.integers(0, 3, size=len(search_sess))
-        query_code = (
-            (search_cat * len(QUERY_CLASSES) + q_class) * n_templates + q_template
-        ) * 3 + q_noun
-        phrases = np.array(
-            [
-                _QUERY_TEMPLATES[k][t].format(q=cat.queries[w])
-                for cat in CATEGORIES
-                for k in range(len(QUERY_CLASSES))
-                for t in range(n_templates)
-                for w in range(3)
-            ]
-        )
-        vocabulary, phrase_code = np.unique(phrases, return_inverse=True)  # words repeat
-        query_code = phrase_code[query_code]
+        query_code, vocabulary = _classic_queries(q_class, search_cat, rng)
     search_offset_s = search_rank * rng.uniform(8.0, 30.0, size=len(search_sess))
     search_ts = sess_start[search_sess] + np.round(search_offset_s * 1000).astype(np.int64)
 
@@ -1508,14 +1492,35 @@ def _search_phrases(
         codes, vocabulary = _intent_queries(
             q_class, category, np.zeros(len(q_class), bool), 0.0, rng
         )
-        return [str(vocabulary[c]) for c in codes]
+    else:
+        codes, vocabulary = _classic_queries(q_class, category, rng)
+    return [str(vocabulary[c]) for c in codes]
+
+
+# Every classic phrasing, coded ((category * classes + class) * templates + template) * 3 + noun;
+# words repeat across templates, so the codes point into the distinct phrases.
+_CLASSIC_VOCABULARY, _CLASSIC_CODE = np.unique(
+    [
+        _QUERY_TEMPLATES[k][t].format(q=cat.queries[w])
+        for cat in CATEGORIES
+        for k in range(len(QUERY_CLASSES))
+        for t in range(len(_QUERY_TEMPLATES[0]))
+        for w in range(3)
+    ],
+    return_inverse=True,
+)
+
+
+def _classic_queries(
+    q_class: np.ndarray, category: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Phrase codes and vocabulary for classic searches of `q_class` in `category` (a template,
+    then a query noun, drawn in that order)."""
     n_templates = len(_QUERY_TEMPLATES[0])
     template = rng.integers(0, n_templates, size=len(q_class))
     noun = rng.integers(0, 3, size=len(q_class))
-    return [
-        _QUERY_TEMPLATES[q][t].format(q=CATEGORIES[c].queries[w])
-        for q, t, c, w in zip(q_class, template, category, noun, strict=True)
-    ]
+    code = ((category * len(QUERY_CLASSES) + q_class) * n_templates + template) * 3 + noun
+    return _CLASSIC_CODE[code], _CLASSIC_VOCABULARY
 
 
 @dataclass(frozen=True)
