@@ -1,19 +1,22 @@
-"""The scorer's per-request model steps, `bert_wide` against `bert`, interleaved in one process.
+"""The scorer's per-request model steps of several served models, interleaved in one process.
 
 What a served version costs per request, without the HTTP stack, Redis or a load generator (so a
 shared, noisy machine affects both models alike): the two steps `scorer.accel` serves,
 
 - `user_state(events)`: a user's state from the stored event dicts, what an event refresh runs;
 - `demand(state, items, grid)`: purchase probabilities for 50 candidates over the 25-price grid,
-  what every quote runs (with `bert_wide`, plus the tabular rows of the candidates);
+  what every quote runs (with the wide models, plus the tabular rows of the candidates; with
+  `bert_wide_ucat`, the sensitivity of the shopper by category);
 
 for the same users, histories and candidates, the models trained as `scorer_load.py` trains them.
-The rounds alternate the two models so drift in machine speed hits both; each figure is the median
-over rounds of the per-call mean. The ratio `bert_wide / bert` is per step and for a request of
-the load benchmark's mix (90% quotes, 10% events). Also timed: the pandas history sums the wide
-state was built with before `pricing.features.HistoryState`, on the same histories.
+The rounds rotate the models' order so drift in machine speed hits all alike; each figure is the
+median over rounds of the per-call mean. Each model's ratio to the first one (`--models`), and of
+each to the one before it, is per step and for a request of the load benchmark's mix (90% quotes,
+10% events). Also timed: the pandas history sums the wide state was built with before
+`pricing.features.HistoryState`, on the same histories.
 
-    python benchmarks/serving_steps.py [--rounds 15] [--calls 200] [--model-dir DIR]
+    python benchmarks/serving_steps.py [--models bert,bert_wide,bert_wide_ucat] [--rounds 15]
+                                       [--calls 200] [--model-dir DIR]
 
 Prints progress on stderr and one JSON line on stdout.
 """
@@ -65,7 +68,16 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=200, help="calls per step per round")
     ap.add_argument("--model-dir", type=Path, help="keep the trained models here and reuse them")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--models",
+        default="bert,bert_wide,bert_wide_ucat",
+        help="comma-separated, wide models only after the first (ratios are to the first)",
+    )
     args = ap.parse_args()
+    kinds = [k.strip() for k in args.models.split(",") if k.strip()]
+    wide_kind = next((k for k in kinds if k != "bert"), None)
+    if len(kinds) < 2 or wide_kind is None:
+        ap.error("--models needs at least two models, one of them wide")
 
     from mlops.models import load_model
     from pricing import features as F
@@ -77,7 +89,7 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     setups: dict[str, dict[str, Any]] = {}
-    for kind in ("bert", "bert_wide"):
+    for kind in kinds:
         path, catalog, events = build_model(kind, workdir, args.seed)
         model = load_model(Path(path))
         acc = accelerate(model)
@@ -90,7 +102,7 @@ def main() -> None:
     grids = [lp[c, None] * np.linspace(0.7, 1.3, GRID)[None, :] for c in cands]
     for s in setups.values():
         s["states"] = [s["acc"].user_state(h) for h in histories]
-    wide = setups["bert_wide"]["model"].wide
+    wide = setups[wide_kind]["model"].wide
     history = F.HistoryState(wide.catalog, wide.keywords)
 
     times: dict[str, dict[str, list[float]]] = {k: {"user_state": [], "demand": []} for k in setups}
@@ -99,7 +111,7 @@ def main() -> None:
     nh, nc = len(histories), len(cands)
     t_start = time.perf_counter()
     for r in range(args.rounds):
-        order = list(setups) if r % 2 == 0 else list(reversed(setups))
+        order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]
         for kind in order:
             acc, states = setups[kind]["acc"], setups[kind]["states"]
             times[kind]["user_state"].append(
@@ -123,6 +135,10 @@ def main() -> None:
         note(f"round {r + 1}/{args.rounds}")
 
     med = {k: {s: statistics.median(v) for s, v in d.items()} for k, d in times.items()}
+    # each model against the first, and each against the one before it (bert_wide_ucat/bert_wide)
+    pairs = [(kinds[0], k) for k in kinds[1:]] + [
+        (kinds[i - 1], kinds[i]) for i in range(2, len(kinds))
+    ]
     per_request = {
         k: (1 - EVENTS_SHARE) * m["demand"] + EVENTS_SHARE * m["user_state"] for k, m in med.items()
     }
@@ -136,10 +152,13 @@ def main() -> None:
         "calls_per_round": args.calls,
         "us": {k: {s: round(v, 1) for s, v in m.items()} for k, m in med.items()},
         "per_request_us": {k: round(v, 1) for k, v in per_request.items()},
-        "ratio_bert_wide_over_bert": {
-            "user_state": round(med["bert_wide"]["user_state"] / med["bert"]["user_state"], 3),
-            "demand": round(med["bert_wide"]["demand"] / med["bert"]["demand"], 3),
-            "per_request": round(per_request["bert_wide"] / per_request["bert"], 3),
+        "ratios": {
+            f"{k}/{base}": {
+                "user_state": round(med[k]["user_state"] / med[base]["user_state"], 3),
+                "demand": round(med[k]["demand"] / med[base]["demand"], 3),
+                "per_request": round(per_request[k] / per_request[base], 3),
+            }
+            for base, k in pairs
         },
         "wide_history_sums_us": {
             "pandas (user_history_state over events_frame)": round(

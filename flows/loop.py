@@ -204,7 +204,7 @@ def _run(
     rows: list[dict[str, Any]] = []
     details: list[dict[str, Any]] = []
     quotes_so_far: list[pd.DataFrame] = []
-    dr_round0: float | None = None
+    dr_round0: dict[str, float] | None = None
     split = share if mode == LIVE else None
     with loop_scorer(out, market, guard, seed, challenger_share=split) as scorer:
         for k in range(rounds):
@@ -224,8 +224,9 @@ def _run(
                     shoppers, dr_calibration,
                 )  # fmt: skip
                 dr_value = offline.dr[served_key]["dr"]
+                detail["ope_dr_se"] = offline.dr[served_key]["se"]
                 if k == 1:  # round 0's list price on its own logs (on-policy: no earlier loop logs)
-                    dr_round0 = offline.dr["champion"]["dr"]
+                    dr_round0 = offline.dr["champion"]
             ready = served(scorer.url)
             quotes = serve_shoppers(
                 scorer.url, truth, k, "main", requests_per_round, candidates,
@@ -257,7 +258,8 @@ def _run(
                 exploration, seed, clock, catalog, guard, dr_calibration,
             )  # fmt: skip
     if rows and dr_round0 is not None:
-        rows[0]["ope_dr_estimate"] = dr_round0
+        rows[0]["ope_dr_estimate"] = dr_round0["dr"]
+        details[0]["ope_dr_se"] = dr_round0["se"]
     paths = write_loop_report(out, rows, details)
     print(paths["markdown"].read_text())
     return {"rounds": rows}
@@ -394,7 +396,7 @@ def _round0_estimate(
     catalog: pd.DataFrame,
     guard: dict[str, Any],
     dr_calibration: bool = False,
-) -> float:
+) -> dict[str, float]:
     """With a single round, round 0's DR estimate (list price on its own logs) is computed here."""
     data_dir = out / "round-1" / "loop"
     build_next_training_set(
@@ -413,4 +415,4 @@ def _round0_estimate(
         dr_offer_ids=quotes_so_far[-1][S.OFFER_ID].astype(str).tolist(),
         calibrate=dr_calibration,
     )
-    return float(offline.dr["champion"]["dr"])
+    return offline.dr["champion"]

@@ -608,6 +608,28 @@ def markdown_report(table: pd.DataFrame, decision: ExperimentDecision, rule: Exp
 # --- off-policy value of an epsilon-greedy policy (the loop) ------------------------------------
 
 
+def clustered_se(values: np.ndarray, groups: np.ndarray | None = None) -> float:
+    """Standard error of `values`' mean when whole groups, not single rows, are the independent
+    draws (cluster-robust: sum over groups of the squared summed deviations, with the G / (G - 1)
+    small-sample factor). None: every row its own group."""
+    x = np.asarray(values, dtype=float)
+    n = len(x)
+    if n < 2:
+        return math.nan
+    dev = x - x.mean()
+    if groups is None:
+        sums = dev
+    else:
+        codes = pd.factorize(np.asarray(groups))[0]
+        if len(codes) != n:
+            raise ValueError("groups must have one entry per value")
+        sums = np.bincount(codes, weights=dev)
+    g = len(sums)
+    if g < 2:
+        return math.nan
+    return float(math.sqrt(g / (g - 1) * np.sum(sums * sums)) / n)
+
+
 def dr_epsilon_greedy(
     reward: np.ndarray,
     logged_price: np.ndarray,
@@ -620,6 +642,7 @@ def dr_epsilon_greedy(
     max_weight: float | None = None,
     calibrate: bool = False,
     atol: float = 0.005,
+    groups: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Doubly robust value of an epsilon-greedy pricing policy from logged offers.
 
@@ -649,12 +672,16 @@ def dr_epsilon_greedy(
             grid); needed for `calibrate` when logged prices can be off the target's grid.
         max_weight: the SWITCH threshold; None: every row corrects (unbiased, high variance).
         calibrate: rescale the reward model to the logs' observed rewards first.
+        groups: the unit rows are drawn in (e.g. the shopper: one page's quotes share its
+            shopper); the standard error treats groups, not rows, as independent. None: rows.
 
     Returns:
-        {"dr", "dm" (the reward model alone, after calibration), "ips" (no reward model),
-        "calibration" (the scale applied), "corrected_share" (rows that corrected the model),
-        "matched_share" (offers whose logged price the target could quote), "ess" (effective
-        sample size of the weights used), "n"}.
+        {"dr", "se" (its standard error from the logs' outcomes and weights, clustered by
+        `groups`; it leaves out the reward model's own fitting error and any bias it keeps where
+        rows do not correct it), "dm" (the reward model alone, after calibration), "ips" (no
+        reward model), "calibration" (the scale applied), "corrected_share" (rows that corrected
+        the model), "matched_share" (offers whose logged price the target could quote), "ess"
+        (effective sample size of the weights used), "n"}.
     """
     r = np.asarray(reward, dtype=float)
     mu = np.asarray(propensity, dtype=float)
@@ -664,7 +691,7 @@ def dr_epsilon_greedy(
     n = len(r)
     if not (len(mu) == len(lp) == n == grid.shape[0] == q_grid.shape[0] == len(greedy_index)):
         raise ValueError("reward, prices, propensities, grid, q_grid and greedy_index must align")
-    keys = ("dr", "dm", "ips", "calibration", "corrected_share", "matched_share", "ess")
+    keys = ("dr", "se", "dm", "ips", "calibration", "corrected_share", "matched_share", "ess")
     if n == 0:
         return {k: math.nan for k in keys} | {"n": 0.0}
     if np.any(~np.isfinite(mu) | (mu <= 0) | (mu > 1)):
@@ -694,8 +721,10 @@ def dr_epsilon_greedy(
     q_mean = np.nanmean(np.where(allowed, q_grid, np.nan), axis=1)
     dm = (1.0 - epsilon) * q_grid[rows, gi] + epsilon * q_mean
     sq = float(np.sum(w_used * w_used))
+    terms = dm + w_used * (r - q_log)
     return {
-        "dr": float(np.mean(dm + w_used * (r - q_log))),
+        "dr": float(np.mean(terms)),
+        "se": clustered_se(terms, groups),
         "dm": float(np.mean(dm)),
         "ips": float(np.mean(w * r)),
         "calibration": scale,

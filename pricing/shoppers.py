@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from pricing import schema as S
+from pricing.experiment import clustered_se
 from pricing.policy import Guardrails, price_bounds
 from pricing.simulator import GroundTruth, browse_session
 
@@ -86,6 +87,9 @@ def loop_summary(
 ) -> dict[str, float]:
     """Realized and exact expected profit of the prices served, against list price and the oracle.
 
+    `realized_se`: the realized mean's standard error, with the shopper as the unit (one page's
+    quotes share their shopper): how far the realized profit may fall from the expected by chance.
+
     The oracle is the exact best price inside the served guardrails' band and margin
     (`price_bounds`), the same interval offline evaluation's `profit_regret` uses.
     """
@@ -99,9 +103,11 @@ def loop_summary(
     list_profit = (lp - cost) * truth.purchase_probability(users, items, lp)
     low, high, _ = price_bounds(lp, cost, g)
     _, oracle_value = truth.oracle(users, items, low, high, unit_cost=cost)
+    realized = (price - cost) * quotes[S.PURCHASED].to_numpy(float)
     return {
         "quoted_items": float(len(quotes)),
-        "realized_profit_per_offer": float(((price - cost) * quotes[S.PURCHASED]).mean()),
+        "realized_profit_per_offer": float(realized.mean()),
+        "realized_se": clustered_se(realized, users),
         "expected_profit_per_offer": float(exp_profit.mean()),
         "list_profit_per_offer": float(list_profit.mean()),
         "oracle_profit_per_offer": float(np.mean(oracle_value)),

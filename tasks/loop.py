@@ -803,8 +803,9 @@ def dr_estimate(
     round's mean profit) into every estimate. Browsing shoppers, first jump from list price:
     seed 0 6.5-8.8% low with the rescale, 0.5-1.9% without; seed 1 (logistic) 0.9% with, 5.5%
     high without. Both values are returned (`dr_calibrated`, `dr_uncalibrated`); `dr` is the
-    chosen one. With the truth, also the exact value of the same policy on the same offers
-    (`true_value`).
+    chosen one, `se` its standard error with the shopper as the unit (the outcome noise of these
+    logs; not the reward model's own error). With the truth, also the exact value of the same
+    policy on the same offers (`true_value`).
     """
     offers = test.offers
     lp, cost = test.list_price(), test.unit_cost()
@@ -829,6 +830,7 @@ def dr_estimate(
             q_logged=q_logged,
             max_weight=max_weight,
             calibrate=cal,
+            groups=offers[S.USER_ID].astype(str).to_numpy(),
         )  # fmt: skip
         for cal in (True, False)
     }
@@ -909,8 +911,19 @@ def round_numbers(
     return loop_summary(quotes, truth, unit_cost, guardrails)
 
 
-def plot_loop(rounds: list[dict[str, Any]], path: Path) -> Path:
-    """Profit per quote by round: the served policy (true), its DR estimate, the oracle, list price."""
+def _se(details: list[dict[str, Any]] | None, k: int, key: str) -> float:
+    """Round k's standard error `key` from loop-details (NaN where it is missing)."""
+    if details is None or k >= len(details):
+        return math.nan
+    value = details[k].get(key)
+    return float(value) if value is not None else math.nan
+
+
+def plot_loop(
+    rounds: list[dict[str, Any]], path: Path, details: list[dict[str, Any]] | None = None
+) -> Path:
+    """Profit per quote by round: the served policy (true), its DR estimate (with its 95% interval
+    from the logs' outcome noise, when `details` has it), the oracle, list price."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -921,7 +934,8 @@ def plot_loop(rounds: list[dict[str, Any]], path: Path) -> Path:
     ax.plot(k, [r["oracle_profit_per_quote"] for r in rounds], "k--", label="oracle")
     ax.plot(k, [r["true_profit_per_quote"] for r in rounds], "o-", label="served policy (true)")
     dr = [r["ope_dr_estimate"] for r in rounds]
-    ax.plot(k, dr, "x", ms=9, label="DR estimate")
+    half = [1.96 * _se(details, r["round"], "ope_dr_se") for r in rounds]
+    ax.errorbar(k, dr, yerr=np.nan_to_num(half), fmt="x", ms=9, capsize=3, label="DR estimate")
     ax.plot(k, [r["list_price_profit_per_quote"] for r in rounds], ":", label="list price")
     for r in rounds:
         if r["promoted"]:
@@ -938,21 +952,38 @@ def plot_loop(rounds: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def markdown_table(rounds: list[dict[str, Any]]) -> str:
-    """loop.json's rounds as a Markdown table (README, the Prefect artifact)."""
+def markdown_table(
+    rounds: list[dict[str, Any]], details: list[dict[str, Any]] | None = None
+) -> str:
+    """loop.json's rounds as a Markdown table (README, the Prefect artifact). With `details`
+    (loop-details.json's rounds), the DR estimate and the realized profit carry ± their 95%
+    half-width from the logs' outcome noise (shopper as the unit): a DR error well inside the
+    estimate's own half-width is noise, not bias."""
     lines = [
-        "| round | policy | quotes | true profit / quote | oracle | list price | DR estimate "
-        "| DR error | gap to oracle | promoted |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| round | policy | quotes | true profit / quote | realized | oracle | list price "
+        "| DR estimate | DR error | gap to oracle | promoted |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def pm(value: float, se: float) -> str:
+        return f"{value:.4f}" if not math.isfinite(se) else f"{value:.4f} ± {1.96 * se:.4f}"
+
     for r in rounds:
+        k = r["round"]
         true, dr = r["true_profit_per_quote"], r["ope_dr_estimate"]
         err = abs(dr - true) / true if true and math.isfinite(dr) else math.nan
         gap = 1 - true / r["oracle_profit_per_quote"]
+        realized = (
+            details[k].get("realized_profit_per_offer", math.nan)
+            if details is not None and k < len(details)
+            else math.nan
+        )
         lines.append(
-            f"| {r['round']} | {r['policy']} | {r['quotes']} | {true:.4f} | "
+            f"| {k} | {r['policy']} | {r['quotes']} | {true:.4f} | "
+            f"{pm(realized, _se(details, k, 'realized_se'))} | "
             f"{r['oracle_profit_per_quote']:.4f} | {r['list_price_profit_per_quote']:.4f} | "
-            f"{dr:.4f} | {err:.1%} | {gap:.1%} | {'yes' if r['promoted'] else 'no'} |"
+            f"{pm(dr, _se(details, k, 'ope_dr_se'))} | {err:.1%} | {gap:.1%} | "
+            f"{'yes' if r['promoted'] else 'no'} |"
         )
     return "\n".join(lines)
 
@@ -972,9 +1003,9 @@ def write_loop_report(
         "details": out_dir / "loop-details.json",
     }
     paths["json"].write_text(json.dumps({"rounds": rounds}, indent=2) + "\n")
-    table = markdown_table(rounds)
+    table = markdown_table(rounds, details)
     paths["markdown"].write_text(table + "\n")
-    plot_loop(rounds, paths["plot"])
+    plot_loop(rounds, paths["plot"], details)
     paths["details"].write_text(json.dumps(details, indent=2, default=str) + "\n")
     create_markdown_artifact(
         markdown=table, key="closed-loop", description="Closed loop: profit per quote by round"

@@ -316,6 +316,53 @@ def test_switch_and_calibration_tame_weights_and_a_reward_model_off_in_level() -
     assert 0.4 < switched["corrected_share"] < 1.0  # the agreeing half corrects, the rest does not
 
 
+def test_clustered_standard_error_counts_groups_not_rows() -> None:
+    """Rows alone: the usual standard error of a mean. Pages of 10 identical rows: the same
+    information as one row a page, so the error is that of the page means, about sqrt(10) wider
+    than the row count would say."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=5_000)
+    assert X.clustered_se(x) == pytest.approx(x.std(ddof=1) / np.sqrt(len(x)), rel=1e-12)
+    pages = np.repeat(rng.normal(size=500), 10)
+    page_of = np.repeat(np.arange(500), 10)
+    by_row, by_page = X.clustered_se(pages), X.clustered_se(pages, page_of)
+    assert by_page == pytest.approx(pages[::10].std(ddof=1) / np.sqrt(500), rel=1e-9)
+    assert by_page / by_row == pytest.approx(np.sqrt(10), rel=0.05)
+    assert np.isnan(X.clustered_se(np.ones(4), np.zeros(4)))  # one group: no error to speak of
+    with pytest.raises(ValueError):
+        X.clustered_se(x, page_of[:10])
+
+
+def test_doubly_robust_standard_error_matches_the_spread_over_repeated_logs() -> None:
+    """The DR's `se`, clustered by shopper (pages of 5 quotes, each page's shopper buying more or
+    less than average), is the spread of the estimate over independent logs of the same policy."""
+    n_pages, per, g = 400, 5, 5
+    n = n_pages * per
+    grid = np.tile(np.array([8.0, 9.0, 10.0, 11.0, 12.0]), (n, 1))
+    base = np.array([0.5, 0.42, 0.35, 0.28, 0.2])
+    eps_log, eps_target = 0.3, 0.1
+    log_greedy, target = np.full(n, 2), np.full(n, 3)
+    shopper = np.repeat(np.arange(n_pages), per)
+    estimates, ses = [], []
+    for rep in range(300):
+        rng = np.random.default_rng(1_000 + rep)
+        lift = np.repeat(rng.uniform(0.5, 1.5, n_pages), per)  # the shopper's own appetite
+        p_buy = np.clip(base[None, :] * lift[:, None], 0, 1)
+        explore = rng.random(n) < eps_log
+        col = np.where(explore, rng.integers(0, g, n), log_greedy)
+        mu = (1 - eps_log) * (col == log_greedy) + eps_log / g
+        price = grid[np.arange(n), col]
+        reward = (price - 6.0) * (rng.random(n) < p_buy[np.arange(n), col])
+        q = (grid - 6.0) * base[None, :]  # the reward model knows the average shopper only
+        est = X.dr_epsilon_greedy(
+            reward, price, mu, grid, q, target, eps_target, groups=shopper
+        )  # fmt: skip
+        estimates.append(est["dr"])
+        ses.append(est["se"])
+    spread = float(np.std(estimates, ddof=1))
+    assert float(np.mean(ses)) == pytest.approx(spread, rel=0.15)
+
+
 def _paged_log(n_requests: int, per_request: int, seed: int = 4) -> pd.DataFrame:
     """Requests of `per_request` quotes in alternating arms; every quote of a request has the same
     outcome (its shopper decides for the page), both arms buying at 20%."""

@@ -56,3 +56,26 @@ def test_shoppers_open_items_by_the_simulators_click_funnel() -> None:
     p = np.array([0.0, 0.1, 0.5, 1.0])
     np.testing.assert_allclose(click_probability(p), 0.06 + 0.6 * p)
     assert np.all(np.diff(click_probability(p)) > 0)
+
+
+def test_loop_table_shows_each_estimate_with_its_noise() -> None:
+    """loop.md: the DR estimate and the realized profit carry their 95% half-width (1.96 SE) when
+    the details have it, and the error is read against the true value."""
+    from tasks.loop import markdown_table
+
+    row = {
+        "round": 0,
+        "policy": "list_price@0",
+        "quotes": 15000,
+        "true_profit_per_quote": 1.25,
+        "oracle_profit_per_quote": 2.0,
+        "list_price_profit_per_quote": 1.25,
+        "ope_dr_estimate": 1.20,
+        "promoted": False,
+    }
+    detail = {"realized_profit_per_offer": 1.19, "realized_se": 0.04, "ope_dr_se": 0.05}
+    md = markdown_table([row], [detail])
+    assert "| 1.1900 ± 0.0784 |" in md and "| 1.2000 ± 0.0980 |" in md
+    assert "| 4.0% | 37.5% |" in md  # DR error |1.20 - 1.25| / 1.25, gap 1 - 1.25 / 2
+    plain = markdown_table([row])  # loop.json alone: no noise to show
+    assert "±" not in plain and "| 1.2000 |" in plain

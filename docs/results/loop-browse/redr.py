@@ -6,7 +6,9 @@ reward model to the logged rewards (`--dr-calibration`), from the run's saved ro
 The runs in this folder were made before commit `b90bc6d`, when the loop always rescaled; this
 recomputes both values exactly as `tasks.loop.dr_estimate` does now (the rescaled value matches
 the one the run reported), for the policy each round served, on the previous round's main traffic.
-Round 0's estimate is list price on its own logs. Not part of the pipeline.
+Round 0's estimate is list price on its own logs. Each row also has the estimate's standard error
+from the logs' outcome noise (`dr_se`, shopper as the unit) and the error in those units
+(`error_in_se`). Not part of the pipeline.
 """
 
 from __future__ import annotations
@@ -88,9 +90,11 @@ def main() -> None:
             "reported_dr": rounds[k]["ope_dr_estimate"],
             "dr_uncalibrated": est["dr_uncalibrated"],
             "dr_calibrated": est["dr_calibrated"],
+            "dr_se": est["se"],  # of the estimate as fitted, shopper as the unit
         }
         row["error_uncalibrated"] = abs(row["dr_uncalibrated"] / true - 1)
         row["error_calibrated"] = abs(row["dr_calibrated"] / true - 1)
+        row["error_in_se"] = (row["dr_uncalibrated"] - true) / est["se"]
         out.append(row)
         print(json.dumps(row), flush=True)
     if args.json:
