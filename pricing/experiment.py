@@ -287,6 +287,17 @@ def _in_time_order(offers: pd.DataFrame) -> pd.DataFrame:
     return offers.sort_values(keys, kind="stable").reset_index(drop=True) if keys else offers
 
 
+def by_request(rows: pd.DataFrame, *columns: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each request's mean of every column, requests in first-arrival order, when every row names
+    its request (`request_id`); otherwise the columns as they are (a row is a unit). The quotes of
+    one page share its shopper, and arms are drawn per shopper, so a page is one draw, not ten."""
+    if REQUEST not in rows or not len(rows) or rows[REQUEST].isna().any():
+        return columns
+    frame = pd.DataFrame({f"c{k}": np.asarray(c, dtype=float) for k, c in enumerate(columns)})
+    means = frame.groupby(rows[REQUEST].astype(str).to_numpy(), sort=False).mean()
+    return tuple(means[f"c{k}"].to_numpy() for k in range(len(columns)))
+
+
 def metric_interval(
     values: np.ndarray, metric: str, alpha: float = ALPHA, t_opt: float = 1000.0
 ) -> tuple[float, float, float]:
@@ -306,7 +317,11 @@ def arm_table(
     t_opt: float = 1000.0,
 ) -> pd.DataFrame:
     """One row per arm: quotes, and conversion, revenue and profit per quote with their always-valid
-    intervals (`<metric>`, `<metric>_lo`, `<metric>_hi`)."""
+    intervals (`<metric>`, `<metric>_lo`, `<metric>_hi`).
+
+    When the rows name their request (`request_id`), a request is one unit (`by_request`): the
+    metric is the mean over requests of each one's mean per quote (the mean per quote when pages
+    are of equal size), its interval counts requests (`requests`), as the arms' difference does."""
     col = arm_column(offers)
     rows: list[dict[str, Any]] = []
     ordered = _in_time_order(offers)
@@ -314,8 +329,10 @@ def arm_table(
         row: dict[str, Any] = {"arm": str(arm), "quotes": int(len(part))}
         if S.POLICY in part:
             row["policies"] = ",".join(sorted(part[S.POLICY].astype(str).unique()))
-        for metric in METRICS:
-            est, lo, hi = metric_interval(outcomes(part, unit_cost, metric), metric, alpha, t_opt)
+        values = by_request(part, *(outcomes(part, unit_cost, m) for m in METRICS))
+        row["requests"] = int(len(values[0]))
+        for metric, v in zip(METRICS, values, strict=True):
+            est, lo, hi = metric_interval(v, metric, alpha, t_opt)
             row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = est, lo, hi
         rows.append(row)
     return pd.DataFrame(rows)
@@ -389,11 +406,8 @@ def difference(
             return Difference(metric, est, lo, hi, n, mean_c, mean_t, True)
     if not (n_t and n_c):
         return Difference(metric, math.nan, -math.inf, math.inf, 0, mean_c, mean_t, False)
-    unit_y, unit_t = y, is_t
-    if REQUEST in ordered and ordered[REQUEST].notna().all():
-        units = pd.DataFrame({"unit": ordered[REQUEST].astype(str), "y": y, "t": is_t})
-        by_unit = units.groupby("unit", sort=False)  # first-arrival order
-        unit_y, unit_t = by_unit["y"].mean().to_numpy(), by_unit["t"].first().to_numpy(bool)
+    unit_y, t_share = by_request(ordered, y, is_t.astype(float))
+    unit_t = t_share > 0.5  # a request's quotes are all in its shopper's arm
     u_t, u_c = int(unit_t.sum()), int((~unit_t).sum())
     share = dict(shares or {treatment: u_t / (u_t + u_c), control: u_c / (u_t + u_c)})
     phi = np.where(unit_t, unit_y / share[treatment], -unit_y / share[control])
@@ -588,19 +602,21 @@ def markdown_report(table: pd.DataFrame, decision: ExperimentDecision, rule: Exp
         f"smallest effect {rule.min_effect:.1%}, guardrail {rule.guardrail:.1%}, "
         f"maximum sample {rule.max_sample}, alpha {rule.alpha}.",
         "",
-        "| arm | quotes | conversion | revenue / quote | profit / quote |",
-        "|---|---|---|---|---|",
+        "| arm | quotes | requests | conversion | revenue / quote | profit / quote |",
+        "|---|---|---|---|---|---|",
     ]
     for _, row in table.iterrows():
+        requests = int(row["requests"]) if "requests" in row else int(row["quotes"])
         lines.append(
-            f"| {row['arm']} | {int(row['quotes'])} | {cell(row, 'conversion', 4)} | "
+            f"| {row['arm']} | {int(row['quotes'])} | {requests} | {cell(row, 'conversion', 4)} | "
             f"{cell(row, 'revenue', 3)} | {cell(row, 'profit', 3)} |"
         )
     lines.append("")
     lines.append(
         "Intervals are always-valid 95% confidence sequences (conversion: betting, Waudby-Smith & "
         "Ramdas 2024; revenue and profit: normal mixture, Waudby-Smith et al. 2021 / Howard et al. "
-        "2021): they hold at every look, so reading them while the experiment runs is safe."
+        "2021): they hold at every look, so reading them while the experiment runs is safe. A "
+        "request (one shopper's page) is one unit where the log names it."
     )
     return "\n".join(lines)
 

@@ -403,6 +403,26 @@ def test_quotes_of_one_request_count_as_one_unit_in_the_unpaired_difference() ->
     assert (a.estimate, a.lo, a.hi) == pytest.approx((b.estimate, b.lo, b.hi))
 
 
+def test_the_arm_table_counts_requests_when_the_rows_name_them() -> None:
+    """Per arm, as in the difference: a page is one draw, so its intervals are about sqrt(10) wider
+    than 10 independent quotes' would be, with the same estimate for pages of equal size."""
+    log = _paged_log(400, 10)
+    by_request = X.arm_table(log, COST).set_index("arm")
+    by_row = X.arm_table(log.drop(columns=X.REQUEST), COST).set_index("arm")
+    assert by_request["quotes"].tolist() == by_row["quotes"].tolist() == [2000, 2000]
+    assert by_request["requests"].tolist() == [200, 200]
+    assert by_row["requests"].tolist() == [2000, 2000]  # no request ids: a row is a unit
+    for metric in X.METRICS:
+        assert by_request[metric].to_numpy() == pytest.approx(by_row[metric].to_numpy())
+        wide = by_request[f"{metric}_hi"] - by_request[f"{metric}_lo"]
+        narrow = by_row[f"{metric}_hi"] - by_row[f"{metric}_lo"]
+        ratio = (wide / narrow).to_numpy()
+        if metric == "conversion":  # the betting sequence: 10x fewer draws, wider by log terms too
+            assert (ratio > 1.5).all(), ratio
+        else:  # the normal mixture: about sqrt(10)
+            assert ((ratio > 2.5) & (ratio < 4.0)).all(), (metric, ratio)
+
+
 def test_the_offer_logs_quote_ids_name_the_request(tmp_path) -> None:
     from scorer.offer_log import QUOTE_ID, OfferLog
     from tasks.experiment import read_experiment_offers
