@@ -206,12 +206,16 @@ def _run(
     quotes_so_far: list[pd.DataFrame] = []
     dr_round0: dict[str, float] | None = None
     split = share if mode == LIVE else None
+    # The DR's noise against what it is compared with: the same sessions' true value moves only with
+    # the logged outcomes; new sessions' value with the shoppers drawn too.
+    dr_noise = "se_outcomes" if same_shoppers else "se"
     with loop_scorer(out, market, guard, seed, challenger_share=split) as scorer:
         for k in range(rounds):
             start = datetime.now(UTC)
             clock.round_starts.append(start)
             detail: dict[str, Any] = {
                 "round": k,
+                "ope_dr_noise": dr_noise,
                 "started": start.isoformat(),
                 "shop_time": clock.shop_start(k).isoformat(),
             }
@@ -224,7 +228,7 @@ def _run(
                     shoppers, dr_calibration,
                 )  # fmt: skip
                 dr_value = offline.dr[served_key]["dr"]
-                detail["ope_dr_se"] = offline.dr[served_key]["se"]
+                detail["ope_dr_se"] = offline.dr[served_key][dr_noise]
                 if k == 1:  # round 0's list price on its own logs (on-policy: no earlier loop logs)
                     dr_round0 = offline.dr["champion"]
             ready = served(scorer.url)
@@ -259,7 +263,7 @@ def _run(
             )  # fmt: skip
     if rows and dr_round0 is not None:
         rows[0]["ope_dr_estimate"] = dr_round0["dr"]
-        details[0]["ope_dr_se"] = dr_round0["se"]
+        details[0]["ope_dr_se"] = dr_round0[dr_noise]
     paths = write_loop_report(out, rows, details)
     print(paths["markdown"].read_text())
     return {"rounds": rows}

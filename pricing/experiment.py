@@ -692,9 +692,11 @@ def dr_epsilon_greedy(
             shopper); the standard error treats groups, not rows, as independent. None: rows.
 
     Returns:
-        {"dr", "se" (its standard error from the logs' outcomes and weights, clustered by
-        `groups`; it leaves out the reward model's own fitting error and any bias it keeps where
-        rows do not correct it), "dm" (the reward model alone, after calibration), "ips" (no
+        {"dr", "se" (its standard error from the logs, clustered by `groups`: how far it may fall
+        from the policy's value on other shoppers like these; it leaves out the reward model's
+        own fitting error and any bias the model keeps where rows do not correct it),
+        "se_outcomes" (the part from the logged outcomes alone, the correction term's: how far it
+        may fall from the policy's value on these same contexts), "dm" (the reward model alone, after calibration), "ips" (no
         reward model), "calibration" (the scale applied), "corrected_share" (rows that corrected
         the model), "matched_share" (offers whose logged price the target could quote), "ess"
         (effective sample size of the weights used), "n"}.
@@ -707,7 +709,17 @@ def dr_epsilon_greedy(
     n = len(r)
     if not (len(mu) == len(lp) == n == grid.shape[0] == q_grid.shape[0] == len(greedy_index)):
         raise ValueError("reward, prices, propensities, grid, q_grid and greedy_index must align")
-    keys = ("dr", "se", "dm", "ips", "calibration", "corrected_share", "matched_share", "ess")
+    keys = (
+        "dr",
+        "se",
+        "se_outcomes",
+        "dm",
+        "ips",
+        "calibration",
+        "corrected_share",
+        "matched_share",
+        "ess",
+    )
     if n == 0:
         return {k: math.nan for k in keys} | {"n": 0.0}
     if np.any(~np.isfinite(mu) | (mu <= 0) | (mu > 1)):
@@ -737,10 +749,12 @@ def dr_epsilon_greedy(
     q_mean = np.nanmean(np.where(allowed, q_grid, np.nan), axis=1)
     dm = (1.0 - epsilon) * q_grid[rows, gi] + epsilon * q_mean
     sq = float(np.sum(w_used * w_used))
-    terms = dm + w_used * (r - q_log)
+    correction = w_used * (r - q_log)
+    terms = dm + correction
     return {
         "dr": float(np.mean(terms)),
         "se": clustered_se(terms, groups),
+        "se_outcomes": clustered_se(correction, groups),
         "dm": float(np.mean(dm)),
         "ips": float(np.mean(w * r)),
         "calibration": scale,

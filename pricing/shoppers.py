@@ -87,8 +87,9 @@ def loop_summary(
 ) -> dict[str, float]:
     """Realized and exact expected profit of the prices served, against list price and the oracle.
 
-    `realized_se`: the realized mean's standard error, with the shopper as the unit (one page's
-    quotes share their shopper): how far the realized profit may fall from the expected by chance.
+    `realized_se`: the standard error of the realized mean around the expected one on these same
+    shoppers (the outcomes' noise alone, from the true probabilities, with the shopper as the unit):
+    how far the realized profit may fall from the expected by chance.
 
     The oracle is the exact best price inside the served guardrails' band and margin
     (`price_bounds`), the same interval offline evaluation's `profit_regret` uses.
@@ -107,7 +108,7 @@ def loop_summary(
     return {
         "quoted_items": float(len(quotes)),
         "realized_profit_per_offer": float(realized.mean()),
-        "realized_se": clustered_se(realized, users),
+        "realized_se": clustered_se(realized - exp_profit, users),
         "expected_profit_per_offer": float(exp_profit.mean()),
         "list_profit_per_offer": float(list_profit.mean()),
         "oracle_profit_per_offer": float(np.mean(oracle_value)),

@@ -803,8 +803,8 @@ def dr_estimate(
     round's mean profit) into every estimate. Browsing shoppers, first jump from list price:
     seed 0 6.5-8.8% low with the rescale, 0.5-1.9% without; seed 1 (logistic) 0.9% with, 5.5%
     high without. Both values are returned (`dr_calibrated`, `dr_uncalibrated`); `dr` is the
-    chosen one, `se` its standard error with the shopper as the unit (the outcome noise of these
-    logs; not the reward model's own error). With the truth, also the exact value of the same
+    chosen one, `se` its standard error with the shopper as the unit and `se_outcomes` the part of
+    it from the logged outcomes alone (neither counts the reward model's own error). With the truth, also the exact value of the same
     policy on the same offers (`true_value`).
     """
     offers = test.offers
@@ -957,8 +957,10 @@ def markdown_table(
 ) -> str:
     """loop.json's rounds as a Markdown table (README, the Prefect artifact). With `details`
     (loop-details.json's rounds), the DR estimate and the realized profit carry ± their 95%
-    half-width from the logs' outcome noise (shopper as the unit): a DR error well inside the
-    estimate's own half-width is noise, not bias."""
+    half-width (1.96 standard errors, the shopper as the unit) around the true value they are
+    compared with: the realized profit's from its outcomes' noise; the DR estimate's from the logged
+    outcomes (`ope_dr_noise` "se_outcomes": the same sessions every round) or also from the draw
+    of shoppers ("se": new sessions every round). A DR error well inside that is noise, not bias."""
     lines = [
         "| round | policy | quotes | true profit / quote | realized | oracle | list price "
         "| DR estimate | DR error | gap to oracle | promoted |",

@@ -115,8 +115,11 @@ def test_two_rounds_on_a_small_market_improve_on_list_price(
     dr = details[1]["dr"][served]
     assert second["ope_dr_estimate"] == dr["dr"] == dr["dr_uncalibrated"]
     assert math.isfinite(dr["dr_calibrated"]) and dr["calibration"] == 1.0
-    # each estimate carries its standard error from the logs' outcomes, shopper as the unit
-    assert details[1]["ope_dr_se"] == dr["se"] and 0 < dr["se"] < second["ope_dr_estimate"]
-    assert details[0]["ope_dr_se"] == details[1]["dr"]["champion"]["se"] > 0
+    # each estimate carries its standard error, shopper as the unit: with the same sessions every
+    # round, the logged outcomes' part (the true value it is compared with is those sessions')
+    assert details[1]["ope_dr_noise"] == "se_outcomes"
+    assert details[1]["ope_dr_se"] == dr["se_outcomes"] and dr["se_outcomes"] > 0
+    assert 0 < dr["se"] < second["ope_dr_estimate"]
+    assert details[0]["ope_dr_se"] == details[1]["dr"]["champion"]["se_outcomes"] > 0
     assert 0 < details[0]["realized_se"] < details[0]["realized_profit_per_offer"]
     assert "±" in (out / "loop.md").read_text()

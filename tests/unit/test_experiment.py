@@ -361,6 +361,24 @@ def test_doubly_robust_standard_error_matches_the_spread_over_repeated_logs() ->
         ses.append(est["se"])
     spread = float(np.std(estimates, ddof=1))
     assert float(np.mean(ses)) == pytest.approx(spread, rel=0.15)
+    # The same shoppers every time, only their outcomes redrawn, and a reward model that knows
+    # each shopper: `se_outcomes` is the spread around those shoppers' value.
+    lift = np.repeat(np.random.default_rng(5).uniform(0.5, 1.5, n_pages), per)
+    p_buy = np.clip(base[None, :] * lift[:, None], 0, 1)
+    q = (grid - 6.0) * p_buy
+    estimates, ses = [], []
+    for rep in range(300):
+        rng = np.random.default_rng(5_000 + rep)
+        explore = rng.random(n) < eps_log
+        col = np.where(explore, rng.integers(0, g, n), log_greedy)
+        mu = (1 - eps_log) * (col == log_greedy) + eps_log / g
+        price = grid[np.arange(n), col]
+        reward = (price - 6.0) * (rng.random(n) < p_buy[np.arange(n), col])
+        est = X.dr_epsilon_greedy(reward, price, mu, grid, q, target, eps_target, groups=shopper)
+        estimates.append(est["dr"])
+        ses.append(est["se_outcomes"])
+    spread = float(np.std(estimates, ddof=1))
+    assert float(np.mean(ses)) == pytest.approx(spread, rel=0.15)
 
 
 def _paged_log(n_requests: int, per_request: int, seed: int = 4) -> pd.DataFrame:

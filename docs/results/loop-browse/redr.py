@@ -7,8 +7,9 @@ The runs in this folder were made before commit `b90bc6d`, when the loop always 
 recomputes both values exactly as `tasks.loop.dr_estimate` does now (the rescaled value matches
 the one the run reported), for the policy each round served, on the previous round's main traffic.
 Round 0's estimate is list price on its own logs. Each row also has the estimate's standard error
-from the logs' outcome noise (`dr_se`, shopper as the unit) and the error in those units
-(`error_in_se`). Not part of the pipeline.
+(`dr_se`, shopper as the unit), its logged outcomes' part (`dr_se_outcomes`: the noise against the
+same sessions' true value, what the loop compares with by default) and the error in those units
+(`error_in_se_outcomes`). Not part of the pipeline.
 """
 
 from __future__ import annotations
@@ -91,10 +92,11 @@ def main() -> None:
             "dr_uncalibrated": est["dr_uncalibrated"],
             "dr_calibrated": est["dr_calibrated"],
             "dr_se": est["se"],  # of the estimate as fitted, shopper as the unit
+            "dr_se_outcomes": est["se_outcomes"],  # its logged outcomes' part
         }
         row["error_uncalibrated"] = abs(row["dr_uncalibrated"] / true - 1)
         row["error_calibrated"] = abs(row["dr_calibrated"] / true - 1)
-        row["error_in_se"] = (row["dr_uncalibrated"] - true) / est["se"]
+        row["error_in_se_outcomes"] = (row["dr_uncalibrated"] - true) / est["se_outcomes"]
         out.append(row)
         print(json.dumps(row), flush=True)
     if args.json:
