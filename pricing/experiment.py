@@ -606,9 +606,9 @@ def markdown_report(table: pd.DataFrame, decision: ExperimentDecision, rule: Exp
         "|---|---|---|---|---|---|",
     ]
     for _, row in table.iterrows():
-        requests = int(row["requests"]) if "requests" in row else int(row["quotes"])
         lines.append(
-            f"| {row['arm']} | {int(row['quotes'])} | {requests} | {cell(row, 'conversion', 4)} | "
+            f"| {row['arm']} | {int(row['quotes'])} | {int(row['requests'])} | "
+            f"{cell(row, 'conversion', 4)} | "
             f"{cell(row, 'revenue', 3)} | {cell(row, 'profit', 3)} |"
         )
     lines.append("")
@@ -696,10 +696,10 @@ def dr_epsilon_greedy(
         from the policy's value on other shoppers like these; it leaves out the reward model's
         own fitting error and any bias the model keeps where rows do not correct it),
         "se_outcomes" (the part from the logged outcomes alone, the correction term's: how far it
-        may fall from the policy's value on these same contexts), "dm" (the reward model alone, after calibration), "ips" (no
-        reward model), "calibration" (the scale applied), "corrected_share" (rows that corrected
-        the model), "matched_share" (offers whose logged price the target could quote), "ess"
-        (effective sample size of the weights used), "n"}.
+        may fall from the policy's value on these same contexts), "dm" (the reward model alone,
+        after calibration), "ips" (no reward model), "calibration" (the scale applied),
+        "corrected_share" (rows that corrected the model), "matched_share" (offers whose logged
+        price the target could quote), "ess" (effective sample size of the weights used), "n"}.
     """
     r = np.asarray(reward, dtype=float)
     mu = np.asarray(propensity, dtype=float)

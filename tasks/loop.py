@@ -804,8 +804,8 @@ def dr_estimate(
     seed 0 6.5-8.8% low with the rescale, 0.5-1.9% without; seed 1 (logistic) 0.9% with, 5.5%
     high without. Both values are returned (`dr_calibrated`, `dr_uncalibrated`); `dr` is the
     chosen one, `se` its standard error with the shopper as the unit and `se_outcomes` the part of
-    it from the logged outcomes alone (neither counts the reward model's own error). With the truth, also the exact value of the same
-    policy on the same offers (`true_value`).
+    it from the logged outcomes alone (neither counts the reward model's own error). With the
+    truth, also the exact value of the same policy on the same offers (`true_value`).
     """
     offers = test.offers
     lp, cost = test.list_price(), test.unit_cost()
@@ -818,6 +818,7 @@ def dr_estimate(
     reward = (price - cost) * offers[S.PURCHASED].to_numpy(float)
     mu = pd.to_numeric(offers[S.PROPENSITY], errors="coerce").to_numpy(float)
     q_logged = (price - cost) * reward_model.predict(test)
+    shoppers = offers[S.USER_ID].astype(str).to_numpy()
     both = {
         cal: X.dr_epsilon_greedy(
             reward,
@@ -830,17 +831,16 @@ def dr_estimate(
             q_logged=q_logged,
             max_weight=max_weight,
             calibrate=cal,
-            groups=offers[S.USER_ID].astype(str).to_numpy(),
+            groups=shoppers,
         )  # fmt: skip
         for cal in (True, False)
     }
     est = dict(both[calibrate])
     est["dr_calibrated"], est["dr_uncalibrated"] = both[True]["dr"], both[False]["dr"]
     if truth is not None:
-        users = offers[S.USER_ID].astype(str).to_numpy()
         items = offers[S.ITEM_ID].astype(str).to_numpy()
         with np.errstate(invalid="ignore"):
-            true_q = (grid - cost[:, None]) * truth.purchase_probability(users, items, filled)
+            true_q = (grid - cost[:, None]) * truth.purchase_probability(shoppers, items, filled)
         true_q = np.where(np.isnan(grid), np.nan, true_q)
         rows = np.arange(len(offers))
         value = (1 - epsilon) * true_q[rows, decision.index] + epsilon * np.nanmean(true_q, axis=1)
@@ -911,8 +911,8 @@ def round_numbers(
     return loop_summary(quotes, truth, unit_cost, guardrails)
 
 
-def _se(details: list[dict[str, Any]] | None, k: int, key: str) -> float:
-    """Round k's standard error `key` from loop-details (NaN where it is missing)."""
+def _detail(details: list[dict[str, Any]] | None, k: int, key: str) -> float:
+    """Round k's figure `key` from loop-details (NaN where it is missing)."""
     if details is None or k >= len(details):
         return math.nan
     value = details[k].get(key)
@@ -934,7 +934,7 @@ def plot_loop(
     ax.plot(k, [r["oracle_profit_per_quote"] for r in rounds], "k--", label="oracle")
     ax.plot(k, [r["true_profit_per_quote"] for r in rounds], "o-", label="served policy (true)")
     dr = [r["ope_dr_estimate"] for r in rounds]
-    half = [1.96 * _se(details, r["round"], "ope_dr_se") for r in rounds]
+    half = [1.96 * _detail(details, r["round"], "ope_dr_se") for r in rounds]
     ax.errorbar(k, dr, yerr=np.nan_to_num(half), fmt="x", ms=9, capsize=3, label="DR estimate")
     ax.plot(k, [r["list_price_profit_per_quote"] for r in rounds], ":", label="list price")
     for r in rounds:
@@ -975,16 +975,13 @@ def markdown_table(
         true, dr = r["true_profit_per_quote"], r["ope_dr_estimate"]
         err = abs(dr - true) / true if true and math.isfinite(dr) else math.nan
         gap = 1 - true / r["oracle_profit_per_quote"]
-        realized = (
-            details[k].get("realized_profit_per_offer", math.nan)
-            if details is not None and k < len(details)
-            else math.nan
+        realized = pm(
+            _detail(details, k, "realized_profit_per_offer"), _detail(details, k, "realized_se")
         )
         lines.append(
-            f"| {k} | {r['policy']} | {r['quotes']} | {true:.4f} | "
-            f"{pm(realized, _se(details, k, 'realized_se'))} | "
+            f"| {k} | {r['policy']} | {r['quotes']} | {true:.4f} | {realized} | "
             f"{r['oracle_profit_per_quote']:.4f} | {r['list_price_profit_per_quote']:.4f} | "
-            f"{pm(dr, _se(details, k, 'ope_dr_se'))} | {err:.1%} | {gap:.1%} | "
+            f"{pm(dr, _detail(details, k, 'ope_dr_se'))} | {err:.1%} | {gap:.1%} | "
             f"{'yes' if r['promoted'] else 'no'} |"
         )
     return "\n".join(lines)
