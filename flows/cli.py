@@ -196,7 +196,13 @@ def _cmd_compare_merge(args: argparse.Namespace) -> int:
     from flows.compare import merge_compare
 
     try:
-        result = merge_compare(args.dirs, args.out, args.config)
+        try:
+            seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+        except ValueError:
+            raise ValueError(
+                f"--seeds {args.seeds!r}: not a comma-separated list of seeds"
+            ) from None
+        result = merge_compare(args.dirs, args.out, args.config, args.main, seeds)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -559,11 +565,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     cm = sub.add_parser(
         "compare-merge",
-        help="pool the seeds of several compare runs (e.g. one per machine) into one report",
+        help="pool several compare runs into one report: their seeds (e.g. one per machine) "
+        "and their models (e.g. an ablation run on the contest's seeds)",
     )
     cm.add_argument("dirs", nargs="+", help="output folders of pricing compare (seed-<s>.json)")
     cm.add_argument("--config", help="experiment YAML (the primary metric; default: default.yaml)")
     cm.add_argument("--out", required=True, help="writes compare.json, compare.md, seed-<s>.json")
+    cm.add_argument(
+        "--main",
+        help="the report's main model (default: the first run's); its variants are "
+        "paired with it as ablations",
+    )
+    cm.add_argument("--seeds", help="only these seeds, comma-separated (e.g. 0,1,2)")
     cm.set_defaults(func=_cmd_compare_merge)
 
     bd = sub.add_parser(

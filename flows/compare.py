@@ -168,21 +168,39 @@ def compare(
     return result
 
 
-def merge_compare(dirs: list[str], out_dir: str, config_path: str | None = None) -> dict[str, Any]:
-    """Pool the seeds of several `compare` runs (split across processes or machines) into one report.
+def merge_compare(
+    dirs: list[str],
+    out_dir: str,
+    config_path: str | None = None,
+    main: str | None = None,
+    seeds: list[int] | None = None,
+) -> dict[str, Any]:
+    """Pool several `compare` runs into one report: their seeds, and their models.
 
-    Every seed is independent, so the pooled report is what one run over all the seeds gives: the
-    same statistics over the `seed-<s>.json` files of `dirs` (same main model and models; no seed
-    twice), written to `out_dir` like `compare` writes them. Nothing is trained or logged to MLflow.
+    Every seed is independent, so runs of different seeds (split across processes or machines)
+    pool into what one run over all the seeds gives. Runs of the same seeds with other models (an
+    ablation run after the contest, a new baseline) are joined model by model where they were
+    tested on the same rows, so every model is paired seed by seed with the rest without training
+    anything again. `main` (default: the first run's main model) is the model the report is
+    about: the best baseline is chosen among the others, and the main model's variants are its
+    ablations, each paired with it. `seeds` keeps only those seeds (e.g. the ones every run has).
+    Nothing is trained or logged to MLflow.
     """
     cfg = load_config(config_path)
-    reports = read_seed_reports([Path(d) for d in dirs])
+    reports = read_seed_reports([Path(d) for d in dirs], main, seeds)
     first = next(iter(reports.values()))
     main = first["main"]
     primary = cfg.promotion.primary_metric(all(r["ground_truth"] for r in reports.values()))
     per_seed = {seed: r["metrics"] for seed, r in reports.items()}
     summary = summarize_seeds.fn(per_seed, main, primary, cfg)
     summary["merged_from"] = [str(d) for d in dirs]
+    differing = [
+        d | {"seed": s}
+        for s, r in reports.items()
+        for d in r.get("joined", {}).get("differing", [])
+    ]
+    if differing:
+        summary["joined_differing"] = differing
     out = Path(out_dir)
     write_compare_report.fn(summary, reports, out)
     return {

@@ -240,10 +240,12 @@ def summarize(
     """The compare summary (what `compare.json` holds; nan where undefined).
 
     `{"primary", "seeds", "main", "best_baseline", "level", "models", "paired", "slices",
-    "slices_paired", "metric_direction", "verdicts"}`: per model and metric the mean, t interval and per-seed values;
+    "slices_paired", "ablations", "metric_direction", "verdicts"}`: per model and metric the mean, t interval and per-seed values;
     per model other than the best baseline, the paired difference against it for every metric with
     a good direction; the cold-start slices' means over seeds (empty when the evaluation has none)
-    and, on each slice, the main model's paired difference against every other model.
+    and, on each slice, the main model's paired difference against every other model; and per
+    ablation (`not_baselines`: the main model's variants), the variant minus the main model on
+    every directed metric, slices included.
     """
     seeds = list(per_seed)
     names, metric_names = _split_keys(per_seed)
@@ -288,6 +290,9 @@ def summarize(
                 slices.setdefault(prefix, {}).setdefault(name, {})[key.split("/", 1)[1]] = mean
 
     slices_paired = _paired_slices(per_seed, seeds, names, main, level)
+    ablations = _paired_ablations(
+        per_seed, seeds, [n for n in not_baselines if n in names], main, level
+    )
     metrics_seen = {m for ms in metric_names.values() for m in ms}
     return {
         "primary": primary,
@@ -299,6 +304,7 @@ def summarize(
         "paired": paired,
         "slices": slices,
         "slices_paired": slices_paired,
+        "ablations": ablations,
         "metric_direction": {
             m: {"higher_is_better": up} for m, up in HIGHER_IS_BETTER.items() if m in metrics_seen
         },
@@ -339,6 +345,34 @@ def _paired_slices(
                 entry = {"model": main, "vs": other, **iv.as_dict()}
                 entry["verdict"] = verdict(iv.lo, iv.hi, HIGHER_IS_BETTER[metric])
                 out.setdefault(prefix, {}).setdefault(other, {})[metric] = entry
+    return out
+
+
+def _paired_ablations(
+    per_seed: PerSeed, seeds: list[int], ablations: list[str], main: str, level: float
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Each ablation minus the main model, per seed, on every directed metric (slice metrics as
+    `slice/metric`): `{ablation: {metric: {"vs", "mean", "lo", "hi", "verdict"}}}`, the verdict
+    saying whether the ablation is better or worse than the full model. Seeds where either value
+    is missing are left out of that metric's difference."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    keys = sorted({k for s in seeds for k in per_seed[s].get(main, {})})
+    for name in ablations:
+        for key in keys:
+            metric = key.split("/", 1)[-1]
+            if metric not in HIGHER_IS_BETTER:
+                continue
+            a = np.asarray([float(per_seed[s].get(name, {}).get(key, math.nan)) for s in seeds])
+            b = np.asarray([float(per_seed[s][main].get(key, math.nan)) for s in seeds])
+            both = np.isfinite(a) & np.isfinite(b)
+            if not both.any():
+                continue
+            iv = paired_interval(a[both], b[both], level)
+            out.setdefault(name, {})[key] = {
+                "vs": main,
+                **iv.as_dict(),
+                "verdict": verdict(iv.lo, iv.hi, HIGHER_IS_BETTER[metric]),
+            }
     return out
 
 
@@ -419,6 +453,36 @@ def markdown_table(summary: Mapping[str, Any], metrics: Sequence[str] | None = N
             ]
             lines.append(f"| {other} | " + " | ".join(row) + " |")
         lines.append("")
+    ablations = summary.get("ablations", {})
+    for slice_name in ("", *SLICES):
+        prefix = f"{slice_name}/" if slice_name else ""
+        shown = [m for m in metrics if any(f"{prefix}{m}" in v for v in ablations.values())]
+        if not shown:
+            continue
+        where = f" on {slice_name}" if slice_name else ""
+        lines += [
+            f"## Ablations{where}: each variant minus `{summary['main']}`, paired over seeds",
+            "",
+            "| variant | " + " | ".join(shown) + " |",
+            "|---|" + "---|" * len(shown),
+        ]
+        for name, by_metric in ablations.items():
+            row = [
+                f"{_fmt_interval(e)} {e['verdict']}" if (e := by_metric.get(f"{prefix}{m}")) else ""
+                for m in shown
+            ]
+            lines.append(f"| {name} | " + " | ".join(row) + " |")
+        lines.append("")
+    differing = summary.get("joined_differing", [])
+    if differing:
+        kept = sorted({(d["seed"], d["model"], d["kept"]) for d in differing})
+        lines += [
+            "Joined runs: where a seed's model was in two runs with different figures (a tuner "
+            "with a time budget is not deterministic), the first run's were kept: "
+            + "; ".join(f"seed {s} {m} from {k}" for s, m, k in kept)
+            + ".",
+            "",
+        ]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -304,14 +304,64 @@ def write_compare_report(
     return paths
 
 
-def read_seed_reports(dirs: list[Path]) -> dict[int, dict[str, Any]]:
-    """The `seed-<s>.json` reports of several compare runs, checked to be one comparison's seeds.
+def _same_test_set(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two seed reports were evaluated on the same rows: the same data (its hash), split
+    and kind of evaluation. A training seed changes the models, never these."""
+    keys = ("dataset", "ground_truth")
+    return (
+        all(a.get(k) == b.get(k) for k in keys)
+        and a.get("split") == b.get("split")
+        and a.get("features", {}).get("data_hash") == b.get("features", {}).get("data_hash")
+    )
 
-    Raises ValueError (naming the file) when a folder has no seed reports, a report is unreadable,
-    a seed appears twice, or the runs disagree on the main model or the models compared.
+
+def _same_figures(a: dict[str, float], b: dict[str, float]) -> bool:
+    """Whether one model's metrics agree in two reports (to rounding: a deterministic model
+    retrained with the same seed on the same rows)."""
+    if set(a) != set(b):
+        return False
+    return all(
+        (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
+        for x, y in ((a[k], b[k]) for k in a)
+    )
+
+
+def _read_seed_file(f: Path) -> dict[str, Any]:
+    try:
+        r = json.loads(f.read_text())
+        r["seed"], r["main"], r["models"] = int(r["seed"]), str(r["main"]), list(r["models"])
+        r["metrics"] = {  # null is how the report writes nan
+            name: {k: math.nan if v is None else float(v) for k, v in vals.items()}
+            for name, vals in r["metrics"].items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{f}: not a compare seed report ({exc})") from exc
+    return r
+
+
+def read_seed_reports(
+    dirs: list[Path], main: str | None = None, seeds: list[int] | None = None
+) -> dict[int, dict[str, Any]]:
+    """The `seed-<s>.json` reports of several compare runs, as one comparison's seeds.
+
+    Runs are pooled two ways, both checked:
+    - different seeds of the same comparison (one run per process or machine) are pooled;
+    - runs of the same seed that compare different models (an ablation run after the contest)
+      are joined model by model, but only where they were tested on the same rows (same data
+      hash and split). A model in both keeps the first folder's figures; where the two disagree
+      (a tuner with a time budget is not deterministic), `joined.differing` in the seed's report
+      says so.
+
+    Every seed must end with the same models, so each paired difference uses every seed.
+    `main` (default: the first report's main model) becomes every report's main model. `seeds`
+    keeps only those seeds (each must be found).
+
+    Raises ValueError (naming the files) when a folder has no seed reports, a report is unreadable,
+    the same seed was tested on different rows, a seed's run adds no model to what an earlier
+    folder gave, or the seeds end with different models.
     """
     reports: dict[int, dict[str, Any]] = {}
-    where: dict[int, Path] = {}
+    where: dict[int, list[Path]] = {}
     for d in dirs:
         files = sorted(Path(d).glob("seed-*.json"))
         if not files:
@@ -319,26 +369,61 @@ def read_seed_reports(dirs: list[Path]) -> dict[int, dict[str, Any]]:
                 f"{d}: no seed-<s>.json reports (the output folder of pricing compare)"
             )
         for f in files:
-            try:
-                r = json.loads(f.read_text())
-                seed, main, models = int(r["seed"]), str(r["main"]), list(r["models"])
-                r["metrics"] = {  # null is how the report writes nan
-                    name: {k: math.nan if v is None else float(v) for k, v in vals.items()}
-                    for name, vals in r["metrics"].items()
-                }
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise ValueError(f"{f}: not a compare seed report ({exc})") from exc
-            if seed in reports:
-                raise ValueError(f"seed {seed} is in both {where[seed]} and {f}")
-            if reports:
-                ref = next(iter(reports.values()))
-                if (main, sorted(models)) != (ref["main"], sorted(ref["models"])):
-                    raise ValueError(
-                        f"{f} compares {main} with {sorted(models)}, but "
-                        f"{next(iter(where.values()))} compares {ref['main']} with "
-                        f"{sorted(ref['models'])}"
+            r = _read_seed_file(f)
+            seed = r["seed"]
+            if seeds is not None and seed not in seeds:
+                continue
+            if seed not in reports:
+                reports[seed], where[seed] = r, [f]
+                continue
+            base = reports[seed]
+            if not _same_test_set(base, r):
+                raise ValueError(
+                    f"seed {seed}: {where[seed][0]} and {f} were tested on different rows "
+                    "(data hash or split differ); only runs on the same data can be joined"
+                )
+            new = [m for m in r["metrics"] if m not in base["metrics"]]
+            if not new:
+                raise ValueError(
+                    f"seed {seed} is in both {where[seed][0]} and {f} with no model added: "
+                    "the same comparison twice"
+                )
+            joined = base.setdefault("joined", {"from": [str(where[seed][0])], "differing": []})
+            joined["from"].append(str(f))
+            for name, vals in r["metrics"].items():
+                if name not in base["metrics"]:
+                    base["metrics"][name] = vals
+                elif not _same_figures(base["metrics"][name], vals):
+                    joined["differing"].append(
+                        {"model": name, "kept": str(where[seed][0]), "other": str(f)}
                     )
-            reports[seed], where[seed] = r, f
+            base["models"] = [*base["models"], *[m for m in r["models"] if m not in base["models"]]]
+            for key in ("train", "timings_s"):
+                if isinstance(r.get(key), dict):
+                    base.setdefault(key, {}).update(
+                        {k: v for k, v in r[key].items() if k not in base[key]}
+                    )
+            where[seed].append(f)
+    missing_seeds = sorted(set(seeds or []) - set(reports))
+    if missing_seeds or not reports:
+        raise ValueError(f"seeds {missing_seeds or seeds} are in none of {[str(d) for d in dirs]}")
+    names = {s: sorted(r["metrics"]) for s, r in reports.items()}
+    first = min(names)
+    for seed, got in names.items():
+        if got != names[first]:
+            missing = sorted(set(names[first]) ^ set(got))
+            raise ValueError(
+                f"seed {seed} ({', '.join(map(str, where[seed]))}) and seed {first} "
+                f"({', '.join(map(str, where[first]))}) compare different models "
+                f"({got} against {names[first]}; differing: {missing}): every seed needs every model"
+            )
+    chosen = main or reports[first]["main"]
+    if chosen not in names[first]:
+        raise ValueError(f"main model {chosen!r} is not among the models compared: {names[first]}")
+    for r in reports.values():
+        if r["main"] != chosen:
+            r["models"] = [chosen, *[m for m in r["models"] if m != chosen]]
+            r["main"] = chosen
     return dict(sorted(reports.items()))
 
 
