@@ -80,8 +80,13 @@ class FeatureModel(DemandModel):
     _frames: tuple[Any, ...] | None = None
 
     def set_catalog(self, items: pd.DataFrame) -> None:
-        self.catalog = items.reset_index(drop=True).copy()
+        self.catalog = items.reset_index(drop=True).drop(
+            columns=[F.PRICE_POSITION], errors="ignore"
+        )
         self.catalog[S.ITEM_ID] = self.catalog[S.ITEM_ID].astype(str)
+        # Each item's place in its category's price range, over the whole catalog, once: the
+        # serving paths read it for a few candidate rows at a time.
+        self.catalog[F.PRICE_POSITION] = F.price_position(self.catalog).to_numpy()
         self._frames = None
 
     def fit_context(self, train: PricingData, valid: PricingData | None) -> pd.DataFrame:

@@ -41,6 +41,7 @@ HISTORY_SUMS = (
     "n_low_buys",
     "n_high_views",
     "n_high_buys",
+    "sum_view_pos",
 )
 
 # One Index object for every history-sums Series the serving paths build: building a Series on
@@ -56,11 +57,17 @@ USER_FEATURES = (
     "u_conv_high",
     "u_conv_gap",
     "u_cat_share",
+    "u_view_pos",
 )
 # Shares of the user's searches holding a learned cheap / premium keyword: they need a fitted
 # `QueryKeywords`, so models compute them (`keyword_features`); `finalize_history` names them too.
 KEYWORD_FEATURES = ("u_cheap_share", "u_premium_share")
-ITEM_FEATURES = ("i_log_list_price", "i_margin")
+# An item's price position: its log list price minus the median log list price of its category,
+# over the whole catalog. Its mean over a shopper's views says where in each category's price range
+# the shopper browses (`u_view_pos`): budget brands or premium ones, a strong behavioural sign of
+# price sensitivity.
+ITEM_FEATURES = ("i_log_list_price", "i_margin", "i_price_pos")
+PRICE_POSITION = "i_price_pos"
 # The item's events and purchases strictly before the offer: the last `POPULARITY_WINDOW`, and its
 # shrunk purchase rate per view over all earlier history.
 POPULARITY_FEATURES = ("i_log_events_7d", "i_log_buys_7d", "i_buy_rate")
@@ -81,8 +88,10 @@ def event_sums(events: pd.DataFrame, items: pd.DataFrame, keywords: Any = None) 
     `keywords` (a fitted `pricing.keywords.QueryKeywords`) flags cheap / premium searches; without
     it `n_cheap` and `n_premium` are zero.
     """
-    list_price = events[S.ITEM_ID].map(items.set_index(S.ITEM_ID)[S.LIST_PRICE])
+    by_id = items.set_index(S.ITEM_ID)
+    list_price = events[S.ITEM_ID].map(by_id[S.LIST_PRICE])
     ratio = (events[S.PRICE].astype("float64") / list_price.astype("float64")).to_numpy()
+    position = events[S.ITEM_ID].map(price_position(items)).astype("float64").to_numpy()
     etype = events[S.EVENT_TYPE].astype(str).to_numpy()
     is_view = etype == S.VIEW
     is_buy = etype == S.PURCHASE
@@ -109,6 +118,7 @@ def event_sums(events: pd.DataFrame, items: pd.DataFrame, keywords: Any = None) 
             "n_low_buys": (is_buy & low).astype(float),
             "n_high_views": (is_view & high).astype(float),
             "n_high_buys": (is_buy & high).astype(float),
+            "sum_view_pos": np.where(is_view, np.nan_to_num(position, nan=0.0), 0.0),
         },
         index=events.index,
     )
@@ -156,15 +166,37 @@ def history_columns(
         "u_conv_high": conv_high,
         "u_conv_gap": np.log(conv_low) - np.log(conv_high),
         "u_cat_share": np.asarray(cat_count, dtype=float) / (n + 1.0),
+        "u_view_pos": sums["sum_view_pos"] / (views + 2.0),
     }
 
 
+def price_position(items: pd.DataFrame) -> pd.Series:
+    """Per item (indexed by item_id): its log list price minus its category's median log list
+    price over the rows of `items` (0 for an item without a category or a positive list price). A
+    column `i_price_pos` already in `items` (a model's catalog sets it once) is read as it is."""
+    ids = pd.Index(items[S.ITEM_ID].astype(str), name=S.ITEM_ID)
+    if PRICE_POSITION in items:
+        return pd.Series(items[PRICE_POSITION].to_numpy(float), index=ids, name=PRICE_POSITION)
+    if S.CATEGORY not in items:
+        return pd.Series(0.0, index=ids, name=PRICE_POSITION)
+    lp = items[S.LIST_PRICE].astype("float64")
+    log_lp = pd.Series(np.log(lp.where(lp > 0).to_numpy(float)), index=items.index)
+    cat = items[S.CATEGORY].astype(str).where(items[S.CATEGORY].notna())
+    median = log_lp.groupby(cat).transform("median")
+    pos = (log_lp - median).fillna(0.0).to_numpy(float)
+    return pd.Series(pos, index=ids, name=PRICE_POSITION)
+
+
 def item_features(items: pd.DataFrame) -> pd.DataFrame:
-    """Per-item features indexed by item_id."""
+    """Per-item features indexed by item_id (the price position as `price_position` gives it)."""
     lp = items[S.LIST_PRICE].astype(float).to_numpy()
     cost = items[S.UNIT_COST].astype(float).to_numpy()
     return pd.DataFrame(
-        {"i_log_list_price": np.log(lp), "i_margin": (lp - cost) / lp},
+        {
+            "i_log_list_price": np.log(lp),
+            "i_margin": (lp - cost) / lp,
+            PRICE_POSITION: price_position(items).to_numpy(),
+        },
         index=pd.Index(items[S.ITEM_ID].astype(str), name=S.ITEM_ID),
     )
 
@@ -379,6 +411,7 @@ def offer_features(offers: pd.DataFrame, events: pd.DataFrame, items: pd.DataFra
     out["log_price_ratio"] = price_features(offers[S.PRICE].to_numpy(float), lp)
     out["i_log_list_price"] = ifeat["i_log_list_price"].to_numpy()
     out["i_margin"] = ifeat["i_margin"].to_numpy()
+    out[PRICE_POSITION] = ifeat[PRICE_POSITION].to_numpy()
     pop = item_popularity(offers, events)
     for col in POPULARITY_FEATURES:
         out[col] = pop[col].to_numpy()
@@ -417,6 +450,7 @@ class HistoryState:
         ids = items[S.ITEM_ID].tolist()
         prices = items[S.LIST_PRICE].astype("float64").tolist()
         self._list_price = dict(zip(ids, prices, strict=True))
+        self._position = dict(zip(ids, price_position(items).tolist(), strict=True))
         self._category = {
             item: str(cat)
             for item, cat in zip(ids, items[S.CATEGORY].tolist(), strict=True)
@@ -443,8 +477,10 @@ class HistoryState:
         # views, purchases, searches, cheap, premium, low views, low buys, high views, high buys
         counts = [0] * 9
         paid = [0.0] * n  # per event, as pandas sums the column (same pairwise order)
+        view_pos = [0.0] * n
         cats: Counter[str] = Counter()
         lp_get, cat_get, flags = self._list_price.get, self._category.get, self._query_flags
+        pos_get = self._position.get
         for k, e in enumerate(events):
             item = e.get(S.ITEM_ID)
             lp = lp_get(item) if item is not None else None
@@ -468,13 +504,18 @@ class HistoryState:
                 paid[k] = r
             else:
                 counts[0] += 1
+                if item is not None:
+                    view_pos[k] = pos_get(item, 0.0)
             if r < LOW_RATIO:
                 counts[5 + buy] += 1
             elif r > HIGH_RATIO:
                 counts[7 + buy] += 1
         views, buys, searches, cheap_n, premium_n, lv, lb, hv, hb = counts
         sums = np.array(
-            [n, views, buys, searches, np.array(paid).sum(), cheap_n, premium_n, lv, lb, hv, hb],
+            [
+                *(n, views, buys, searches, np.array(paid).sum(), cheap_n, premium_n),
+                *(lv, lb, hv, hb, np.array(view_pos).sum()),
+            ],
             float,
         )
         return pd.Series(sums, index=SUMS_INDEX), {c: float(v) for c, v in cats.items()}

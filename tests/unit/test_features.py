@@ -179,3 +179,40 @@ def test_recent_events_are_the_users_last_k_strictly_earlier_ones() -> None:
     ts = pd.Series([T0 + pd.Timedelta(minutes=m) for m in (2, 10, 0, 5)])
     at = F.recent_events(np.array(["a", "a", "a", "b"]), ts, ev_user, ev_ts, 2)
     assert at.tolist() == [[0, 1], [3, 4], [-1, -1], [-1, 2]]
+
+
+def test_price_position_is_the_items_place_in_its_categorys_price_range() -> None:
+    items = pd.DataFrame(
+        {
+            S.ITEM_ID: ["a", "b", "c", "d", "e"],
+            S.CATEGORY: ["x", "x", "x", "y", None],
+            S.LIST_PRICE: [2.0, 4.0, 8.0, 5.0, 3.0],
+            S.UNIT_COST: 1.0,
+        }
+    )
+    pos = F.price_position(items)
+    assert pos.to_dict() == pytest.approx(
+        {"a": np.log(0.5), "b": 0.0, "c": np.log(2.0), "d": 0.0, "e": 0.0}  # e: no category
+    )
+    # a subset of rows that carries the catalog's column keeps the catalog's positions
+    one = items.iloc[[0]].assign(**{F.PRICE_POSITION: pos.iloc[[0]].to_numpy()})
+    assert F.item_features(one)[F.PRICE_POSITION].tolist() == pytest.approx([np.log(0.5)])
+
+
+def test_view_position_is_the_shrunk_mean_position_of_strictly_earlier_views() -> None:
+    items = _items(4).assign(**{S.LIST_PRICE: [5.0, 20.0, 10.0, 10.0]})  # c0: i0, i2; c1: i1, i3
+    mid0, mid1 = np.sqrt(50.0), np.sqrt(200.0)  # the medians in log price of two items each
+    lo, hi = np.log(5.0 / mid0), np.log(20.0 / mid1)
+    events = pd.DataFrame(
+        [
+            _event(0, 1, "u", S.VIEW, "i0"),  # a budget item
+            _event(1, 2, "u", S.VIEW, "i1"),  # a premium one
+            _event(2, 3, "u", S.PURCHASE, "i0"),  # purchases do not count
+            _event(3, 10, "u", S.VIEW, "i0"),  # after the offer: never seen by it
+        ]
+    )
+    offers = _offers([(5.0, "u", "i2"), (11.0, "u", "i2"), (5.0, "v", "i2")])
+    feats = F.offer_features(offers, events, items)
+    want = [(lo + hi) / 4, (2 * lo + hi) / 5, 0.0]  # prior: 2 views at the median
+    assert feats["u_view_pos"].tolist() == pytest.approx(want, abs=1e-12)
+    assert feats[F.PRICE_POSITION].tolist() == pytest.approx([np.log(10.0 / mid0)] * 3)
