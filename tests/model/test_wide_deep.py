@@ -221,7 +221,8 @@ def test_the_user_category_head_makes_sensitivity_a_property_of_shopper_and_cate
     an item's own, and demand never rises with price."""
     model = user_category_bert
     test = featured_splits[2]
-    assert model.net.head.form == "user_category" and model.net.head.n_user_wide == 10
+    n_user = len(F.USER_FEATURES) + len(F.KEYWORD_FEATURES)  # the shopper's wide columns
+    assert model.net.head.form == "user_category" and model.net.head.n_user_wide == n_user
     probs = model.predict_grid(test, _grid(test))
     assert (np.diff(probs, axis=1) <= 1e-12).all()
     y = test.offers[S.PURCHASED].to_numpy(float)
