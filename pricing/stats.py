@@ -394,6 +394,24 @@ def _fmt_interval(entry: Mapping[str, float]) -> str:
     return f"{_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}]"
 
 
+def _paired_table(
+    title: str,
+    label: str,
+    by_name: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    columns: Sequence[tuple[str, str]],
+) -> list[str]:
+    """A Markdown table of paired differences: one row per name, one "interval verdict" cell per
+    (header, key) column, blank where the name has no entry for the key."""
+    lines = [title, "", f"| {label} | " + " | ".join(h for h, _ in columns) + " |"]
+    lines.append("|---|" + "---|" * len(columns))
+    for name, by_key in by_name.items():
+        row = [
+            f"{_fmt_interval(e)} {e['verdict']}" if (e := by_key.get(k)) else "" for _, k in columns
+        ]
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    return [*lines, ""]
+
+
 def markdown_table(summary: Mapping[str, Any], metrics: Sequence[str] | None = None) -> str:
     """The summary as Markdown: mean [95% interval] per model and metric, the paired difference
     against the best baseline, and the verdict the README's wording rule allows."""
@@ -440,19 +458,8 @@ def markdown_table(summary: Mapping[str, Any], metrics: Sequence[str] | None = N
         shown = [k for k in metrics if any(k in m for m in by_other.values())]
         if not shown:
             continue
-        lines += [
-            f"### {slice_name}: `{summary['main']}` minus each model, paired over seeds",
-            "",
-            "| vs | " + " | ".join(shown) + " |",
-            "|---|" + "---|" * len(shown),
-        ]
-        for other, by_metric in by_other.items():
-            row = [
-                f"{_fmt_interval(by_metric[k])} {by_metric[k]['verdict']}" if k in by_metric else ""
-                for k in shown
-            ]
-            lines.append(f"| {other} | " + " | ".join(row) + " |")
-        lines.append("")
+        title = f"### {slice_name}: `{summary['main']}` minus each model, paired over seeds"
+        lines += _paired_table(title, "vs", by_other, [(k, k) for k in shown])
     ablations = summary.get("ablations", {})
     for slice_name in ("", *SLICES):
         prefix = f"{slice_name}/" if slice_name else ""
@@ -460,19 +467,8 @@ def markdown_table(summary: Mapping[str, Any], metrics: Sequence[str] | None = N
         if not shown:
             continue
         where = f" on {slice_name}" if slice_name else ""
-        lines += [
-            f"## Ablations{where}: each variant minus `{summary['main']}`, paired over seeds",
-            "",
-            "| variant | " + " | ".join(shown) + " |",
-            "|---|" + "---|" * len(shown),
-        ]
-        for name, by_metric in ablations.items():
-            row = [
-                f"{_fmt_interval(e)} {e['verdict']}" if (e := by_metric.get(f"{prefix}{m}")) else ""
-                for m in shown
-            ]
-            lines.append(f"| {name} | " + " | ".join(row) + " |")
-        lines.append("")
+        title = f"## Ablations{where}: each variant minus `{summary['main']}`, paired over seeds"
+        lines += _paired_table(title, "variant", ablations, [(m, f"{prefix}{m}") for m in shown])
     differing = summary.get("joined_differing", [])
     if differing:
         kept = sorted({(d["seed"], d["model"], d["kept"]) for d in differing})
