@@ -192,16 +192,21 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return _print_compare(result, Path(args.out))
 
 
+def _seed_list(text: str | None) -> list[int] | None:
+    """`--seeds 0,1,2` as a list (None when not given); ValueError names the bad value."""
+    if not text:
+        return None
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: not a comma-separated list of seeds") from None
+
+
 def _cmd_compare_merge(args: argparse.Namespace) -> int:
     from flows.compare import merge_compare
 
     try:
-        try:
-            seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-        except ValueError:
-            raise ValueError(
-                f"--seeds {args.seeds!r}: not a comma-separated list of seeds"
-            ) from None
+        seeds = _seed_list(args.seeds)
         result = merge_compare(args.dirs, args.out, args.config, args.main, seeds)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

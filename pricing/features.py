@@ -88,8 +88,7 @@ def event_sums(events: pd.DataFrame, items: pd.DataFrame, keywords: Any = None) 
     `keywords` (a fitted `pricing.keywords.QueryKeywords`) flags cheap / premium searches; without
     it `n_cheap` and `n_premium` are zero.
     """
-    by_id = items.set_index(S.ITEM_ID)
-    list_price = events[S.ITEM_ID].map(by_id[S.LIST_PRICE])
+    list_price = events[S.ITEM_ID].map(items.set_index(S.ITEM_ID)[S.LIST_PRICE])
     ratio = (events[S.PRICE].astype("float64") / list_price.astype("float64")).to_numpy()
     position = events[S.ITEM_ID].map(price_position(items)).astype("float64").to_numpy()
     etype = events[S.EVENT_TYPE].astype(str).to_numpy()
@@ -504,8 +503,7 @@ class HistoryState:
                 paid[k] = r
             else:
                 counts[0] += 1
-                if item is not None:
-                    view_pos[k] = pos_get(item, 0.0)
+                view_pos[k] = pos_get(item, 0.0)
             if r < LOW_RATIO:
                 counts[5 + buy] += 1
             elif r > HIGH_RATIO:

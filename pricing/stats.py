@@ -312,6 +312,21 @@ def summarize(
     }
 
 
+def _paired_entry(
+    per_seed: PerSeed, seeds: list[int], model: str, vs: str, key: str, level: float
+) -> dict[str, Any] | None:
+    """`model` minus `vs` on metric `key` (a slice metric as `slice/metric`), paired over the seeds
+    where both values are finite: `{"mean", "lo", "hi", "verdict"}`, or None where no seed has
+    both."""
+    a = np.asarray([float(per_seed[s].get(model, {}).get(key, math.nan)) for s in seeds])
+    b = np.asarray([float(per_seed[s].get(vs, {}).get(key, math.nan)) for s in seeds])
+    both = np.isfinite(a) & np.isfinite(b)
+    if not both.any():
+        return None
+    iv = paired_interval(a[both], b[both], level)
+    return {**iv.as_dict(), "verdict": verdict(iv.lo, iv.hi, HIGHER_IS_BETTER[key.split("/")[-1]])}
+
+
 def _paired_slices(
     per_seed: PerSeed, seeds: list[int], names: list[str], main: str, level: float
 ) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
@@ -322,10 +337,6 @@ def _paired_slices(
     is claimed only where the interval excludes zero, as for the whole test set.
     """
     out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
-
-    def values(name: str, key: str) -> list[float]:
-        return [float(per_seed[s].get(name, {}).get(key, math.nan)) for s in seeds]
-
     for prefix in SLICES:
         keys = sorted(
             k
@@ -336,15 +347,11 @@ def _paired_slices(
             if other == main:
                 continue
             for key in keys:
-                a, b = np.asarray(values(main, key)), np.asarray(values(other, key))
-                both = np.isfinite(a) & np.isfinite(b)
-                if not both.any():
-                    continue
-                metric = key.split("/", 1)[1]
-                iv = paired_interval(a[both], b[both], level)
-                entry = {"model": main, "vs": other, **iv.as_dict()}
-                entry["verdict"] = verdict(iv.lo, iv.hi, HIGHER_IS_BETTER[metric])
-                out.setdefault(prefix, {}).setdefault(other, {})[metric] = entry
+                entry = _paired_entry(per_seed, seeds, main, other, key, level)
+                if entry is not None:
+                    metric = key.split("/", 1)[1]
+                    by_metric = out.setdefault(prefix, {}).setdefault(other, {})
+                    by_metric[metric] = {"model": main, "vs": other, **entry}
     return out
 
 
@@ -357,22 +364,12 @@ def _paired_ablations(
     is missing are left out of that metric's difference."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     keys = sorted({k for s in seeds for k in per_seed[s].get(main, {})})
+    directed = [k for k in keys if k.split("/", 1)[-1] in HIGHER_IS_BETTER]
     for name in ablations:
-        for key in keys:
-            metric = key.split("/", 1)[-1]
-            if metric not in HIGHER_IS_BETTER:
-                continue
-            a = np.asarray([float(per_seed[s].get(name, {}).get(key, math.nan)) for s in seeds])
-            b = np.asarray([float(per_seed[s][main].get(key, math.nan)) for s in seeds])
-            both = np.isfinite(a) & np.isfinite(b)
-            if not both.any():
-                continue
-            iv = paired_interval(a[both], b[both], level)
-            out.setdefault(name, {})[key] = {
-                "vs": main,
-                **iv.as_dict(),
-                "verdict": verdict(iv.lo, iv.hi, HIGHER_IS_BETTER[metric]),
-            }
+        for key in directed:
+            entry = _paired_entry(per_seed, seeds, name, main, key, level)
+            if entry is not None:
+                out.setdefault(name, {})[key] = {"vs": main, **entry}
     return out
 
 

@@ -304,15 +304,11 @@ def write_compare_report(
     return paths
 
 
-def _same_test_set(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two seed reports were evaluated on the same rows: the same data (its hash), split
-    and kind of evaluation. A training seed changes the models, never these."""
-    keys = ("dataset", "ground_truth")
-    return (
-        all(a.get(k) == b.get(k) for k in keys)
-        and a.get("split") == b.get("split")
-        and a.get("features", {}).get("data_hash") == b.get("features", {}).get("data_hash")
-    )
+def _test_set(report: dict[str, Any]) -> tuple[Any, ...]:
+    """What fixes the rows a seed report was evaluated on: the data (its hash), the split and the
+    kind of evaluation. A training seed changes the models, never these."""
+    data_hash = report.get("features", {}).get("data_hash")
+    return report.get("dataset"), report.get("ground_truth"), report.get("split"), data_hash
 
 
 def _same_figures(a: dict[str, float], b: dict[str, float]) -> bool:
@@ -377,7 +373,7 @@ def read_seed_reports(
                 reports[seed], where[seed] = r, [f]
                 continue
             base = reports[seed]
-            if not _same_test_set(base, r):
+            if _test_set(base) != _test_set(r):
                 raise ValueError(
                     f"seed {seed}: {where[seed][0]} and {f} were tested on different rows "
                     "(data hash or split differ); only runs on the same data can be joined"
