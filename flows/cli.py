@@ -609,7 +609,11 @@ def build_parser() -> argparse.ArgumentParser:
         "promote (its own scorer); writes DIR/loop.json and loop.png",
     )
     lp.add_argument("--rounds", type=int, default=5, help="rounds (round 0 serves list price)")
-    lp.add_argument("--model", help="bert, lightgbm or logistic (default: from the config)")
+    lp.add_argument(
+        "--model",
+        help="bert, lightgbm, logistic or a variant the config names, e.g. bert_wide_ucat in "
+        "configs/default.yaml (default: the config's model)",
+    )
     lp.add_argument("--config", help="experiment YAML (default: configs/lightgbm.yaml)")
     lp.add_argument("--out", help="output folder (loop.json, loop.md, loop.png, rounds' data)")
     lp.add_argument(
