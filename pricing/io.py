@@ -44,13 +44,30 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def find_table_file(data_dir: str | Path, table: str) -> Path | None:
-    """The file that holds `table` in `data_dir` (`<table>.parquet` first, then `<table>.csv`)."""
+    """Where `table` lives in `data_dir`: `<table>.parquet`, `<table>.csv`, or a partitioned
+    dataset folder `<table>/` (many Parquet or CSV files, read in name order), in that order."""
     data_dir = Path(data_dir)
     for suffix in SUFFIXES:
         candidate = data_dir / f"{table}{suffix}"
         if candidate.exists():
             return candidate
+    folder = data_dir / table
+    if folder.is_dir() and table_parts(folder):
+        return folder
     return None
+
+
+def table_parts(path: str | Path) -> list[Path]:
+    """The files of one table: the file itself, or a dataset folder's `*.parquet` / `*.csv` files
+    in name order (hidden files, such as an unfinished write's temporary file, are not parts)."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    return sorted(
+        f
+        for f in path.iterdir()
+        if f.is_file() and f.suffix in SUFFIXES and not f.name.startswith((".", "_"))
+    )
 
 
 def _read_csv(path: Path, table: str) -> pd.DataFrame:
@@ -59,28 +76,82 @@ def _read_csv(path: Path, table: str) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=True)
 
 
-def read_table(data_dir: str | Path, table: str, required: bool = True) -> pd.DataFrame | None:
-    """Read one contract table from `data_dir`.
+def read_part(path: Path, table: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """One file of `table` (a whole table or one partition of it).
 
     Raises:
-        ContractError: the table is required but missing, or its file cannot be read.
+        ContractError: the file cannot be read (truncated, not Parquet or CSV), naming the file.
     """
-    path = find_table_file(data_dir, table)
-    if path is None:
-        if required:
-            raise ContractError(
-                f"table '{table}' is missing: expected {table}.parquet or {table}.csv in {data_dir}"
-            )
-        return None
     try:
         if path.suffix == ".parquet":
-            return pd.read_parquet(path)
-        return _read_csv(path, table)
+            return pd.read_parquet(path, columns=columns)
+        df = _read_csv(path, table)
+        return df if columns is None else df[columns]
     except Exception as exc:  # noqa: BLE001 - any reader failure is the same user-facing problem
         raise ContractError(
             f"table '{table}': cannot read {path} ({type(exc).__name__}: {exc}). "
             "Is the file complete and in Parquet or CSV format?"
         ) from exc
+
+
+def part_columns(path: Path, table: str) -> list[str]:
+    """The column names of one file of `table`, from its footer or header (no rows are read)."""
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        return list(pd.read_csv(path, dtype=str, nrows=0).columns)
+    except Exception as exc:  # noqa: BLE001 - same message as a failed read
+        raise ContractError(
+            f"table '{table}': cannot read {path} ({type(exc).__name__}: {exc}). "
+            "Is the file complete and in Parquet or CSV format?"
+        ) from exc
+
+
+def check_parts(parts: list[Path], table: str) -> None:
+    """Every partition of a dataset folder holds the contract's required columns.
+
+    A partition without one would otherwise read as nulls in that column (every row of it
+    quarantined); this names the file instead.
+
+    Raises:
+        ContractError: a partition lacks a required column, or cannot be read.
+    """
+    if len(parts) < 2:
+        return
+    required = S.column_names(table, required_only=True)
+    for part in parts:
+        missing = [c for c in required if c not in part_columns(part, table)]
+        if missing:
+            raise ContractError(
+                f"table '{table}': partition {part} lacks required column(s) "
+                f"{', '.join(repr(c) for c in missing)}; every file of {part.parent} must hold them"
+            )
+
+
+def read_table(data_dir: str | Path, table: str, required: bool = True) -> pd.DataFrame | None:
+    """Read one contract table from `data_dir` (a partitioned folder's files concatenated in name
+    order: row positions run on from one file to the next).
+
+    Raises:
+        ContractError: the table is required but missing, a file cannot be read, or a partition
+            lacks a required column.
+    """
+    path = find_table_file(data_dir, table)
+    if path is None:
+        if required:
+            raise ContractError(
+                f"table '{table}' is missing: expected {table}.parquet, {table}.csv or a "
+                f"{table}/ folder of Parquet files in {data_dir}"
+            )
+        return None
+    parts = table_parts(path)
+    check_parts(parts, table)
+    frames = [read_part(part, table) for part in parts]
+    if len(frames) == 1:
+        return frames[0]
+    return pd.concat(frames, ignore_index=True)
 
 
 def read_tables(data_dir: str | Path) -> dict[str, pd.DataFrame]:
@@ -91,6 +162,11 @@ def read_tables(data_dir: str | Path) -> dict[str, pd.DataFrame]:
         if df is not None:
             tables[table] = df
     return tables
+
+
+def part_name(index: int) -> str:
+    """The file name of partition `index` of a dataset folder (name order is partition order)."""
+    return f"part-{index:05d}.parquet"
 
 
 def write_table(df: pd.DataFrame, data_dir: str | Path, table: str, fmt: str = "parquet") -> Path:
@@ -104,4 +180,13 @@ def write_table(df: pd.DataFrame, data_dir: str | Path, table: str, fmt: str = "
         df.to_csv(path, index=False)
     else:
         raise ValueError(f"unknown format {fmt!r}: use parquet or csv")
+    return path
+
+
+def write_part(df: pd.DataFrame, data_dir: str | Path, table: str, index: int) -> Path:
+    """Write partition `index` of `table` as `<data_dir>/<table>/part-NNNNN.parquet`, atomically
+    (a reader never sees half a partition), and return its path."""
+    path = Path(data_dir) / table / part_name(index)
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
     return path
