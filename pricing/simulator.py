@@ -42,25 +42,31 @@ falls inside the split's test part (none in train or validation). Use the defaul
 `time_split(offers, test_start=truth.novelty_start)` for a test made of novelty-era offers only.
 Cold items, new users and unseen phrasings are listed in the ground truth (`item_arrival_ms`,
 `user_arrival_ms`, `heldout_queries`) for evaluation slices; no table carries them.
+
+Large markets. `write_market_partitioned` (`pricing simulate --partitions P`) simulates and writes
+a market in P buckets of users, one at a time, so memory holds one bucket, never the whole market:
+events/, offers/ and users/ folders of Parquet parts (`pricing.io.read_table` reads them as one
+table) and the ground truth in parts, which `load_ground_truth` reads back as one truth.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from pricing import schema as S
-from pricing.io import write_table
+from pricing.io import SUFFIXES, atomic_path, part_name, write_part, write_table
 
 LOGGING_POLICY = "logging-ladder@1"
 GROUND_TRUTH_DIR = "ground_truth"
 _GT_FORMAT_VERSION = 2
+_GT_PARTS_FORMAT_VERSION = 3  # item arrays in arrays.npz, user arrays in users/part-NNNNN.npz
 
 Objective = Literal["profit", "revenue"]
 
@@ -723,34 +729,87 @@ class GroundTruth:
     _NAMES: ClassVar[tuple[str, ...]] = (
         "categories", "tiers", "segments", "age_groups", "regions", "needs", "heldout_queries",
     )  # fmt: skip
+    # The arrays with one row per user: a truth saved in parts holds them part by part.
+    _USER_ARRAYS: ClassVar[tuple[str, ...]] = (
+        "user_ids", "user_beta", "user_segment", "user_alpha", "user_taste", "category_alpha",
+        "tier_affinity", "tier_alpha", "user_age_group", "user_region", "user_intent",
+        "user_arrival_ms",
+    )  # fmt: skip
+    USER_PARTS_DIR: ClassVar[str] = "users"
+    USER_TRAITS_DIR: ClassVar[str] = "user_traits"
 
-    def save(self, directory: str | Path) -> Path:
-        """Write arrays.npz, meta.json and user_traits.parquet (for people) under `directory`."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        arrays = {name: np.asarray(getattr(self, name)) for name in self._ARRAYS}
-        arrays["user_ids"] = arrays["user_ids"].astype(str)
-        arrays["item_ids"] = arrays["item_ids"].astype(str)
-        np.savez_compressed(directory / "arrays.npz", **arrays)  # type: ignore[arg-type]
+    def _arrays(self, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+        arrays = {name: np.asarray(getattr(self, name)) for name in names}
+        for ids in ("user_ids", "item_ids"):
+            if ids in arrays:
+                arrays[ids] = arrays[ids].astype(str)
+        return arrays
+
+    def _meta(self, **extra: Any) -> dict[str, Any]:
         meta: dict[str, Any] = {
             "format_version": _GT_FORMAT_VERSION,
             "intercept": self.intercept,
             "novelty_start": self.novelty_start,
         }
         meta.update({name: list(getattr(self, name)) for name in self._NAMES})
-        (directory / "meta.json").write_text(json.dumps(meta, indent=2))
+        meta.update(extra)
+        return meta
+
+    def save(self, directory: str | Path) -> Path:
+        """Write arrays.npz, meta.json and user_traits.parquet (for people) under `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        arrays = self._arrays(self._ARRAYS)
+        np.savez_compressed(directory / "arrays.npz", **arrays)  # type: ignore[arg-type]
+        (directory / "meta.json").write_text(json.dumps(self._meta(), indent=2))
         self.user_traits().to_parquet(directory / "user_traits.parquet", index=False)
+        return directory
+
+    def save_user_part(self, directory: str | Path, index: int) -> Path:
+        """Write this truth's users as part `index` of a truth saved in parts: their arrays as
+        `users/part-NNNNN.npz` and their traits (for people) as `user_traits/part-NNNNN.parquet`.
+
+        A market written bucket by bucket saves each bucket's users this way, so the truth of the
+        whole market never sits in memory; `save_catalog` finishes the folder. Both files are
+        written atomically.
+        """
+        directory = Path(directory)
+        path = directory / self.USER_PARTS_DIR / Path(part_name(index)).with_suffix(".npz")
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **self._arrays(self._USER_ARRAYS))  # type: ignore[arg-type]
+        write_part(self.user_traits(), directory, self.USER_TRAITS_DIR, index)
+        return path
+
+    def save_catalog(self, directory: str | Path, partitions: int) -> Path:
+        """Finish a truth saved in parts: the item-level arrays as arrays.npz, then meta.json with
+        the number of user parts.
+
+        meta.json is written last, so a folder whose writing stopped part-way does not load.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        items = tuple(name for name in self._ARRAYS if name not in self._USER_ARRAYS)
+        with atomic_path(directory / "arrays.npz") as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **self._arrays(items))  # type: ignore[arg-type]
+        meta = self._meta(format_version=_GT_PARTS_FORMAT_VERSION, partitions=int(partitions))
+        with atomic_path(directory / "meta.json") as tmp:
+            tmp.write_text(json.dumps(meta, indent=2))
         return directory
 
     @classmethod
     def load(cls, directory: str | Path) -> GroundTruth:
-        """Read what `save` wrote (format 1, before needs and arrivals, reads as a classic truth)."""
+        """Read what `save` wrote (format 1, before needs and arrivals, reads as a classic truth),
+        or a truth saved in parts (`save_user_part` + `save_catalog`), whose user parts are
+        concatenated in part order into one truth."""
         directory = Path(directory)
         meta = json.loads((directory / "meta.json").read_text())
-        if meta.get("format_version") not in (1, _GT_FORMAT_VERSION):
+        version = meta.get("format_version")
+        if version not in (1, _GT_FORMAT_VERSION, _GT_PARTS_FORMAT_VERSION):
             raise ValueError(f"unsupported ground truth format in {directory}: {meta}")
         with np.load(directory / "arrays.npz", allow_pickle=False) as data:
             arrays: dict[str, Any] = {name: data[name] for name in cls._ARRAYS if name in data}
+        if version == _GT_PARTS_FORMAT_VERSION:
+            arrays.update(cls._load_user_parts(directory, int(meta["partitions"])))
         names: dict[str, Any] = {name: tuple(meta[name]) for name in cls._NAMES if name in meta}
         return cls(
             intercept=float(meta["intercept"]),
@@ -758,6 +817,26 @@ class GroundTruth:
             **arrays,
             **names,
         )
+
+    @classmethod
+    def _load_user_parts(cls, directory: Path, partitions: int) -> dict[str, np.ndarray]:
+        """The user arrays of a truth saved in parts, concatenated in part (file name) order.
+
+        Raises:
+            ValueError: the folder does not hold the `partitions` parts its meta.json announces.
+        """
+        parts = sorted((directory / cls.USER_PARTS_DIR).glob("part-*.npz"))
+        if len(parts) != partitions:
+            raise ValueError(
+                f"ground truth in {directory} has {len(parts)} user part(s) in "
+                f"{cls.USER_PARTS_DIR}/, its meta.json says {partitions}"
+            )
+        columns: dict[str, list[np.ndarray]] = {name: [] for name in cls._USER_ARRAYS}
+        for part in parts:
+            with np.load(part, allow_pickle=False) as data:
+                for name in cls._USER_ARRAYS:
+                    columns[name].append(data[name])
+        return {name: np.concatenate(chunks) for name, chunks in columns.items()}
 
 
 def _expand(x: np.ndarray, like: np.ndarray) -> np.ndarray:
@@ -787,13 +866,17 @@ class Market:
 # --- helpers for vectorized sampling -----------------------------------------------------------
 
 
-def _format_ids(prefix: str, n: int, width: int) -> pd.api.extensions.ExtensionArray:
-    """A str array '<prefix><i zero-padded>' for i in 0..n-1 (padded so text order = number order).
+def _format_ids(
+    prefix: str, n: int, width: int, start: int = 0
+) -> pd.api.extensions.ExtensionArray:
+    """A str array '<prefix><i zero-padded>' for i in start..start+n-1 (padded so text order =
+    number order; a market written in buckets numbers each bucket's ids on from the last one's).
 
     Built with pandas' vectorized string kernels: a Python f-string per row costs ~10x more.
     """
-    width = max(width, len(str(max(n - 1, 0))))
-    digits = pd.Series(pd.array(np.arange(n, dtype=np.int64)).astype("str")).str.zfill(width)
+    width = max(width, len(str(max(start + n - 1, 0))))
+    numbers = np.arange(start, start + n, dtype=np.int64)
+    digits = pd.Series(pd.array(numbers).astype("str")).str.zfill(width)
     return (prefix + digits).array
 
 
@@ -1035,17 +1118,49 @@ def _simulate_users(
     }
 
 
+class _Streams(NamedTuple):
+    """The random streams of a market (or of one bucket of users of a market written in parts)."""
+
+    items: np.random.Generator
+    users: np.random.Generator
+    sessions: np.random.Generator
+    offers: np.random.Generator
+    real_items: np.random.Generator
+    real_users: np.random.Generator
+    real_sessions: np.random.Generator
+
+
+def _streams(seq: np.random.SeedSequence) -> _Streams:
+    """The streams drawn from `seq`: its first four children are the classic market's, the
+    fifth's children feed only what realism adds (so the classic market stays the same)."""
+    seeds = seq.spawn(5)
+    rng_items, rng_users, rng_sessions, rng_offers = (np.random.default_rng(s) for s in seeds[:4])
+    real_items, real_users, real_sessions = (np.random.default_rng(s) for s in seeds[4].spawn(3))
+    return _Streams(
+        rng_items, rng_users, rng_sessions, rng_offers, real_items, real_users, real_sessions
+    )
+
+
 def simulate(config: SimConfig | None = None) -> Market:
     """Simulate a market: items, users, sessions of behaviour and logged offers, plus truth."""
     config = config or SimConfig()
-    # The first four streams are the classic market's; the fifth feeds only what realism adds.
-    seeds = np.random.SeedSequence(config.seed).spawn(5)
-    rng_items, rng_users, rng_sessions, rng_offers = (np.random.default_rng(s) for s in seeds[:4])
-    real_items, real_users, real_sessions = (np.random.default_rng(s) for s in seeds[4].spawn(3))
-    items, it = _simulate_catalog(config, rng_items, real_items)
-    us = _simulate_users(config, rng_users, real_users)
+    rngs = _streams(np.random.SeedSequence(config.seed))
+    items, it = _simulate_catalog(config, rngs.items, rngs.real_items)
+    us = _simulate_users(config, rngs.users, rngs.real_users)
+    truth = _make_truth(config, it, us)
+    events, offers, novelty = _simulate_behaviour(
+        config, truth, it, us, rngs.sessions, rngs.offers, rngs.real_sessions
+    )
+    _record_novelty(truth, config, novelty)
+    tables = {S.ITEMS: items, S.EVENTS: events, S.OFFERS: offers, S.USERS: _users_table(us)}
+    return Market(tables=tables, truth=truth)
+
+
+def _make_truth(config: SimConfig, it: dict[str, np.ndarray], us: dict[str, Any]) -> GroundTruth:
+    """The ground truth of users `us` on catalog `it` (arrivals and novelty come later, from the
+    behaviour: `_record_novelty`)."""
     needs = NEED_INTENTS if config.intents else ()
-    truth = GroundTruth(
+    return GroundTruth(
         user_ids=us["user_ids"],
         item_ids=it["item_ids"],
         intercept=_INTERCEPT + _NEED_INTERCEPT_SHIFT if config.intents else _INTERCEPT,
@@ -1071,25 +1186,74 @@ def simulate(config: SimConfig | None = None) -> Market:
         tag_log_beta=np.array([TAG_EFFECTS[k][1] for k in needs]),
         item_popularity=it["popularity"],
     )
-    users = pd.DataFrame(
+
+
+def _users_table(us: dict[str, Any]) -> pd.DataFrame:
+    """The users contract table of users `us`."""
+    return pd.DataFrame(
         {
             S.USER_ID: pd.array(us["user_ids"], dtype="str"),
             S.AGE_GROUP: _str_column(us["age_group"], list(AGE_GROUPS)),
             "region": _str_column(us["region"], list(REGIONS)),
         }
     )
-    events, offers, novelty = _simulate_behaviour(
-        config, truth, it, us, rng_sessions, rng_offers, real_sessions
-    )
-    if config.has_novelty:
-        truth.user_arrival_ms = novelty["user_arrival_ms"]
-        truth.item_arrival_ms = novelty["item_arrival_ms"]
-        start = pd.Timestamp(config.start, tz="UTC")
-        truth.novelty_start = (start + pd.Timedelta(novelty["novelty_ms"], unit="ms")).isoformat()
-        if config.unseen_phrasing_share > 0:
-            truth.heldout_queries = PHRASEBOOK.heldout_phrases
-    tables = {S.ITEMS: items, S.EVENTS: events, S.OFFERS: offers, S.USERS: users}
-    return Market(tables=tables, truth=truth)
+
+
+def _record_novelty(truth: GroundTruth, config: SimConfig, novelty: dict[str, Any]) -> None:
+    """Put what the behaviour decided about novelty (arrivals, its start, held-out phrasings)
+    into the truth."""
+    if not config.has_novelty:
+        return
+    truth.user_arrival_ms = novelty["user_arrival_ms"]
+    truth.item_arrival_ms = novelty["item_arrival_ms"]
+    start = pd.Timestamp(config.start, tz="UTC")
+    truth.novelty_start = (start + pd.Timedelta(novelty["novelty_ms"], unit="ms")).isoformat()
+    if config.unseen_phrasing_share > 0:
+        truth.heldout_queries = PHRASEBOOK.heldout_phrases
+
+
+@dataclass(frozen=True)
+class _Bucket:
+    """What one bucket of users takes from the market it is part of (a market written in parts):
+    when novelty starts and when cold items arrive, decided once for the whole market, and where
+    the bucket's session, offer and event numbers start, so no id repeats across buckets."""
+
+    novelty_ms: int
+    item_arrival_ms: np.ndarray
+    first_session: int
+    first_offer: int
+    first_event: int
+    widths: tuple[int, int, int]  # digits of session, offer and event ids
+
+
+def _session_starts(
+    config: SimConfig, activity: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sessions: Poisson per user around an activity level, spread over days with a daily rhythm.
+
+    Returns:
+        (each user's session rate over the span, each session's user, its start in ms).
+    """
+    lam = config.sessions_per_user_week * config.n_days / 7.0 * activity
+    n_sess_user = rng.poisson(lam)
+    sess_user = np.repeat(np.arange(config.n_users), n_sess_user)
+    n_sess = len(sess_user)
+    day = rng.integers(0, config.n_days, size=n_sess)
+    hour = np.minimum(np.searchsorted(_HOUR_CDF, rng.random(n_sess)), 23)
+    sess_start = (day * 86_400 + hour * 3_600) * 1_000 + rng.integers(0, 3_600_000, size=n_sess)
+    return lam, sess_user, sess_start
+
+
+def _item_arrivals(
+    config: SimConfig, cold: np.ndarray, novelty_ms: int, rng: np.random.Generator
+) -> np.ndarray:
+    """When each item arrives (ms after the start): cold items spread over the first
+    `_ARRIVAL_WINDOW` of [novelty_start, end], the others 0 (there from the start)."""
+    span_ms = config.n_days * _DAY_MS
+    arrival = np.zeros(len(cold), dtype=np.int64)
+    window = _ARRIVAL_WINDOW * max(span_ms - novelty_ms, 0)  # none left: arrive at once
+    arrival[cold] = novelty_ms + np.round(rng.random(int(cold.sum())) * window).astype(np.int64)
+    return arrival
 
 
 def _simulate_behaviour(
@@ -1100,41 +1264,46 @@ def _simulate_behaviour(
     rng: np.random.Generator,
     rng_offers: np.random.Generator,
     rng_real: np.random.Generator,
+    bucket: _Bucket | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Sessions -> searches, views (= offers) with ladder prices, funnels; all vectorized.
 
     `rng` and `rng_offers` draw what the classic market draws, in its order; what the realistic
-    preset adds (arrivals, new users' sessions, intent phrasings) comes from `rng_real`.
+    preset adds (arrivals, new users' sessions, intent phrasings) comes from `rng_real`. For one
+    bucket of a market written in parts (`bucket`), novelty's start and the items' arrivals are
+    the market's, not drawn here, and ids are numbered on from the previous buckets'.
 
     Returns:
         (events, offers, novelty) with novelty's `novelty_ms`, `user_arrival_ms` and
-        `item_arrival_ms` (ms after the start; arrivals 0 for who is there from the start).
+        `item_arrival_ms` (ms after the start; arrivals 0 for who is there from the start), and
+        `n_sessions`.
     """
     n_cat = len(CATEGORIES)
     span_ms = config.n_days * _DAY_MS
-    # Sessions: Poisson per user around an activity level, spread over days with a daily rhythm.
-    lam = config.sessions_per_user_week * config.n_days / 7.0 * us["activity"]
-    n_sess_user = rng.poisson(lam)
-    sess_user = np.repeat(np.arange(config.n_users), n_sess_user)
+    lam, sess_user, sess_start = _session_starts(config, us["activity"], rng)
     n_sess = len(sess_user)
-    day = rng.integers(0, config.n_days, size=n_sess)
-    hour_cdf = np.cumsum(_HOUR_WEIGHTS) / _HOUR_WEIGHTS.sum()
-    hour = np.minimum(np.searchsorted(hour_cdf, rng.random(n_sess)), 23)
-    sess_start = (day * 86_400 + hour * 3_600) * 1_000 + rng.integers(0, 3_600_000, size=n_sess)
+    hour_cdf = _HOUR_CDF
     novelty_ms = span_ms  # nothing new happens unless the config asks for it
     user_arrival = np.zeros(config.n_users, dtype=np.int64)
     item_arrival = np.zeros(len(it["category"]), dtype=np.int64)
     if config.has_novelty:
-        novelty_ms = _novelty_start_ms(config, sess_start[~us["new"][sess_user]])
+        if bucket is None:
+            novelty_ms = _novelty_start_ms(config, sess_start[~us["new"][sess_user]])
+        else:
+            novelty_ms = bucket.novelty_ms
         if us["new"].any():
             sess_user, sess_start, user_arrival = _new_user_sessions(
                 config, us["new"], lam, sess_user, sess_start, novelty_ms, hour_cdf, rng_real
             )
             n_sess = len(sess_user)
-        window = _ARRIVAL_WINDOW * max(span_ms - novelty_ms, 0)  # none left: arrive at once
-        item_arrival[it["cold"]] = novelty_ms + np.round(
-            rng_real.random(int(it["cold"].sum())) * window
-        ).astype(np.int64)
+        if bucket is None:
+            item_arrival = _item_arrivals(config, it["cold"], novelty_ms, rng_real)
+        else:
+            item_arrival = bucket.item_arrival_ms
+    first_session, first_offer, first_event = (
+        (bucket.first_session, bucket.first_offer, bucket.first_event) if bucket else (0, 0, 0)
+    )
+    session_width, offer_width, event_width = bucket.widths if bucket else (7, 7, 8)
     order = np.argsort(sess_start, kind="stable")  # session ids follow time
     sess_user, sess_start = sess_user[order], sess_start[order]
     taste_cdf = np.cumsum(us["taste"], axis=1)
@@ -1227,7 +1396,7 @@ def _simulate_behaviour(
     start = pd.Timestamp(config.start, tz="UTC")
     offers = pd.DataFrame(
         {
-            S.OFFER_ID: _format_ids("o", n_off, 7),
+            S.OFFER_ID: _format_ids("o", n_off, offer_width, start=first_offer),
             S.TS: _timestamps(start, view_ts[o_order]),
             S.USER_ID: _str_column(view_user[o_order], us["user_ids"]),
             S.ITEM_ID: _str_column(view_item[o_order], it["item_ids"]),
@@ -1283,10 +1452,12 @@ def _simulate_behaviour(
     ev_sess = ev_sess[e_order]
     events = pd.DataFrame(
         {
-            S.EVENT_ID: _format_ids("e", len(ev_ts), 8),
+            S.EVENT_ID: _format_ids("e", len(ev_ts), event_width, start=first_event),
             S.TS: _timestamps(start, ev_ts[e_order]),
             S.USER_ID: _str_column(sess_user[ev_sess], us["user_ids"]),
-            S.SESSION_ID: _str_column(ev_sess, _format_ids("s", n_sess, 7)),
+            S.SESSION_ID: _str_column(
+                ev_sess, _format_ids("s", n_sess, session_width, start=first_session)
+            ),
             S.EVENT_TYPE: _str_column(ev_type[e_order], list(S.EVENT_TYPES)),
             S.ITEM_ID: _str_column(ev_item[e_order], it["item_ids"]),
             S.QUERY: _str_column(ev_query[e_order], vocabulary),
@@ -1297,11 +1468,13 @@ def _simulate_behaviour(
         "novelty_ms": novelty_ms,
         "user_arrival_ms": user_arrival,
         "item_arrival_ms": item_arrival,
+        "n_sessions": n_sess,
     }
     return events, offers, novelty
 
 
 _DAY_MS = 86_400_000
+_HOUR_CDF = np.cumsum(_HOUR_WEIGHTS) / _HOUR_WEIGHTS.sum()
 _FIRST_VIEW_MAX_MS = 70_000  # a session's first view comes at most 2 * 25 s + 20 s after it opens
 _TAIL_MS = 3_600_000  # the last sessions end within an hour of the span's end
 
@@ -1626,6 +1799,189 @@ def write_market(market: Market, out_dir: str | Path, fmt: str = "parquet") -> d
     paths = {name: write_table(df, out_dir, name, fmt=fmt) for name, df in market.tables.items()}
     paths[GROUND_TRUTH_DIR] = market.truth.save(out_dir / GROUND_TRUTH_DIR)
     return paths
+
+
+# Children of the market's seed sequence that `simulate` leaves alone (it spawns 0-4): what a
+# market written in parts decides once for the whole market, and each bucket's streams.
+_MARKET_STREAM = 5
+_BUCKET_STREAM = 6
+PARTITIONED_TABLES: tuple[str, ...] = (S.EVENTS, S.OFFERS, S.USERS)
+
+
+@dataclass(frozen=True)
+class WrittenMarket:
+    """What `write_market_partitioned` wrote: paths by table (a dataset folder for the tables
+    written in parts, and "ground_truth" for the truth's folder) and the rows of each table."""
+
+    paths: dict[str, Path]
+    rows: dict[str, int]
+    partitions: int
+
+
+def bucket_sizes(n_users: int, partitions: int) -> np.ndarray:
+    """Users per bucket: `n_users` split into `partitions` buckets differing by at most one."""
+    if not 1 <= partitions <= n_users:
+        raise ValueError(f"partitions must be in [1, n_users={n_users}], got {partitions}")
+    return np.full(partitions, n_users // partitions) + (
+        np.arange(partitions) < n_users % partitions
+    )
+
+
+def _bucket_streams(seed: int, bucket: int) -> _Streams:
+    """Bucket `bucket`'s own streams, from (seed, bucket) alone: the same for any memory or
+    number of buckets before it."""
+    return _streams(np.random.SeedSequence(seed, spawn_key=(_BUCKET_STREAM, bucket)))
+
+
+def _bucket_users(
+    config: SimConfig, n_users: int, first_user: int, width: int, rngs: _Streams
+) -> tuple[SimConfig, dict[str, Any]]:
+    """The config of a bucket of `n_users` users (the market's, with its size) and their traits,
+    with user ids numbered from `first_user` (`width` digits: the whole market's)."""
+    config_b = replace(config, n_users=int(n_users))
+    us = _simulate_users(config_b, rngs.users, rngs.real_users)
+    us["user_ids"] = np.asarray(_format_ids("u", n_users, width, start=first_user), dtype=str)
+    return config_b, us
+
+
+def _market_novelty_ms(config: SimConfig, sizes: np.ndarray) -> int:
+    """`_novelty_start_ms` of a market written in buckets, from the earliest session of any
+    user there from the start, in any bucket.
+
+    A first pass draws each bucket's users and session starts from the bucket's streams, the
+    same draws the bucket makes again when it is written, and keeps only the minimum: one
+    bucket's users in memory at a time.
+    """
+    earliest: int | None = None
+    for b, n_b in enumerate(sizes):
+        rngs = _bucket_streams(config.seed, b)
+        config_b, us = _bucket_users(config, int(n_b), 0, 6, rngs)
+        _, sess_user, sess_start = _session_starts(config_b, us["activity"], rngs.sessions)
+        old = sess_start[~us["new"][sess_user]]
+        if len(old):
+            earliest = int(old.min()) if earliest is None else min(earliest, int(old.min()))
+    return _novelty_start_ms(config, np.array([] if earliest is None else [earliest], np.int64))
+
+
+def _id_widths(config: SimConfig) -> tuple[int, int, int]:
+    """Digits of session, offer and event ids in a market written in buckets: `simulate`'s, or
+    enough for twice the market's expected count, so every bucket's ids have the same width
+    (text order = number order) unless the market runs far past its expected size."""
+    sessions = 2.0 * config.n_users * config.sessions_per_user_week * config.n_days / 7.0
+    offers = sessions * config.offers_per_session
+    events = 2.0 * sessions + 4.0 * offers  # searches, then view, click, cart, purchase
+    return tuple(  # type: ignore[return-value]
+        max(default, len(str(int(np.ceil(expected)))))
+        for default, expected in ((7, sessions), (7, offers), (8, events))
+    )
+
+
+def _clear_market(out_dir: Path) -> None:
+    """Remove what an earlier market in `out_dir` would mix into one written in parts: files of
+    the partitioned tables (read before a folder), their old parts, and the ground truth (its
+    meta.json first, so a write that stops part-way leaves no truth that loads)."""
+    truth_dir = out_dir / GROUND_TRUTH_DIR
+    for name in ("meta.json", "arrays.npz", "user_traits.parquet"):
+        (truth_dir / name).unlink(missing_ok=True)
+    for pattern in (
+        f"{GroundTruth.USER_PARTS_DIR}/part-*.npz",
+        f"{GroundTruth.USER_TRAITS_DIR}/part-*.parquet",
+    ):
+        for old in truth_dir.glob(pattern):
+            old.unlink()
+    for table in PARTITIONED_TABLES:
+        for suffix in SUFFIXES:
+            (out_dir / f"{table}{suffix}").unlink(missing_ok=True)
+        for old in (out_dir / table).glob("part-*"):
+            old.unlink()
+
+
+def write_market_partitioned(
+    config: SimConfig, out_dir: str | Path, partitions: int, fmt: str = "parquet"
+) -> WrittenMarket:
+    """Simulate a market in `partitions` buckets of users and write it bucket by bucket, so that
+    memory holds one bucket at a time, never the whole market (its ground truth included).
+
+    The catalog is drawn once, from `simulate`'s streams (the same items as `simulate(config)`),
+    and written as items.parquet. What couples users is decided once for the whole market: when
+    novelty starts (from the earliest session in any bucket, found by a first pass over the
+    buckets' users and session starts), when cold items arrive, which phrasings are held out.
+    Then bucket b draws its users and their sessions, events and offers from its own streams
+    (derived from the seed and b), writes them as partition b of users/, events/ and offers/
+    (`pricing.io.write_part`) and its users' truth as part b of ground_truth/ (item-level truth
+    and meta.json come last), and is dropped before the next bucket.
+
+    Each bucket is a market of about n_users / partitions users on the shared catalog and
+    period, so its statistics are those of a market of that size. Every user's behaviour is in
+    one partition; user, session, offer and event ids are numbered on from one bucket to the
+    next, so none repeats. The result depends on (config, partitions) only; beyond the catalog
+    it is not the market `simulate(config)` draws.
+
+    Args:
+        config: the market (its `n_users` is the total over all buckets).
+        out_dir: folder for the tables and ground_truth/; earlier files of the same tables
+            there are removed first.
+        partitions: number of buckets, 1 to `config.n_users`.
+        fmt: "parquet" (partitions are written as Parquet only).
+
+    Returns:
+        The paths and the rows written per table.
+    """
+    if fmt != "parquet":
+        raise ValueError(f"a market written in partitions is Parquet only, got format {fmt!r}")
+    sizes = bucket_sizes(config.n_users, partitions)
+    out_dir = Path(out_dir)
+    truth_dir = out_dir / GROUND_TRUTH_DIR
+    _clear_market(out_dir)
+
+    root = _streams(np.random.SeedSequence(config.seed))
+    items, it = _simulate_catalog(config, root.items, root.real_items)
+    novelty_ms = config.n_days * _DAY_MS
+    item_arrival = np.zeros(len(it["category"]), dtype=np.int64)
+    if config.has_novelty:
+        novelty_ms = _market_novelty_ms(config, sizes)
+        market_rng = np.random.default_rng(
+            np.random.SeedSequence(config.seed, spawn_key=(_MARKET_STREAM,))
+        )
+        item_arrival = _item_arrivals(config, it["cold"], novelty_ms, market_rng)
+    paths = {S.ITEMS: write_table(items, out_dir, S.ITEMS, fmt=fmt)}
+    rows = {S.ITEMS: len(items), S.EVENTS: 0, S.OFFERS: 0, S.USERS: 0}
+    del items
+
+    user_width = max(6, len(str(config.n_users - 1)))
+    widths = _id_widths(config)
+    first_user, n_sessions = 0, 0
+    truth: GroundTruth | None = None
+    for b, n_b in enumerate(sizes):
+        rngs = _bucket_streams(config.seed, b)
+        config_b, us = _bucket_users(config, int(n_b), first_user, user_width, rngs)
+        truth = _make_truth(config, it, us)
+        bucket = _Bucket(
+            novelty_ms=novelty_ms,
+            item_arrival_ms=item_arrival,
+            first_session=n_sessions,
+            first_offer=rows[S.OFFERS],
+            first_event=rows[S.EVENTS],
+            widths=widths,
+        )
+        events, offers, novelty = _simulate_behaviour(
+            config_b, truth, it, us, rngs.sessions, rngs.offers, rngs.real_sessions, bucket
+        )
+        _record_novelty(truth, config, novelty)
+        tables = {S.EVENTS: events, S.OFFERS: offers, S.USERS: _users_table(us)}
+        for name, df in tables.items():
+            write_part(df, out_dir, name, b)
+            rows[name] += len(df)
+        truth.save_user_part(truth_dir, b)
+        first_user += int(n_b)
+        n_sessions += int(novelty["n_sessions"])
+        del events, offers, tables, us, novelty  # one bucket in memory at a time
+
+    assert truth is not None  # at least one bucket
+    truth.save_catalog(truth_dir, partitions)
+    paths.update({name: out_dir / name for name in PARTITIONED_TABLES})
+    paths[GROUND_TRUTH_DIR] = truth_dir
+    return WrittenMarket(paths=paths, rows=rows, partitions=partitions)
 
 
 def load_ground_truth(data_dir: str | Path) -> GroundTruth | None:
