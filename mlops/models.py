@@ -95,8 +95,9 @@ class FeatureModel(DemandModel):
         train_events = _events_until(train.events, _ts(train.offers[S.TS]).max())
         self.keywords = QueryKeywords.fit(train_events, self.catalog)
         end = _data_end(train, valid)
+        # as of the day after the data's last day: a quote served after it counts that day too
         pop = F.popularity_snapshot(
-            self.catalog, _events_until(train.events, end), end + pd.Timedelta(1, "ns")
+            self.catalog, _events_until(train.events, end), end.floor("D") + pd.Timedelta(days=1)
         )
         for col in F.POPULARITY_FEATURES:
             self.catalog[col] = pop[col].to_numpy()

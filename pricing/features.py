@@ -242,29 +242,79 @@ def _counts_before(
     return _last_before(key, ts, ev_key[order], ev_ts[order], cum).fillna(0.0)
 
 
-def item_popularity(
-    offers: pd.DataFrame, events: pd.DataFrame, window: pd.Timedelta = POPULARITY_WINDOW
-) -> pd.DataFrame:
-    """`POPULARITY_FEATURES` of each offer's item from events strictly before the offer's ts.
+DAILY_COUNTS = ("n", "views", "buys")  # what `daily_item_counts` sums per (item, day)
+_NS_PER_DAY = 86_400 * 10**9
 
-    Counts over a trailing `window` (not all history) so that they mean the same early and late
-    in the data; the purchase rate per view is shrunk like the user's (`u_buy_rate`).
+
+def _day(ts_ns: np.ndarray) -> np.ndarray:
+    """UTC calendar day numbers (days since the epoch) of int64 nanosecond timestamps."""
+    return np.floor_divide(ts_ns, _NS_PER_DAY)
+
+
+def daily_item_counts(events: pd.DataFrame) -> pd.DataFrame:
+    """Per (item, UTC day): the item's events, views and purchases that day (`DAILY_COUNTS`).
+
+    The whole input of item popularity, and small (items x days): a partitioned pipeline sums the
+    tables of its partitions (`combine_daily_counts`) and joins the result back to every offer.
     """
     ev = events[events[S.ITEM_ID].notna()]
     etype = ev[S.EVENT_TYPE].astype(str).to_numpy()
-    counts = pd.DataFrame(
+    frame = pd.DataFrame(
         {
+            S.ITEM_ID: ev[S.ITEM_ID].astype(str).to_numpy(),
+            "day": _day(_ts_ns(ev[S.TS])),
             "n": np.ones(len(ev)),
             "views": (etype == S.VIEW).astype(float),
             "buys": (etype == S.PURCHASE).astype(float),
         }
     )
-    ev_key = ev[S.ITEM_ID].astype(str).to_numpy()
-    ev_ts = _ts_ns(ev[S.TS])
+    return combine_daily_counts([frame])
+
+
+def combine_daily_counts(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """The sum of several `daily_item_counts` tables (counts are whole numbers: the sum is exact
+    in any order), sorted by (item, day)."""
+    frames = [p for p in parts if len(p)]
+    if not frames:
+        return pd.DataFrame(
+            {S.ITEM_ID: pd.Series(dtype="str"), "day": pd.Series(dtype="int64")}
+            | {c: pd.Series(dtype="float64") for c in DAILY_COUNTS}
+        )
+    both = pd.concat(frames, ignore_index=True)
+    out = both.groupby([S.ITEM_ID, "day"], sort=True, as_index=False)[list(DAILY_COUNTS)].sum()
+    out[S.ITEM_ID] = out[S.ITEM_ID].astype("str")
+    out["day"] = out["day"].astype("int64")
+    return out
+
+
+def item_popularity(
+    offers: pd.DataFrame,
+    events: pd.DataFrame | None = None,
+    window: pd.Timedelta = POPULARITY_WINDOW,
+    daily: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """`POPULARITY_FEATURES` of each offer's item from the item's events on UTC days before the
+    offer's day.
+
+    Counts over the trailing `window` of whole days (the 7 days before the offer's day, not all
+    history) so that they mean the same early and late in the data; the purchase rate per view
+    uses every earlier day and is shrunk like the user's (`u_buy_rate`). Whole days, not the
+    offer's exact ts: popularity is then a function of the (item, day) counts alone
+    (`daily_item_counts`, or `daily` when given), which a partitioned pipeline computes once
+    for all partitions; an event on the offer's own day never counts.
+    """
+    if daily is None:
+        if events is None:
+            raise ValueError("item_popularity needs the events or their daily counts")
+        daily = daily_item_counts(events)
+    days = int(window / pd.Timedelta(days=1))
     key = offers[S.ITEM_ID].astype(str).to_numpy()
-    ts = _ts_ns(offers[S.TS])
-    now = _counts_before(key, ts, ev_key, ev_ts, counts)
-    old = _counts_before(key, ts - int(window.value), ev_key, ev_ts, counts)
+    day = _day(_ts_ns(offers[S.TS]))
+    counts = daily[list(DAILY_COUNTS)].reset_index(drop=True)
+    ev_key = daily[S.ITEM_ID].astype(str).to_numpy()
+    ev_day = daily["day"].to_numpy(np.int64)
+    now = _counts_before(key, day, ev_key, ev_day, counts)
+    old = _counts_before(key, day - days, ev_key, ev_day, counts)
     return pd.DataFrame(
         {
             "i_log_events_7d": np.log1p((now["n"] - old["n"]).to_numpy()),
@@ -276,7 +326,8 @@ def item_popularity(
 
 
 def popularity_snapshot(items: pd.DataFrame, events: pd.DataFrame, at: Any) -> pd.DataFrame:
-    """`POPULARITY_FEATURES` of every catalog item as of `at` (events strictly before it).
+    """`POPULARITY_FEATURES` of every catalog item for an offer at `at` (events on days before
+    `at`'s UTC day).
 
     What serving uses: the scorer holds no item events, so a model keeps its catalog's popularity
     as of the end of its own data.
@@ -348,12 +399,22 @@ def recent_events(user: np.ndarray, ts: Any, ev_user: np.ndarray, ev_ts: Any, k:
     return np.where(valid, order[np.clip(at, 0, m - 1)], -1)
 
 
-def offer_features(offers: pd.DataFrame, events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+def offer_features(
+    offers: pd.DataFrame,
+    events: pd.DataFrame,
+    items: pd.DataFrame,
+    daily: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Features of each offer from the user's events strictly before the offer's ts.
 
     Returns a frame aligned with `offers` (same index and order) with columns `FEATURES` plus
     `category` (for models that embed it). Nothing here is fitted: the same tables give the same
     features whatever the split.
+
+    Everything but item popularity reads only the offer's own user's events, so a partition
+    holding all events and offers of a set of users gets the same features as the whole table;
+    popularity reads every user's events through their `daily_item_counts`, which `daily` gives
+    for the whole data when `events` is one partition of it.
     """
     items = items.assign(**{S.ITEM_ID: items[S.ITEM_ID].astype(str)})
     cat_of = items.set_index(S.ITEM_ID)[S.CATEGORY].astype(str)
@@ -411,7 +472,7 @@ def offer_features(offers: pd.DataFrame, events: pd.DataFrame, items: pd.DataFra
     out["i_log_list_price"] = ifeat["i_log_list_price"].to_numpy()
     out["i_margin"] = ifeat["i_margin"].to_numpy()
     out[PRICE_POSITION] = ifeat[PRICE_POSITION].to_numpy()
-    pop = item_popularity(offers, events)
+    pop = item_popularity(offers, events, daily=daily)
     for col in POPULARITY_FEATURES:
         out[col] = pop[col].to_numpy()
     for col in USER_FEATURES:

@@ -55,24 +55,49 @@ def _offers(rows: list[tuple[float, str, str]]) -> pd.DataFrame:
     )
 
 
-def test_item_popularity_counts_only_strictly_earlier_events_in_the_window() -> None:
+def test_item_popularity_counts_the_items_events_on_earlier_days_in_the_window() -> None:
+    day = 60 * 24
     ev = pd.DataFrame(
         [
             _event(0, 0, "a", S.VIEW, "i0"),
             _event(1, 1, "b", S.PURCHASE, "i0"),
-            _event(2, 60 * 24 * 8, "c", S.VIEW, "i0"),  # 8 days later
-            _event(3, 60 * 24 * 8 + 5, "c", S.PURCHASE, "i0"),  # at the offer's own ts
-            _event(4, 60 * 24 * 8, "c", S.VIEW, "i1"),
+            _event(2, day * 8, "c", S.VIEW, "i0"),  # 8 days later
+            _event(3, day * 8 + 5, "c", S.PURCHASE, "i0"),  # the last offer's own day
+            _event(4, day * 8, "c", S.VIEW, "i1"),
+            _event(5, day * 9, "c", S.VIEW, "i0"),  # after every offer
         ]
     )
-    offers = _offers([(0, "x", "i0"), (2, "x", "i0"), (60 * 24 * 8 + 5, "x", "i0")])
+    offers = _offers([(2, "x", "i0"), (day + 2, "x", "i0"), (day * 8 + 5, "x", "i0")])
     pop = F.item_popularity(offers, ev)
-    # at its own ts: nothing earlier; 2 minutes in: one view and one purchase
-    assert pop["i_log_events_7d"].tolist() == pytest.approx([0.0, np.log(3), np.log(2)])
+    # on the first day: nothing on an earlier day; the next day: one view and one purchase;
+    # 8 days in: day 0 has left the 7-day window, and the offer's own day never counts
+    assert pop["i_log_events_7d"].tolist() == pytest.approx([0.0, np.log(3), 0.0])
     assert pop["i_log_buys_7d"].tolist() == pytest.approx([0.0, np.log(2), 0.0])
-    # the rate uses all earlier history: 1 purchase per 2 views by the last offer
-    assert pop["i_buy_rate"].tolist() == pytest.approx([0.1, 1.1 / 2.0, 1.1 / 3.0])
+    # the rate uses every earlier day: 1 purchase per 1 view by the last offer
+    assert pop["i_buy_rate"].tolist() == pytest.approx([0.1, 1.1 / 2.0, 1.1 / 2.0])
     assert pop.iloc[0].to_dict() == F.NO_HISTORY_POPULARITY
+
+
+def test_item_popularity_from_summed_daily_counts_of_parts_equals_the_whole() -> None:
+    day = 60 * 24
+    ev = pd.DataFrame(
+        [
+            _event(
+                k,
+                (k * 517) % (day * 12),
+                f"u{k % 5}",
+                (S.VIEW, S.PURCHASE)[k % 3 == 0],
+                f"i{k % 4}",
+            )
+            for k in range(200)
+        ]
+    )
+    offers = _offers([(day * d + 7, "x", f"i{d % 4}") for d in range(13)])
+    parts = [F.daily_item_counts(ev[ev[S.USER_ID] == f"u{u}"]) for u in range(5)]
+    whole = F.item_popularity(offers, ev)
+    from_parts = F.item_popularity(offers, daily=F.combine_daily_counts(parts))
+    pd.testing.assert_frame_equal(whole, from_parts)
+    assert whole["i_log_events_7d"].gt(0).sum() >= 10
 
 
 def test_offer_features_of_earlier_offers_ignore_appended_future_events_and_offers(
