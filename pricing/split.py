@@ -30,6 +30,23 @@ class TimeSplit:
         }
 
 
+def split_bounds(
+    lo: pd.Timestamp,
+    hi: pd.Timestamp,
+    test_start: pd.Timestamp | str | None = None,
+    test_fraction: float = 0.2,
+    valid_fraction: float = 0.1,
+) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """(valid_start, test_start) for offers spanning `lo` .. `hi` (see `time_split`): what a
+    partitioned pipeline needs from the data to split every partition the same way."""
+    if test_start is None:
+        t_test = lo + (hi - lo) * (1.0 - test_fraction)
+    else:
+        t_test = pd.Timestamp(test_start)
+        t_test = t_test.tz_localize("UTC") if t_test.tzinfo is None else t_test.tz_convert("UTC")
+    return t_test - (hi - lo) * valid_fraction, t_test
+
+
 def time_split(
     offers: pd.DataFrame,
     test_start: pd.Timestamp | str | None = None,
@@ -44,18 +61,20 @@ def time_split(
     """
     ts = pd.to_datetime(offers[S.TS], utc=True)
     lo, hi = ts.min(), ts.max()
-    if test_start is None:
-        t_test = lo + (hi - lo) * (1.0 - test_fraction)
-    else:
-        t_test = pd.Timestamp(test_start)
-        t_test = t_test.tz_localize("UTC") if t_test.tzinfo is None else t_test.tz_convert("UTC")
-    t_valid = t_test - (hi - lo) * valid_fraction
-    test = np.flatnonzero((ts >= t_test).to_numpy())
-    valid = np.flatnonzero(((ts >= t_valid) & (ts < t_test)).to_numpy())
-    train = np.flatnonzero((ts < t_valid).to_numpy())
-    if len(train) == 0 or len(test) == 0:
+    t_valid, t_test = split_bounds(lo, hi, test_start, test_fraction, valid_fraction)
+    split = split_at(ts, t_valid, t_test)
+    if len(split.train) == 0 or len(split.test) == 0:
         raise ValueError(
-            f"time split leaves an empty part (train={len(train)}, test={len(test)}); "
+            f"time split leaves an empty part (train={len(split.train)}, test={len(split.test)}); "
             f"offers span {lo} .. {hi}, test starts {t_test}"
         )
-    return TimeSplit(train, valid, test, t_valid, t_test)
+    return split
+
+
+def split_at(ts: pd.Series, valid_start: pd.Timestamp, test_start: pd.Timestamp) -> TimeSplit:
+    """The rows of offers with timestamps `ts` (UTC) in each part, at given boundaries (empty parts
+    allowed: one partition of the data may have no test offers)."""
+    test = np.flatnonzero((ts >= test_start).to_numpy())
+    valid = np.flatnonzero(((ts >= valid_start) & (ts < test_start)).to_numpy())
+    train = np.flatnonzero((ts < valid_start).to_numpy())
+    return TimeSplit(train, valid, test, valid_start, test_start)

@@ -15,6 +15,7 @@ from mlops.models import DemandModel, PricingData
 from pricing import metrics as M
 from pricing import schema as S
 from pricing.evaluation import SLICE_METRICS, EvalInputs, cold_start_slices, evaluate_policy
+from pricing.partitions import sample_positions
 from pricing.policy import Guardrails
 from pricing.simulator import GroundTruth
 from pricing.split import TimeSplit, time_split
@@ -124,8 +125,7 @@ def evaluate_models(
     `cold_users/<metric>`, with the slice's size as `<slice>/n`.
     """
     if max_offers is not None and len(test) > max_offers:
-        idx = np.sort(np.random.default_rng(seed).choice(len(test), max_offers, replace=False))
-        test = subset(test, idx)
+        test = subset(test, sample_positions(test.offers[S.OFFER_ID], max_offers, seed))
     inputs = eval_inputs(test, truth)
     slices = cold_start_slices(test.offers, test.events, train_items)
     with_ope = bool(np.isfinite(inputs.propensity).any())

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
 
+import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -84,15 +85,38 @@ def feature_code_hash() -> str:
     return h.hexdigest()
 
 
-def data_hash(tables: dict[str, pd.DataFrame]) -> str:
-    """A content hash of the tables features depend on (row-wise, order-sensitive)."""
+def table_hash(df: pd.DataFrame) -> tuple[int, int]:
+    """(rows, sum of row hashes mod 2**64) of one table or one partition of it: partitions' sums
+    add up to the table's, in any order (`combine_table_hashes`)."""
+    rows = pd.util.hash_pandas_object(df, index=False).to_numpy(np.uint64)
+    return len(rows), int(rows.sum(dtype=np.uint64))
+
+
+def combine_table_hashes(parts: list[tuple[int, int]]) -> tuple[int, int]:
+    """The `table_hash` of a table from those of its partitions."""
+    return sum(n for n, _ in parts), sum(h for _, h in parts) % 2**64
+
+
+def data_hash_of(hashes: dict[str, tuple[list[str], tuple[int, int]]]) -> str:
+    """The data version from each table's columns and `table_hash` (items, events, offers)."""
     h = hashlib.sha256()
     for name in (S.ITEMS, S.EVENTS, S.OFFERS):
-        df = tables[name]
+        columns, (rows, total) = hashes[name]
         h.update(name.encode())
-        h.update(repr(list(df.columns)).encode())
-        h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+        h.update(repr(columns).encode())
+        h.update(f"{rows}:{total}".encode())
     return h.hexdigest()[:16]
+
+
+def data_hash(tables: dict[str, pd.DataFrame]) -> str:
+    """A content hash of the tables features depend on: their rows, whatever their order, so the
+    same data read whole or partition by partition has one version."""
+    return data_hash_of(
+        {
+            name: (list(tables[name].columns), table_hash(tables[name]))
+            for name in (S.ITEMS, S.EVENTS, S.OFFERS)
+        }
+    )
 
 
 def cache_key(data: str, code: str) -> str:
@@ -130,7 +154,11 @@ def write_atomic(df: pd.DataFrame, path: Path) -> None:
 def build_offer_features(tables: dict[str, pd.DataFrame], cache_dir: Path) -> FeatureBuild:
     """Features of every offer, from `cache_dir/features-<key>.parquet` when already built."""
     data = data_hash(tables)
-    key = cache_key(data, feature_code_hash())
+    # features are stored by row position: the key holds the offers' order, which `data` does not
+    order = pd.util.hash_pandas_object(tables[S.OFFERS][S.OFFER_ID], index=False)
+    key = cache_key(
+        f"{data}:{hashlib.sha256(order.to_numpy().tobytes()).hexdigest()}", feature_code_hash()
+    )
     path = Path(cache_dir) / f"features-{key}.parquet"
     cached = _read_cache(path, len(tables[S.OFFERS]))
     if cached is not None:
