@@ -298,7 +298,7 @@ class ValidationReport:
     errors: list[str] = field(default_factory=list)
     report_path: Path | None = None
     docs_index: Path | None = None
-    gx_results: dict[str, Any] = field(default_factory=dict)
+    gx_results: dict[str, Any] = field(default_factory=dict)  # batch -> GX validation result
 
     @property
     def passed(self) -> bool:
@@ -362,14 +362,11 @@ def validate_data_dir(
         pricing.io.ContractError: a required table is missing or a file cannot be read.
     """
     data_dir = Path(data_dir)
-    now = now or dt.datetime.now(dt.UTC)
-    if now.tzinfo is None:
-        now = now.replace(tzinfo=dt.UTC)
     raw = pio.read_tables(data_dir)  # raises ContractError for missing or unreadable files
     report = ValidationReport(data_dir=data_dir, threshold=threshold)
     qdir = Path(quarantine_dir) if quarantine_dir else data_dir / "quarantine"
 
-    params: dict[str, Any] = {_LATEST_TS: (now + FUTURE_TOLERANCE).astimezone(dt.UTC)}
+    params = contract_parameters(now)
     known_ok = False
     for table in S.TABLES:  # items first: its clean ids feed the referential checks
         if table not in raw:
@@ -379,21 +376,56 @@ def validate_data_dir(
         report.tables[table] = tr
         report.errors.extend(tr.errors)
         if result is not None:
-            report.gx_results[table] = result
+            report.gx_results[table] = result.gx_result
         if clean is not None:
             report.clean_tables[table] = clean
         if bad is not None:
             report.quarantined[table] = bad
-            tr.quarantine_path = _write_quarantine(bad, qdir, table)
+            tr.quarantine_path = write_quarantine(bad, qdir, table)
         if table == S.ITEMS and clean is not None:
             params[_KNOWN_ITEM_IDS] = clean[S.ITEM_ID].tolist()
             known_ok = True
 
+    return finish_report(report, build_docs, docs_dir)
+
+
+def finish_report(
+    report: ValidationReport, build_docs: bool = True, docs_dir: str | Path | None = None
+) -> ValidationReport:
+    """Write the report's Data Docs (its GX results) and `validation.json` in its data folder."""
+    data_dir = report.data_dir
     if build_docs and report.gx_results:
         report.docs_index = _build_docs(report.gx_results, Path(docs_dir or data_dir / "gx_docs"))
     report.report_path = data_dir / "validation.json"
     report.report_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return report
+
+
+def contract_parameters(
+    now: dt.datetime | None = None, known_item_ids: list[str] | None = None
+) -> dict[str, Any]:
+    """The suites' parameters: the latest allowed timestamp (`now` plus the clock tolerance) and,
+    once the catalog is validated, its item ids (the referential check of events and offers)."""
+    now = now or dt.datetime.now(dt.UTC)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=dt.UTC)
+    params: dict[str, Any] = {_LATEST_TS: (now + FUTURE_TOLERANCE).astimezone(dt.UTC)}
+    if known_item_ids is not None:
+        params[_KNOWN_ITEM_IDS] = known_item_ids
+    return params
+
+
+def validate_partition(
+    df: pd.DataFrame, table: str, parameters: dict[str, Any], taken_ids: Any = None
+) -> tuple[TableReport, pd.DataFrame | None, pd.DataFrame | None, SuiteResult | None]:
+    """One partition of a table, as `validate_data_dir` checks a whole table, without the threshold
+    (judged on the whole table: `merge_table_reports`). Returns its report, its clean rows, its
+    quarantined rows (indexed by row number in the partition, with a `reason`) and the GX result.
+
+    `taken_ids`: primary-key values an earlier partition holds (their rows here are duplicates).
+    """
+    drop = () if _KNOWN_ITEM_IDS in parameters else (_KNOWN_ITEM_IDS,)
+    return _validate_table(df, table, parameters, drop, float("inf"), taken_ids)
 
 
 def _validate_table(
@@ -402,7 +434,11 @@ def _validate_table(
     params: dict[str, Any],
     drop: tuple[str, ...],
     threshold: float,
+    taken_ids: Any = None,
 ) -> tuple[TableReport, pd.DataFrame | None, pd.DataFrame | None, SuiteResult | None]:
+    """Coerce, run the suite and split `df` into clean and quarantined rows (see
+    `validate_data_dir`). `taken_ids`: ids (the table's primary key) an earlier partition already
+    holds; rows with one are duplicates, as if the partitions were one table."""
     tr = TableReport(table=table, rows=len(df))
     missing = [c for c in S.column_names(table, required_only=True) if c not in df.columns]
     if missing:
@@ -450,6 +486,9 @@ def _validate_table(
         if o.keep_first and mask.any():
             # GX flags every copy of a duplicated id; the first one is the good row.
             mask &= coerced[o.column].duplicated(keep="first").to_numpy()
+        if o.keep_first and taken_ids is not None and len(taken_ids):
+            ids = coerced[o.column]
+            mask = mask | (ids.notna() & ids.isin(taken_ids)).to_numpy()
         if o.type == "expect_column_values_to_not_be_null" and o.column in broken:
             mask &= ~broken[o.column]  # already blamed as unparseable, not as missing
         failed = int(mask.sum())
@@ -483,6 +522,42 @@ def _validate_table(
     return tr, clean, bad, result
 
 
+def merge_table_reports(table: str, parts: list[TableReport], threshold: float) -> TableReport:
+    """One table's report from those of its partitions (each validated with `_validate_table`
+    and an infinite threshold): counts add up, and the threshold is judged on the whole table."""
+    tr = TableReport(table=table)
+    entries: dict[tuple[str, str | None], dict[str, Any]] = {}
+    for part in parts:
+        tr.rows += part.rows
+        tr.bad_rows += part.bad_rows
+        tr.errors.extend(e for e in part.errors if "is empty (0 rows)" not in e)
+        for reason, n in part.warnings.items():
+            tr.warnings[reason] = tr.warnings.get(reason, 0) + n
+        for e in part.expectations:
+            key = (e["expectation"], e["column"])
+            if key not in entries:
+                entries[key] = {**e, "failed": 0, "gx_unexpected_count": None}
+                tr.expectations.append(entries[key])
+            entries[key]["failed"] += e["failed"]
+            if e["gx_unexpected_count"] is not None:
+                entries[key]["gx_unexpected_count"] = (
+                    entries[key]["gx_unexpected_count"] or 0
+                ) + e["gx_unexpected_count"]
+    if tr.rows == 0 and not tr.errors:
+        tr.errors.append(f"table '{table}': is empty (0 rows)")
+    if tr.bad_share > threshold:
+        per_rule = "; ".join(
+            f"{e['expectation']} on {e['column'] or '-'}: {e['failed']} row(s)"
+            for e in tr.expectations
+            if e["failed"] and e["severity"] != "warning"
+        )
+        tr.errors.append(
+            f"table '{table}': {tr.bad_rows} of {tr.rows} rows ({tr.bad_share:.2%}) break the "
+            f"contract, over the threshold of {threshold:.2%} ({per_rule})"
+        )
+    return tr
+
+
 def _dtype(table: str, column: str) -> str:
     return next(c.dtype for c in S.CONTRACT[table] if c.name == column)
 
@@ -514,7 +589,8 @@ def _quarantine_frame(
     return bad
 
 
-def _write_quarantine(bad: pd.DataFrame, qdir: Path, table: str) -> str | None:
+def write_quarantine(bad: pd.DataFrame, qdir: Path, table: str) -> str | None:
+    """Write quarantined rows to `<qdir>/<table>.parquet` (an empty frame removes a stale file)."""
     path = qdir / f"{table}.parquet"
     if bad.empty:
         path.unlink(missing_ok=True)  # a stale file from an earlier run would mislead
@@ -529,7 +605,7 @@ def _write_quarantine(bad: pd.DataFrame, qdir: Path, table: str) -> str | None:
     return str(path)
 
 
-def _build_docs(results: dict[str, SuiteResult], docs_dir: Path) -> Path | None:
+def _build_docs(results: dict[str, Any], docs_dir: Path) -> Path | None:
     """Write GX Data Docs (suites and this run's results) in a file-backed context at `docs_dir`."""
     import great_expectations as gx
     from great_expectations.core.run_identifier import RunIdentifier
@@ -542,14 +618,15 @@ def _build_docs(results: dict[str, SuiteResult], docs_dir: Path) -> Path | None:
     context = gx.get_context(mode="file", project_root_dir=str(docs_dir))
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     run_id = RunIdentifier(run_name="validate", run_time=dt.datetime.now(dt.UTC))
-    for table, result in results.items():
+    for batch, result in results.items():  # a table, or "<table>/<partition>"
+        table = batch.split("/")[0]
         context.suites.add_or_update(load_suite(table))
         key = ValidationResultIdentifier(
             expectation_suite_identifier=ExpectationSuiteIdentifier(name=table),
             run_id=run_id,
-            batch_identifier=table,
+            batch_identifier=batch.replace("/", "-"),
         )
-        context.validation_results_store.set(key, result.gx_result)
+        context.validation_results_store.set(key, result)
     sites = context.build_data_docs()
     url = next(iter(sites.values()), None)
     return Path(url.removeprefix("file://")) if url else None

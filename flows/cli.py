@@ -7,6 +7,7 @@ Heavy imports (prefect, mlflow, torch) happen inside the subcommand that needs t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -20,7 +21,13 @@ from pricing.io import ContractError
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from pricing.simulator import DEFAULT_PRESET, SimConfig, simulate, write_market
+    from pricing.simulator import (
+        DEFAULT_PRESET,
+        SimConfig,
+        simulate,
+        write_market,
+        write_market_partitioned,
+    )
 
     preset = getattr(args, "preset", None) or DEFAULT_PRESET
     cfg = SimConfig.preset(
@@ -36,13 +43,28 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             if v is not None
         },
     )
+    partitions = getattr(args, "partitions", 1)  # absent: a caller of the single-file market
+    if partitions < 1 or partitions > cfg.n_users:
+        print(
+            f"error: --partitions must be in [1, {cfg.n_users}] (one or more users each)",
+            file=sys.stderr,
+        )
+        return 2
+    if partitions > 1 and args.format != "parquet":
+        print("error: --partitions writes Parquet partitions; drop --format csv", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
-    market = simulate(cfg)
-    paths = write_market(market, args.out, fmt=args.format)
-    sizes = {name: len(df) for name, df in market.tables.items()}
+    if partitions == 1:
+        market = simulate(cfg)
+        paths = write_market(market, args.out, fmt=args.format)
+        sizes = {name: len(df) for name, df in market.tables.items()}
+    else:  # bucket by bucket: memory holds one bucket of users, never the whole market
+        written = write_market_partitioned(cfg, args.out, partitions)
+        paths, sizes = written.paths, written.rows
+    in_parts = f" in {partitions} partitions" if partitions > 1 else ""
     print(
-        f"simulated {sizes} ({preset} market) in {time.perf_counter() - t0:.1f}s -> {args.out} "
-        f"(+ ground truth in {Path(args.out) / 'ground_truth'})"
+        f"simulated {sizes} ({preset} market{in_parts}) in {time.perf_counter() - t0:.1f}s -> "
+        f"{args.out} (+ ground truth in {Path(args.out) / 'ground_truth'})"
     )
     for name, path in paths.items():
         print(f"  {name}: {path}")
@@ -111,12 +133,56 @@ def _read_data_url(args: argparse.Namespace) -> Path:
     return out
 
 
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine",
+        choices=["local", "dask", "auto"],
+        default="local",
+        help="local: every table in this process (default; data that fits in memory); dask: "
+        "partition by partition on a Dask cluster (PRICING_DASK_ADDRESS, else a local one of "
+        "--workers processes); auto: dask above 2M offers",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="with --engine dask and no PRICING_DASK_ADDRESS: local worker processes (default 2)",
+    )
+
+
+def _quiet_dask() -> None:
+    """Dask's own INFO lines (workers starting and stopping) are noise in a run's log."""
+    import logging
+
+    for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.core"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from expectations import validate_data_dir
+    from mlops import engine
 
     _url_only_options(args)
     data_dir = _read_data_url(args) if getattr(args, "data_url", None) else Path(args.data_dir)
-    report = validate_data_dir(data_dir, threshold=args.threshold, build_docs=not args.no_docs)
+    if engine.resolve(args.engine, data_dir) == "dask":
+        from mlops.config import ScaleConfig
+        from mlops.settings import get_settings
+        from tasks import partitioned as P
+
+        _quiet_dask()
+        work = get_settings().runs_dir / "partitions" / f"validate-{data_dir.resolve().name}"
+        layout = P.Layout(work, P.bucket_count(data_dir, ScaleConfig().offers_per_bucket))
+        with engine.cluster(args.workers):
+            try:
+                report = P.validate_partitioned(
+                    data_dir, layout, args.threshold, build_docs=not args.no_docs
+                ).report
+            finally:
+                import shutil
+
+                shutil.rmtree(work, ignore_errors=True)
+    else:
+        report = validate_data_dir(data_dir, threshold=args.threshold, build_docs=not args.no_docs)
     print(report.summary_text())
     if report.docs_index:
         print(f"Data Docs: {report.docs_index}")
@@ -132,7 +198,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from flows.training import training
 
     _url_only_options(args)
-    result = training(
+    from mlops import engine
+
+    data_dir = args.data_dir
+    chosen = engine.resolve(args.engine, data_dir) if data_dir else args.engine
+    if chosen == "auto":  # a simulated or database source: decided once the data is read
+        chosen = "local"
+    with contextlib.ExitStack() as stack:
+        flow = training
+        if chosen == "dask":
+            _quiet_dask()
+            scheduler = stack.enter_context(engine.cluster(args.workers))
+            flow = training.with_options(task_runner=engine.task_runner(scheduler))
+        result = _run_training(flow, args, chosen)
+    return _print_run(result, args)
+
+
+def _run_training(flow: Any, args: argparse.Namespace, chosen: str) -> dict[str, Any]:
+    return flow(
         data_dir=args.data_dir,
         simulate=args.simulate,
         model=args.model,
@@ -147,7 +230,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         data_url=getattr(args, "data_url", None),
         since=getattr(args, "since", None),
         until=getattr(args, "until", None),
+        engine=chosen,
+        workers=args.workers,
     )
+
+
+def _print_run(result: dict[str, Any], args: argparse.Namespace) -> int:
     from tasks.report import summary_text
 
     text = json.dumps(result, indent=2, default=str)
@@ -348,7 +436,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 out=str(data_dir), users=None, items=None, days=None, seed=0, format="parquet"
             )
         )
-    rc = _cmd_validate(argparse.Namespace(data_dir=str(data_dir), threshold=0.01, no_docs=False))
+    rc = _cmd_validate(
+        argparse.Namespace(
+            data_dir=str(data_dir), threshold=0.01, no_docs=False, engine="local", workers=None
+        )
+    )
     if rc:
         return rc
     report = Path("runs") / "demo-report.json"
@@ -367,6 +459,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             seed=None,
             preset=None,
             report_json=str(report),
+            engine="local",
+            workers=None,
         )
     )
     print(f"\ndemo pipeline wall time: {time.perf_counter() - t0:.1f}s (report: {report})")
@@ -430,6 +524,14 @@ def build_parser() -> argparse.ArgumentParser:
         "market before those, reproduced exactly for the same seed",
     )
     s.add_argument("--format", choices=["parquet", "csv"], default="parquet", help="file format")
+    s.add_argument(
+        "--partitions",
+        type=int,
+        default=1,
+        help="simulate and write the market in P buckets of users, one at a time (memory holds "
+        "one bucket): events/, offers/ and users/ folders of part-NNNNN.parquet files and the "
+        "ground truth in parts; 1 (the default) writes single files",
+    )
     s.set_defaults(func=_cmd_simulate)
 
     d = sub.add_parser("data", help="build contract tables from a real data set")
@@ -497,6 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--threshold", type=float, default=0.01, help="max bad-row share per table")
     v.add_argument("--no-docs", action="store_true", help="skip building Data Docs")
+    _engine_options(v)
     v.set_defaults(func=_cmd_validate)
 
     r = sub.add_parser(
@@ -546,6 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--precision", help="Lightning precision (BERT): 32-true, bf16-mixed (default: 32-true)"
     )
+    _engine_options(r)
     r.set_defaults(func=_cmd_run)
 
     c = sub.add_parser(

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from expectations import ValidationReport
+from mlops import engine as engines
 from mlops import registry, tracking
 from mlops.config import ExperimentConfig, load_config
 from mlops.database import DataWindow, database_name, default_snapshot_dir
@@ -22,7 +28,7 @@ from pricing.promotion import PromotionRule
 from pricing.simulator import load_ground_truth
 from tasks.data import read_database, simulate_market
 from tasks.evaluation import LIST_PRICE, evaluate_models_task, split_data
-from tasks.features import build_features
+from tasks.features import FeatureBuild, build_features
 from tasks.registry import (
     champion_for_gate,
     evaluation_protocol,
@@ -130,8 +136,15 @@ def training(
     data_url: str | None = None,
     since: str | None = None,
     until: str | None = None,
+    engine: str = "local",
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate against the baselines, register and (if it wins) promote a price-response model.
+
+    `engine` (`pricing run --engine local|dask|auto`): `local` holds every table in this process;
+    `dask` validates, builds features and draws the training and evaluation samples partition by
+    partition on a Dask cluster (`PRICING_DASK_ADDRESS`, else a LocalCluster of `workers`),
+    through prefect-dask when the flow runs on its `DaskTaskRunner` (`mlops.engine`).
 
     `preset` (`pricing run --simulate --preset classic`): the simulated market, over the config's.
     `force_promote` (`pricing run --force-promote`): an operator's override for a champion whose
@@ -155,11 +168,119 @@ def training(
 
     with clock("ingest"):
         data_path, dataset = ingest(cfg, runs_dir, data_dir, simulate, data_url, since, until)
-    with clock("validate"):
-        report = validate_tables(data_path, cfg.validation.max_bad_share)
-    with clock("features"):
-        fb = build_features(report.clean_tables, runs_dir / "cache")
-    split, train, valid, test = split_data(report.clean_tables, fb.features, cfg.split)
+    engine = engines.resolve(engine, data_path)
+    with prepared_data(engine, data_path, runs_dir, cfg, workers, clock) as prep:
+        return _train_evaluate_register(
+            cfg,
+            config_path,
+            settings,
+            registered,
+            trainer,
+            data_path,
+            dataset,
+            prep,
+            clock,
+            promote,
+            force_promote,
+        )
+
+
+class Prepared(NamedTuple):
+    """The validated data as the training and evaluation steps read it, from either engine."""
+
+    engine: str
+    report: ValidationReport
+    fb: FeatureBuild
+    split: dict[str, object]  # `TimeSplit.summary()`
+    train: PricingData
+    valid: PricingData
+    test: PricingData
+    base_rate: float  # the training offers' purchase rate
+    train_items: set[str]
+    n_test: int  # test offers in the data (the evaluation may score a sample)
+    sample: dict[str, Any] | None  # dask: which part of the data training read
+
+
+@contextlib.contextmanager
+def prepared_data(
+    engine: str,
+    data_path: Path,
+    runs_dir: Path,
+    cfg: ExperimentConfig,
+    workers: int | None,
+    clock: Stopwatch,
+) -> Iterator[Prepared]:
+    """Validate, build features and split, in this process (`local`) or on a Dask cluster."""
+    if engine == "local":
+        with clock("validate"):
+            report = validate_tables(data_path, cfg.validation.max_bad_share)
+        with clock("features"):
+            fb = build_features(report.clean_tables, runs_dir / "cache")
+        split, train, valid, test = split_data(report.clean_tables, fb.features, cfg.split)
+        yield Prepared(
+            engine,
+            report,
+            fb,
+            split.summary(),
+            train,
+            valid,
+            test,
+            float(train.offers[S.PURCHASED].mean()),
+            set(train.offers[S.ITEM_ID].astype(str)),
+            len(test),
+            None,
+        )
+        return
+    from tasks import partitioned as P
+
+    with contextlib.ExitStack() as stack:
+        if not engines.has_client():
+            stack.enter_context(engines.cluster(workers))
+        work = runs_dir / "partitions" / f"{data_path.name}-{uuid.uuid4().hex[:8]}"
+        stack.callback(shutil.rmtree, work, True)
+        layout = P.Layout(work, P.bucket_count(data_path, cfg.scale.offers_per_bucket))
+        with clock("validate"):
+            data = P.validate_partitions(data_path, layout, cfg.validation.max_bad_share)
+        with clock("features"):
+            stats = P.build_features_partitioned(data, cfg.split)
+        with clock("sample"):
+            train, valid, test, train_items, sample = P.read_samples(
+                data,
+                stats,
+                cfg.scale.train_sample_offers,
+                cfg.evaluation.max_test_offers,
+                cfg.seed,
+            )
+        yield Prepared(
+            engine,
+            data.report,
+            P.feature_build(data, stats),
+            stats.summary(),
+            train,
+            valid,
+            test,
+            stats.base_rate,
+            train_items,
+            int(stats.total("test")),
+            sample,
+        )
+
+
+def _train_evaluate_register(
+    cfg: ExperimentConfig,
+    config_path: str | None,
+    settings: Any,
+    registered: str,
+    trainer: dict[str, Any],
+    data_path: Path,
+    dataset: str,
+    prep: Prepared,
+    clock: Stopwatch,
+    promote: bool,
+    force_promote: bool,
+) -> dict[str, Any]:
+    """Train the model and the baselines, evaluate, register and promote (either engine)."""
+    report, fb, train, valid, test = prep.report, prep.fb, prep.train, prep.valid, prep.test
     truth = load_ground_truth(data_path)
     guardrails = Guardrails.from_dict(cfg.guardrails.model_dump())
 
@@ -175,8 +296,14 @@ def training(
             config_path,
             data_path,
             dataset,
-            split.summary(),
-            {"features": list(fb.features.columns), "hash": fb.key, "cache_hit": fb.cache_hit},
+            prep.split,
+            {
+                "features": list(fb.features.columns),
+                "hash": fb.key,
+                "cache_hit": fb.cache_hit,
+                "engine": prep.engine,
+                **({"sample": prep.sample} if prep.sample else {}),
+            },
             truth is not None,
         )
 
@@ -206,11 +333,11 @@ def training(
                 test,
                 truth,
                 guardrails,
-                float(train.offers[S.PURCHASED].mean()),
+                prep.base_rate,
                 cfg.evaluation.max_test_offers,
                 cfg.seed,
                 cfg.evaluation.calibration_bins,
-                train_items=set(train.offers[S.ITEM_ID].astype(str)),
+                train_items=prep.train_items,
                 main=cfg.model,
             )
             # What the metrics were measured on: recorded on the version, and what makes a
@@ -219,9 +346,9 @@ def training(
                 "metrics": metrics[cfg.model],
                 "dataset": dataset,
                 "data_hash": fb.data_hash,
-                "split": split.summary(),
+                "split": prep.split,
                 "protocol": evaluation_protocol(
-                    guardrails.to_dict(), cfg.evaluation.max_test_offers, len(test), cfg.seed
+                    guardrails.to_dict(), cfg.evaluation.max_test_offers, prep.n_test, cfg.seed
                 ),
             }
             live_champion = metrics.pop("champion", None)
@@ -274,7 +401,8 @@ def training(
             "registered_model": registered,
             "model_version": version,
             **promotion,
-            "split": split.summary(),
+            "split": prep.split,
+            "engine": prep.engine,
             "metrics": metrics,
             "train": {name: t.diagnostics for name, t in trained.items()},
             "validation": {

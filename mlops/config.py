@@ -55,6 +55,15 @@ class ValidationConfig(_Strict):
     max_bad_share: float = 0.01
 
 
+class ScaleConfig(_Strict):
+    """How `--engine dask` cuts the data (README, "Past one machine")."""
+
+    offers_per_bucket: int = Field(default=250_000, gt=0)  # users are bucketed to about this size
+    # Training reads the offers and events of whole user buckets up to this many training and
+    # validation offers (None: all); validation, features and evaluation always see all the data.
+    train_sample_offers: int | None = Field(default=2_000_000, gt=0)
+
+
 class EvaluationConfig(_Strict):
     max_test_offers: int | None = (
         50_000  # policy metrics on a seeded sample when the test set is larger
@@ -165,6 +174,7 @@ class ExperimentConfig(_Strict):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    scale: ScaleConfig = Field(default_factory=ScaleConfig)
     # LightGBM parameters over `mlops.models.LGB_DEFAULTS`, plus `tune: {n_trials, timeout_s}`: the
     # seeded Optuna budget on the validation split (`TUNE_DEFAULTS`: no tuning).
     lightgbm: dict[str, Any] = Field(default_factory=dict)

@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     artifact_root: Path = Path("mlruns/artifacts")
     registered_model: str = "price-response"
     runs_dir: Path = Path("runs")
+    # `--engine dask`: the Dask scheduler the flows use (tcp://host:8786); unset: a LocalCluster
+    dask_address: str | None = None
 
     scorer_url: str | None = None  # e.g. http://127.0.0.1:8000; promotion notifies it when set
     # Bearer token for POST /admin/reload. No default: reload is refused until one is set, and
