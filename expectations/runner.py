@@ -543,6 +543,13 @@ def merge_table_reports(table: str, parts: list[TableReport], threshold: float) 
                 entries[key]["gx_unexpected_count"] = (
                     entries[key]["gx_unexpected_count"] or 0
                 ) + e["gx_unexpected_count"]
+    # as one table lists them: the coercion failures in column order first, then the suite's
+    columns = S.column_names(table)
+    coerced = sorted(
+        (e for e in tr.expectations if e["expectation"].startswith("coerce_to_")),
+        key=lambda e: columns.index(e["column"]),
+    )
+    tr.expectations = coerced + [e for e in tr.expectations if e not in coerced]
     if tr.rows == 0 and not tr.errors:
         tr.errors.append(f"table '{table}': is empty (0 rows)")
     if tr.bad_share > threshold:
