@@ -4,10 +4,13 @@ Reading (`pricing validate|run --data-url postgresql://...`): tables or views na
 contract (items, events, offers; users optional) in the connection's schema (the first of its
 `search_path`; pick another with `?options=-csearch_path%3Dshop` in the URL) are read in one
 read-only REPEATABLE READ transaction, so the tables are one consistent snapshot even while the
-shop keeps writing. `snapshot_database` writes what it read as Parquet into a fresh folder of the
-run (with `source.json`: where from, which window, how many rows); from there validation,
-quarantine, Data Docs and training are exactly those of a data folder, and the database is never
-written to. The folder is also the run's record of exactly what it trained on.
+shop keeps writing. `snapshot_database` writes what it reads as Parquet into a fresh folder of the
+run, chunk by chunk as the rows stream from a server-side cursor (a large table becomes a dataset
+folder `<table>/part-NNNNN.parquet`, a small one `<table>.parquet`), with `source.json`: where
+from, which window, how many rows. From there validation, quarantine, Data Docs and training are
+exactly those of a data folder, and the database is never written to. The folder is also the
+run's record of exactly what it trained on. `export_data_dir` goes the other way (a folder into a
+database, for demos and tests), also chunk by chunk.
 
 A window (`--since`/`--until`, `DataWindow`) selects `since <= ts < until` in events and offers,
 in the database when `ts` is a timestamp column; items and users are read whole. A `ts` stored as
@@ -21,12 +24,14 @@ or lost connection raises `DataSourceError`, which the training flow's read task
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +44,11 @@ from pricing import schema as S
 from pricing.io import ContractError
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import sqlalchemy as sa
 
-# Rows per fetch from the server-side cursor: bounds the driver's buffer on large tables.
+# Rows per fetch from the server-side cursor, and per Parquet part of a snapshot: bounds the
+# memory of a read (and of an export) by the chunk, whatever the size of the table.
 DEFAULT_CHUNKSIZE = 50_000
 WINDOWED_TABLES: tuple[str, ...] = (S.EVENTS, S.OFFERS)
 CONNECT_TIMEOUT_S = 10
@@ -262,58 +269,179 @@ def _schema_name(conn: sa.Connection) -> str:
     return sa.inspect(conn).default_schema_name or "default"
 
 
-def _read_one(
-    conn: sa.Connection,
-    table: str,
-    window: DataWindow,
-    chunksize: int,
-    on_chunk: ChunkHook | None,
-) -> pd.DataFrame:
+def _contract_dtype(table: str, column: str) -> str | None:
+    return next((c.dtype for c in S.CONTRACT[table] if c.name == column), None)
+
+
+def _arrow_type(table: str, column: str, sql_type: Any) -> pa.DataType:
+    """The Parquet type of one column, decided by its SQL type alone.
+
+    Every chunk of a table is written with the same types, so the partitions of one table
+    concatenate cleanly, a chunk where a column happens to be all null included. Integers stay
+    integers (nullable), numbers become float64, timestamps keep whether they have a time zone
+    (UTC when they do), booleans stay booleans except in a contract integer column (`purchased`),
+    where they become 1/0. Everything else is text: strings and uuids, dates and times in ISO form,
+    and exotic types (json, arrays, intervals, bytes) as their Python text, never dropped.
+    """
+    import pyarrow as pa
     import sqlalchemy as sa
 
-    columns = {c["name"]: c["type"] for c in sa.inspect(conn).get_columns(table)}
-    check_column_types(table, columns)
-    names = list(columns)
-    stmt: Any = sa.select(*[sa.column(c) for c in names]).select_from(sa.table(table))
-    ts_type = columns.get(S.TS)
-    windowed = table in WINDOWED_TABLES and not window.is_open
-    if windowed and ts_type is None:
-        raise ContractError(
-            f"table '{table}': column '{S.TS}' is missing, and the --since/--until window "
-            "selects rows by it"
-        )
-    in_sql = windowed and isinstance(ts_type, sa.DateTime | sa.Date)
-    if in_sql:
-        ts: Any = sa.column(S.TS)
-        if window.since is not None:
-            stmt = stmt.where(ts >= window.since)
-        if window.until is not None:
-            stmt = stmt.where(ts < window.until)
-    # A stable order: the same data reads as the same table (the feature cache hashes it), and
-    # "the first occurrence of a duplicate id is kept" means the earliest one.
-    key = S.PRIMARY_KEYS[table]
-    order = [c for c in ((S.TS, key) if table in WINDOWED_TABLES else (key,)) if c in columns]
-    stmt = stmt.order_by(*[sa.column(c).asc().nulls_last() for c in order])
+    if isinstance(sql_type, sa.Boolean):
+        return pa.int64() if _contract_dtype(table, column) == "int" else pa.bool_()
+    if isinstance(sql_type, sa.Integer):
+        return pa.int64()
+    if isinstance(sql_type, sa.Numeric | sa.Float):
+        return pa.float64()
+    if isinstance(sql_type, sa.DateTime):
+        return pa.timestamp("us", tz="UTC" if sql_type.timezone else None)
+    return pa.large_string()
 
-    result = conn.execution_options(stream_results=True, max_row_buffer=chunksize).execute(stmt)
-    frames: list[pd.DataFrame] = []
-    rows = 0
-    while batch := result.fetchmany(chunksize):
-        frames.append(pd.DataFrame.from_records(batch, columns=names, coerce_float=True))
-        rows += len(batch)
-        if on_chunk is not None:
-            on_chunk(table, rows)
-    df = (
-        pd.concat(frames, ignore_index=True)
-        if frames
-        else pd.DataFrame({c: pd.Series(dtype=object) for c in names})
+
+def _as_text(value: Any) -> str | None:
+    """One cell of a text column: a string as it is, a null as null, anything else as str()."""
+    if value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def _arrow_column(values: pd.Series, type_: pa.DataType) -> pa.Array:
+    """One column of a chunk as `type_` (nulls stay nulls whatever pandas made of them)."""
+    import pyarrow as pa
+
+    if pa.types.is_large_string(type_):
+        if values.dtype != object and pd.api.types.is_string_dtype(values.dtype):
+            return pa.array(values, type=type_, from_pandas=True)
+        return pa.array([_as_text(v) for v in values.tolist()], type=type_)
+    if pa.types.is_timestamp(type_):
+        stamps = pd.to_datetime(values, utc=True)
+        if type_.tz is None:
+            stamps = stamps.dt.tz_localize(None)
+        return pa.array(stamps, type=type_, from_pandas=True)
+    if pa.types.is_floating(type_) and values.dtype == object:
+        values = values.astype("float64")  # Decimal, None
+    return pa.array(values, type=type_, from_pandas=True)
+
+
+class _TableRead:
+    """One contract table of the database: its query, its Parquet schema, its rows chunk by chunk.
+
+    The rows come in a stable order (by `ts` then the key in events and offers, by the key in the
+    others): the same data reads as the same table (the feature cache hashes it), and "the first
+    occurrence of a duplicate id is kept" means the earliest one.
+    """
+
+    def __init__(self, conn: sa.Connection, table: str, window: DataWindow) -> None:
+        import pyarrow as pa
+        import sqlalchemy as sa
+
+        columns = {c["name"]: c["type"] for c in sa.inspect(conn).get_columns(table)}
+        check_column_types(table, columns)
+        ts_type = columns.get(S.TS)
+        windowed = table in WINDOWED_TABLES and not window.is_open
+        if windowed and ts_type is None:
+            raise ContractError(
+                f"table '{table}': column '{S.TS}' is missing, and the --since/--until window "
+                "selects rows by it"
+            )
+        stmt: Any = sa.select(*[sa.column(c) for c in columns]).select_from(sa.table(table))
+        in_sql = windowed and isinstance(ts_type, sa.DateTime | sa.Date)
+        if in_sql:
+            ts: Any = sa.column(S.TS)
+            if window.since is not None:
+                stmt = stmt.where(ts >= window.since)
+            if window.until is not None:
+                stmt = stmt.where(ts < window.until)
+        key = S.PRIMARY_KEYS[table]
+        order = [c for c in ((S.TS, key) if table in WINDOWED_TABLES else (key,)) if c in columns]
+        self.conn, self.table, self.window = conn, table, window
+        self.stmt = stmt.order_by(*[sa.column(c).asc().nulls_last() for c in order])
+        self.sql_types = columns
+        self.names = list(columns)
+        self.schema = pa.schema([(n, _arrow_type(table, n, t)) for n, t in columns.items()])
+        # A text `ts` cannot be compared in SQL: the window is applied to each chunk instead.
+        self.filter_after = windowed and not in_sql
+        self.bool_to_int = [
+            c.name
+            for c in S.CONTRACT[table]
+            if c.dtype == "int" and isinstance(columns.get(c.name), sa.Boolean)
+        ]
+
+    def chunks(
+        self, chunksize: int, on_chunk: ChunkHook | None = None
+    ) -> Generator[pa.Table, None, None]:
+        """The rows as Arrow tables of `self.schema`, at most `chunksize` rows each, fetched from
+        a server-side cursor: memory is bounded by the chunk, never by the table."""
+        result = self.conn.execution_options(stream_results=True, max_row_buffer=chunksize).execute(
+            self.stmt
+        )
+        rows = 0
+        while batch := result.fetchmany(chunksize):
+            rows += len(batch)
+            chunk = self._to_arrow(
+                pd.DataFrame.from_records(batch, columns=self.names, coerce_float=True)
+            )
+            if on_chunk is not None:
+                on_chunk(self.table, rows)
+            yield chunk
+
+    def _to_arrow(self, df: pd.DataFrame) -> pa.Table:
+        import pyarrow as pa
+
+        for name in self.bool_to_int:
+            df[name] = df[name].map({True: 1, False: 0})
+        if self.filter_after:
+            df = df.loc[self.window.mask(df[S.TS])]
+        arrays = []
+        for field in self.schema:
+            try:
+                arrays.append(_arrow_column(df[field.name], field.type))
+            except (pa.ArrowException, TypeError, ValueError) as exc:
+                raise ContractError(
+                    f"table '{self.table}': column '{field.name}' "
+                    f"({_type_name(self.sql_types[field.name])}) holds a value that cannot be "
+                    f"stored as {field.type} ({exc})"
+                ) from exc
+        return pa.Table.from_arrays(arrays, schema=self.schema)
+
+
+@contextmanager
+def _reading(url: str) -> Iterator[tuple[sa.Connection, list[str]]]:
+    """One read-only REPEATABLE READ transaction on `url` (SERIALIZABLE on SQLite, which has no
+    other), and the contract tables present there.
+
+    Raises:
+        ContractError: a required table is missing (before any row is read).
+        DataSourceError: the database cannot be reached.
+    """
+    engine = engine_for(url)
+    source = safe_url(url)
+    try:
+        with (
+            _connection_errors(f"cannot read {source}", f"{source} refused the read"),
+            engine.connect() as base,
+        ):
+            level = "SERIALIZABLE" if base.dialect.name == "sqlite" else "REPEATABLE READ"
+            conn = base.execution_options(isolation_level=level)
+            if conn.dialect.name == "postgresql":
+                conn = conn.execution_options(postgresql_readonly=True)
+            with conn.begin():
+                present = _relations(conn)
+                for table in S.REQUIRED_TABLES:
+                    if table not in present:
+                        raise ContractError(
+                            f"table '{table}' is missing: no table or view named {table} "
+                            f"in schema '{_schema_name(conn)}' of {source}"
+                        )
+                yield conn, [t for t in S.TABLES if t in present]
+    finally:
+        engine.dispose()
+
+
+def _table_errors(table: str, url: str) -> contextlib.AbstractContextManager[None]:
+    return _connection_errors(
+        f"table '{table}': lost the connection to {safe_url(url)} while reading it",
+        f"table '{table}': the database refused the read",
     )
-    for col in S.CONTRACT[table]:
-        if col.dtype == "int" and isinstance(columns.get(col.name), sa.Boolean):
-            df[col.name] = df[col.name].map({True: 1, False: 0})
-    if windowed and not in_sql:
-        df = df.loc[window.mask(df[S.TS])].reset_index(drop=True)
-    return df
 
 
 def read_database(
@@ -322,40 +450,27 @@ def read_database(
     chunksize: int = DEFAULT_CHUNKSIZE,
     on_chunk: ChunkHook | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """Read the contract tables (items, events and offers required; users if present) from `url`.
+    """Read the contract tables (items, events and offers required; users if present) from `url`
+    into memory, with the column types a snapshot of them would have.
+
+    Every table is held whole: for small reads and checks. Training reads through
+    `snapshot_database`, which holds one chunk at a time.
 
     Raises:
         ContractError: a required table is missing, or a contract column has an unusable SQL type.
         DataSourceError: the database cannot be reached, or the connection is lost mid-read.
     """
+    import pyarrow as pa
+
     window = window or DataWindow()
-    engine = engine_for(url)
     tables: dict[str, pd.DataFrame] = {}
-    try:
-        source = safe_url(url)
-        with (
-            _connection_errors(f"cannot read {source}", f"{source} refused the read"),
-            engine.connect() as base,
-        ):
-            conn = base.execution_options(isolation_level="REPEATABLE READ")
-            if conn.dialect.name == "postgresql":
-                conn = conn.execution_options(postgresql_readonly=True)
-            with conn.begin():
-                present = _relations(conn)
-                for table in S.TABLES:
-                    if table in present:
-                        with _connection_errors(
-                            f"table '{table}': lost the connection to {source} while reading it",
-                            f"table '{table}': the database refused the read",
-                        ):
-                            tables[table] = _read_one(conn, table, window, chunksize, on_chunk)
-                    elif table in S.REQUIRED_TABLES:
-                        raise ContractError(
-                            f"table '{table}' is missing: no table or view named {table} "
-                            f"in schema '{_schema_name(conn)}' of {safe_url(url)}"
-                        )
-    finally:
-        engine.dispose()
+    with _reading(url) as (conn, present):
+        for table in present:
+            with _table_errors(table, url):
+                read = _TableRead(conn, table, window)
+                with contextlib.closing(read.chunks(chunksize, on_chunk)) as chunks:
+                    whole = pa.concat_tables([read.schema.empty_table(), *chunks])
+            tables[table] = whole.to_pandas()
     return tables
 
 
@@ -375,15 +490,56 @@ def default_snapshot_dir(runs_dir: str | Path, url: str) -> Path:
     return Path(runs_dir) / "data" / f"{database_name(url)}-{stamp}"
 
 
-def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
-    """Extra columns of exotic SQL types (json, arrays, intervals) become text, never dropped."""
-    out = df.copy()
-    for col in out.columns:
-        if out[col].dtype == object:
-            values = out[col].dropna()
-            if len(values) and not values.map(lambda v: isinstance(v, str)).all():
-                out[col] = out[col].map(lambda v: v if v is None or isinstance(v, str) else str(v))
-    return out
+class _PartWriter:
+    """One table's chunks written to `folder` as they come, about `part_rows` rows per file.
+
+    A table larger than one part becomes a dataset folder `<table>/part-00000.parquet`, ... in read
+    order (what `pricing.io.read_table` concatenates back); a table that fits in one part is the
+    single file `<table>.parquet`, as small tables always were. At most one part is held in memory.
+    """
+
+    def __init__(self, folder: Path, table: str, schema: pa.Schema, part_rows: int) -> None:
+        self.folder, self.table, self.schema = folder, table, schema
+        self.part_rows = max(1, part_rows)
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.parts = 0
+        self.rows = 0
+
+    def add(self, chunk: pa.Table) -> None:
+        if chunk.num_rows == 0:
+            return
+        self.pending.append(chunk)
+        self.pending_rows += chunk.num_rows
+        self.rows += chunk.num_rows
+        if self.pending_rows >= self.part_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = self.folder / self.table / pio.part_name(self.parts)
+        path.parent.mkdir(exist_ok=True)
+        pq.write_table(pa.concat_tables(self.pending), path)
+        self.parts += 1
+        self.pending, self.pending_rows = [], 0
+
+    def close(self) -> int:
+        """Write what is left; return the table's row count."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        single = self.folder / f"{self.table}.parquet"
+        if self.parts == 0:
+            pq.write_table(pa.concat_tables([self.schema.empty_table(), *self.pending]), single)
+            return self.rows
+        if self.pending:
+            self._flush()
+        if self.parts == 1:
+            os.replace(self.folder / self.table / pio.part_name(0), single)
+            (self.folder / self.table).rmdir()
+        return self.rows
 
 
 def snapshot_database(
@@ -393,23 +549,38 @@ def snapshot_database(
     chunksize: int = DEFAULT_CHUNKSIZE,
     on_chunk: ChunkHook | None = None,
 ) -> Snapshot:
-    """Read the contract tables from `url` into `out_dir` as Parquet, all or nothing.
+    """Read the contract tables from `url` into `out_dir` as Parquet, chunk by chunk, all or nothing.
+
+    Each chunk fetched from the database (`chunksize` rows) is written as it arrives: a table of
+    more than one chunk becomes a dataset folder `<table>/part-NNNNN.parquet` (one part per chunk,
+    in read order), a smaller one the file `<table>.parquet`. Memory is bounded by the chunk, not
+    by the table. The parts of one table share one schema, fixed by the SQL column types.
 
     The tables are written to a temporary sibling folder that is renamed into place only when
     every table was read and written: an interrupted read leaves no half snapshot behind, and a
     retry starts clean. `out_dir` must not exist yet or be empty.
+
+    Raises:
+        ContractError: a required table is missing, or a contract column has an unusable SQL type.
+        DataSourceError: the database cannot be reached, or the connection is lost mid-read.
     """
     window = window or DataWindow()
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise ContractError(f"output folder {out} is not empty: pick a new one for this read")
-    tables = read_database(url, window, chunksize, on_chunk)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    rows: dict[str, int] = {}
     try:
-        for name, df in tables.items():
-            _parquet_safe(df).to_parquet(tmp / f"{name}.parquet", index=False)
-        rows = {name: len(df) for name, df in tables.items()}
+        with _reading(url) as (conn, present):
+            for table in present:
+                with _table_errors(table, url):
+                    read = _TableRead(conn, table, window)
+                    writer = _PartWriter(tmp, table, read.schema, chunksize)
+                    with contextlib.closing(read.chunks(chunksize, on_chunk)) as chunks:
+                        for chunk in chunks:
+                            writer.add(chunk)
+                rows[table] = writer.close()
         meta = {
             "source": safe_url(url),
             "window": window.to_dict(),
@@ -447,24 +618,144 @@ def _copy_rows(table: Any, conn: Any, keys: list[str], data_iter: Any) -> int:
     return n
 
 
+def _unreadable(path: Path, table: str, exc: Exception) -> ContractError:
+    return ContractError(
+        f"table '{table}': cannot read {path} ({type(exc).__name__}: {exc}). "
+        "Is the file complete and in Parquet or CSV format?"
+    )
+
+
+def _part_schema(path: Path, table: str) -> pa.Schema:
+    """The columns and types of one file of `table`, from its footer or header (no rows read).
+
+    A CSV file's columns are all text (as `pricing.io` reads them); a pandas index stored in a
+    Parquet file is not a column (pandas reads it back as the index).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if path.suffix != ".parquet":
+        return pa.schema([(c, pa.large_string()) for c in pio.part_columns(path, table)])
+    try:
+        schema = pq.read_schema(path)
+    except Exception as exc:  # noqa: BLE001 - any reader failure is the same user-facing problem
+        raise _unreadable(path, table, exc) from exc
+    index = {
+        c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)
+    }
+    fields = [f for f in schema if f.name not in index]
+    return pa.schema(fields)
+
+
+@dataclass(frozen=True)
+class _FolderTable:
+    """One contract table of a data folder: its files in order, and the one schema they share."""
+
+    name: str
+    parts: list[Path]
+    schema: pa.Schema
+
+
+def _folder_table(data_dir: str | Path, table: str) -> _FolderTable | None:
+    """Check one table of `data_dir` without reading its rows: every partition holds the required
+    columns, and the partitions agree on each column's type (an integer column that is float in
+    a partition with nulls, or all null in one, is fine: the wider type wins).
+
+    Raises:
+        ContractError: a required table is missing, a file cannot be read, a partition lacks a
+            required column, or two partitions store a column as incompatible types.
+    """
+    import pyarrow as pa
+
+    path = pio.find_table_file(data_dir, table)
+    if path is None:
+        if table in S.REQUIRED_TABLES:
+            pio.read_table(data_dir, table)  # raises the missing-table error, reads nothing
+        return None
+    parts = pio.table_parts(path)
+    pio.check_parts(parts, table)
+    schemas = [_part_schema(p, table) for p in parts]
+    try:
+        schema = pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ContractError(
+            f"table '{table}': the files of {path} store a column as different types ({exc}); "
+            "every partition must hold each column as the same type"
+        ) from exc
+    return _FolderTable(table, parts, schema)
+
+
+def _pandas_type(type_: pa.DataType) -> Any:
+    """Integers and booleans as pandas' nullable types, so a null keeps an integer column integer."""
+    import pyarrow as pa
+
+    if pa.types.is_unsigned_integer(type_) and type_.bit_width == 64:
+        return pd.UInt64Dtype()
+    if pa.types.is_integer(type_):
+        return pd.Int64Dtype()
+    if pa.types.is_boolean(type_):
+        return pd.BooleanDtype()
+    return None
+
+
+def _aligned(data: pa.Table, schema: pa.Schema) -> pd.DataFrame:
+    """`data` with exactly the columns of `schema`, in its order and types (a column a partition
+    lacks is null there), as a DataFrame."""
+    import pyarrow as pa
+
+    columns = [
+        data.column(f.name).cast(f.type)
+        if f.name in data.column_names
+        else pa.nulls(len(data), f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema).to_pandas(types_mapper=_pandas_type)
+
+
+def _batches(
+    part: Path, table: str, schema: pa.Schema, rows: int
+) -> Generator[pd.DataFrame, None, None]:
+    """One file of `table` as DataFrames of at most `rows` rows, in the folder's schema."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if part.suffix == ".parquet":
+            with pq.ParquetFile(part) as pf:
+                names = [n for n in schema.names if n in pf.schema_arrow.names]
+                for batch in pf.iter_batches(batch_size=rows, columns=names):
+                    yield _aligned(pa.Table.from_batches([batch]), schema)
+        else:
+            with pd.read_csv(part, dtype=str, keep_default_na=True, chunksize=rows) as reader:
+                for df in reader:
+                    yield _aligned(pa.Table.from_pandas(df, preserve_index=False), schema)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise _unreadable(part, table, exc) from exc
+
+
 def export_data_dir(
-    data_dir: str | Path, url: str, replace: bool = False, chunksize: int = 50_000
+    data_dir: str | Path, url: str, replace: bool = False, chunksize: int = DEFAULT_CHUNKSIZE
 ) -> dict[str, int]:
     """Load the contract tables of `data_dir` into the database at `url`, in one transaction.
 
     Tables keep the folder's column types (a CSV folder's columns stay text: the database then
     holds what the shop brought, and validation of the database finds what it would find in the
-    folder). Events and offers get an index on `ts` for windowed reads. With `replace`, existing
-    contract tables are dropped first, and a `users` table the folder lacks is dropped too, so the
-    database mirrors the folder; without it, an existing table fails the export before anything
-    is written. The simulator's ground truth is not a contract table and stays in the folder.
+    folder; an integer column with nulls stays integer). Events and offers get an index on `ts`
+    for windowed reads. With `replace`, existing contract tables are dropped first, and a `users`
+    table the folder lacks is dropped too, so the database mirrors the folder; without it, an
+    existing table fails the export before anything is written. The simulator's ground truth is
+    not a contract table and stays in the folder.
+
+    A table is read and written `chunksize` rows at a time, file after file of a partitioned
+    folder, so memory is bounded by the chunk, never by the table. Every file's columns and types
+    are checked before anything is written.
 
     Returns:
         Rows written per table.
     """
     import sqlalchemy as sa
 
-    tables = pio.read_tables(data_dir)
+    plans = [p for p in (_folder_table(data_dir, t) for t in S.TABLES) if p is not None]
     engine = engine_for(url)
     rows: dict[str, int] = {}
     try:
@@ -474,7 +765,8 @@ def export_data_dir(
             engine.begin() as conn,
         ):
             present = _relations(conn)
-            clash = [t for t in S.TABLES if t in present and (t in tables or replace)]
+            names = {p.name for p in plans}
+            clash = [t for t in S.TABLES if t in present and (t in names or replace)]
             if clash and not replace:
                 raise ContractError(
                     f"table(s) {', '.join(repr(t) for t in clash)} already exist in "
@@ -484,20 +776,32 @@ def export_data_dir(
             for name in clash:
                 conn.execute(sa.text(f"DROP TABLE {prep.quote(name)}"))
             use_copy = conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"
-            for name, df in tables.items():
-                df.to_sql(
-                    name,
-                    conn,
-                    index=False,
-                    chunksize=chunksize,
-                    method=_copy_rows if use_copy else "multi",
+            method: Any = _copy_rows if use_copy else "multi"
+            for plan in plans:
+                # Created from the whole folder's schema, not from its first rows: a column that
+                # is all null in the first file still gets its type.
+                _aligned(plan.schema.empty_table(), plan.schema).to_sql(
+                    plan.name, conn, index=False
                 )
-                rows[name] = len(df)
-                if name in WINDOWED_TABLES and S.TS in df.columns:
+                rows[plan.name] = 0
+                for part in plan.parts:
+                    batches = _batches(part, plan.name, plan.schema, chunksize)
+                    with contextlib.closing(batches):
+                        for df in batches:
+                            df.to_sql(
+                                plan.name,
+                                conn,
+                                index=False,
+                                if_exists="append",
+                                chunksize=chunksize,
+                                method=method,
+                            )
+                            rows[plan.name] += len(df)
+                if plan.name in WINDOWED_TABLES and S.TS in plan.schema.names:
                     conn.execute(
                         sa.text(
-                            f"CREATE INDEX {prep.quote(f'{name}_ts_idx')} "
-                            f"ON {prep.quote(name)} ({prep.quote(S.TS)})"
+                            f"CREATE INDEX {prep.quote(f'{plan.name}_ts_idx')} "
+                            f"ON {prep.quote(plan.name)} ({prep.quote(S.TS)})"
                         )
                     )
     finally:

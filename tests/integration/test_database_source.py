@@ -12,14 +12,18 @@ import json
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from expectations import validate_data_dir
 from flows.cli import main
+from mlops import database
 from mlops.database import (
+    DEFAULT_CHUNKSIZE,
     DataSourceError,
     DataWindow,
     export_data_dir,
@@ -27,6 +31,7 @@ from mlops.database import (
     snapshot_database,
 )
 from mlops.testing_postgres import POSTGRES_MISSING, PostgresServer, free_port, postgres_bindir
+from pricing import io as pio
 from pricing import schema as S
 from pricing.io import ContractError
 
@@ -188,8 +193,9 @@ def test_a_window_selects_events_and_offers_by_ts(
         DataWindow.parse("yesterday")
 
 
+@pytest.mark.parametrize("chunksize", [DEFAULT_CHUNKSIZE, 100], ids=["one-file", "parts"])
 def test_a_text_ts_is_windowed_after_reading_and_a_bad_stamp_is_quarantined(
-    postgres: PostgresServer, shop_url: str, tiny_data_dir: Path, tmp_path: Path
+    postgres: PostgresServer, shop_url: str, tiny_data_dir: Path, tmp_path: Path, chunksize: int
 ) -> None:
     _sql(
         postgres,
@@ -204,15 +210,149 @@ def test_a_text_ts_is_windowed_after_reading_and_a_bad_stamp_is_quarantined(
     )
     events = pd.read_parquet(tiny_data_dir / "events.parquet")
     since = events[S.TS].median().floor("h")
-    snap = snapshot_database(shop_url, tmp_path / "snap", DataWindow(since=since.to_pydatetime()))
+    window = DataWindow(since=since.to_pydatetime())
+    snap = snapshot_database(shop_url, tmp_path / "snap", window, chunksize=chunksize)
     first = events[S.EVENT_ID].min()
     expected = (events[S.TS] >= since) & (events[S.EVENT_ID] != first)
     assert snap.rows[S.EVENTS] == int(expected.sum()) + 1  # the unparseable stamp is kept
+    parts = pio.table_parts(pio.find_table_file(snap.data_dir, S.EVENTS))
+    if chunksize == 100:  # filtered chunks are gathered into parts of at least one chunk's rows
+        lengths = [pq.read_metadata(p).num_rows for p in parts]
+        assert len(parts) > 1 and all(100 <= n < 200 for n in lengths[:-1])
+    else:
+        assert parts == [snap.data_dir / "events.parquet"]
 
     report = validate_data_dir(snap.data_dir, build_docs=False)
     assert report.tables[S.EVENTS].bad_rows == 1
     bad = pd.read_parquet(snap.data_dir / "quarantine" / "events.parquet")
     assert bad[S.REASON].tolist() == ["ts: unparseable timestamp ('not a time')"]
+
+
+def _with_sparse_columns(postgres: PostgresServer, url: str) -> None:
+    """Columns that are all null in some chunks of 100 rows and not in others: `query` null in the
+    first 150 events, an extra integer `coupon` only on offers 100-249 (in read order)."""
+    _sql(
+        postgres,
+        url,
+        "update events set query = null where event_id in "
+        "(select event_id from events order by ts, event_id limit 150)",
+    )
+    _sql(postgres, url, "alter table offers add column coupon integer")
+    _sql(
+        postgres,
+        url,
+        "update offers set coupon = 5 where offer_id in "
+        "(select offer_id from offers order by ts, offer_id offset 100 limit 150)",
+    )
+
+
+def test_a_table_larger_than_a_chunk_is_written_in_parts_that_read_back_as_the_table(
+    postgres: PostgresServer, shop_url: str, tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    _with_sparse_columns(postgres, shop_url)
+    parts = snapshot_database(shop_url, tmp_path / "parts", chunksize=100)
+    whole = snapshot_database(shop_url, tmp_path / "whole")  # one chunk per table: one file each
+    in_memory = read_database(shop_url)
+    assert parts.rows == whole.rows
+    assert json.loads((parts.data_dir / "source.json").read_text())["rows"] == parts.rows
+
+    # items (40 rows) fit in one chunk: the single file of a small snapshot, as before
+    assert (parts.data_dir / "items.parquet").is_file()
+    assert not (parts.data_dir / S.ITEMS).exists()
+    for table in (S.EVENTS, S.OFFERS, S.USERS):
+        assert not (parts.data_dir / f"{table}.parquet").exists()
+        files = pio.table_parts(parts.data_dir / table)
+        assert [f.name for f in files] == [pio.part_name(i) for i in range(len(files))]
+        lengths = [pq.read_metadata(f).num_rows for f in files]
+        assert len(files) == -(-parts.rows[table] // 100) and set(lengths[:-1]) == {100}
+        # one schema for every part, whatever the nulls of each chunk
+        schemas = {pq.read_schema(f).to_string() for f in files}
+        assert len(schemas) == 1
+    assert pq.read_schema(parts.data_dir / S.OFFERS / pio.part_name(0)).field("coupon").type == (
+        "int64"
+    )
+
+    # the parts concatenated are the table: same rows, same order, same dtypes
+    for table in S.TABLES:
+        got = pio.read_table(parts.data_dir, table)
+        pd.testing.assert_frame_equal(got, pio.read_table(whole.data_dir, table))
+        pd.testing.assert_frame_equal(got, in_memory[table])
+    offers = pio.read_table(parts.data_dir, S.OFFERS)
+    assert offers["coupon"].notna().sum() == 150 and offers["coupon"].iloc[100] == 5
+    events = pio.read_table(parts.data_dir, S.EVENTS)
+    assert events[S.QUERY].iloc[:150].isna().all()
+
+    # the rows are those of the folder that was exported (order and dtypes aside)
+    for table in S.TABLES:
+        source = pd.read_parquet(tiny_data_dir / f"{table}.parquet")
+        columns = [c for c in source.columns if c != S.QUERY]  # queries partly nulled above
+        pd.testing.assert_frame_equal(
+            _by_key(pio.read_table(parts.data_dir, table)[columns], table),
+            _by_key(source[columns], table),
+            check_dtype=False,
+        )
+
+    # validation and quarantine see the parted folder as the single-file one
+    assert _counts(validate_data_dir(parts.data_dir, build_docs=False).to_dict()) == _counts(
+        validate_data_dir(whole.data_dir, build_docs=False).to_dict()
+    )
+
+
+def test_a_parted_folder_exports_part_by_part_and_reads_back_the_same(
+    postgres: PostgresServer,
+    new_db: Callable[..., str],
+    shop_url: str,
+    tmp_path: Path,
+) -> None:
+    _with_sparse_columns(postgres, shop_url)
+    snap = snapshot_database(shop_url, tmp_path / "parts", chunksize=100)
+    url = new_db()
+    # export batches smaller than a part: a part is never read whole either
+    assert export_data_dir(snap.data_dir, url, chunksize=64) == snap.rows
+    back = snapshot_database(url, tmp_path / "back", chunksize=100)
+    assert back.rows == snap.rows
+    for table in S.TABLES:
+        pd.testing.assert_frame_equal(
+            pio.read_table(back.data_dir, table), pio.read_table(snap.data_dir, table)
+        )
+    # the folder's types, not the first part's: `coupon` is null in part 0 and an integer after
+    types = dict(
+        _sql(
+            postgres,
+            url,
+            "select column_name, data_type from information_schema.columns "
+            "where table_name = 'offers'",
+        )
+    )
+    assert types["coupon"] == "bigint" and types[S.PURCHASED] == "bigint"
+    assert types[S.TS] == "timestamp with time zone" and types[S.PRICE] == "double precision"
+    indexes = {r[0] for r in _sql(postgres, url, "select indexname from pg_indexes")}
+    assert {"events_ts_idx", "offers_ts_idx"} <= indexes
+
+    # a bad partition fails the export before anything is written
+    def tables_in(db_url: str) -> set[str]:
+        rows = _sql(postgres, db_url, "select tablename from pg_tables where schemaname = 'public'")
+        return {r[0] for r in rows}
+
+    broken = tmp_path / "broken"
+    shutil.copytree(snap.data_dir, broken)
+    part = broken / S.OFFERS / pio.part_name(3)
+    pd.read_parquet(part).drop(columns=[S.PRICE]).to_parquet(part, index=False)
+    empty = new_db()
+    with pytest.raises(
+        ContractError, match=r"part-00003.parquet lacks required column\(s\) 'price'"
+    ):
+        export_data_dir(broken, empty)
+    assert tables_in(empty) == set()
+
+    shutil.rmtree(broken)
+    shutil.copytree(snap.data_dir, broken)
+    part = broken / S.EVENTS / pio.part_name(2)
+    df = pd.read_parquet(part)
+    df.assign(**{S.PRICE: df[S.PRICE].astype(str)}).to_parquet(part, index=False)
+    with pytest.raises(ContractError, match="table 'events': the files of .* different types"):
+        export_data_dir(broken, empty)
+    assert tables_in(empty) == set()
 
 
 @pytest.mark.parametrize(
@@ -304,7 +444,11 @@ def test_a_connection_lost_mid_read_fails_cleanly(
 
 @pytest.mark.slow
 def test_the_read_task_retries_a_lost_connection_but_not_a_missing_table(
-    prefect_harness: None, postgres: PostgresServer, shop_url: str, tmp_path: Path
+    prefect_harness: None,
+    postgres: PostgresServer,
+    shop_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from tasks.data import DB_READ_RETRIES, read_database
 
@@ -321,10 +465,19 @@ def test_the_read_task_retries_a_lost_connection_but_not_a_missing_table(
     assert not (tmp_path / "never").exists()
 
     _sql(postgres, shop_url, "drop table offers")
+    connects: list[str] = []
+    engine_for = database.engine_for
+
+    def counted(url: str) -> Any:
+        connects.append(url)
+        return engine_for(url)
+
+    monkeypatch.setattr(database, "engine_for", counted)
     once = CutOnce(postgres, shop_url, cuts=0)
     with pytest.raises(ContractError, match="table 'offers' is missing"):
         fast(shop_url, tmp_path / "missing", None, 500, once)
-    assert once.attempts == 1  # no retry: it would fail the same way
+    assert once.attempts == 0  # refused before any row is read
+    assert len(connects) == 1  # and no retry: it would fail the same way
 
 
 @pytest.mark.slow
