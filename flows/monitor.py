@@ -16,7 +16,8 @@ from prefect.cache_policies import NO_CACHE
 
 from mlops import tracking
 from mlops.settings import get_settings
-from pricing.io import ContractError
+from pricing import schema as S
+from pricing.io import ContractError, find_table_file
 from tasks.monitoring import monitor_live_traffic
 
 # Alert thresholds: PSI > 0.25 is a large shift; |z| > 4 means live conversion is off the prediction.
@@ -116,9 +117,7 @@ def monitor(data_dir: str, offer_log_dir: str) -> dict[str, Any]:
     Returns the report when no alert fires; fails with the alerts (after publishing the report and
     emitting `pricing.monitor.alert`) when one does.
     """
-    if not (Path(data_dir) / "offers.parquet").exists() and not any(
-        Path(data_dir).glob("offers.*")
-    ):
+    if find_table_file(data_dir, S.OFFERS) is None:
         raise ContractError(
             f"no training data in {data_dir} (offers table missing): run the training flow on "
             "it first, e.g. `pricing demo` or `pricing simulate --out data/sim`"

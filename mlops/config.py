@@ -61,7 +61,7 @@ class ScaleConfig(_Strict):
     offers_per_bucket: int = Field(default=250_000, gt=0)  # users are bucketed to about this size
     # Training reads the offers and events of whole user buckets up to this many training and
     # validation offers (None: all); validation, features and evaluation always see all the data.
-    train_sample_offers: int | None = Field(default=2_000_000, gt=0)
+    train_sample_offers: int | None = Field(default=1_000_000, gt=0)
 
 
 class EvaluationConfig(_Strict):
