@@ -300,7 +300,7 @@ def main() -> None:
     p.add_argument("--engines", default="local,dask")
     p.add_argument("--workers", type=int, default=2, help="Dask LocalCluster worker processes")
     p.add_argument(
-        "--train-sample", type=int, default=2_000_000, help="dask: training offers at most"
+        "--train-sample", type=int, default=1_000_000, help="dask: training offers at most"
     )
     p.add_argument("--eval-offers", type=int, default=50_000, help="the seeded evaluation sample")
     p.add_argument(
