@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,8 +34,6 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from mlops.settings import Settings, get_settings
-from pricing import io as pio
-from pricing import schema as S
 from scorer.deps import BodyLimitMiddleware, offer_log_error_handler, validation_error_handler
 from scorer.docs import mount_docs
 from scorer.experiment import ArmSource, ExperimentConfig, ExperimentSettings
@@ -52,7 +51,7 @@ from scorer.runtime import (
     short_error,
 )
 from scorer.serving import Pricer
-from scorer.state import UserStore, hydrate
+from scorer.state import UserStore, hydrate_data_dir
 
 __all__ = ["ReloadStatus", "ScorerRuntime", "create_app", "default_store", "short_error"]
 
@@ -108,9 +107,13 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime.open()
         if settings.bootstrap_data_dir is not None:
-            events = await asyncio.to_thread(pio.read_table, settings.bootstrap_data_dir, S.EVENTS)
-            assert events is not None
-            n = await asyncio.to_thread(hydrate, runtime.store, events, settings.max_user_events)
+            n = await asyncio.to_thread(
+                hydrate_data_dir,
+                runtime.store,
+                settings.bootstrap_data_dir,
+                settings.max_user_events,
+                settings.runs_dir / f"hydrate-{os.getpid()}",
+            )
             log.info(
                 "hydrated the user store with %d users from %s", n, settings.bootstrap_data_dir
             )

@@ -12,10 +12,12 @@ changed meanwhile is never served as fresh.
 from __future__ import annotations
 
 import math
+import shutil
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -312,3 +314,57 @@ def hydrate(store: UserStore, events: pd.DataFrame, max_user_events: int) -> int
         # it, perhaps at this very moment (the check and the append are one atomic step).
         n += store.hydrate_user(str(user_id), records)
     return n
+
+
+# Events per user bucket when hydrating from a partitioned events table: a bucket is read whole.
+HYDRATE_BUCKET_ROWS = 1_000_000
+
+
+def hydrate_data_dir(
+    store: UserStore, data_dir: str | Path, max_user_events: int, work_dir: str | Path
+) -> int:
+    """`hydrate` from the events table of `data_dir`, as a stream when it is partitioned.
+
+    A single file is read whole, as before. A folder of parts is read part by part: each part's
+    rows go to one Parquet file per user bucket under `work_dir` (a user's events, wherever they
+    were, end up in one bucket), then each bucket is hydrated and removed. Memory is bounded by a
+    part and a bucket (about `HYDRATE_BUCKET_ROWS` events), not by the table.
+    """
+    import pyarrow.parquet as pq
+
+    from pricing import io as pio
+    from pricing.partitions import user_bucket
+
+    path = pio.find_table_file(data_dir, S.EVENTS)
+    if path is None:
+        pio.read_table(data_dir, S.EVENTS)  # raises the contract's "table is missing" error
+        return 0
+    parts = pio.table_parts(path)
+    if len(parts) == 1:
+        return hydrate(store, pio.read_part(parts[0], S.EVENTS), max_user_events)
+    pio.check_parts(parts, S.EVENTS)
+    rows = sum(
+        pq.ParquetFile(p).metadata.num_rows if p.suffix == ".parquet" else HYDRATE_BUCKET_ROWS
+        for p in parts
+    )
+    buckets = max(1, -(-rows // HYDRATE_BUCKET_ROWS))
+    work = Path(work_dir)
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        for i, part in enumerate(parts):
+            df = pio.read_part(part, S.EVENTS)
+            df[S.TS] = pd.to_datetime(df[S.TS], utc=True, format="ISO8601")
+            bucket = user_bucket(df[S.USER_ID], buckets)
+            for b in np.unique(bucket):
+                target = work / f"b={int(b):05d}" / f"part-{i:05d}.parquet"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                df.loc[bucket == b].to_parquet(target, index=False)
+        n = 0
+        for folder in sorted(work.iterdir()):
+            files = sorted(folder.glob("*.parquet"))
+            events = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+            n += hydrate(store, events, max_user_events)
+            shutil.rmtree(folder)
+        return n
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -8,14 +8,23 @@ import json
 import os
 import signal
 import threading
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from pricing import schema as S
+from scorer import state as scorer_state
 from scorer.offer_log import OUTCOMES_FILE, QUOTES_FILE, OfferLog, OfferLogError, export_offers
-from scorer.state import InMemoryUserStore, UserStore, conforms, events_frame, hydrate
+from scorer.state import (
+    InMemoryUserStore,
+    UserStore,
+    conforms,
+    events_frame,
+    hydrate,
+    hydrate_data_dir,
+)
 
 
 def _event(k: int, user: str = "u1", etype: str = S.VIEW, query: str | None = None) -> dict:
@@ -92,6 +101,25 @@ def test_hydrate_keeps_each_users_last_events() -> None:
     assert len(store.get_events("u2")[0]) == 2
     assert events[0][S.ITEM_ID] == "i2" and events[0][S.QUERY] is None
     assert events_frame(events)[S.TS].is_monotonic_increasing
+
+
+def test_hydrating_from_a_partitioned_events_table_streams_each_user_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pricing import io as pio
+
+    users = [f"u{k % 7}" for k in range(60)]  # every user's events spread over the three parts
+    df = pd.DataFrame([_event(k, user=u) for k, u in enumerate(users)])
+    for i, rows in enumerate(np.array_split(np.arange(len(df)), 3)):
+        pio.write_part(df.iloc[rows], tmp_path / "data", S.EVENTS, i)
+    monkeypatch.setattr(scorer_state, "HYDRATE_BUCKET_ROWS", 20)  # three user buckets
+    streamed, whole = InMemoryUserStore(max_user_events=4), InMemoryUserStore(max_user_events=4)
+    work = tmp_path / "work"
+    assert hydrate_data_dir(streamed, tmp_path / "data", 4, work) == 7
+    assert hydrate(whole, df, 4) == 7
+    for u in sorted(set(users)):
+        assert streamed.get_events(u)[0] == whole.get_events(u)[0]
+    assert not work.exists()  # the buckets are removed
 
 
 def _quote_rows(quote_id: str, items: list[str]) -> list[dict]:
