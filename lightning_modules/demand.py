@@ -15,6 +15,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from lightning_modules.components.towers import TextTop
 from lightning_modules.price_datamodule import PriceDataModule, loader
 from lightning_modules.price_module import PriceResponseModule
 from lightning_modules.sequences import HistoryBatcher, Vocab, event_arrays
+from lightning_modules.streaming import Shards, ShardScan, ShardStream, scan_shards
 from mlops.config import BertConfig
 from mlops.models import WideFeatures
 from mlops.text import TextEncoder, item_texts
@@ -242,12 +244,27 @@ class BertDemand(DemandModel):
         kwargs.update(args)
         return pl.Trainer(**kwargs)
 
-    def fit(self, train: PricingData, valid: PricingData | None = None) -> dict[str, float]:
+    def fit(
+        self, train: PricingData | Shards, valid: PricingData | None = None
+    ) -> dict[str, float]:
+        """Train on `train`: a split in memory, or `Shards` to stream the training batches from
+        (one shard in memory at a time; the validation split stays in memory). Streaming first
+        makes one pass over the shards for the vocabulary and the training statistics, and does
+        not support the wide features (`wide: true`), which are fitted on the whole split."""
         cfg = self.config
         pl.seed_everything(self.seed, workers=True)
         self._set_catalog(train.items)
-        queries = train.events.loc[train.events[S.EVENT_TYPE].astype(str) == S.SEARCH, S.QUERY]
-        if valid is not None and valid.events is not train.events:
+        scan: ShardScan | None = None
+        data: PricingData | None = None  # the training split when it is in memory
+        if isinstance(train, Shards):
+            if cfg.wide:
+                raise ValueError("wide features are fitted in memory: train from a PricingData")
+            scan = scan_shards(train, text=bool(cfg.text))
+            queries = pd.Series(sorted(scan.queries), dtype=object)
+        else:
+            data = train
+            queries = data.events.loc[data.events[S.EVENT_TYPE].astype(str) == S.SEARCH, S.QUERY]
+        if valid is not None and (data is None or valid.events is not data.events):
             extra = valid.events.loc[valid.events[S.EVENT_TYPE].astype(str) == S.SEARCH, S.QUERY]
             queries = pd.concat([queries, extra])
         if not cfg.text:
@@ -266,14 +283,20 @@ class BertDemand(DemandModel):
             query_vecs = np.zeros((0, dim), np.float32)
         encode_s = time.perf_counter() - t0
 
-        rate = float(np.clip(train.offers[S.PURCHASED].mean(), 1e-3, 1 - 1e-3))
+        if data is not None:
+            mean_rate, n_train = data.offers[S.PURCHASED].mean(), len(data)
+            seen_idx = seen_items(data, vocab)
+        else:
+            assert scan is not None
+            mean_rate, n_train, seen_idx = scan.rate, scan.n, scan.seen(vocab)
+        rate = float(np.clip(mean_rate, 1e-3, 1 - 1e-3))
         has_valid = valid is not None and len(valid) > 0
         train_wide = valid_wide = None
         self.wide = None
-        if cfg.wide:
+        if cfg.wide and data is not None:
             self.wide = WideFeatures()
-            self.wide.fit(train, valid if has_valid else None)
-            train_wide = self.wide.matrix(train)
+            self.wide.fit(data, valid if has_valid else None)
+            train_wide = self.wide.matrix(data)
             if has_valid and valid is not None:
                 valid_wide = self.wide.matrix(valid)
         module = PriceResponseModule(
@@ -291,7 +314,7 @@ class BertDemand(DemandModel):
         query_text = np.zeros((len(vocab.queries) + 1, dim), np.float32)
         query_text[1:] = query_vecs.reshape(-1, dim)
         seen = np.zeros(len(vocab.item_ids) + 1, np.float32)
-        seen[seen_items(train, vocab)] = 1.0
+        seen[seen_idx] = 1.0
         module.set_text_vectors(
             torch.from_numpy(item_text),
             torch.from_numpy(vocab.item_category),
@@ -310,10 +333,31 @@ class BertDemand(DemandModel):
             backend = cfg.compile if isinstance(cfg.compile, str) else "inductor"
             module.compile_net(backend=backend)
         pin = on_gpu if cfg.pin_memory is None else bool(cfg.pin_memory)
+        stream = None
+        if data is None:
+            assert isinstance(train, Shards) and scan is not None
+            # Lightning doubts an IterableDataset's length with workers; this one is exact.
+            warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__`")
+            stream = ShardStream(
+                train,
+                scan.counts,
+                vocab,
+                max_len=int(cfg.max_len),
+                batch_size=int(cfg.batch_size),
+                seed=self.seed,
+                trim=bool(cfg.trim_padding),
+                sequence=bool(cfg.sequence),
+                num_workers=int(cfg.num_workers),
+            )
+            offers, events = pd.DataFrame(), valid.events if valid is not None else None
+        else:
+            offers, events = data.offers, data.events
+        if events is None:
+            events = pd.DataFrame(columns=S.column_names(S.EVENTS))
         dm = PriceDataModule(
-            train.offers,
+            offers,
             valid.offers if has_valid and valid is not None else None,
-            train.events if cfg.sequence else train.events.iloc[:0],
+            events if cfg.sequence else events.iloc[:0],
             vocab,
             max_len=int(cfg.max_len),
             batch_size=int(cfg.batch_size),
@@ -324,6 +368,7 @@ class BertDemand(DemandModel):
             trim_padding=bool(cfg.trim_padding),
             train_wide=train_wide,
             valid_wide=valid_wide,
+            train_stream=stream,
         )
         with contextlib.ExitStack() as stack:
             if cfg.checkpoint_dir:
@@ -335,7 +380,11 @@ class BertDemand(DemandModel):
             ckpt_path = str(last) if cfg.checkpoint_dir and cfg.resume and last.exists() else None
             if ckpt_path:
                 log.info("resuming BERT training from %s", ckpt_path)
-            batches = math.ceil(len(train) / max(int(cfg.batch_size), 1))
+            batches = (
+                len(stream)
+                if stream is not None
+                else math.ceil(n_train / max(int(cfg.batch_size), 1))
+            )
             trainer = self._trainer(root, has_valid, batches)
             t0 = time.perf_counter()
             trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
@@ -363,7 +412,7 @@ class BertDemand(DemandModel):
         epochs = max(int(trainer.current_epoch), 1)
         steps = int(trainer.global_step)
         per_step = int(cfg.batch_size) * int(cfg.accumulate_grad_batches)
-        samples = steps * per_step if steps else epochs * len(train)
+        samples = steps * per_step if steps else epochs * n_train
         return {
             "cold_items": float(len(vocab.item_ids) - int(seen[1:].sum())),
             "temperature": temperature,

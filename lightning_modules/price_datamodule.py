@@ -1,7 +1,9 @@
 """LightningDataModule: train/valid offers with their history windows, as tensors.
 
 It is handed its splits (it never downloads, and never reads the users table, so protected
-attributes cannot reach the model); `lightning_modules.sequences` builds the windows.
+attributes cannot reach the model); `lightning_modules.sequences` builds the windows. Training
+offers come either in memory (the default) or streamed from shards (`train_stream`, see
+`lightning_modules.streaming`), one shard at a time.
 
 The training order is a function of (seed, epoch) only, sharded by rank under DDP, and the
 datamodule's state (epoch, batches done) travels in checkpoints, so a resumed run, even one killed
@@ -20,7 +22,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lightning_modules.sequences import HistoryBatcher, Vocab, event_arrays
+from lightning_modules.sequences import HistoryBatcher, Vocab, event_arrays, rank_world
+from lightning_modules.streaming import ShardStream, StreamLoader
 
 
 class _Positions(Dataset):
@@ -34,13 +37,6 @@ class _Positions(Dataset):
 
     def __getitem__(self, i: int) -> int:
         return i
-
-
-def _rank_world() -> tuple[int, int]:
-    """(rank, world size) of the running process group; (0, 1) outside one."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 class EpochSampler(Sampler[int]):
@@ -76,10 +72,10 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         # The full shard, also when resuming: Lightning sizes the LR schedule from it.
-        return math.ceil(self.n / _rank_world()[1])
+        return math.ceil(self.n / rank_world()[1])
 
     def __iter__(self) -> Iterator[int]:
-        rank, world = _rank_world()
+        rank, world = rank_world()
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             order = torch.randperm(self.n, generator=g)
@@ -135,6 +131,8 @@ class PriceDataModule(pl.LightningDataModule):
         seed: the data-order seed (the order of epoch e is a function of (seed, e)).
         trim_padding: cut each batch to its longest true history (see `HistoryBatcher`).
         train_wide, valid_wide: wide features per offer (wide & deep), or None.
+        train_stream: stream the training batches from shards instead (`train_offers` is then
+            ignored and `events` only serves the validation offers).
     """
 
     def __init__(
@@ -152,8 +150,10 @@ class PriceDataModule(pl.LightningDataModule):
         trim_padding: bool = False,
         train_wide: np.ndarray | None = None,
         valid_wide: np.ndarray | None = None,
+        train_stream: ShardStream | None = None,
     ) -> None:
         super().__init__()
+        self.train_stream = train_stream
         self.train_wide, self.valid_wide = train_wide, valid_wide
         self.train_offers = train_offers.reset_index(drop=True)
         self.valid_offers = None if valid_offers is None else valid_offers.reset_index(drop=True)
@@ -172,19 +172,30 @@ class PriceDataModule(pl.LightningDataModule):
         self.valid_batcher: HistoryBatcher | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_batcher is not None:
+        if self.train_batcher is not None or self.valid_batcher is not None:
+            return
+        has_valid = self.valid_offers is not None and len(self.valid_offers) > 0
+        if self.train_stream is not None and not has_valid:
             return
         ev = event_arrays(self.events, self.vocab)
         trim = self.trim_padding
-        self.train_batcher = HistoryBatcher(
-            ev, self.train_offers, self.vocab, self.max_len, trim, self.train_wide
-        )
-        if self.valid_offers is not None and len(self.valid_offers):
+        if self.train_stream is None:
+            self.train_batcher = HistoryBatcher(
+                ev, self.train_offers, self.vocab, self.max_len, trim, self.train_wide
+            )
+        if self.valid_offers is not None and has_valid:
             self.valid_batcher = HistoryBatcher(
                 ev, self.valid_offers, self.vocab, self.max_len, trim, self.valid_wide
             )
 
     def train_dataloader(self) -> DataLoader:
+        if self.train_stream is not None:
+            if self._resume is not None:
+                self.train_stream.resume_at(self._resume["epoch"], self._resume["batches"])
+                self._resume = None
+            return StreamLoader(
+                self.train_stream, self._current_epoch, pin_memory=self.pin_memory, seed=self.seed
+            )
         assert self.train_batcher is not None
         n = len(self.train_batcher)
         self.train_sampler = EpochSampler(n, self.batch_size, shuffle=True, seed=self.seed)
@@ -200,6 +211,9 @@ class PriceDataModule(pl.LightningDataModule):
             sampler=self.train_sampler,
             seed=self.seed,
         )
+
+    def _current_epoch(self) -> int:
+        return int(self.trainer.current_epoch) if self.trainer is not None else 0
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         if self.valid_batcher is None:

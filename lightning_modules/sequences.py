@@ -201,3 +201,10 @@ class HistoryBatcher:
         if self.wide is not None:
             batch["wide"] = self.wide[o]
         return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of the running process group; (0, 1) outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1

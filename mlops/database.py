@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from mlops.parts import check_parts, part_columns
 from pricing import io as pio
 from pricing import schema as S
 from pricing.io import ContractError
@@ -635,7 +636,7 @@ def _part_schema(path: Path, table: str) -> pa.Schema:
     import pyarrow.parquet as pq
 
     if path.suffix != ".parquet":
-        return pa.schema([(c, pa.large_string()) for c in pio.part_columns(path, table)])
+        return pa.schema([(c, pa.large_string()) for c in part_columns(path, table)])
     try:
         schema = pq.read_schema(path)
     except Exception as exc:  # noqa: BLE001 - any reader failure is the same user-facing problem
@@ -673,7 +674,7 @@ def _folder_table(data_dir: str | Path, table: str) -> _FolderTable | None:
             pio.read_table(data_dir, table)  # raises the missing-table error, reads nothing
         return None
     parts = pio.table_parts(path)
-    pio.check_parts(parts, table)
+    check_parts(parts, table)
     schemas = [_part_schema(p, table) for p in parts]
     try:
         schema = pa.unify_schemas(schemas, promote_options="permissive")

@@ -94,40 +94,21 @@ def read_part(path: Path, table: str, columns: list[str] | None = None) -> pd.Da
         ) from exc
 
 
-def part_columns(path: Path, table: str) -> list[str]:
-    """The column names of one file of `table`, from its footer or header (no rows are read)."""
-    try:
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            return list(pq.read_schema(path).names)
-        return list(pd.read_csv(path, dtype=str, nrows=0).columns)
-    except Exception as exc:  # noqa: BLE001 - same message as a failed read
-        raise ContractError(
-            f"table '{table}': cannot read {path} ({type(exc).__name__}: {exc}). "
-            "Is the file complete and in Parquet or CSV format?"
-        ) from exc
-
-
-def check_parts(parts: list[Path], table: str) -> None:
-    """Every partition of a dataset folder holds the contract's required columns.
+def require_columns(df: pd.DataFrame, path: Path, table: str) -> None:
+    """One partition of a folder holds the contract's required columns.
 
     A partition without one would otherwise read as nulls in that column (every row of it
     quarantined); this names the file instead.
 
     Raises:
-        ContractError: a partition lacks a required column, or cannot be read.
+        ContractError: a required column is missing from the partition `path`.
     """
-    if len(parts) < 2:
-        return
-    required = S.column_names(table, required_only=True)
-    for part in parts:
-        missing = [c for c in required if c not in part_columns(part, table)]
-        if missing:
-            raise ContractError(
-                f"table '{table}': partition {part} lacks required column(s) "
-                f"{', '.join(repr(c) for c in missing)}; every file of {part.parent} must hold them"
-            )
+    missing = [c for c in S.column_names(table, required_only=True) if c not in df.columns]
+    if missing:
+        raise ContractError(
+            f"table '{table}': partition {path} lacks required column(s) "
+            f"{', '.join(repr(c) for c in missing)}; every file of {path.parent} must hold them"
+        )
 
 
 def read_table(data_dir: str | Path, table: str, required: bool = True) -> pd.DataFrame | None:
@@ -147,10 +128,12 @@ def read_table(data_dir: str | Path, table: str, required: bool = True) -> pd.Da
             )
         return None
     parts = table_parts(path)
-    check_parts(parts, table)
-    frames = [read_part(part, table) for part in parts]
-    if len(frames) == 1:
-        return frames[0]
+    if len(parts) == 1:
+        return read_part(parts[0], table)
+    frames = []
+    for part in parts:
+        frames.append(read_part(part, table))
+        require_columns(frames[-1], part, table)
     return pd.concat(frames, ignore_index=True)
 
 

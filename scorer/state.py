@@ -332,6 +332,7 @@ def hydrate_data_dir(
     """
     import pyarrow.parquet as pq
 
+    from mlops.parts import check_parts
     from pricing import io as pio
     from pricing.partitions import user_bucket
 
@@ -342,7 +343,7 @@ def hydrate_data_dir(
     parts = pio.table_parts(path)
     if len(parts) == 1:
         return hydrate(store, pio.read_part(parts[0], S.EVENTS), max_user_events)
-    pio.check_parts(parts, S.EVENTS)
+    check_parts(parts, S.EVENTS)
     rows = sum(
         pq.ParquetFile(p).metadata.num_rows if p.suffix == ".parquet" else HYDRATE_BUCKET_ROWS
         for p in parts

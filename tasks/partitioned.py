@@ -44,6 +44,7 @@ from expectations.runner import (
     write_quarantine,
 )
 from mlops import engine
+from mlops.parts import check_parts
 from pricing import features as F
 from pricing import io as pio
 from pricing import schema as S
@@ -278,7 +279,7 @@ def validate_partitioned(
             pio.read_table(data_dir, table)  # raises the usual "table is missing" error
     parts = {t: pio.table_parts(paths[t]) for t in USER_TABLES}  # type: ignore[arg-type]
     for table, files in parts.items():
-        pio.check_parts(files, table)
+        check_parts(files, table)
 
     items_report, items, items_gx = _whole_table(
         data_dir, S.ITEMS, contract_parameters(now), threshold, qdir
