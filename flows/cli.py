@@ -154,7 +154,13 @@ def _quiet_dask() -> None:
     """Dask's own INFO lines (workers starting and stopping) are noise in a run's log."""
     import logging
 
-    for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.core"):
+    for name in (
+        "distributed",
+        "distributed.nanny",
+        "distributed.scheduler",
+        "distributed.core",
+        "distributed.http.proxy",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
