@@ -85,18 +85,27 @@ def cluster(workers: int | None = None) -> Iterator[str]:
             yield c.scheduler.address
         return
     n = workers or DEFAULT_WORKERS
-    with (
-        LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,
-            processes=True,
-            memory_limit=WORKER_MEMORY,
-            dashboard_address=None,
-            silence_logs=40,  # errors only: the run's own log says what happens
-        ) as local,
-        Client(local) as c,
-    ):
-        yield c.scheduler.address
+    environ = dict(os.environ)
+    with LocalCluster(
+        n_workers=n,
+        threads_per_worker=1,
+        processes=True,
+        memory_limit=WORKER_MEMORY,
+        dashboard_address=None,
+        silence_logs=40,  # errors only: the run's own log says what happens
+    ) as local:
+        # Starting the workers leaves their settings in this process's environment (one OpenMP,
+        # MKL and OpenBLAS thread, a fixed PYTHONHASHSEED): LightGBM and every process started
+        # later would inherit them. The workers have them; this process gets its own back.
+        _restore_environ(environ)
+        with Client(local) as c:
+            yield c.scheduler.address
+
+
+def _restore_environ(saved: dict[str, str]) -> None:
+    for key in set(os.environ) - set(saved):
+        del os.environ[key]
+    os.environ.update(saved)
 
 
 def task_runner(scheduler: str) -> Any:

@@ -3,6 +3,7 @@ prefect-dask's DaskTaskRunner, on a 2-process LocalCluster."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,13 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 def cluster() -> Iterator[str]:
     from mlops import engine
 
+    keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PYTHONHASHSEED",
+            "MALLOC_TRIM_THRESHOLD_", "__DASK_PARENT_PID")  # fmt: skip
+    before = {k: os.environ.get(k) for k in keys}
     with engine.cluster(2) as address:
+        # the workers' thread limits and hash seed stay theirs: LightGBM and the processes this
+        # one starts later keep this process's settings
+        assert {k: os.environ.get(k) for k in keys} == before
         yield address
 
 
