@@ -199,6 +199,14 @@ class Prepared(NamedTuple):
     train_items: set[str]
     n_test: int  # test offers in the data (the evaluation may score a sample)
     sample: dict[str, Any] | None  # dask: which part of the data training read
+    shards: Any = None  # dask: every user bucket, for the models that stream (`training_data`)
+
+    def training_data(self, name: str, cfg: ExperimentConfig) -> Any:
+        """What model `name` trains on: the BERT models without the wide features stream every
+        user bucket when the data is partitioned; the others read the training sample."""
+        if self.shards is None or cfg.base_model(name) != "bert" or cfg.model_block(name).wide:
+            return self.train
+        return self.shards
 
 
 @contextlib.contextmanager
@@ -251,6 +259,8 @@ def prepared_data(
                 cfg.evaluation.max_test_offers,
                 cfg.seed,
             )
+        from lightning_modules.streaming import Shards, layout_shards
+
         yield Prepared(
             engine,
             data.report,
@@ -263,6 +273,7 @@ def prepared_data(
             train_items,
             int(stats.total("test")),
             sample,
+            Shards(layout_shards(layout), data.items, stats.valid_start),
         )
 
 
@@ -280,7 +291,7 @@ def _train_evaluate_register(
     force_promote: bool,
 ) -> dict[str, Any]:
     """Train the model and the baselines, evaluate, register and promote (either engine)."""
-    report, fb, train, valid, test = prep.report, prep.fb, prep.train, prep.valid, prep.test
+    report, fb, valid, test = prep.report, prep.fb, prep.valid, prep.test
     truth = load_ground_truth(data_path)
     guardrails = Guardrails.from_dict(cfg.guardrails.model_dump())
 
@@ -288,7 +299,9 @@ def _train_evaluate_register(
         # A worker rank of a multi-process launch (torchrun, srun, Lightning's DDP launcher) re-runs
         # this flow: it contributes its share of training and nothing else (no MLflow run, no
         # registration), and ends as a normal result, not a SystemExit (a Crashed run).
-        return train_worker_share(cfg.model, train, valid, cfg, trainer)
+        return train_worker_share(
+            cfg.model, prep.training_data(cfg.model, cfg), valid, cfg, trainer
+        )
 
     with training_run(settings.tracking_uri, settings.artifact_root, dataset, cfg.model) as run:
         log_run_inputs(
@@ -312,7 +325,7 @@ def _train_evaluate_register(
             trained = {
                 name: train_price_model(
                     name,
-                    train,
+                    prep.training_data(name, cfg),
                     valid,
                     cfg,
                     trainer,
@@ -403,6 +416,7 @@ def _train_evaluate_register(
             **promotion,
             "split": prep.split,
             "engine": prep.engine,
+            **({"sample": prep.sample} if prep.sample else {}),
             "metrics": metrics,
             "train": {name: t.diagnostics for name, t in trained.items()},
             "validation": {

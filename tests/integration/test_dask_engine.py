@@ -247,3 +247,41 @@ def test_the_training_flow_runs_on_prefect_dasks_task_runner(
         (Path(mlflow_store.removeprefix("sqlite:///")).parents[1] / "runs" / "partitions").glob("*")
     )
     shutil.rmtree(tiny_parts / "quarantine", ignore_errors=True)
+
+
+def test_bert_streams_every_user_bucket_while_the_baselines_read_the_sample(
+    prefect_harness: None, mlflow_store: str, tiny_parts: Path, cluster: str, tmp_path: Path
+) -> None:
+    import yaml
+
+    from flows.training import training
+    from mlops import engine
+
+    config = tmp_path / "bert-stream.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "bert-stream",
+                "model": "bert",
+                "baselines": ["logistic"],
+                "scale": {"offers_per_bucket": 1000, "train_sample_offers": 1000},
+                "bert": {
+                    "text_encoder": "tiny",
+                    "d_model": 32,
+                    "n_layers": 1,
+                    "n_heads": 2,
+                    "max_len": 16,
+                    "batch_size": 128,
+                    "max_epochs": 1,
+                    "warmup_steps": 2,
+                },
+            }  # fmt: skip
+        )
+    )
+    flow = training.with_options(task_runner=engine.task_runner(cluster))
+    result = flow(data_dir=str(tiny_parts), config_path=str(config), engine="dask", promote=False)
+    n_train = result["split"]["n_train"]
+    assert result["sample"]["offers"] < n_train  # the baselines' training sample
+    # one epoch over every bucket's training offers, not over the sample's
+    assert result["train"]["bert"]["steps"] >= n_train / 128
+    assert 0 < result["metrics"]["bert"]["auc"] < 1
