@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import pytorch_lightning as pl  # noqa: E402
-from pipeline_scale import TreeMonitor, _commit  # noqa: E402
+from pipeline_scale import TreeMonitor, _commit, publish  # noqa: E402
 
 
 class StepTimer(pl.Callback):
@@ -157,11 +157,7 @@ def main() -> None:
             else None
         ),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    publish(result, args.out)
 
 
 if __name__ == "__main__":

@@ -377,11 +377,16 @@ def main() -> None:
         "loglog_slope_wall_vs_offers": slopes,
         "note": "peak_rss_gb per step and process; the monitor's own CPU is monitor_cpu_s per run",
     }
+    publish(result, args.out)
+
+
+def publish(result: dict[str, Any], out: str | None) -> None:
+    """Print the result as JSON, and write it to `out` too when given."""
     text = json.dumps(result, indent=2, default=str)
     print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -596,7 +596,7 @@ def feature_build(data: PartitionedData, stats: FeatureStats) -> FeatureBuild:
 @task(name="validate_partitions", task_run_name="validate-{table_dir.name}", cache_policy=NO_CACHE)
 def validate_partitions(table_dir: Path, layout: Layout, threshold: float) -> PartitionedData:
     """`validate_partitioned` as a flow step; fails like `tasks.validation.validate_tables`."""
-    from tasks.validation import ValidationFailed
+    from tasks.validation import raise_if_failed
 
     data = validate_partitioned(table_dir, layout, threshold)
     report = data.report
@@ -606,12 +606,7 @@ def validate_partitions(table_dir: Path, layout: Layout, threshold: float) -> Pa
         layout.buckets,
         ", ".join(f"{t} {r.rows} rows ({r.bad_rows} bad)" for t, r in report.tables.items()),
     )
-    if not report.passed:
-        raise ValidationFailed(
-            f"data in {table_dir} fails the contract: "
-            + "; ".join(report.errors)
-            + f" (details: {table_dir / 'validation.json'}, quarantine: {table_dir / 'quarantine'})"
-        )
+    raise_if_failed(report)
     return data
 
 

@@ -17,12 +17,17 @@ class ValidationFailed(ContractError):
 
 def validate_or_fail(data_dir: Path, threshold: float) -> ValidationReport:
     """Validate; raise with every error in one clear message when the data is not usable."""
-    report = validate_data_dir(data_dir, threshold=threshold, build_docs=True)
+    return raise_if_failed(validate_data_dir(data_dir, threshold=threshold, build_docs=True))
+
+
+def raise_if_failed(report: ValidationReport) -> ValidationReport:
+    """`report`, or `ValidationFailed` with every error and where the details are."""
     if not report.passed:
+        data_dir = Path(report.data_dir)
         raise ValidationFailed(
             f"data in {data_dir} fails the contract: "
             + "; ".join(report.errors)
-            + f" (details: {Path(data_dir) / 'validation.json'}, quarantine: {Path(data_dir) / 'quarantine'})"
+            + f" (details: {data_dir / 'validation.json'}, quarantine: {data_dir / 'quarantine'})"
         )
     return report
 
