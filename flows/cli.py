@@ -138,7 +138,7 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
         "--engine",
         choices=["local", "dask", "auto"],
         default="local",
-        help="local: every table in this process (default; data that fits in memory); dask: "
+        help="local: every table in this process (data that fits in memory); dask: "
         "partition by partition on a Dask cluster (PRICING_DASK_ADDRESS, else a local one of "
         "--workers processes); auto: dask above 2M offers",
     )
