@@ -29,39 +29,20 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from lightning_modules.sequences import HistoryBatcher, Vocab, event_arrays, rank_world, ts_ns
+from pricing import io as pio
 from pricing import schema as S
 from pricing.partitions import user_bucket
 
-POS = "_pos"  # the partitioned work files' row-order column (sorting by it gives the input order)
+POS = pio.ROW_POSITION
 ShardFrames = tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame]  # offers, features, events
 ShardLoader = Callable[[], ShardFrames]
 Batch = dict[str, torch.Tensor]
 
-_EMPTY_DTYPES = {
-    "str": "object",
-    "float": "float64",
-    "int": "int64",
-    "timestamp": "datetime64[ns, UTC]",
-}
-
-
-def _empty(table: str) -> pd.DataFrame:
-    """A frame with the contract's columns of `table` and no rows."""
-    return pd.DataFrame(
-        {c.name: pd.Series(dtype=_EMPTY_DTYPES[c.dtype]) for c in S.CONTRACT[table]}
-    )
-
 
 def _read_parquet(path: Path) -> pd.DataFrame | None:
-    """A Parquet file, or every `*.parquet` of a folder, in `_pos` order without `_pos`."""
-    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path] if path.is_file() else []
-    if not files:
-        return None
-    frames = [pd.read_parquet(f) for f in files]
-    df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-    if POS in df:
-        df = df.sort_values(POS, kind="stable").drop(columns=POS)
-    return df.reset_index(drop=True)
+    """A shard's file or folder in the input's row order, without the position column."""
+    df = pio.read_in_order(path)
+    return None if df is None else df.drop(columns=POS, errors="ignore")
 
 
 @dataclass(frozen=True)
@@ -77,12 +58,12 @@ class ParquetShard:
     def __call__(self) -> ShardFrames:
         offers = _read_parquet(Path(self.offers))
         if offers is None:
-            return _empty(S.OFFERS), None, _empty(S.EVENTS)
+            return pio.empty_table(S.OFFERS), None, pio.empty_table(S.EVENTS)
         events = _read_parquet(Path(self.events))
         feats = None if self.features is None else _read_parquet(Path(self.features))
         if feats is not None and len(feats) != len(offers):
             raise ValueError(f"{self.features}: {len(feats)} feature rows for {len(offers)} offers")
-        return offers, feats, _empty(S.EVENTS) if events is None else events
+        return offers, feats, pio.empty_table(S.EVENTS) if events is None else events
 
 
 class BucketLayout(Protocol):

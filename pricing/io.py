@@ -22,6 +22,15 @@ class ContractError(Exception):
 
 
 SUFFIXES = (".parquet", ".csv")
+# The row-order column of partitioned work files: input partition << 32 | row in it, so sorting by
+# it restores the order a table is read in whole.
+ROW_POSITION = "_pos"
+_EMPTY_DTYPES = {
+    "str": "str",
+    "float": "float64",
+    "int": "int64",
+    "timestamp": "datetime64[us, UTC]",
+}
 
 
 @contextlib.contextmanager
@@ -173,3 +182,24 @@ def write_part(df: pd.DataFrame, data_dir: str | Path, table: str, index: int) -
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)
     return path
+
+
+def empty_table(table: str) -> pd.DataFrame:
+    """A frame with the contract's columns of `table` (their logical types) and no rows."""
+    return pd.DataFrame(
+        {c.name: pd.Series(dtype=_EMPTY_DTYPES[c.dtype]) for c in S.CONTRACT[table]}
+    )
+
+
+def read_in_order(path: Path, columns: list[str] | None = None) -> pd.DataFrame | None:
+    """A Parquet file, or every `*.parquet` of a folder, sorted by `ROW_POSITION` (kept), or None
+    when there is none."""
+    path = Path(path)
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path] if path.is_file() else []
+    if not files:
+        return None
+    frames = [pd.read_parquet(f, columns=columns) for f in files]
+    df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    if ROW_POSITION in df:
+        df = df.sort_values(ROW_POSITION, kind="stable")
+    return df.reset_index(drop=True)

@@ -60,7 +60,7 @@ from tasks.features import (
     table_hash,
 )
 
-POS = "_pos"  # input partition << 32 | row in it: the local engine's row order
+POS = pio.ROW_POSITION
 _PART_BITS = 32
 USER_TABLES = (S.EVENTS, S.OFFERS)  # the tables partitioned by user; the others stay in memory
 
@@ -89,33 +89,13 @@ def bucket_count(data_dir: Path, offers_per_bucket: int) -> int:
     return max(1, math.ceil(rows / offers_per_bucket))
 
 
-def _read_dir(folder: Path, columns: list[str] | None = None) -> pd.DataFrame | None:
-    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-    if not files:
-        return None
-    frames = [pd.read_parquet(f, columns=columns) for f in files]
-    df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-    return df.sort_values(POS, kind="stable").reset_index(drop=True)
-
-
 def read_bucket(layout: Layout, table: str, bucket: int) -> pd.DataFrame:
     """The clean rows of `table` in user bucket `bucket`, in the local engine's order (an empty
     frame with the contract's columns when the bucket has none)."""
-    df = _read_dir(layout.bucket_dir(table, bucket))
+    df = pio.read_in_order(layout.bucket_dir(table, bucket))
     if df is None:
-        return pd.DataFrame(
-            {c.name: pd.Series(dtype=_EMPTY_DTYPES[c.dtype]) for c in S.CONTRACT[table]}
-            | {POS: pd.Series(dtype="int64")}
-        )
+        return pio.empty_table(table).assign(**{POS: pd.Series(dtype="int64")})
     return df
-
-
-_EMPTY_DTYPES = {
-    "str": "str",
-    "float": "float64",
-    "int": "int64",
-    "timestamp": "datetime64[us, UTC]",
-}
 
 
 # --- validation ---------------------------------------------------------------------------------
@@ -511,7 +491,7 @@ def training_sample(
 
 
 def _test_ranks(bucket: int, layout: Layout, test_start: pd.Timestamp, seed: int) -> pd.DataFrame:
-    o = _read_dir(layout.bucket_dir(S.OFFERS, bucket), columns=[S.OFFER_ID, S.TS, POS])
+    o = pio.read_in_order(layout.bucket_dir(S.OFFERS, bucket), columns=[S.OFFER_ID, S.TS, POS])
     if o is None:
         return pd.DataFrame(
             {
@@ -531,7 +511,7 @@ def _test_ranks(bucket: int, layout: Layout, test_start: pd.Timestamp, seed: int
 
 
 def _items_seen_before(bucket: int, layout: Layout, at: pd.Timestamp) -> set[str]:
-    e = _read_dir(layout.bucket_dir(S.EVENTS, bucket), columns=[S.ITEM_ID, S.TS, POS])
+    e = pio.read_in_order(layout.bucket_dir(S.EVENTS, bucket), columns=[S.ITEM_ID, S.TS, POS])
     if e is None:
         return set()
     before = (pd.to_datetime(e[S.TS], utc=True) < at).to_numpy()
