@@ -301,7 +301,9 @@ def _cmd_compare_merge(args: argparse.Namespace) -> int:
 
     try:
         seeds = _seed_list(args.seeds)
-        result = merge_compare(args.dirs, args.out, args.config, args.main, seeds)
+        result = merge_compare(
+            args.dirs, args.out, args.config, args.main, seeds, allow_mixed=args.allow_mixed
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -523,11 +525,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="the market's random seed")
     s.add_argument(
         "--preset",
-        choices=["realistic", "classic"],  # pricing.simulator.PRESETS (not imported: fast --help)
-        default="realistic",
-        help="realistic: need intents in many phrasings, need words in item text that move "
-        "demand, held-out phrasings, cold items and new users in the test period; classic: the "
-        "market before those, reproduced exactly for the same seed",
+        choices=[
+            "shop",
+            "realistic",
+            "classic",
+        ],  # pricing.simulator.PRESETS (not imported: fast --help)
+        default="shop",
+        help="shop: need intents in many phrasings, need words in item text that move "
+        "demand, held-out phrasings, cold items and new users in the test period, every shopper "
+        "price-sensitive and list prices near the best uniform price; realistic: the same with a "
+        "much wider spread of sensitivity (many optima at the guardrails); classic: realistic "
+        "before intents and novelty, reproduced exactly for the same seed",
     )
     s.add_argument("--format", choices=["parquet", "csv"], default="parquet", help="file format")
     s.add_argument(
@@ -621,8 +629,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--data-url", help=DATA_URL_HELP)
     r.add_argument(
         "--preset",
-        choices=["realistic", "classic"],
-        help="with --simulate: which market (default: the config's simulate.preset, else realistic)",
+        choices=["shop", "realistic", "classic"],
+        help="with --simulate: which market (default: the config's simulate.preset, else shop)",
     )
     r.add_argument("--since", help=SINCE_HELP)
     r.add_argument("--until", help=UNTIL_HELP)
@@ -692,6 +700,12 @@ def build_parser() -> argparse.ArgumentParser:
         "paired with it as ablations",
     )
     cm.add_argument("--seeds", help="only these seeds, comma-separated (e.g. 0,1,2)")
+    cm.add_argument(
+        "--allow-mixed",
+        action="store_true",
+        help="pool runs of different code or config (refused otherwise; the report lists each "
+        "run's provenance)",
+    )
     cm.set_defaults(func=_cmd_compare_merge)
 
     bd = sub.add_parser(

@@ -8,6 +8,7 @@ seed; `out_dir` gets `compare.json` (read by other tools), `compare.md`, `compar
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,8 +17,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from mlops import tracking
-from mlops.config import load_config
+from mlops.config import CONFIG_DIR, load_config
 from mlops.models import DemandModel
+from mlops.provenance import mixed_provenance, provenance
 from mlops.settings import get_settings
 from tasks.compare import (
     COMPARE_JSON,
@@ -31,9 +33,12 @@ from tasks.compare import (
     seed_report,
     summarize_seeds,
     train_seed_model,
+    training_budgets,
     write_compare_report,
 )
 from tasks.data import simulate_market
+
+DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
 
 @flow(name="compare", log_prints=True)
@@ -70,6 +75,8 @@ def compare(
     settings = get_settings()
     runs_dir = Path(settings.runs_dir)
     cfg = load_config(config_path)
+    # The config as written (before --models picks the models): runs joined model by model share it.
+    prov = provenance(cfg, config_name=str(config_path or DEFAULT_CONFIG))
     names = model_names(cfg, models)
     main = names[0]
     cfg = cfg.model_copy(update={"model": main, "baselines": names[1:]})
@@ -128,6 +135,7 @@ def compare(
             del trained  # one seed's models at a time
             timings = {**data.timings_s, "seed_total": time.perf_counter() - t_seed}
             reports[seed] = seed_report(seed, data, main, per_seed[seed], diagnostics, timings)
+            reports[seed]["provenance"] = prov
             children[seed] = log_seed_run(seed, parent_id, exp_id, reports[seed])
             reports[seed]["mlflow_run_id"] = children[seed]
             with_truth.append(data.truth is not None)
@@ -135,6 +143,8 @@ def compare(
         primary = cfg.promotion.primary_metric(all(with_truth))
         summary = summarize_seeds(per_seed, main, primary, cfg)
         summary["mlflow_run_id"] = parent_id
+        summary["provenance"] = prov
+        summary["budgets"] = training_budgets(reports)
         paths = write_compare_report(summary, reports, out)
         log_comparison(parent_id, summary, paths, dataset)
         mlflow.log_metric("time/total", time.perf_counter() - t_start)
@@ -168,12 +178,25 @@ def compare(
     return result
 
 
+def _run_provenance(folder: Path) -> dict[str, Any]:
+    """A compare run's provenance: its compare.json's, else its first seed report's ({} if none)."""
+    for f in [folder / COMPARE_JSON, *sorted(folder.glob("seed-*.json"))]:
+        try:
+            prov = json.loads(f.read_text()).get("provenance")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if prov:
+            return {"provenance": prov}
+    return {}
+
+
 def merge_compare(
     dirs: list[str],
     out_dir: str,
     config_path: str | None = None,
     main: str | None = None,
     seeds: list[int] | None = None,
+    allow_mixed: bool = False,
 ) -> dict[str, Any]:
     """Pool several `compare` runs into one report: their seeds, and their models.
 
@@ -185,8 +208,18 @@ def merge_compare(
     about: the best baseline is chosen among the others, and the main model's variants are its
     ablations, each paired with it. `seeds` keeps only those seeds (e.g. the ones every run has).
     Nothing is trained or logged to MLflow.
+
+    Runs of different code or config (their `provenance`: commit, dirty tree, config hash) are
+    refused, naming what differs, unless `allow_mixed`; the report then lists every run's
+    provenance under `provenance.merged` and says `mixed: true`.
     """
     cfg = load_config(config_path)
+    runs = {str(d): _run_provenance(Path(d)) for d in dirs}
+    mixed = mixed_provenance(runs)
+    if mixed and not allow_mixed:
+        raise ValueError(
+            "runs of different code or config: " + "; ".join(mixed) + " (--allow-mixed pools them)"
+        )
     reports = read_seed_reports([Path(d) for d in dirs], main, seeds)
     first = next(iter(reports.values()))
     main = first["main"]
@@ -194,6 +227,12 @@ def merge_compare(
     per_seed = {seed: r["metrics"] for seed, r in reports.items()}
     summary = summarize_seeds.fn(per_seed, main, primary, cfg)
     summary["merged_from"] = [str(d) for d in dirs]
+    summary["provenance"] = {
+        **provenance(cfg, config_name=str(config_path or DEFAULT_CONFIG)),
+        "mixed": bool(mixed),
+        "merged": {d: r.get("provenance") for d, r in runs.items()},
+    }
+    summary["budgets"] = training_budgets(reports)
     differing = [
         d | {"seed": s}
         for s, r in reports.items()

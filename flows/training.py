@@ -402,6 +402,11 @@ def _train_evaluate_register(
                 str(test.offers[S.USER_ID].iloc[0]),
                 promote,
                 force_promote,
+                baselines={
+                    name: metrics[name]
+                    for name in cfg.baselines
+                    if name in metrics and name != cfg.model
+                },
             )
 
         result: dict[str, Any] = {

@@ -45,6 +45,9 @@ class PromotionConfig(_Strict):
     max_price_gap: float = 0.15  # fairness: max gap of mean price/list between protected groups
     # Whether a challenger whose fairness was not evaluated (no protected-group column) is blocked.
     require_fairness: bool = False
+    # A baseline of the same run beating the challenger's primary metric by more than this blocks
+    # the promotion (absolute; the reason names the baseline).
+    baseline_tolerance: float = 0.001
 
     def primary_metric(self, ground_truth: bool) -> str:
         """The metric that decides: regret where the data has ground truth, else log loss."""
@@ -147,7 +150,7 @@ class BertConfig(_Strict):
         return {k: getattr(self, k) for k in self.ARCH}
 
 
-BASE_MODELS = ("logistic", "lightgbm", "lightgbm_text", "bert")
+BASE_MODELS = ("logistic", "uniform", "lightgbm", "lightgbm_text", "bert")
 
 
 class VariantConfig(_Strict):
@@ -175,12 +178,15 @@ class ExperimentConfig(_Strict):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     scale: ScaleConfig = Field(default_factory=ScaleConfig)
-    # LightGBM parameters over `mlops.models.LGB_DEFAULTS`, plus `tune: {n_trials, timeout_s}`: the
+    # LightGBM parameters over `mlops.models.LGB_DEFAULTS`, plus `tune: {n_trials}`: the
     # seeded Optuna budget on the validation split (`TUNE_DEFAULTS`: no tuning).
     lightgbm: dict[str, Any] = Field(default_factory=dict)
     # The same for LightGBM with the frozen MiniLM vectors, plus `mlops.models.TEXT_DEFAULTS`' keys.
     lightgbm_text: dict[str, Any] = Field(default_factory=dict)
     logistic: dict[str, Any] = Field(default_factory=lambda: {"l2": 1.0})
+    # The non-personalized baseline (`mlops.models.UniformDemand`): `shrinkage` of each item's
+    # curve toward its category's (absent: chosen on the validation split).
+    uniform: dict[str, Any] = Field(default_factory=dict)
     bert: BertConfig = Field(default_factory=BertConfig)
     simulate: dict[str, Any] = Field(default_factory=dict)  # SimConfig overrides for --simulate
     variants: dict[str, VariantConfig] = Field(default_factory=dict)

@@ -451,10 +451,11 @@ LGB_DEFAULTS: dict[str, Any] = {
     "verbose": -1,
     "num_threads": 2,
 }
-# The tuner's budget: `n_trials` Optuna trials (0: no tuning, the configured parameters as they
-# are), each early-stopped on the validation log loss; `timeout_s` caps the wall time as a safety
-# net (a run that hits it has fewer trials, so it is reproducible only while it does not).
-TUNE_DEFAULTS: dict[str, Any] = {"n_trials": 0, "timeout_s": None}
+# The tuner's budget: exactly `n_trials` Optuna trials (0: no tuning, the configured parameters as
+# they are), each early-stopped on the validation log loss. No wall-clock limit: a budget that
+# depends on how busy the machine is would give two models unequal searches and make a run
+# irreproducible.
+TUNE_DEFAULTS: dict[str, Any] = {"n_trials": 0}
 # The search space: (low, high, log scale, integer) per LightGBM parameter.
 SEARCH_SPACE: dict[str, tuple[float, float, bool, bool]] = {
     "learning_rate": (0.03, 0.2, True, False),
@@ -555,10 +556,7 @@ def train_lightgbm(
             v = float(np.clip(float(params[key]), low, high))
             start[key] = int(round(v)) if is_int else v
     study.enqueue_trial(start)
-    timeout = tune.get("timeout_s")
-    study.optimize(
-        objective, n_trials=n_trials, timeout=None if timeout is None else float(timeout)
-    )
+    study.optimize(objective, n_trials=n_trials)
     return TuneResult(
         best["booster"],
         dict(study.best_params),
@@ -575,8 +573,8 @@ class LightGBMDemand(FeatureModel):
     the offer, the learned keyword shares, and item id, brand and category as categorical columns.
 
     Args:
-        params: LightGBM parameters over `LGB_DEFAULTS`, plus `tune: {n_trials, timeout_s}` (the
-            Optuna budget, `TUNE_DEFAULTS`; the configured parameters are the first trial).
+        params: LightGBM parameters over `LGB_DEFAULTS`, plus `tune: {n_trials}` (the Optuna
+            budget, `TUNE_DEFAULTS`; the configured parameters are the first trial).
         seed: LightGBM's and the tuner's seed.
     """
 
@@ -684,7 +682,10 @@ class LightGBMDemand(FeatureModel):
     def load(cls, path: Path) -> LightGBMDemand:
         lgb = _lightgbm()
         meta = json.loads((path / "lightgbm.json").read_text())
-        m = cls(meta.get("config") or meta["params"], meta["seed"])
+        config = dict(meta.get("config") or meta["params"])
+        if isinstance(config.get("tune"), dict):  # saved when the tuner also had a time limit
+            config["tune"] = {k: v for k, v in config["tune"].items() if k != "timeout_s"}
+        m = cls(config, meta["seed"])
         m.categories = meta["categories"]
         m.levels = {k: list(v) for k, v in (meta.get("levels") or {}).items()}
         m.categorical = list(meta.get("categorical") or [S.CATEGORY])
@@ -1028,10 +1029,156 @@ def _window_mean(table: np.ndarray, idx: np.ndarray, dims: int) -> tuple[np.ndar
     return sums / np.maximum(count, 1.0)[:, None], count
 
 
+class UniformDemand(DemandModel):
+    """Item-level demand learned from the logs, the same for every shopper: the non-personalized
+    policy a shop runs today (one price per item), as a baseline.
+
+        logit P(i, p) = a_i + b_i * log(p / list_price_i),  b_i <= 0 (monotone in price)
+
+    Offers are pooled into (item, price ratio) cells, so fitting costs the catalog's size, not
+    the log's. Each category gets its own (a, b) first; each item's (a_i, b_i) is then fitted with
+    a Gaussian prior centred on its category's, of strength `shrinkage` (pseudo-offers; chosen on
+    the validation split's log loss among `SHRINKAGE_GRID` unless fixed). An item never offered in
+    training takes its category's curve; an unknown category, the pooled curve.
+    """
+
+    name = "uniform"
+    SHRINKAGE_GRID: tuple[float, ...] = (1.0, 4.0, 16.0, 64.0, 256.0)
+    _NEWTON_STEPS = 25
+
+    def __init__(self, shrinkage: float | None = None, seed: int = 0) -> None:
+        self.shrinkage = shrinkage
+        self.seed = seed
+        self.catalog = pd.DataFrame()
+        self.params = np.zeros((0, 2))  # (a, b) per catalog row
+
+    # --- fitting ---------------------------------------------------------------------------------
+    @staticmethod
+    def _cells(data: PricingData, item_pos: pd.Index) -> pd.DataFrame:
+        offers = data.offers
+        ratio = np.round(offers[S.PRICE].to_numpy(float) / data.list_price(), 3)
+        frame = pd.DataFrame(
+            {
+                "row": item_pos.get_indexer(pd.Index(offers[S.ITEM_ID].astype(str))),
+                "x": np.log(ratio),
+                "y": offers[S.PURCHASED].to_numpy(float),
+            }
+        )
+        frame = frame[frame["row"] >= 0]
+        return frame.groupby(["row", "x"], as_index=False).agg(n=("y", "size"), y=("y", "sum"))
+
+    @classmethod
+    def _fit_groups(
+        cls, group: np.ndarray, x: np.ndarray, n: np.ndarray, y: np.ndarray,
+        prior: np.ndarray, strength: float, n_groups: int,
+    ) -> np.ndarray:  # fmt: skip
+        """(a, b) per group by Newton steps on binomial cells, with a Gaussian prior at `prior`."""
+        w = prior.copy()
+        for _ in range(cls._NEWTON_STEPS):
+            eta = w[group, 0] + w[group, 1] * x
+            p = 1.0 / (1.0 + np.exp(-np.clip(eta, -35.0, 35.0)))
+            r, h = n * p - y, n * p * (1.0 - p)
+            g0 = np.bincount(group, r, n_groups) + strength * (w[:, 0] - prior[:, 0])
+            g1 = np.bincount(group, r * x, n_groups) + strength * (w[:, 1] - prior[:, 1])
+            h00 = np.bincount(group, h, n_groups) + strength + 1e-9
+            h01 = np.bincount(group, h * x, n_groups)
+            h11 = np.bincount(group, h * x * x, n_groups) + strength + 1e-9
+            det = h00 * h11 - h01 * h01
+            w[:, 0] -= (h11 * g0 - h01 * g1) / det
+            w[:, 1] -= (h00 * g1 - h01 * g0) / det
+        w[:, 1] = np.minimum(w[:, 1], 0.0)
+        return w
+
+    def _fit_params(self, cells: pd.DataFrame, category: np.ndarray, strength: float) -> np.ndarray:
+        row, x = cells["row"].to_numpy(), cells["x"].to_numpy()
+        n, y = cells["n"].to_numpy(float), cells["y"].to_numpy(float)
+        rate = min(max(y.sum() / max(n.sum(), 1.0), 1e-4), 1 - 1e-4)
+        pooled = self._fit_groups(
+            np.zeros(len(row), dtype=np.int64), x, n, y,
+            np.array([[np.log(rate / (1 - rate)), -1.0]]), 1e-3, 1,
+        )  # fmt: skip
+        n_cat = int(category.max()) + 1 if len(category) else 0
+        by_cat = self._fit_groups(
+            category[row], x, n, y, np.repeat(pooled, n_cat, axis=0), 1.0, n_cat
+        )
+        prior = np.where((category >= 0)[:, None], by_cat[np.maximum(category, 0)], pooled)
+        return self._fit_groups(row, x, n, y, prior, strength, len(category))
+
+    def fit(self, train: PricingData, valid: PricingData | None = None) -> dict[str, float]:
+        self.catalog = train.items.reset_index(drop=True).copy()
+        self.catalog[S.ITEM_ID] = self.catalog[S.ITEM_ID].astype(str)
+        pos = pd.Index(self.catalog[S.ITEM_ID])
+        category = (
+            pd.factorize(self.catalog[S.CATEGORY].astype(str))[0]
+            if S.CATEGORY in self.catalog
+            else np.zeros(len(self.catalog), dtype=np.int64)
+        )
+        cells = self._cells(train, pos)
+        grid = [self.shrinkage] if self.shrinkage is not None else list(self.SHRINKAGE_GRID)
+        scores: dict[float, float] = {}
+        if len(grid) > 1 and valid is not None and len(valid):
+            for strength in grid:
+                self.params = self._fit_params(cells, category, strength)
+                prob = np.clip(self.predict(valid), 1e-7, 1 - 1e-7)
+                yv = valid.offers[S.PURCHASED].to_numpy(float)
+                scores[strength] = float(-np.mean(yv * np.log(prob) + (1 - yv) * np.log(1 - prob)))
+            chosen = min(scores, key=lambda k: scores[k])
+        else:
+            chosen = grid[0] if grid[0] is not None else self.SHRINKAGE_GRID[2]
+        self.shrinkage = chosen
+        self.params = self._fit_params(cells, category, chosen)
+        return {
+            "shrinkage": float(chosen),
+            "items_fitted": float(cells["row"].nunique()),
+            "cells": float(len(cells)),
+            **({"valid_log_loss": scores[chosen]} if scores else {}),
+        }
+
+    # --- prediction ------------------------------------------------------------------------------
+    def _curve(self, rows: np.ndarray, lp: np.ndarray, grid: np.ndarray) -> np.ndarray:
+        a, b = self.params[rows, 0][:, None], self.params[rows, 1][:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            eta = a + b * np.log(np.asarray(grid, float) / lp[:, None])
+        return 1.0 / (1.0 + np.exp(-np.clip(eta, -35.0, 35.0)))
+
+    def predict_grid(self, data: PricingData, grid: np.ndarray) -> np.ndarray:
+        rows = pd.Index(self.catalog[S.ITEM_ID]).get_indexer(
+            pd.Index(data.offers[S.ITEM_ID].astype(str))
+        )
+        if (rows < 0).any():
+            missing = sorted(set(data.offers[S.ITEM_ID].astype(str)[rows < 0]))[:5]
+            raise KeyError(f"items not in the uniform model's catalog: {missing}")
+        out = self._curve(rows, data.list_price(), grid)
+        return np.where(np.isnan(grid), np.nan, out)
+
+    def user_state(self, events: pd.DataFrame) -> Any:
+        return None  # nobody is priced by who they are
+
+    def demand(self, state: Any, item_idx: np.ndarray, grid: np.ndarray) -> np.ndarray:
+        rows = np.asarray(item_idx)
+        return self._curve(rows, self.catalog[S.LIST_PRICE].to_numpy(float)[rows], grid)
+
+    # --- persistence -----------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        np.savez(path / "uniform.npz", params=self.params, shrinkage=float(self.shrinkage or 0.0))
+        self.catalog.to_parquet(path / "catalog.parquet", index=False)
+
+    @classmethod
+    def load(cls, path: Path) -> UniformDemand:
+        z = np.load(path / "uniform.npz")
+        m = cls(shrinkage=float(z["shrinkage"]))
+        m.params = z["params"]
+        m.catalog = pd.read_parquet(path / "catalog.parquet")
+        m.catalog[S.ITEM_ID] = m.catalog[S.ITEM_ID].astype(str)
+        return m
+
+
 # Every demand model by name, as "module:Class". Importing is lazy (BERT pulls in torch) and goes
 # by this table, so this module never imports lightning_modules, which imports the interface.
 CLASS_PATHS: dict[str, str] = {
     "logistic": "mlops.models:LogisticDemand",
+    "uniform": "mlops.models:UniformDemand",
     "lightgbm": "mlops.models:LightGBMDemand",
     "lightgbm_text": "mlops.models:LightGBMTextDemand",
     "bert": "lightning_modules.demand:BertDemand",

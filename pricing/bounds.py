@@ -64,7 +64,7 @@ class SensitivityOracle:
         if level not in LEVELS:
             raise ValueError(f"unknown level {level!r}; choose from {LEVELS}")
         self.truth, self.level = truth, level
-        med, sig = sim._SEGMENT_LOG_MEDIAN, sim._SEGMENT_LOG_SIGMA
+        med, sig = self._segments()
         lo, hi = float((med - 5 * sig).min()), float((med + 5 * sig).max())
         self.log_beta = np.linspace(lo, hi, grid_size)  # (K,)
         self._prior = self._log_prior()  # (U, K)
@@ -72,9 +72,14 @@ class SensitivityOracle:
 
     # -- prior ------------------------------------------------------------------------------------
 
+    def _segments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each segment's median of log beta and its sd, as the market was designed."""
+        t = self.truth
+        return np.log(np.asarray(t.segment_sensitivity, float)), np.asarray(t.segment_spread, float)
+
     def _log_prior(self) -> np.ndarray:
         t, x = self.truth, self.log_beta[None, :]
-        med, sig = sim._SEGMENT_LOG_MEDIAN, sim._SEGMENT_LOG_SIGMA
+        med, sig = self._segments()
         n_users = len(t.user_ids)
         if self.level == "offers":
             comp = np.stack(
@@ -87,7 +92,7 @@ class SensitivityOracle:
         seg = t.user_segment.astype(int)
         lp = _normal_logpdf(x, med[seg][:, None], sig[seg][:, None])
         # Traits that sensitivity drives, each a linear function of z = (log beta - M) / S + noise.
-        z = (x - sim._LOG_BETA_MEAN) / sim._LOG_BETA_STD  # (1, K)
+        z = t.sensitivity_z(np.exp(x))  # (1, K)
         lp = lp + _normal_logpdf(
             t.user_alpha[:, None], sim._ALPHA_SENSITIVITY_SLOPE * z, np.array(sim._USER_ALPHA_SD)
         )

@@ -42,6 +42,7 @@ class EvalInputs:
     groups: dict[str, np.ndarray] | None = None
     truth: TruthFn | None = None
     oracle: OracleFn | None = None
+    item_ids: np.ndarray | None = None  # the offers' items (the uniform-price reference)
 
     def __len__(self) -> int:
         return len(self.list_price)
@@ -76,6 +77,7 @@ class EvalInputs:
             groups=None if self.groups is None else {k: v[idx] for k, v in self.groups.items()},
             truth=truth,
             oracle=oracle,
+            item_ids=None if self.item_ids is None else self.item_ids[idx],
         )
 
 
@@ -93,6 +95,36 @@ def logged_action_grid(inputs: EvalInputs) -> np.ndarray:
     """
     ratios = np.unique(np.round(inputs.offered_price / inputs.list_price, 2))
     return np.round(inputs.list_price[:, None] * ratios[None, :], 2)
+
+
+UNIFORM_GRID = 401  # prices per item band the best uniform price is searched over
+
+
+def uniform_prices(
+    item_ids: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    value_fn: Callable[[np.ndarray], np.ndarray],
+    n_grid: int = UNIFORM_GRID,
+) -> np.ndarray:
+    """One price per item for all its offers: the price in the item's allowed band that maximizes
+    the item's summed value (`value_fn`: prices (n, G) -> expected profit per offer).
+
+    The band of an item is the intersection of its offers' bands (the same band when it depends only
+    on list price and cost). The sum of unimodal curves need not be unimodal, so the search is a grid
+    of `n_grid` prices over the band (steps of 0.15% of list price in a 0.7-1.3x band).
+    """
+    codes, uniq = pd.factorize(pd.Series(np.asarray(item_ids)).astype(str))
+    k = len(uniq)
+    lo = pd.Series(low).groupby(codes).max().reindex(range(k)).to_numpy(float)
+    hi = pd.Series(high).groupby(codes).min().reindex(range(k)).to_numpy(float)
+    hi = np.maximum(hi, lo)
+    t = np.linspace(0.0, 1.0, n_grid)
+    item_grid = lo[:, None] + (hi - lo)[:, None] * t[None, :]
+    value = np.nan_to_num(np.asarray(value_fn(item_grid[codes]), dtype=float), nan=-np.inf)
+    sums = pd.DataFrame(value).groupby(codes).sum().reindex(range(k)).to_numpy(float)
+    best = item_grid[np.arange(k), np.argmax(sums, axis=1)]
+    return best[codes]
 
 
 COLD_USER_EVENTS = 3  # a user with fewer events than this before the offer is a cold user
@@ -156,12 +188,13 @@ def evaluate_policy(
     *,
     with_ope: bool = True,
     calibration_bins: int = 15,
+    prices: np.ndarray | None = None,
 ) -> tuple[dict[str, float], PriceDecision | None]:
-    """Metrics of one model's policy on the test offers, and its decision (None for list price).
+    """Metrics of one model's policy on the test offers, and its decision (None without a model).
 
     Args:
-        demand_fn: the model's purchase probability on a price grid; None means the list-price
-            policy (no model).
+        demand_fn: the model's purchase probability on a price grid; None means a fixed policy:
+            `prices` (a reference such as the best uniform price), else list price.
         offer_probs: the model's probability at each offered price (prediction metrics, and the
             doubly robust estimate's reward model at the logged price).
         with_ope: also estimate the policy's value off-policy from the logged propensities.
@@ -176,7 +209,7 @@ def evaluate_policy(
     out["purchase_rate"] = float(np.mean(y))
     decision = None
     if demand_fn is None:
-        price = inputs.list_price.copy()
+        price = inputs.list_price.copy() if prices is None else np.asarray(prices, float)
         out["guardrail_hit_share"] = 0.0
     else:
         decision = choose(inputs, guardrails, demand_fn)
@@ -199,6 +232,37 @@ def evaluate_policy(
     if with_ope and demand_fn is not None and offer_probs is not None:
         out.update(_ope(inputs, guardrails, demand_fn, offer_probs))
     return out, decision
+
+
+def oracle_uniform_prices(inputs: EvalInputs, guardrails: Guardrails) -> np.ndarray:
+    """The best single price per item inside the guardrails, knowing the true demand: what the
+    best non-personalized policy could earn on these offers (a reference, like list price)."""
+    if inputs.truth is None or inputs.item_ids is None:
+        raise ValueError("the uniform oracle needs the true demand and the offers' items")
+    truth = inputs.truth
+    low, high, _ = price_bounds(inputs.list_price, inputs.unit_cost, guardrails)
+    cost = np.zeros(len(inputs)) if guardrails.objective == "revenue" else inputs.unit_cost
+
+    def value(grid: np.ndarray) -> np.ndarray:
+        return (grid - cost[:, None]) * truth(grid)
+
+    return uniform_prices(inputs.item_ids, low, high, value)
+
+
+def personalization_gap(regret: float, uniform_regret: float) -> dict[str, float]:
+    """A policy against the best uniform price, from the two profit regrets (same oracle).
+
+    `gap_share`: the share of the personalization gap closed, (policy - uniform) / (oracle -
+    uniform) profit; 1 is the personalized oracle, 0 the best uniform price, < 0 worse than it.
+    `lift_vs_uniform`: policy / uniform profit - 1.
+    """
+    out = {"gap_share": float("nan"), "lift_vs_uniform": float("nan")}
+    if np.isfinite(regret) and np.isfinite(uniform_regret):
+        if uniform_regret > 0:
+            out["gap_share"] = float((uniform_regret - regret) / uniform_regret)
+        if uniform_regret < 1:
+            out["lift_vs_uniform"] = float((1.0 - regret) / (1.0 - uniform_regret) - 1.0)
+    return out
 
 
 def _policy_value(

@@ -20,6 +20,8 @@ class PromotionRule:
 
     `require_fairness`: whether a challenger whose fairness could not be evaluated (the data has no
     protected-group column, so no `price_gap_protected`) is blocked. Either way the report says so.
+    `baseline_tolerance`: a baseline trained and evaluated in the same run that beats the challenger
+    on the primary metric by more than this (absolute) blocks it: only what wins is promoted.
     """
 
     primary_metric_simulated: str = "profit_regret"
@@ -28,6 +30,7 @@ class PromotionRule:
     min_improvement: float = 0.0
     max_price_gap: float = 0.15
     require_fairness: bool = False
+    baseline_tolerance: float = 0.001
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,25 @@ def _finite(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
 
 
+def _winning_baseline(
+    challenger: float,
+    baselines: Mapping[str, Mapping[str, float]],
+    primary: str,
+    tolerance: float,
+    higher_is_better: bool = False,
+) -> tuple[str, float] | None:
+    """The baseline that beats `challenger` on `primary` by the widest margin past `tolerance`."""
+    best: tuple[str, float] | None = None
+    for name, metrics in baselines.items():
+        value = metrics.get(primary)
+        if not _finite(value):
+            continue
+        margin = (value - challenger) if higher_is_better else (challenger - value)  # type: ignore[operator]
+        if margin > tolerance and (best is None or margin > abs(challenger - best[1])):
+            best = (name, float(value))  # type: ignore[arg-type]
+    return best
+
+
 def decide(
     challenger: dict[str, float],
     champion: dict[str, float] | NotComparable | None,
@@ -108,6 +130,7 @@ def decide(
     simulated: bool,
     rule: PromotionRule = PromotionRule(),
     force: bool = False,
+    baselines: Mapping[str, Mapping[str, float]] | None = None,
 ) -> PromotionDecision:
     """Decide on a challenger from metrics computed on the same test data.
 
@@ -123,6 +146,13 @@ def decide(
             champion's bookkeeping rather than the challenger: a non-comparable champion. The
             challenger is then judged like a first model (it must beat the reference) and every
             other rule still applies. It changes nothing when the champion is comparable.
+        baselines: the metrics of the baselines trained and evaluated in the same run, on the same
+            test data (never the references, which know the list or the truth). One that beats the
+            challenger on the primary metric by more than `rule.baseline_tolerance` blocks it, and
+            the reason names it. The run then registers the challenger (its version stays in
+            MLflow for comparison) but neither it nor the baseline becomes champion: a baseline is
+            a yardstick trained for this run, so switching the served model to it is a change of
+            the config's `model:`, made by a person.
     """
     primary = rule.primary_metric_simulated if simulated else rule.primary_metric_real
     # The other metric guards against winning on one axis by losing on the other.
@@ -153,6 +183,20 @@ def decide(
     ch = challenger.get(primary)
     if not _finite(ch):
         return PromotionDecision(False, reasons + [f"challenger has no {primary}"], primary)
+
+    beaten_by = _winning_baseline(ch, baselines or {}, primary, rule.baseline_tolerance)  # type: ignore[arg-type]
+    if beaten_by is not None:
+        name, value = beaten_by
+        ok = False
+        reasons.append(
+            f"not promoted: baseline {name} of this run beats it on {primary} "
+            f"({value:.4f} against {ch:.4f}, by more than {rule.baseline_tolerance:g})"
+        )
+    elif baselines:
+        reasons.append(
+            f"{primary} {ch:.4f} within {rule.baseline_tolerance:g} of or better than every "
+            f"baseline of this run ({', '.join(sorted(baselines))})"
+        )
 
     forced = False
     if isinstance(champion, NotComparable) or (

@@ -246,14 +246,20 @@ _ARRIVAL_WINDOW = 0.5  # arrivals fall in the first half of [novelty_start, end]
 
 SEGMENTS: tuple[str, ...] = ("insensitive", "regular", "deal_seeker")
 _SEGMENT_PROBS = np.array([0.30, 0.45, 0.25])
-_SEGMENT_LOG_MEDIAN = np.log(np.array([0.45, 2.2, 7.0]))
-_SEGMENT_LOG_SIGMA = np.array([0.35, 0.30, 0.20])
-# Mixture moments of log(beta), fixed so a user's standardized sensitivity does not depend on
-# who else was sampled.
-_LOG_BETA_MEAN = float(_SEGMENT_PROBS @ _SEGMENT_LOG_MEDIAN)
-_LOG_BETA_STD = float(
-    np.sqrt(_SEGMENT_PROBS @ (_SEGMENT_LOG_SIGMA**2 + _SEGMENT_LOG_MEDIAN**2) - _LOG_BETA_MEAN**2)
-)
+
+
+def log_beta_moments(medians: tuple[float, ...], spreads: tuple[float, ...]) -> tuple[float, float]:
+    """Mean and sd of log(beta) over the segment mixture: fixed by the market's config, so a user's
+    standardized sensitivity does not depend on who else was sampled."""
+    log_median, sigma = np.log(np.asarray(medians, float)), np.asarray(spreads, float)
+    mean = float(_SEGMENT_PROBS @ log_median)
+    return mean, float(np.sqrt(_SEGMENT_PROBS @ (sigma**2 + log_median**2) - mean**2))
+
+
+# The realistic and classic markets' sensitivities (segment medians of beta, log-sds).
+_REALISTIC_SENSITIVITY = (0.45, 2.2, 7.0)
+_REALISTIC_SPREAD = (0.35, 0.30, 0.20)
+_LOG_BETA_MEAN, _LOG_BETA_STD = log_beta_moments(_REALISTIC_SENSITIVITY, _REALISTIC_SPREAD)
 
 AGE_GROUPS: tuple[str, ...] = ("18-24", "25-34", "35-44", "45-54", "55-64", "65+")
 _AGE_BASE_PROBS = np.array([0.12, 0.22, 0.21, 0.18, 0.15, 0.12])
@@ -373,6 +379,9 @@ class SimConfig:
     unseen_phrasing_share: float = 0.3
     cold_item_share: float = 0.08
     new_user_share: float = 0.08
+    segment_sensitivity: tuple[float, float, float] = (2.5, 3.4, 4.6)
+    segment_spread: tuple[float, float, float] = (0.12, 0.12, 0.12)
+    cost_share: tuple[float, float] = (0.50, 0.70)
 
     def __post_init__(self) -> None:
         if self.n_users < 1 or self.n_days < 1:
@@ -392,11 +401,18 @@ class SimConfig:
         for name in ("unseen_phrasing_share", "cold_item_share", "new_user_share"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if len(self.segment_sensitivity) != len(SEGMENTS) or min(self.segment_sensitivity) <= 0:
+            raise ValueError(f"segment_sensitivity needs {len(SEGMENTS)} positive medians")
+        if len(self.segment_spread) != len(SEGMENTS) or min(self.segment_spread) < 0:
+            raise ValueError(f"segment_spread needs {len(SEGMENTS)} non-negative log-sds")
+        lo, hi = self.cost_share
+        if not 0.0 <= lo <= hi < 1.0:
+            raise ValueError(f"cost_share must be 0 <= low <= high < 1, got {self.cost_share}")
         if self.unseen_phrasing_share > 0 and not self.intents:
             raise ValueError("unseen_phrasing_share needs intents=True (held-out intent phrasings)")
 
     @classmethod
-    def preset(cls, name: str = "realistic", **overrides: Any) -> SimConfig:
+    def preset(cls, name: str = "shop", **overrides: Any) -> SimConfig:
         """The config of a named market (`PRESETS`), with `overrides` (sizes, seed, ...) on top."""
         if name not in PRESETS:
             raise ValueError(f"unknown simulator preset {name!r}; choose from {sorted(PRESETS)}")
@@ -408,18 +424,26 @@ class SimConfig:
         return self.unseen_phrasing_share > 0 or self.cold_item_share > 0 or self.new_user_share > 0
 
 
-# Named markets: "realistic" is SimConfig()'s defaults; "classic" is the market before intents
-# and novelty, reproduced exactly for the same seed.
+# Named markets: "shop" is SimConfig()'s defaults; "realistic" is the same shop with a much wider
+# spread of price sensitivity (down to shoppers who barely react to price) and costs; "classic" is
+# the realistic market before intents and novelty, reproduced exactly for the same seed.
+_WIDE_SENSITIVITY: dict[str, Any] = {
+    "segment_sensitivity": _REALISTIC_SENSITIVITY,
+    "segment_spread": _REALISTIC_SPREAD,
+    "cost_share": (0.45, 0.75),
+}
 PRESETS: dict[str, dict[str, Any]] = {
-    "realistic": {},
+    "shop": {},
+    "realistic": dict(_WIDE_SENSITIVITY),
     "classic": {
+        **_WIDE_SENSITIVITY,
         "intents": False,
         "unseen_phrasing_share": 0.0,
         "cold_item_share": 0.0,
         "new_user_share": 0.0,
     },
 }
-DEFAULT_PRESET = "realistic"
+DEFAULT_PRESET = "shop"
 
 
 # --- numerics ----------------------------------------------------------------------------------
@@ -477,6 +501,10 @@ class GroundTruth:
     item_popularity: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (I,)
     novelty_start: str | None = None  # ISO UTC time from which novelty may occur
     heldout_queries: tuple[str, ...] = ()  # phrasings that never occur before `novelty_start`
+    # The market's design of price sensitivity: each segment's median beta and log-sd (the prior
+    # of a user's beta; its moments standardize sensitivity for behaviour).
+    segment_sensitivity: tuple[float, ...] = _REALISTIC_SENSITIVITY
+    segment_spread: tuple[float, ...] = _REALISTIC_SPREAD
     _user_index: pd.Index = field(init=False, repr=False)
     _item_index: pd.Index = field(init=False, repr=False)
 
@@ -666,6 +694,16 @@ class GroundTruth:
 
     # -- diagnostics -----------------------------------------------------------------------------
 
+    def sensitivity_z(self, beta: np.ndarray) -> np.ndarray:
+        """log(beta) standardized by the market's design moments."""
+        mean, sd = self.log_beta_moments
+        return (np.log(beta) - mean) / sd
+
+    @property
+    def log_beta_moments(self) -> tuple[float, float]:
+        """Mean and sd of log(beta) over the segment mixture."""
+        return log_beta_moments(self.segment_sensitivity, self.segment_spread)
+
     def user_traits(self) -> pd.DataFrame:
         """One row per user: segment, beta, standardized sensitivity, favourite category, etc."""
         taste = self.user_taste
@@ -674,7 +712,7 @@ class GroundTruth:
                 S.USER_ID: pd.array(self.user_ids, dtype="str"),
                 "segment": np.asarray(self.segments)[self.user_segment],
                 "beta": self.user_beta,
-                "sensitivity_z": (np.log(self.user_beta) - _LOG_BETA_MEAN) / _LOG_BETA_STD,
+                "sensitivity_z": self.sensitivity_z(self.user_beta),
                 "user_alpha": self.user_alpha,
                 "top_category": np.asarray(self.categories)[taste.argmax(axis=1)],
                 "top_category_share": taste.max(axis=1),
@@ -750,6 +788,8 @@ class GroundTruth:
             "format_version": _GT_FORMAT_VERSION,
             "intercept": self.intercept,
             "novelty_start": self.novelty_start,
+            "segment_sensitivity": list(self.segment_sensitivity),
+            "segment_spread": list(self.segment_spread),
         }
         meta.update({name: list(getattr(self, name)) for name in self._NAMES})
         meta.update(extra)
@@ -814,6 +854,8 @@ class GroundTruth:
         return cls(
             intercept=float(meta["intercept"]),
             novelty_start=meta.get("novelty_start"),
+            segment_sensitivity=tuple(meta.get("segment_sensitivity", _REALISTIC_SENSITIVITY)),
+            segment_spread=tuple(meta.get("segment_spread", _REALISTIC_SPREAD)),
             **arrays,
             **names,
         )
@@ -940,7 +982,7 @@ def _simulate_catalog(
     size_mult = np.array([c.size_multipliers for c in CATEGORIES])[category, size]
     raw_price = base * _TIER_PRICE[tier] * size_mult * rng.lognormal(0.0, 0.2, size=n)
     list_price = np.round(np.maximum(raw_price, 1.0), 2)
-    unit_cost = np.round(list_price * rng.uniform(0.45, 0.75, size=n), 2)
+    unit_cost = np.round(list_price * rng.uniform(*config.cost_share, size=n), 2)
     quality = rng.normal(0.0, _QUALITY_SD, size=n)
     popularity_item = rng.normal(0.0, 0.5, size=n)  # browsing prominence, not demand
     if config.intents:  # one extra need word for some items: which need, which of its words
@@ -1074,9 +1116,11 @@ def _simulate_users(
     """Users' latent traits; with intents, their needs. `rng_real` draws only what is new."""
     n, n_cat = config.n_users, len(CATEGORIES)
     segment = rng.choice(len(SEGMENTS), size=n, p=_SEGMENT_PROBS).astype(np.int8)
-    log_beta = rng.normal(_SEGMENT_LOG_MEDIAN[segment], _SEGMENT_LOG_SIGMA[segment])
+    log_median = np.log(np.asarray(config.segment_sensitivity, float))
+    log_beta = rng.normal(log_median[segment], np.asarray(config.segment_spread, float)[segment])
     beta = np.exp(log_beta)
-    z = (log_beta - _LOG_BETA_MEAN) / _LOG_BETA_STD
+    mean, sd = log_beta_moments(config.segment_sensitivity, config.segment_spread)
+    z = (log_beta - mean) / sd
     popularity = np.array([c.popularity for c in CATEGORIES])
     taste = rng.dirichlet(_TASTE_CONCENTRATION * popularity / popularity.mean(), size=n)
     category_alpha = _TASTE_WEIGHT * np.clip(np.log(n_cat * taste + 1e-300), *_TASTE_CLIP)
@@ -1185,6 +1229,8 @@ def _make_truth(config: SimConfig, it: dict[str, np.ndarray], us: dict[str, Any]
         tag_alpha=np.array([TAG_EFFECTS[k][0] for k in needs]),
         tag_log_beta=np.array([TAG_EFFECTS[k][1] for k in needs]),
         item_popularity=it["popularity"],
+        segment_sensitivity=tuple(config.segment_sensitivity),
+        segment_spread=tuple(config.segment_spread),
     )
 
 
@@ -1613,7 +1659,7 @@ def browse_session(
     n_cat = len(truth.categories)
     taste_cdf = np.cumsum(truth.user_taste[user])[None, :]
     intents = len(truth.needs) > 0
-    z = (np.log(truth.user_beta[[user]]) - _LOG_BETA_MEAN) / _LOG_BETA_STD
+    z = truth.sensitivity_z(truth.user_beta[[user]])
     qcdf = _query_cdf(z, truth.user_intent[[user]] if intents else None)
     focus = int(_inverse_cdf(taste_cdf, rng.random(1))[0])
     n_search = int(rng.random() < _SEARCH_PROB)

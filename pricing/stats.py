@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 
 LIST_PRICE = "list_price"  # the list-price policy: a reference, never the best baseline
+ORACLE_UNIFORM = "oracle_uniform"  # the best price per item knowing the truth: a reference too
+REFERENCES = (LIST_PRICE, ORACLE_UNIFORM)
 LEVEL = 0.95
 # Metric-key prefixes of the evaluation's cold-start slices (`cold_items/log_loss`, ...).
 SLICES = ("cold_items", "cold_users")
@@ -40,6 +42,8 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "ope_dr_rel_error": False,
     "auc": True,
     "uplift_vs_list": True,
+    "gap_share": True,
+    "lift_vs_uniform": True,
     "expected_profit": True,
     "ope_ips": True,
     "ope_snips": True,
@@ -47,7 +51,7 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "ope_true_value": True,
 }
 # What a person reads first (the Markdown table and the plot), after the primary metric.
-HEADLINE = ("profit_regret", "grid_regret", "uplift_vs_list", "log_loss", "auc", "ece")
+HEADLINE = ("profit_regret", "gap_share", "lift_vs_uniform", "log_loss", "auc", "ece")
 
 BETTER, WORSE, NO_DIFFERENCE, NOT_AVAILABLE = "better", "worse", "no difference", "n/a"
 
@@ -216,13 +220,14 @@ def best_baseline(
     higher_is_better: bool = False,
     not_baselines: Sequence[str] = (),
 ) -> str:
-    """The model other than `main` and list price with the best mean primary metric.
+    """The model other than `main` and the references (`REFERENCES`) with the best mean primary
+    metric.
 
     `not_baselines` are compared but never the reference (the main model's own variants: an
     ablation is not a baseline). Falls back to list price when there is no other baseline (or
     none has a finite value).
     """
-    skip = {main, LIST_PRICE, *not_baselines}
+    skip = {main, *REFERENCES, *not_baselines}
     candidates = {k: v for k, v in means.items() if k not in skip and math.isfinite(v)}
     if not candidates:
         return LIST_PRICE

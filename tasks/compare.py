@@ -58,8 +58,9 @@ def model_names(cfg: ExperimentConfig, models: list[str] | None) -> list[str]:
     names = [n.strip() for n in names if n and n.strip()]
     if not names:
         raise ValueError("no models to compare")
-    if stats.LIST_PRICE in names:
-        raise ValueError(f"{stats.LIST_PRICE!r} is always included as the reference: leave it out")
+    refs = [n for n in names if n in stats.REFERENCES]
+    if refs:
+        raise ValueError(f"{refs} are references, always included where they apply: leave them out")
     return list(dict.fromkeys(names))
 
 
@@ -149,7 +150,7 @@ def seed_report(
         "data_dir": str(data.data_path),
         "ground_truth": data.truth is not None,
         "main": main,
-        "models": [n for n in metrics if n != stats.LIST_PRICE],
+        "models": [n for n in metrics if n not in stats.REFERENCES],
         "split": data.split,
         "validation": data.validation,
         "features": data.features,
@@ -157,6 +158,23 @@ def seed_report(
         "metrics": metrics,
         "timings_s": timings_s,
     }
+
+
+BUDGET_KEYS = ("tune_trials", "fit_seconds", "epochs", "steps")
+
+
+def training_budgets(reports: dict[int, dict[str, Any]]) -> dict[str, dict[str, list[Any]]]:
+    """What each model's training actually spent, seed by seed (`compare.json`'s `budgets`): the
+    tuner's trials run (`tune_trials`), fit seconds and, for networks, epochs and steps."""
+    out: dict[str, dict[str, list[Any]]] = {}
+    for seed in sorted(reports):
+        for name, diag in (reports[seed].get("train") or {}).items():
+            entry = out.setdefault(name, {"seeds": []})
+            entry["seeds"].append(seed)
+            for key in BUDGET_KEYS:
+                if key in diag:
+                    entry.setdefault(key, []).append(diag[key])
+    return out
 
 
 @task(name="log_seed_run", task_run_name="log seed {seed}", cache_policy=NO_CACHE)

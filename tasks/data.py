@@ -10,7 +10,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from mlops.database import DEFAULT_CHUNKSIZE, ChunkHook, DataSourceError, DataWindow
-from pricing.simulator import SimConfig, simulate, write_market
+from pricing.simulator import DEFAULT_PRESET, SimConfig, simulate, write_market
 
 # A lost or refused connection is retried; a missing table or a wrong column type is not (it
 # would fail the same way again, only later).
@@ -21,9 +21,9 @@ DB_READ_RETRY_DELAY_S = 10.0
 def simulate_to(out_dir: Path, overrides: dict[str, Any] | None = None, seed: int = 0) -> Path:
     """Simulate a market into `out_dir` unless a complete one is already there (same config)."""
     overrides = dict(overrides or {})
-    # `preset: classic|realistic` in a config's `simulate:` block picks the market; keys beside it
-    # (sizes, shares) override the preset's values
-    cfg = SimConfig.preset(overrides.pop("preset", "realistic"), **{"seed": seed, **overrides})
+    # `preset: shop|realistic|classic` in a config's `simulate:` block picks the market; keys
+    # beside it (sizes, shares) override the preset's values
+    cfg = SimConfig.preset(overrides.pop("preset", DEFAULT_PRESET), **{"seed": seed, **overrides})
     marker = out_dir / "simconfig.txt"
     if (
         marker.exists()

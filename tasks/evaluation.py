@@ -14,13 +14,19 @@ from prefect.cache_policies import NO_CACHE
 from mlops.models import DemandModel, PricingData
 from pricing import metrics as M
 from pricing import schema as S
-from pricing.evaluation import SLICE_METRICS, EvalInputs, cold_start_slices, evaluate_policy
+from pricing.evaluation import (
+    SLICE_METRICS,
+    EvalInputs,
+    cold_start_slices,
+    evaluate_policy,
+    oracle_uniform_prices,
+    personalization_gap,
+)
 from pricing.partitions import sample_positions
 from pricing.policy import Guardrails
 from pricing.simulator import GroundTruth
 from pricing.split import TimeSplit, time_split
-
-LIST_PRICE = "list_price"
+from pricing.stats import LIST_PRICE, ORACLE_UNIFORM
 
 
 def _predict_grid(model: DemandModel, data: PricingData, grid: np.ndarray) -> np.ndarray:
@@ -103,6 +109,7 @@ def eval_inputs(test: PricingData, truth: GroundTruth | None) -> EvalInputs:
         groups=groups or None,
         truth=truth_fn,
         oracle=oracle_fn,
+        item_ids=offers[S.ITEM_ID].astype(str).to_numpy(),
     )
 
 
@@ -117,11 +124,14 @@ def evaluate_models(
     calibration_bins: int = 15,
     train_items: Collection[str] | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-    """Metrics per model (plus the list-price policy) and the arrays the plots need.
+    """Metrics per model (plus the reference policies) and the arrays the plots need.
 
-    The list-price entry carries the base-rate predictor's log loss: the reference a first model
-    must beat on real data, where profit cannot be computed. Each model also gets its metrics on the
-    cold-start slices (`pricing.evaluation.cold_start_slices`) as `cold_items/<metric>` and
+    References: the list-price policy, whose entry carries the base-rate predictor's log loss (what
+    a first model must beat on real data, where profit cannot be computed); with ground truth also
+    `oracle_uniform`, the best single price per item inside the guardrails knowing the truth, and
+    every policy's `gap_share` and `lift_vs_uniform` against it
+    (`pricing.evaluation.personalization_gap`). Each model also gets its metrics on the cold-start
+    slices (`pricing.evaluation.cold_start_slices`) as `cold_items/<metric>` and
     `cold_users/<metric>`, with the slice's size as `<slice>/n`.
     """
     if max_offers is not None and len(test) > max_offers:
@@ -151,6 +161,18 @@ def evaluate_models(
     ref["log_loss"] = M.log_loss(inputs.purchased, np.full(len(inputs), base_rate))
     ref.update(_slice_metrics(None, test, inputs, None, slices, guardrails))
     metrics[LIST_PRICE] = ref
+    if inputs.truth is not None:
+        uniform = oracle_uniform_prices(inputs, guardrails)
+        ou, _ = evaluate_policy(inputs, guardrails, None, None, prices=uniform)
+        ou.update(_slice_metrics(None, test, inputs, None, slices, guardrails, uniform))
+        metrics[ORACLE_UNIFORM] = ou
+        curves["price"][ORACLE_UNIFORM] = uniform
+        for m in metrics.values():
+            m.update(personalization_gap(m["profit_regret"], ou["profit_regret"]))
+            for sl in slices:
+                if f"{sl}/profit_regret" in m and f"{sl}/profit_regret" in ou:
+                    gap = personalization_gap(m[f"{sl}/profit_regret"], ou[f"{sl}/profit_regret"])
+                    m[f"{sl}/gap_share"] = gap["gap_share"]
     if truth is not None and "grid" in curves:
         curves["truth"] = inputs.truth(curves["grid"])  # type: ignore[misc]
     curves["unit_cost"] = inputs.unit_cost
@@ -165,8 +187,9 @@ def _slice_metrics(
     offer_probs: np.ndarray | None,
     slices: dict[str, np.ndarray],
     guardrails: Guardrails,
+    prices: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """A model's metrics on each cold-start slice (None = the list-price policy)."""
+    """A model's metrics on each cold-start slice (None = a fixed policy: `prices`, else list)."""
     out: dict[str, float] = {}
     for name, idx in slices.items():
         out[f"{name}/n"] = float(len(idx))
@@ -175,7 +198,10 @@ def _slice_metrics(
         part = subset(test, idx)
         demand = None if model is None else (lambda grid, p=part: model.predict_grid(p, grid))
         probs = None if offer_probs is None else offer_probs[idx]
-        m, _ = evaluate_policy(inputs.subset(idx), guardrails, demand, probs, with_ope=False)
+        fixed = None if prices is None else prices[idx]
+        m, _ = evaluate_policy(
+            inputs.subset(idx), guardrails, demand, probs, with_ope=False, prices=fixed
+        )
         out.update({f"{name}/{k}": v for k, v in m.items() if k in SLICE_METRICS})
     return out
 

@@ -271,6 +271,7 @@ def promote(
     allowed: bool = True,
     force: bool = False,
     lock_timeout_s: float = 600.0,
+    baselines: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Apply the gate; move the alias (compare-and-set); notify the scorer, roll back if it fails.
 
@@ -292,9 +293,10 @@ def promote(
 
     `force` (`--force-promote`) lets a challenger past a champion whose metrics are not comparable
     (see `pricing.promotion.decide`); when it was needed, the version gets a `forced_promotion` tag.
+    `baselines`: the run's baselines' metrics; one that beats the challenger blocks it (`decide`).
     """
     decision: PromotionDecision = decide(
-        challenger, champion, reference, simulated, rule, force=force
+        challenger, champion, reference, simulated, rule, force=force, baselines=baselines
     )
     out: dict[str, Any] = {
         "promoted": False,
@@ -444,11 +446,13 @@ def promote_model(
     smoke_user: str,
     allowed: bool = True,
     force: bool = False,
+    baselines: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """`promote` as a task (no retries: a second attempt would re-decide on a moved alias)."""
     result = promote(
         registered_model, version, challenger, champion, champion_version, reference, simulated,
         rule, scorer_url, admin_token, smoke_items, smoke_user, allowed=allowed, force=force,
+        baselines=baselines,
     )  # fmt: skip
     get_run_logger().info("promotion: %s", json.dumps(result))
     return result

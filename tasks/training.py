@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from mlops.config import ExperimentConfig
-from mlops.models import DemandModel, LogisticDemand, PricingData, model_class
+from mlops.models import DemandModel, LogisticDemand, PricingData, UniformDemand, model_class
 
 
 class TrainedModel(NamedTuple):
@@ -29,6 +29,8 @@ def make_model(
     base, block = config.base_model(name), config.model_block(name)
     if base == "logistic":
         return LogisticDemand(**block)
+    if base == "uniform":
+        return UniformDemand(**block, seed=config.seed)
     if base in ("lightgbm", "lightgbm_text"):
         return model_class(base)(block, seed=config.seed)  # type: ignore[call-arg]
     cls = model_class(base)

@@ -38,7 +38,7 @@ def test_the_traits_posterior_finds_each_users_sensitivity_better_than_the_prior
         pd.to_datetime(offers[S.TS], utc=True) >= pd.to_datetime(offers[S.TS]).quantile(0.8)
     ]
     true = np.log(truth.user_beta[truth.user_index(late[S.USER_ID].astype(str).to_numpy())])
-    prior_mean = float(sim._SEGMENT_PROBS @ sim._SEGMENT_LOG_MEDIAN)
+    prior_mean = truth.log_beta_moments[0]
     rmse_prior = float(np.sqrt(np.mean((true - prior_mean) ** 2)))
     rmse = {
         level: float(

@@ -58,8 +58,11 @@ def _searches(market: Market) -> pd.DataFrame:
 # --- presets ------------------------------------------------------------------------------------
 
 
-def test_presets_default_is_realistic_and_classic_turns_everything_off() -> None:
-    assert SimConfig() == SimConfig.preset("realistic") == SimConfig.preset()
+def test_presets_default_is_shop_and_classic_turns_everything_off() -> None:
+    assert SimConfig() == SimConfig.preset("shop") == SimConfig.preset()
+    realistic = SimConfig.preset("realistic")
+    assert realistic.intents and realistic.has_novelty
+    assert min(realistic.segment_sensitivity) < 1 < min(SimConfig().segment_sensitivity)
     classic = SimConfig.preset("classic", n_users=10, seed=3)
     assert (classic.n_users, classic.seed) == (10, 3)
     assert not classic.intents and not classic.has_novelty
@@ -425,7 +428,7 @@ def test_cli_simulate_takes_a_preset(tmp_path: Path) -> None:
         for a in build_parser()._subparsers._group_actions[0].choices["simulate"]._actions  # type: ignore[union-attr]
         if a.dest == "preset"
     )
-    assert set(action.choices) == set(PRESETS) and action.default == "realistic"
+    assert set(action.choices) == set(PRESETS) and action.default == "shop"
     size = ["--users", "150", "--items", "40", "--days", "21", "--seed", "7"]
     assert main(["simulate", "--out", str(tmp_path / "c"), "--preset", "classic", *size]) == 0
     offers = read_table(tmp_path / "c", S.OFFERS)
