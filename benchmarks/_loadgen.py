@@ -8,6 +8,7 @@ when the last one answered (a warm-up, or the most a slow server can do).
 
 Failures count: a request answered with a status other than 200, cut off, or not answered within
 `--timeout` is failed, and enters the percentiles at the timeout (the worst a caller would see).
+The accounting (per-request records -> the summary) is `account`, a pure function of the records.
 
 Requests come from a JSON-lines file, one `{"path": ..., "body": ...}` per line, sent in file order
 and cycled; the file sets the traffic mix (the scorer benchmark interleaves 10% POST /v1/events).
@@ -287,46 +288,102 @@ def percentiles(lat_ms: np.ndarray) -> dict[str, float]:
     }
 
 
-def summarize(
-    gen: LoadGen, paths: list[str], start: float, end: float, cpu: float
+def account(
+    due: np.ndarray,
+    lat: np.ndarray,
+    status: np.ndarray,
+    kind: np.ndarray,
+    paths: list[str],
+    *,
+    timeout: float,
+    start: float,
+    end: float,
+    rate: float | None = None,
+    send_lag: np.ndarray | None = None,
+    cpu: float = 0.0,
+    conns: int = 0,
+    reconnects: int = 0,
 ) -> dict[str, Any]:
-    """The run as one JSON-able dict: rates, failures, percentiles (overall and per path), CPU."""
-    args = gen.args
-    ok = gen.status == 200
-    timed_out = np.isnan(gen.lat) | (gen.status == 0)
-    lat = np.where(np.isnan(gen.lat), args.timeout, gen.lat)
-    lat_ms = np.where(ok, lat, args.timeout) * 1e3  # a failure counts at the timeout
-    done_at = gen.due + lat
+    """The run as one JSON-able dict, from its per-request records alone (no sockets, no clock).
+
+    One row per request, in send order: `due` the time it was scheduled (s, same clock as `start`
+    and `end`), `lat` its latency from `due` (s; NaN: it never finished), `status` the HTTP status
+    (0: no answer: cut off, refused or timed out), `kind` its index in `paths`. `rate` is the
+    offered rate (None: closed loop).
+
+    - ok: status 200; failed: every other request; timeouts: no answer or no latency (status 0 or
+      NaN), a subset of failed.
+    - Percentiles (overall and per path) are over every request sent, a failed one counted at the
+      timeout whatever its own latency (the worst a caller would see).
+    - achieved_rps: the OK requests over the span from `start` to the last OK answer (`end - start`
+      when none was OK); failed requests add nothing.
+    - events_share: the share of requests sent to /v1/events (0 without such a path).
+    - loadgen_cpu_*: `cpu` (the generator's own CPU seconds) per wall second and per request.
+    """
+    n = len(due)
+    ok = status == 200
+    timed_out = np.isnan(lat) | (status == 0)
+    lat = np.where(np.isnan(lat), timeout, lat)
+    lat_ms = np.where(ok, lat, timeout) * 1e3  # a failure counts at the timeout
+    done_at = due + lat
     span = float(done_at[ok].max() - start) if ok.any() else end - start
+    lag = np.zeros(n) if send_lag is None else send_lag
     out: dict[str, Any] = {
-        "mode": "closed" if args.closed else "open",
-        "offered_rps": float(args.rate) if not args.closed else None,
+        "mode": "closed" if rate is None else "open",
+        "offered_rps": float(rate) if rate is not None else None,
         "duration_s": round(end - start, 3),
-        "sent": int(gen.n),
+        "sent": int(n),
         "ok": int(ok.sum()),
         "failed": int((~ok).sum()),
         "timeouts": int(timed_out.sum()),
-        "status_counts": dict(zip(*_counts(gen.status), strict=True)),
+        "status_counts": dict(zip(*_counts(status), strict=True)),
         "achieved_rps": round(float(ok.sum()) / span, 1) if span > 0 else 0.0,
         **percentiles(lat_ms),
         "max_ms": round(float(lat_ms.max()), 3) if len(lat_ms) else float("nan"),
-        "timeout_ms": args.timeout * 1e3,
+        "timeout_ms": timeout * 1e3,
         "by_path": {},
-        "send_lag_p99_ms": round(float(np.percentile(gen.send_lag, 99)) * 1e3, 3) if gen.n else 0.0,
-        "conns": len(gen.conns) if gen.conns else (args.closed or args.conns),
-        "reconnects": gen.reconnects,
+        "send_lag_p99_ms": round(float(np.percentile(lag, 99)) * 1e3, 3) if n else 0.0,
+        "conns": conns,
+        "reconnects": reconnects,
         "loadgen_cpu_s": round(cpu, 3),
         "loadgen_cpu_cores": round(cpu / max(end - start, 1e-9), 4),
-        "loadgen_cpu_us_per_request": round(cpu / max(gen.n, 1) * 1e6, 1),
+        "loadgen_cpu_us_per_request": round(cpu / max(n, 1) * 1e6, 1),
     }
     for k, path in enumerate(paths):
-        sel = gen.kind == k
+        sel = kind == k
         out["by_path"][path] = {
             "sent": int(sel.sum()),
             "failed": int((~ok & sel).sum()),
             **percentiles(lat_ms[sel]),
         }
+    out["events_share"] = (
+        round(float(np.mean(kind == paths.index("/v1/events"))), 4)
+        if "/v1/events" in paths and n
+        else 0.0
+    )
     return out
+
+
+def summarize(
+    gen: LoadGen, paths: list[str], start: float, end: float, cpu: float
+) -> dict[str, Any]:
+    """The run as one JSON-able dict: rates, failures, percentiles (overall and per path), CPU."""
+    args = gen.args
+    return account(
+        gen.due,
+        gen.lat,
+        gen.status,
+        gen.kind,
+        paths,
+        timeout=args.timeout,
+        start=start,
+        end=end,
+        rate=None if args.closed else float(args.rate),
+        send_lag=gen.send_lag,
+        cpu=cpu,
+        conns=len(gen.conns) if gen.conns else (args.closed or args.conns),
+        reconnects=gen.reconnects,
+    )
 
 
 def load_requests(path: Path, host: str, port: int) -> tuple[list[bytes], list[int], list[str]]:
@@ -369,11 +426,7 @@ def main() -> None:
             args.dump,
             np.stack([gen.due, lat, gen.status.astype(float), gen.kind.astype(float)], axis=1),
         )
-    summary = summarize(gen, paths, start, end, cpu)
-    summary["events_share"] = round(
-        float(np.mean(gen.kind == paths.index("/v1/events"))) if "/v1/events" in paths else 0.0, 4
-    )
-    print(json.dumps(summary))
+    print(json.dumps(summarize(gen, paths, start, end, cpu)))
 
 
 if __name__ == "__main__":

@@ -17,15 +17,14 @@ the CPU config at 1M offers takes about 9 minutes on 2 cores, so this times a fi
     python benchmarks/bert_streaming.py --data /tmp/pipeline-scale/market-1M --modes memory,stream
     python benchmarks/bert_streaming.py --data /tmp/pipeline-scale/market-4M --modes stream
 
-Prints one JSON object (also written to `--out`) with the commit, the command and the settings.
+Prints one JSON object (also written to `--out`) with its `provenance` (commit, command, settings,
+machine: `benchmarks/_provenance.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -36,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import pytorch_lightning as pl  # noqa: E402
-from pipeline_scale import TreeMonitor, _commit, publish  # noqa: E402
+from _provenance import bench_provenance, commit_label  # noqa: E402
+from pipeline_scale import TreeMonitor, publish  # noqa: E402
 
 
 class StepTimer(pl.Callback):
@@ -141,15 +141,13 @@ def main() -> None:
         runs.append(run)
     subprocess.run(["rm", "-rf", str(work)], check=False)
     rates = {r["mode"]: r.get("samples_per_s") for r in runs}
+    params = {"bert": "configs/default.yaml", **{k: v for k, v in vars(args).items()}}
+    prov = bench_provenance("bert_streaming", params, drop=("child",))
     result = {
         "benchmark": "bert_streaming",
-        "commit": _commit(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "config": {
-            "bert": "configs/default.yaml",
-            **{k: v for k, v in vars(args).items() if k != "child"},
-        },
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "commit": commit_label(prov),  # sha[-dirty]; the full record is `provenance`
+        "provenance": prov,
+        "config": prov["params"],
         "runs": runs,
         "stream_vs_memory_samples_per_s": (
             rates["stream"] / rates["memory"]

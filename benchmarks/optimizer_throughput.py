@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from _provenance import bench_provenance
 
 from pricing.policy import Guardrails, optimize
 
@@ -82,7 +83,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="vectorized runs; the best is kept")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    print(json.dumps(run(args.candidates, args.grid, args.sample, args.repeats, args.seed)))
+    out = run(args.candidates, args.grid, args.sample, args.repeats, args.seed)
+    out["provenance"] = bench_provenance("optimizer_throughput", args)
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ columns show what the training sample costs.
     python benchmarks/pipeline_scale.py --sizes 1,4,16 --out docs/results/pipeline-scale/pipeline_scale.json
     python benchmarks/pipeline_scale.py --sizes 0.1 --engines local,dask         # a quick look
 
-Prints one JSON object (also written to `--out`) with the commit, the command and the settings.
+Prints one JSON object (also written to `--out`) with its `provenance` (commit, command, settings,
+machine: `benchmarks/_provenance.py`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import threading
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _provenance import bench_provenance, commit_label
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFERS_PER_USER = 45.0  # the realistic preset: about 90k offers for 2,000 users over six weeks
@@ -285,15 +286,6 @@ def _slope(points: list[tuple[float, float]]) -> float | None:
     return float(np.polyfit(x, y, 1)[0])
 
 
-def _commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # fmt: skip
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="1,4,16", help="millions of offers, comma-separated")
@@ -359,19 +351,15 @@ def main() -> None:
         e: _slope([(r["offers"], r["wall_s"]) for r in runs if r["engine"] == e and r.get("ok")])
         for e in engines
     }
+    prov = bench_provenance("pipeline_scale", args, drop=("child", "data", "work"))
     result = {
         "benchmark": "pipeline_scale",
-        "commit": _commit(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "config": {k: v for k, v in vars(args).items() if k not in ("child", "data", "work")},
+        "commit": commit_label(prov),  # sha[-dirty]; the full record is `provenance`
+        "provenance": prov,
+        "config": prov["params"],
         "model": {
             "lightgbm": LGB_PARAMS,
             "note": "configs/lightgbm.yaml without the Optuna search",
-        },
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
         },
         "runs": runs,
         "loglog_slope_wall_vs_offers": slopes,

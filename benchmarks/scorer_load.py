@@ -8,14 +8,25 @@ sends a fixed mix, 90% POST /v1/quote with 50 candidates and 10% POST /v1/events
 stepped up a ladder. Latency counts from each request's scheduled time; a failed or timed-out
 request counts at the timeout.
 
-- Capacity: the highest offered rate whose achieved rate stays within 2% of offered with p99
-  <= 10 ms (over all requests, and over quotes alone), its next lower rate passing too. A failing
-  step is run once more (the machine is shared); one extra step halfway to the first failure
-  refines the figure. If the naive design never meets 10 ms, both are compared at p99 <= 100 ms.
+- Capacity (strict, first try only): a step passes a limit when its achieved rate is within 2% of
+  its offered rate and its p99 is <= the limit over all requests and over quotes alone. The
+  capacity is the highest offered rate R such that the first run at R and the first run at every
+  lower rate tried all pass; None when the first run at the lowest rate fails. Only first runs
+  count. A first run that fails where capacity would stop is run again (the machine is shared:
+  up to three times while other processes take a real share of the cores), but a retry is
+  reported beside it (`retries` of that step, with its own figures) and never counts: a rate that
+  fails its first run caps the capacity below it even if its retry, or a higher rate, passes.
+  The ladder stops at the first rate whose first run fails the loosest limit (nothing above can
+  count). Then, per limit, one refining step halfway between the capacity and the next rate
+  tried (whose first run failed) is itself a first run at a new rate: every lower rate tried
+  passed, so it counts exactly when it passes. Every reported figure of a rate (`p50_ms`,
+  `p99_ms`, `p99_at_500rps_ms`, `naive_*`, `common_rate`, the profile at capacity) is its first
+  run's; `goal_p99_10ms_at_500rps` holds only when the capacity at 10 ms is >= 500 req/s. If the
+  naive design never meets 10 ms, both are compared at p99 <= 100 ms, by the same rule.
 - Naive design: the strongest alternative without online user state (`naive_scorer.NaivePricer`):
   the user tower over the stored history on every quote, item vectors precomputed, same stack.
   Measured the same way, right after, on the same Redis and machine; the ratio is of capacities,
-  plus p50/p99 of both at the highest rate both sustain.
+  plus p50/p99 of both (first runs) at the highest rate both tried within both capacities.
 - Freshness (exploration off): under load at min(target, capacity), time from sending POST
   /v1/events to the first quote whose `state_generation` includes the event's generation; a
   trial with no such quote within `--freshness-timeout` is a miss.
@@ -58,6 +69,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from _http import RawClient, children, loadavg, machine_busy, process_cpu  # noqa: E402
+from _provenance import bench_provenance  # noqa: E402
 
 N_CANDIDATES = 50
 EVENTS_SHARE = 0.10
@@ -346,7 +358,8 @@ def run_step(server: Server, redis_pid: int, mix: Path, rate: float, duration: f
 
 
 def passes(step: dict, limit_ms: float) -> bool:
-    quote_p99 = step["by_path"].get("/v1/quote", {}).get("p99_ms", step["p99_ms"])
+    """Whether one run meets `limit_ms`: achieved >= 98% of offered, p99 (all, quotes) <= limit."""
+    quote_p99 = step.get("by_path", {}).get("/v1/quote", {}).get("p99_ms", step["p99_ms"])
     return (
         step["achieved_rps"] >= ACHIEVED_SHARE * step["offered_rps"]
         and step["p99_ms"] <= limit_ms
@@ -354,27 +367,36 @@ def passes(step: dict, limit_ms: float) -> bool:
     )
 
 
-def capacity(steps: list[dict], limit_ms: float) -> dict | None:
-    """The step at the highest rate that passes and whose next lower tried rate passes too.
+def first_tries(steps: list[dict]) -> dict[float, dict]:
+    """Offered rate -> the first run at it, over `steps` in the order they ran.
 
-    A rate passes if any of its runs (the retry) does. On a shared machine one step can pass or
-    fail by luck: a pass next to a failure below it is not trusted (two neighbours must agree),
-    and a noisy failure at a low rate does not hide the rates above it. None: no such rate.
+    A step's own `retries` are never looked at, and a flat record marked `retry` is skipped.
     """
-    by_rate: dict[float, bool] = {}
+    first: dict[float, dict] = {}
     for s in steps:
-        by_rate[s["offered_rps"]] = by_rate.get(s["offered_rps"], False) or passes(s, limit_ms)
-    rates = sorted(by_rate)
-    best_rate = None
-    for i, rate in enumerate(rates):
-        if by_rate[rate] and (i == 0 or by_rate[rates[i - 1]]):
-            best_rate = rate
-    if best_rate is None:
-        return None
-    return max(
-        (s for s in steps if s["offered_rps"] == best_rate and passes(s, limit_ms)),
-        key=lambda s: s["achieved_rps"],
-    )
+        if "retry" not in s:
+            first.setdefault(float(s["offered_rps"]), s)
+    return dict(sorted(first.items()))
+
+
+def capacity(steps: list[dict], limit_ms: float) -> dict | None:
+    """The first run at the capacity under `limit_ms` (the strict rule: module docstring).
+
+    The highest rate whose first run passes and the first run at every lower rate tried passes
+    too; retries never count. None when the first run at the lowest rate fails (or no steps).
+    """
+    best = None
+    for s in first_tries(steps).values():
+        if not passes(s, limit_ms):
+            break
+        best = s
+    return best
+
+
+def sustains(steps: list[dict], rate: float, limit_ms: float) -> bool:
+    """Whether `rate` was tried and it and every lower rate tried passed on the first run."""
+    cap = capacity(steps, limit_ms)
+    return rate in first_tries(steps) and cap is not None and cap["offered_rps"] >= rate
 
 
 def brief(s: dict) -> dict:
@@ -391,6 +413,25 @@ def brief(s: dict) -> dict:
     return out
 
 
+def _passes_limits(s: dict) -> dict[str, bool]:
+    return {f"{lim:g}ms": passes(s, lim) for lim in (P99_GOAL_MS, P99_LOOSE_MS)}
+
+
+def _verdict(s: dict) -> dict:
+    keys = ("achieved_rps", "p50_ms", "p99_ms", "failed")
+    return {k: s[k] for k in keys} | {"passes": _passes_limits(s)}
+
+
+def step_record(s: dict) -> dict:
+    """A step as reported: its first run's figures and verdicts; its retries beside, not counted."""
+    out = brief(s) | {k: s[k] for k in ("refine",) if k in s} | {"passes": _passes_limits(s)}
+    if s.get("retries"):
+        out["retries"] = [
+            brief(r) | {"retry": r.get("retry"), "passes": _passes_limits(r)} for r in s["retries"]
+        ]
+    return out
+
+
 def _short(s: dict) -> dict:
     keys = ("offered_rps", "achieved_rps", "p50_ms", "p99_ms", "failed")
     return {**{k: s[k] for k in keys}, "cpu_cores": s["cpu_cores"]}
@@ -399,40 +440,47 @@ def _short(s: dict) -> dict:
 def step_up(
     server: Server, redis_pid: int, mix: Path, duration: float, limits: tuple[float, ...]
 ) -> list[dict]:
-    """The ladder until a step fails the loosest limit (twice), then one refining step per limit."""
+    """The ladder until a first run fails the loosest limit, then one refining step per limit.
+
+    One record per rate, its first run; retries (never counted) under its `retries`.
+    """
     steps: list[dict] = []
     loose = max(limits)
     for rate in LADDER:
         s = run_step(server, redis_pid, mix, rate, duration)
-        steps.append(s)
         note(f"{'naive' if server.naive else 'fast'} {json.dumps(_short(s))}")
-        tries = 0
-        # The machine is shared: a failure gets one more try before it is believed, and a
-        # failure while other processes took a real share of the cores up to two more, after a
-        # pause (their share is in every step's cpu_cores.others).
-        while not passes(s, min(limits)) and (
-            tries == 0 or (tries < 3 and s["cpu_cores"]["others"] > OTHERS_BUSY)
+        # Where capacity stops under a limit (first runs below all passed, this one failed),
+        # a retry tells a reader whether it was noise; it is reported, never counted. The machine
+        # is shared: one retry, up to three while other processes took a real share of the cores
+        # (their share is in every step's cpu_cores.others), after a pause.
+        stops = [
+            lim
+            for lim in limits
+            if not passes(s, lim) and all(passes(x, lim) for x in first_tries(steps).values())
+        ]
+        retries: list[dict] = []
+        last = s
+        while (
+            stops
+            and not passes(last, min(stops))
+            and (not retries or (len(retries) < 3 and last["cpu_cores"]["others"] > OTHERS_BUSY))
         ):
-            tries += 1
-            if tries > 1:
+            if retries:
                 time.sleep(5.0)
-            s = run_step(server, redis_pid, mix, rate, duration)
-            s["retry"] = tries
-            steps.append(s)
-            note(f"  retry {json.dumps(_short(s))}")
-        if not any(passes(x, loose) for x in steps if x["offered_rps"] == rate):
+            last = run_step(server, redis_pid, mix, rate, duration)
+            last["retry"] = len(retries) + 1
+            retries.append(last)
+            note(f"  retry (not counted) {json.dumps(_short(last))}")
+        if retries:
+            s["retries"] = retries
+        steps.append(s)
+        if not passes(s, loose):
             break
         time.sleep(0.5)
     for limit in limits:
         cap = capacity(steps, limit)
-        above = sorted(
-            {
-                s["offered_rps"]
-                for s in steps
-                if cap is None or s["offered_rps"] > cap["offered_rps"]
-            }
-        )
         low = cap["offered_rps"] if cap else 0.0
+        above = sorted(r for r in first_tries(steps) if r > low)
         if not above:
             continue
         mid = round((low + above[0]) / 2 / 25) * 25
@@ -442,6 +490,7 @@ def step_up(
         s["refine"] = limit
         steps.append(s)
         note(f"  refine@{limit:g}ms {json.dumps(_short(s))}")
+    steps.sort(key=lambda x: x["offered_rps"])
     return steps
 
 
@@ -703,6 +752,7 @@ def main() -> None:
         "workers": args.workers,
         "loadavg_start": loadavg(),
         "cores": os.cpu_count(),
+        "provenance": bench_provenance("scorer_load", args),
     }
     note(f"load average at start: {result['loadavg_start']}")
     with (
@@ -767,27 +817,22 @@ def main() -> None:
         limit = P99_LOOSE_MS
         naive_cap = capacity(naive["steps"], P99_LOOSE_MS)
     fast_cmp = capacity(fast["steps"], limit)
-    both = sorted(
-        {s["offered_rps"] for s in fast["steps"] if passes(s, limit)}
-        & {s["offered_rps"] for s in naive["steps"] if passes(s, limit)}
-    )
+    # the highest rate both tried (first runs) within both capacities at the comparison limit
+    both = [
+        r
+        for r in sorted(set(first_tries(fast["steps"])) & set(first_tries(naive["steps"])))
+        if sustains(fast["steps"], r, limit) and sustains(naive["steps"], r, limit)
+    ]
     common: dict[str, Any] | None = None
     if both:
         rate = both[-1]
-        f = min(
-            (s for s in fast["steps"] if s["offered_rps"] == rate and passes(s, limit)),
-            key=lambda s: s["p99_ms"],
-        )
-        n = min(
-            (s for s in naive["steps"] if s["offered_rps"] == rate and passes(s, limit)),
-            key=lambda s: s["p99_ms"],
-        )
+        f, n = first_tries(fast["steps"])[rate], first_tries(naive["steps"])[rate]
         common = {
             "rate_rps": rate,
             "fast": {"p50_ms": f["p50_ms"], "p99_ms": f["p99_ms"]},
             "naive": {"p50_ms": n["p50_ms"], "p99_ms": n["p99_ms"]},
         }
-    at_target = [s for s in fast["steps"] if s["offered_rps"] == TARGET_RPS]
+    at_target = first_tries(fast["steps"]).get(TARGET_RPS)
     best = fast_cap or {}
     result.update(
         {
@@ -808,8 +853,24 @@ def main() -> None:
             "failed_requests": best.get("failed"),
             "events_share": best.get("events_share"),
             "loadgen_cpu_cores": best.get("loadgen_cpu_cores"),
-            "goal_p99_10ms_at_500rps": any(passes(s, P99_GOAL_MS) for s in at_target),
-            "p99_at_500rps_ms": min((s["p99_ms"] for s in at_target), default=None),
+            "goal_p99_10ms_at_500rps": sustains(fast["steps"], TARGET_RPS, P99_GOAL_MS),
+            "p99_at_500rps_ms": at_target["p99_ms"] if at_target else None,
+            "capacity_rule": "first run only: the highest rate whose first run and the first runs "
+            "at every lower rate tried pass; retries are reported under each step's `retries`, "
+            "never counted",
+            # rates whose first run was retried: the first run (counted) beside its retries (not)
+            "retries": {
+                name: [
+                    {
+                        "offered_rps": s["offered_rps"],
+                        "first_try": _verdict(s),
+                        "retries": [_verdict(r) for r in s["retries"]],
+                    }
+                    for s in d["steps"]
+                    if s.get("retries")
+                ]
+                for name, d in (("fast", fast), ("naive", naive))
+            },
             "common_rate": common,
             # where the time goes at the capacity rate: wall time per quote of each stage (all
             # workers; awaited stages include the loop serving others), CPU per request by process
@@ -835,10 +896,7 @@ def main() -> None:
                 "capacity_100ms_rps": (capacity(fast["steps"], P99_LOOSE_MS) or {}).get(
                     "offered_rps"
                 ),
-                "steps": [
-                    brief(s) | {k: s[k] for k in ("retry", "refine") if k in s}
-                    for s in fast["steps"]
-                ],
+                "steps": [step_record(s) for s in fast["steps"]],
             },
             "naive": {
                 **{k: v for k, v in naive.items() if k != "steps"},
@@ -850,10 +908,7 @@ def main() -> None:
                 "capacity_100ms_rps": (capacity(naive["steps"], P99_LOOSE_MS) or {}).get(
                     "offered_rps"
                 ),
-                "steps": [
-                    brief(s) | {k: s[k] for k in ("retry", "refine") if k in s}
-                    for s in naive["steps"]
-                ],
+                "steps": [step_record(s) for s in naive["steps"]],
             },
             "load_generator": "benchmarks/_loadgen.py: open loop, prebuilt requests, raw sockets, "
             "one epoll loop, 32 keep-alive connections, 1 s timeout (failures count at it)",

@@ -39,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from _provenance import bench_provenance  # noqa: E402
 from scorer_load import EVENTS_SHARE, N_CANDIDATES, build_model, note  # noqa: E402
 
 GRID = 25
@@ -168,6 +169,7 @@ def main() -> None:
         },
         "serving_paths": {k: s["acc"].notes for k, s in setups.items()},
         "wall_s": round(time.perf_counter() - t_start, 1),
+        "provenance": bench_provenance("serving_steps", args),
     }
     print(json.dumps(out))
 

@@ -19,6 +19,7 @@ import random
 import time
 
 import pandas as pd
+from _provenance import bench_provenance
 
 from pricing import schema as S
 from pricing.simulator import SimConfig, simulate
@@ -91,6 +92,7 @@ def main() -> None:
                 "speedup_vs_python_loop": round(per_offer_python * n_offers / seconds, 1),
                 "python": platform.python_version(),
                 "machine": platform.machine(),
+                "provenance": bench_provenance("simulator_throughput", args),
             }
         )
     )

@@ -32,6 +32,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import yaml
+from _provenance import bench_provenance
 
 from lightning_modules.price_datamodule import PriceDataModule
 from lightning_modules.price_module import PriceResponseModule
@@ -327,6 +328,7 @@ def main() -> None:
         "lightning_vs_plain>=0.95": out["lightning_vs_plain"] >= 0.95,
         "dataloader_wait_share<=0.02": results["lightning"]["dataloader_wait_share"] <= 0.02,
     }
+    out["provenance"] = bench_provenance("train_throughput", args)
     print(json.dumps(out, indent=1, default=float))
 
 

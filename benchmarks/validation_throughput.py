@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pandas as pd
+from _provenance import bench_provenance
 
 from expectations.runner import _validate_table, load_suite, validate
 from pricing import schema as S
@@ -100,6 +101,7 @@ def main() -> None:
                 "pandas_seconds": round(pandas_s, 3),
                 "pandas_rows_per_s": round(args.rows / pandas_s),
                 "overhead_vs_pandas": round(full_s / pandas_s, 2),
+                "provenance": bench_provenance("validation_throughput", args),
             },
             indent=2,
         )
