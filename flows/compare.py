@@ -131,17 +131,19 @@ def compare(
             diagnostics: dict[str, dict[str, float]] = {}
             for name in names:
                 trained[name], diagnostics[name] = train_seed_model(name, seed, data, seed_cfg)
-            per_seed[seed] = evaluate_seed(seed, trained, data, seed_cfg)
+            per_seed[seed], boot = evaluate_seed(seed, trained, data, seed_cfg)
             del trained  # one seed's models at a time
             timings = {**data.timings_s, "seed_total": time.perf_counter() - t_seed}
             reports[seed] = seed_report(seed, data, main, per_seed[seed], diagnostics, timings)
             reports[seed]["provenance"] = prov
+            if boot is not None:
+                reports[seed]["bootstrap"] = boot
             children[seed] = log_seed_run(seed, parent_id, exp_id, reports[seed])
             reports[seed]["mlflow_run_id"] = children[seed]
             with_truth.append(data.truth is not None)
 
         primary = cfg.promotion.primary_metric(all(with_truth))
-        summary = summarize_seeds(per_seed, main, primary, cfg)
+        summary = summarize_seeds(per_seed, main, primary, cfg, _boots(reports))
         summary["mlflow_run_id"] = parent_id
         summary["provenance"] = prov
         summary["budgets"] = training_budgets(reports)
@@ -176,6 +178,12 @@ def compare(
         out / COMPARE_JSON,
     )
     return result
+
+
+def _boots(reports: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]] | None:
+    """Every seed's user bootstrap, or None unless every seed has one (real data)."""
+    boots = {s: r["bootstrap"] for s, r in reports.items() if r.get("bootstrap")}
+    return boots if boots and len(boots) == len(reports) else None
 
 
 def _run_provenance(folder: Path) -> dict[str, Any]:
@@ -225,7 +233,7 @@ def merge_compare(
     main = first["main"]
     primary = cfg.promotion.primary_metric(all(r["ground_truth"] for r in reports.values()))
     per_seed = {seed: r["metrics"] for seed, r in reports.items()}
-    summary = summarize_seeds.fn(per_seed, main, primary, cfg)
+    summary = summarize_seeds.fn(per_seed, main, primary, cfg, _boots(reports))
     summary["merged_from"] = [str(d) for d in dirs]
     summary["provenance"] = {
         **provenance(cfg, config_name=str(config_path or DEFAULT_CONFIG)),

@@ -72,6 +72,9 @@ class EvaluationConfig(_Strict):
         50_000  # policy metrics on a seeded sample when the test set is larger
     )
     calibration_bins: int = 15
+    # Non-inferiority margins, declared before a run: a model is "not worse" than the best baseline
+    # on a metric when its paired interval's bad end stays inside the margin (metric units).
+    not_worse_margins: dict[str, float] = Field(default_factory=lambda: {"log_loss": 0.001})
 
 
 class BertConfig(_Strict):

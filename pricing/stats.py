@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 LIST_PRICE = "list_price"  # the list-price policy: a reference, never the best baseline
 ORACLE_UNIFORM = "oracle_uniform"  # the best price per item knowing the truth: a reference too
@@ -195,6 +196,154 @@ def verdict(lo: float, hi: float, higher_is_better: bool | None) -> str:
     if hi < 0:
         return WORSE if higher_is_better else BETTER
     return NO_DIFFERENCE
+
+
+# --- test-sample noise: a bootstrap over users -------------------------------------------------------
+
+BOOTSTRAP_METRICS = ("log_loss", "auc")
+BOOTSTRAP_DRAWS = 400
+
+
+def _weighted_auc(y: np.ndarray, group: np.ndarray, n_groups: int, w: np.ndarray) -> float:
+    """AUC with row weights `w`; `group` ranks the rows' scores (ties share a group)."""
+    pos = np.bincount(group, w * y, n_groups)
+    neg = np.bincount(group, w * (1.0 - y), n_groups)
+    total_pos, total_neg = pos.sum(), neg.sum()
+    if total_pos <= 0 or total_neg <= 0:
+        return math.nan
+    below = np.cumsum(neg) - neg  # negatives scored strictly lower
+    return float((pos * (below + 0.5 * neg)).sum() / (total_pos * total_neg))
+
+
+def user_bootstrap(
+    users: Sequence[Any],
+    y: np.ndarray,
+    probs: Mapping[str, np.ndarray],
+    draws: int = BOOTSTRAP_DRAWS,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Each model's log loss and AUC on `draws` resamples of the test set's users.
+
+    Users are drawn with replacement and bring all their offers (offers of one user are not
+    independent); every model sees the same resamples, so differences between models are paired.
+    What it measures is test-sample noise: how much the figures would move on other users.
+
+    Returns:
+        `{"unit": "user", "draws": B, "users": U, "log_loss": {model: [B]}, "auc": {model: [B]}}`.
+    """
+    codes, uniq = pd.factorize(pd.Series(list(users)).astype(str))
+    n_users = len(uniq)
+    y = np.asarray(y, dtype=float)
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n_users, np.full(n_users, 1.0 / n_users), size=draws).astype(float)
+    n_offers = np.bincount(codes, minlength=n_users).astype(float)
+    out: dict[str, Any] = {"unit": "user", "draws": draws, "users": n_users}
+    out.update({m: {} for m in BOOTSTRAP_METRICS})
+    for name, p in probs.items():
+        p = np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7)
+        loss = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+        per_user = np.bincount(codes, loss, n_users)
+        out["log_loss"][name] = list(counts @ per_user / (counts @ n_offers))
+        group = pd.Series(p).rank(method="dense").to_numpy().astype(np.int64) - 1
+        n_groups = int(group.max()) + 1 if len(group) else 0
+        out["auc"][name] = [
+            _weighted_auc(y, group, n_groups, counts[b][codes]) for b in range(draws)
+        ]
+    return out
+
+
+def _normal_quantile(p: float) -> float:
+    return t_quantile(p, 1e7)
+
+
+def combine_bootstrap(
+    summary: dict[str, Any],
+    per_seed: PerSeed,
+    boots: Mapping[int, Mapping[str, Any]],
+    level: float = LEVEL,
+) -> dict[str, Any]:
+    """Widen a fixed-data summary's intervals to cover test-sample noise as well as training seeds.
+
+    On fixed data every seed is tested on the same users, so their sampling noise does not average
+    out over seeds. For a model's metric, or a paired difference, with per-seed values x_s and a
+    user-bootstrap sd b_s per seed: se = sqrt(var(x) / n + mean(b_s^2)), interval mean ± z se
+    (normal z). The seed-only t interval stays as `lo_seeds`/`hi_seeds`; verdicts are recomputed.
+    `summary["intervals_cover"]` says which it is.
+    """
+    seeds = [s for s in summary["seeds"] if s in boots]
+    if not seeds or len(seeds) != len(summary["seeds"]):
+        return summary
+    z = _normal_quantile(0.5 + level / 2.0)
+
+    def widen(entry: dict[str, Any], x: np.ndarray, sds: np.ndarray) -> None:
+        n = len(x)
+        var_seeds = float(np.var(x, ddof=1)) / n if n > 1 else 0.0
+        se = math.sqrt(var_seeds + float(np.mean(sds**2)))
+        mean = float(np.mean(x))
+        entry["lo_seeds"], entry["hi_seeds"] = entry.get("lo"), entry.get("hi")
+        entry["mean"], entry["lo"], entry["hi"] = mean, mean - z * se, mean + z * se
+        entry["bootstrap_sd"] = float(np.sqrt(np.mean(sds**2)))
+
+    def draws(seed: int, metric: str, name: str) -> np.ndarray | None:
+        d = boots[seed].get(metric, {}).get(name)
+        return None if d is None else np.asarray(d, dtype=float)
+
+    for metric in BOOTSTRAP_METRICS:
+        for name, by_metric in summary["models"].items():
+            ds = [draws(s, metric, name) for s in seeds]
+            if metric in by_metric and all(d is not None for d in ds):
+                x = np.asarray([per_seed[s][name][metric] for s in seeds], dtype=float)
+                sds = np.asarray([np.nanstd(d, ddof=1) for d in ds if d is not None])
+                widen(by_metric[metric], x, sds)
+        for name, by_metric in summary["paired"].items():
+            entry = by_metric.get(metric)
+            if entry is None:
+                continue
+            vs = entry["vs"]
+            pairs = [(draws(s, metric, name), draws(s, metric, vs)) for s in seeds]
+            if any(a is None or b is None for a, b in pairs):
+                continue
+            x = np.asarray(
+                [per_seed[s][name][metric] - per_seed[s][vs][metric] for s in seeds], dtype=float
+            )
+            sds = np.asarray([np.nanstd(a - b, ddof=1) for a, b in pairs])  # type: ignore[operator]
+            widen(entry, x, sds)
+            summary["verdicts"][name][metric] = verdict(
+                entry["lo"], entry["hi"], HIGHER_IS_BETTER[metric]
+            )
+    draws_n = int(next(iter(boots.values())).get("draws", 0))
+    summary["intervals_cover"] = (
+        f"training seeds ({len(seeds)}) and test users (bootstrap over users, {draws_n} draws) "
+        "for log loss and AUC; training seeds only for the other metrics"
+    )
+    return summary
+
+
+def not_worse(
+    summary: dict[str, Any], margins: Mapping[str, float]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Non-inferiority of each model against the best baseline, with margins declared before the
+    run (`evaluation.not_worse_margins`, in the metric's units, in its bad direction): "not worse"
+    where the paired interval's bad end stays inside the margin (for log loss, hi < +margin)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, by_metric in summary["paired"].items():
+        if name in REFERENCES:
+            continue
+        for metric, margin in margins.items():
+            entry = by_metric.get(metric)
+            if entry is None or metric not in HIGHER_IS_BETTER:
+                continue
+            lo, hi = entry["lo"], entry["hi"]
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                holds = None
+            elif HIGHER_IS_BETTER[metric]:
+                holds = bool(lo > -margin)
+            else:
+                holds = bool(hi < margin)
+            out.setdefault(name, {})[metric] = {
+                "vs": entry["vs"], "margin": margin, "lo": lo, "hi": hi, "not_worse": holds,
+            }  # fmt: skip
+    return out
 
 
 # --- the compare summary --------------------------------------------------------------------------
@@ -426,6 +575,11 @@ def markdown_table(summary: Mapping[str, Any], metrics: Sequence[str] | None = N
         f"Primary metric: `{summary['primary']}`. Main model: `{summary['main']}`. "
         f"Best baseline: `{best}`. Intervals: {pct} Student-t over seeds"
         + (" (n/a with one seed)." if n < 2 else "."),
+        *(
+            [f"Intervals cover {summary['intervals_cover']} (mean ± z·se)."]
+            if summary.get("intervals_cover")
+            else []
+        ),
         'Paired: the per-seed difference model minus best baseline; "better" only where its '
         "interval excludes zero in the metric's good direction.",
         "",
@@ -446,6 +600,18 @@ def markdown_table(summary: Mapping[str, Any], metrics: Sequence[str] | None = N
             lines.append(
                 f"| {metric} | {name} | {_fmt_interval(by_metric[metric])} | {paired} | {word} |"
             )
+    nw = summary.get("not_worse") or {}
+    if nw:
+        lines += ["", f"## Not worse than `{best}` (margins declared in the config)", ""]
+        lines += [
+            "| model | metric | paired interval | margin | not worse |",
+            "|---|---|---|---|---|",
+        ]
+        for name, by_metric in nw.items():
+            for metric, e in by_metric.items():
+                word = {True: "yes", False: "no", None: "n/a"}[e["not_worse"]]
+                iv = f"[{_fmt(e['lo'])}, {_fmt(e['hi'])}]"
+                lines.append(f"| {name} | {metric} | {iv} | {e['margin']:g} | {word} |")
     if summary["slices"]:
         lines += ["", "## Cold-start slices (means over seeds)", ""]
         for slice_name, by_model in summary["slices"].items():

@@ -36,7 +36,7 @@ def bound_seed(seed: int, cfg: ExperimentConfig, runs_dir: Path) -> dict[str, di
     history = pd.concat([data.train.offers, data.valid.offers, data.test.offers], ignore_index=True)
     oracles = {f"oracle_{lvl}": SensitivityOracle(data.truth, history, lvl) for lvl in LEVELS}
     # the compare flow's own evaluation step, so the rows, guardrails and slices are the same
-    metrics = evaluate_seed.fn(seed, oracles, data, cfg)  # type: ignore[arg-type]  # duck-typed
+    metrics, _ = evaluate_seed.fn(seed, oracles, data, cfg)  # type: ignore[arg-type]  # duck-typed
     return {name: metrics[name] for name in oracles}
 
 

@@ -119,9 +119,11 @@ def train_seed_model(
 @task(name="evaluate_seed", task_run_name="evaluate seed {seed}", cache_policy=NO_CACHE)
 def evaluate_seed(
     seed: int, models: dict[str, DemandModel], data: SeedData, cfg: ExperimentConfig
-) -> dict[str, dict[str, float]]:
-    """Every model and the list-price policy on the seed's test offers, through the one optimizer."""
-    metrics, _ = evaluate_models(
+) -> tuple[dict[str, dict[str, float]], dict[str, Any] | None]:
+    """Every model and the reference policies on the seed's test offers, through the one optimizer;
+    on real data (no ground truth) also each model's log loss and AUC on resamples of the test
+    users (`pricing.stats.user_bootstrap`), the test-sample noise the seeds do not show."""
+    metrics, curves = evaluate_models(
         models,
         data.test,
         data.truth,
@@ -132,7 +134,12 @@ def evaluate_seed(
         calibration_bins=cfg.evaluation.calibration_bins,
         train_items=set(data.train.offers[S.ITEM_ID].astype(str)),  # as the training flow
     )
-    return metrics
+    boot = None
+    if data.truth is None and curves["offer_probs"]:
+        boot = stats.user_bootstrap(
+            curves["user_id"], curves["y"], curves["offer_probs"], seed=seed
+        )
+    return metrics, boot
 
 
 def seed_report(
@@ -230,18 +237,26 @@ def summarize_seeds(
     main: str,
     primary: str,
     cfg: ExperimentConfig | None = None,
+    boots: dict[int, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """`pricing.stats.summarize` as a flow step: intervals, paired differences, verdicts, slices.
 
     With `cfg`, models of the main model's kind (its variants, or the base model of a main
-    variant) are ablations: compared and paired like the rest, never the best baseline.
+    variant) are ablations: compared and paired like the rest, never the best baseline, and the
+    config's non-inferiority margins are checked (`not_worse`). With `boots` (every seed's user
+    bootstrap, real data), log loss and AUC intervals cover test-sample noise too.
     """
     ablations: list[str] = []
     if cfg is not None:
         kind = cfg.base_model(main)
         names = {n for by_model in per_seed.values() for n in by_model}
         ablations = sorted(n for n in names if n != main and cfg.base_model(n) == kind)
-    return stats.summarize(per_seed, main, primary, not_baselines=ablations)
+    summary = stats.summarize(per_seed, main, primary, not_baselines=ablations)
+    if boots:
+        summary = stats.combine_bootstrap(summary, per_seed, boots)
+    if cfg is not None and cfg.evaluation.not_worse_margins:
+        summary["not_worse"] = stats.not_worse(summary, cfg.evaluation.not_worse_margins)
+    return summary
 
 
 def _plt() -> Any:
@@ -412,6 +427,12 @@ def read_seed_reports(
                         {"model": name, "kept": str(where[seed][0]), "other": str(f)}
                     )
             base["models"] = [*base["models"], *[m for m in r["models"] if m not in base["models"]]]
+            # The same seed on the same rows draws the same user resamples: draws join too.
+            if isinstance(base.get("bootstrap"), dict) and isinstance(r.get("bootstrap"), dict):
+                for metric in stats.BOOTSTRAP_METRICS:
+                    extra = r["bootstrap"].get(metric) or {}
+                    mine = base["bootstrap"].setdefault(metric, {})
+                    mine.update({k: v for k, v in extra.items() if k not in mine})
             for key in ("train", "timings_s"):
                 if isinstance(r.get(key), dict):
                     base.setdefault(key, {}).update(

@@ -176,6 +176,7 @@ def evaluate_models(
     if truth is not None and "grid" in curves:
         curves["truth"] = inputs.truth(curves["grid"])  # type: ignore[misc]
     curves["unit_cost"] = inputs.unit_cost
+    curves["user_id"] = test.offers[S.USER_ID].astype(str).to_numpy()
     curves["list_price"] = inputs.list_price
     return metrics, curves
 
