@@ -12,7 +12,8 @@ market's history ends before today by as many days as the rounds' quotes would t
 traffic, and the training sets put each round there (`tasks.loop.ShopClock`).
 
 Writes `DIR/loop.json` (`{"rounds": [{"round", "policy", "quotes", "true_profit_per_quote",
-"oracle_profit_per_quote", "list_price_profit_per_quote", "ope_dr_estimate", "promoted"}]}`; other
+"oracle_profit_per_quote", "list_price_profit_per_quote", "ope_dr_estimate", "promoted"}],
+"provenance": {...}}`; other
 tools read this shape), `loop.md`, `loop.png` and `loop-details.json` (gate, experiment, DR parts).
 """
 
@@ -63,7 +64,7 @@ from tasks.loop import (
     write_round_config,
 )
 
-DEFAULT_CONFIG = str(CONFIG_DIR / "lightgbm.yaml")
+DEFAULT_CONFIG = str(CONFIG_DIR / "default.yaml")
 
 
 @contextlib.contextmanager
@@ -126,7 +127,8 @@ def loop(
     Args:
         out_dir: where everything goes (market, offer log, round data, registry, report).
         rounds: rounds to run (round 0 serves list price).
-        model, config_path: what each round trains (default: configs/lightgbm.yaml's model).
+        model, config_path: what each round trains (default: configs/default.yaml's model, the
+            contest's winner; configs/lightgbm.yaml's trains in seconds).
         requests_per_round, candidates: each round's shoppers, and items per quote request.
         exploration: the share of quotes at a random grid price, for every policy the loop serves
             (the market's history already holds the simulator's randomized ladder).
@@ -264,9 +266,10 @@ def _run(
     if rows and dr_round0 is not None:
         rows[0]["ope_dr_estimate"] = dr_round0["dr"]
         details[0]["ope_dr_se"] = dr_round0[dr_noise]
-    paths = write_loop_report(out, rows, details)
+    prov = provenance(base_cfg, config_name=str(config_path or DEFAULT_CONFIG))
+    paths = write_loop_report(out, rows, details, prov)
     print(paths["markdown"].read_text())
-    return {"rounds": rows}
+    return {"rounds": rows, "provenance": prov}
 
 
 def _retrain_gate_and_experiment(

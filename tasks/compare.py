@@ -123,12 +123,13 @@ def evaluate_seed(
     """Every model and the reference policies on the seed's test offers, through the one optimizer;
     on real data (no ground truth) also each model's log loss and AUC on resamples of the test
     users (`pricing.stats.user_bootstrap`), the test-sample noise the seeds do not show."""
+    base_rate = float(data.train.offers[S.PURCHASED].mean())
     metrics, curves = evaluate_models(
         models,
         data.test,
         data.truth,
         Guardrails.from_dict(cfg.guardrails.model_dump()),
-        float(data.train.offers[S.PURCHASED].mean()),
+        base_rate,
         max_offers=cfg.evaluation.max_test_offers,
         seed=seed,
         calibration_bins=cfg.evaluation.calibration_bins,
@@ -136,9 +137,9 @@ def evaluate_seed(
     )
     boot = None
     if data.truth is None and curves["offer_probs"]:
-        boot = stats.user_bootstrap(
-            curves["user_id"], curves["y"], curves["offer_probs"], seed=seed
-        )
+        probs = dict(curves["offer_probs"])
+        probs[stats.LIST_PRICE] = np.full(len(curves["y"]), base_rate)  # its base-rate predictor
+        boot = stats.user_bootstrap(curves["user_id"], curves["y"], probs, seed=seed)
     return metrics, boot
 
 

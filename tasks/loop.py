@@ -989,10 +989,13 @@ def markdown_table(
 
 @task(name="write_loop_report", task_run_name="write loop.json to {out_dir}", cache_policy=NO_CACHE)
 def write_loop_report(
-    out_dir: Path, rounds: list[dict[str, Any]], details: list[dict[str, Any]]
+    out_dir: Path,
+    rounds: list[dict[str, Any]],
+    details: list[dict[str, Any]],
+    provenance: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """DIR/loop.json (the shape other tools read), loop.md, loop.png, loop-details.json; the table
-    as a Prefect artifact."""
+    """DIR/loop.json (the shape other tools read: `rounds`, and `provenance`: the code, config,
+    command and machine), loop.md, loop.png, loop-details.json; the table as a Prefect artifact."""
     from prefect.artifacts import create_markdown_artifact
 
     paths = {
@@ -1001,7 +1004,10 @@ def write_loop_report(
         "plot": out_dir / "loop.png",
         "details": out_dir / "loop-details.json",
     }
-    paths["json"].write_text(json.dumps({"rounds": rounds}, indent=2) + "\n")
+    report: dict[str, Any] = {"rounds": rounds}
+    if provenance is not None:
+        report["provenance"] = provenance
+    paths["json"].write_text(json.dumps(report, indent=2) + "\n")
     table = markdown_table(rounds, details)
     paths["markdown"].write_text(table + "\n")
     plot_loop(rounds, paths["plot"], details)

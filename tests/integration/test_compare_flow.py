@@ -54,16 +54,19 @@ def test_compare_two_seeds_writes_the_report_and_one_child_run_per_seed(
     assert report["primary"] == "profit_regret"  # simulated: ground truth present
     assert report["seeds"] == [0, 1]
     assert report["best_baseline"] == "logistic"  # the only baseline besides the main model
-    assert set(report["models"]) == {"lightgbm", "logistic", "list_price"}
+    # the references: list price, and the best single price per item knowing the truth
+    assert set(report["models"]) == {"lightgbm", "logistic", "list_price", "oracle_uniform"}
     for name, by_metric in report["models"].items():
         for metric in ("profit_regret", "log_loss"):
+            if name == "oracle_uniform" and metric == "log_loss":
+                continue  # a price policy, no predictions
             entry = by_metric[metric]
             assert set(entry) == {"mean", "lo", "hi", "per_seed"}, (name, metric)
             assert len(entry["per_seed"]) == 2
             assert entry["mean"] == pytest.approx(sum(entry["per_seed"]) / 2)
             assert entry["lo"] <= entry["mean"] <= entry["hi"]
     assert 0 <= report["models"]["lightgbm"]["auc"]["mean"] <= 1
-    assert set(report["paired"]) == {"lightgbm", "list_price"}
+    assert set(report["paired"]) == {"lightgbm", "list_price", "oracle_uniform"}
     for by_metric in report["paired"].values():
         for metric, entry in by_metric.items():
             assert set(entry) == {"vs", "mean", "lo", "hi"}, metric
@@ -81,11 +84,23 @@ def test_compare_two_seeds_writes_the_report_and_one_child_run_per_seed(
     ]
     assert paired["mean"] == pytest.approx(sum(diffs) / 2)
     assert report["metric_direction"]["auc"] == {"higher_is_better": True}
-    assert report["verdicts"]["lightgbm"]["profit_regret"] in {
-        "better",
-        "worse",
-        "no difference",
-    }
+    # the verdict the interval allows: "better" only where it excludes zero on the good side
+    lo, hi = paired["lo"], paired["hi"]
+    expected = "better" if hi < 0 else "worse" if lo > 0 else "no difference"
+    assert report["verdicts"]["lightgbm"]["profit_regret"] == expected
+    # every policy's share of the personalization gap: 0 for the uniform oracle itself
+    assert report["models"]["oracle_uniform"]["gap_share"]["mean"] == pytest.approx(0.0)
+    for name in ("lightgbm", "logistic"):
+        regret = report["models"][name]["profit_regret"]["per_seed"]
+        uniform = report["models"]["oracle_uniform"]["profit_regret"]["per_seed"]
+        gap = report["models"][name]["gap_share"]["per_seed"]
+        for r, u, g in zip(regret, uniform, gap, strict=True):
+            assert g == pytest.approx((u - r) / u)
+    # provenance and the budgets each model actually spent
+    prov = report["provenance"]
+    assert {"commit", "dirty", "config", "config_hash", "command", "machine", "date"} <= set(prov)
+    assert prov["machine"]["cores"] >= 1
+    assert report["budgets"]["lightgbm"]["seeds"] == [0, 1]
     # cold-start slices: from the evaluation's `cold_items/`, `cold_users/` keys when it has them
     assert set(report["slices"]) <= {"cold_items", "cold_users"}
     for by_model in report["slices"].values():
@@ -101,7 +116,12 @@ def test_compare_two_seeds_writes_the_report_and_one_child_run_per_seed(
     for seed in (0, 1):
         seed_report = _strict((out / f"seed-{seed}.json").read_text())
         assert seed_report["seed"] == seed and seed_report["ground_truth"] is True
-        assert set(seed_report["metrics"]) == {"lightgbm", "logistic", "list_price"}
+        assert set(seed_report["metrics"]) == {
+            "lightgbm",
+            "logistic",
+            "list_price",
+            "oracle_uniform",
+        }
         assert seed_report["split"]["n_test"] > 0
     # seed s is a new market: the two seeds' data differ
     s0, s1 = (_strict((out / f"seed-{s}.json").read_text()) for s in (0, 1))
@@ -134,7 +154,8 @@ def test_compare_on_fixed_data_without_ground_truth_uses_log_loss_and_one_seed_s
     prefect_harness: None, mlflow_store: str, tiny_data_dir: Path, tmp_path: Path
 ) -> None:
     """Real-data mode: the data stay fixed, the primary metric is log loss; with only the main
-    model, list price is the baseline; one seed gives no interval (null) and no verdict."""
+    model, list price is the baseline. One seed gives no interval over seeds (null), but log loss
+    and AUC get one from the bootstrap over test users, and a verdict from it."""
     from flows.compare import compare
 
     data = tmp_path / "shop"
@@ -152,9 +173,17 @@ def test_compare_on_fixed_data_without_ground_truth_uses_log_loss_and_one_seed_s
     assert set(report["models"]) == {"logistic", "list_price"}
     assert "profit_regret" not in report["models"]["logistic"]  # no truth, no regret
     entry = report["models"]["logistic"]["log_loss"]
-    assert entry["lo"] is None and entry["hi"] is None and len(entry["per_seed"]) == 1
-    assert report["paired"]["logistic"]["log_loss"]["vs"] == "list_price"
-    assert report["verdicts"]["logistic"]["log_loss"] == "n/a"
+    assert entry["lo_seeds"] is None and entry["hi_seeds"] is None and len(entry["per_seed"]) == 1
+    assert entry["lo"] < entry["mean"] < entry["hi"] and entry["bootstrap_sd"] > 0
+    paired = report["paired"]["logistic"]["log_loss"]
+    assert paired["vs"] == "list_price"
+    lo, hi = paired["lo"], paired["hi"]
+    expected = "better" if hi < 0 else "worse" if lo > 0 else "no difference"
+    assert report["verdicts"]["logistic"]["log_loss"] == expected
+    assert "test users" in report["intervals_cover"]
+    seed_report = _strict((out / "seed-0.json").read_text())
+    assert seed_report["bootstrap"]["unit"] == "user"
+    assert set(seed_report["bootstrap"]["log_loss"]) == {"logistic", "list_price"}
     assert "[n/a]" in (out / "compare.md").read_text()
     assert result["mlflow_experiment"] == "shop-compare"
 
