@@ -32,6 +32,7 @@ from prefect import flow, get_run_logger
 from flows.training import training
 from mlops import registry, tracking
 from mlops.config import CONFIG_DIR, load_config
+from mlops.provenance import provenance
 from mlops.registry import CHAMPION, ModelHandle
 from mlops.settings import get_settings
 from pricing import experiment as X
