@@ -80,7 +80,9 @@ def _cmd_tafeng(args: argparse.Namespace) -> int:
             f"Ta Feng source not found: {source}. See README 'Real data' for how to obtain ta_feng.csv.zip."
         )
     t0 = time.perf_counter()
-    result = build_tafeng(source, max_customers=args.max_customers, seed=args.seed)
+    result = build_tafeng(
+        source, max_customers=args.max_customers, seed=args.seed, exclude_seed=args.exclude_seed
+    )
     paths = write_tafeng(result, args.out)
     print(f"built Ta Feng tables in {time.perf_counter() - t0:.1f}s -> {args.out}")
     print(json.dumps(result.stats, indent=2, default=str))
@@ -98,6 +100,7 @@ def _cmd_completejourney(args: argparse.Namespace) -> int:
         max_households=args.max_households,
         seed=args.seed,
         cost_ratio=args.cost_ratio,
+        exclude_seed=args.exclude_seed,
     )
     paths = write_completejourney(result, args.out)
     print(f"built The Complete Journey tables in {time.perf_counter() - t0:.1f}s -> {args.out}")
@@ -557,6 +560,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-customers", type=int, help="keep a seeded sample of N customers (default: all)"
     )
     t.add_argument("--seed", type=int, default=0, help="seed of the customer sample")
+    t.add_argument(
+        "--exclude-seed",
+        type=int,
+        help="leave out the customers the same --max-customers sample with this seed keeps: a "
+        "disjoint sample, to confirm a choice on customers it never saw",
+    )
     t.set_defaults(func=_cmd_tafeng)
     cj = dsub.add_parser(
         "completejourney",
@@ -575,6 +584,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep N households, picked by a seeded hash of their id (default: all)",
     )
     cj.add_argument("--seed", type=int, default=0, help="seed of the household hash")
+    cj.add_argument(
+        "--exclude-seed",
+        type=int,
+        help="leave out the households the same --max-households sample with this seed keeps: a "
+        "disjoint sample, to confirm a choice on households it never saw",
+    )
     cj.add_argument(
         "--cost-ratio",
         type=float,

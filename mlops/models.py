@@ -1124,7 +1124,8 @@ class UniformDemand(DemandModel):
                 scores[strength] = float(-np.mean(yv * np.log(prob) + (1 - yv) * np.log(1 - prob)))
             chosen = min(scores, key=lambda k: scores[k])
         else:
-            chosen = grid[0] if grid[0] is not None else self.SHRINKAGE_GRID[2]
+            # fixed, else (no validation split to choose on) the grid's middle
+            chosen = grid[0] if len(grid) == 1 else self.SHRINKAGE_GRID[2]
         self.shrinkage = chosen
         self.params = self._fit_params(cells, category, chosen)
         return {

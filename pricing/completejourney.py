@@ -381,22 +381,33 @@ def household_discount_rates(lines: pd.DataFrame) -> pd.DataFrame:
 
 
 # --- subsample ------------------------------------------------------------------------------------
-def sample_households(ids: pd.Index, max_households: int | None, seed: int) -> np.ndarray:
+def sample_households(
+    ids: pd.Index, max_households: int | None, seed: int, exclude_seed: int | None = None
+) -> np.ndarray:
     """Codes (positions in `ids`) of the households kept: all, or the N with the smallest hash.
 
     The hash of (seed, household id) ranks households the same on every machine and Python, so a
     given N picks the same households everywhere, and a larger N keeps every household of a smaller.
+    `exclude_seed`: first leave out the N households that seed would keep, so the two samples share
+    no household (a confirmation on households a choice never saw).
     """
     codes = np.arange(len(ids))
-    if max_households is None or max_households >= len(ids):
-        return codes
-    if max_households < 1:
+    if max_households is not None and max_households < 1:
         raise ValueError(f"max_households must be >= 1, got {max_households}")
+    if exclude_seed is not None:
+        if max_households is None:
+            raise ValueError("exclude_seed needs max_households (the size of both samples)")
+        if exclude_seed == seed:
+            raise ValueError(f"exclude_seed {exclude_seed} is the sample's own seed")
+        codes = np.setdiff1d(codes, sample_households(ids, max_households, exclude_seed))
+    if max_households is None or max_households >= len(codes):
+        return codes
     keys = [
-        int.from_bytes(hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest(), "big")
-        for i in ids
+        int.from_bytes(hashlib.blake2b(f"{seed}:{ids[c]}".encode(), digest_size=8).digest(), "big")
+        for c in codes
     ]
-    return np.sort(np.argsort(np.array(keys, dtype=np.uint64), kind="stable")[:max_households])
+    order = np.argsort(np.array(keys, dtype=np.uint64), kind="stable")[:max_households]
+    return np.sort(codes[order])
 
 
 # --- build ----------------------------------------------------------------------------------------
@@ -408,6 +419,7 @@ def build_completejourney(
     max_candidates: int = DEFAULT_MAX_CANDIDATES,
     test_start: str | pd.Timestamp | None = None,
     tz: str = SOURCE_TZ,
+    exclude_seed: int | None = None,
 ) -> CompleteJourneyTables:
     """Build items, events, offers and users from The Complete Journey.
 
@@ -426,6 +438,7 @@ def build_completejourney(
             last `TEST_DAYS` days. List prices use only lines before it; pass it to build a
             truncated source with the same training period.
         tz: the stores' time zone, which makes the days.
+        exclude_seed: leave out the households of the same-size sample with this seed (disjoint).
 
     Raises:
         ContractError: the source cannot be found or read, lacks columns, or has no usable line.
@@ -450,7 +463,7 @@ def build_completejourney(
     ref = grocery.reference_lines(lines, book.test_start)
     items_all = build_items(ref, book.products, text, cost_ratio)
     top = grocery.top_products(lines, book.n_days, max_candidates)
-    kept = sample_households(book.users, max_households, seed)
+    kept = sample_households(book.users, max_households, seed, exclude_seed)
     mine = grocery.lines_of(lines, kept, len(book.users))
 
     # Events: one purchase per line item, at the unit price paid, at its real time and basket.
@@ -517,6 +530,7 @@ def build_completejourney(
         "cost_ratio": cost_ratio,
         "max_candidates": max_candidates,
         "max_households": max_households,
+        "exclude_seed": exclude_seed,
         "seed": seed,
         "policy": POLICY_NAME,
         "seconds": round(time.perf_counter() - t0, 2),

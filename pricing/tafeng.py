@@ -192,12 +192,26 @@ def build_items(ref: pd.DataFrame, product_ids: pd.Index) -> pd.DataFrame:
     )
 
 
-def _sample_customers(customers: np.ndarray, max_customers: int | None, seed: int) -> np.ndarray:
-    """The customer codes kept: all, or a seeded random subsample (sorted)."""
+def _sample_customers(
+    customers: np.ndarray, max_customers: int | None, seed: int, exclude_seed: int | None = None
+) -> np.ndarray:
+    """The customer codes kept: all, or a seeded random subsample (sorted).
+
+    `exclude_seed`: first leave out the sample of the same size drawn with that seed, so the two
+    samples share no customer (a confirmation on customers a choice never saw).
+    """
+    if max_customers is not None and max_customers < 1:
+        raise ValueError(f"max_customers must be >= 1, got {max_customers}")
+    if exclude_seed is not None:
+        if max_customers is None:
+            raise ValueError("exclude_seed needs max_customers (the size of both samples)")
+        if exclude_seed == seed:
+            raise ValueError(f"exclude_seed {exclude_seed} is the sample's own seed")
+        customers = np.setdiff1d(
+            customers, _sample_customers(customers, max_customers, exclude_seed)
+        )
     if max_customers is None or max_customers >= len(customers):
         return customers
-    if max_customers < 1:
-        raise ValueError(f"max_customers must be >= 1, got {max_customers}")
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(customers, size=max_customers, replace=False))
 
@@ -207,6 +221,7 @@ def build_tafeng(
     max_customers: int | None = None,
     seed: int = 0,
     max_candidates: int = 30,
+    exclude_seed: int | None = None,
     test_start: str | pd.Timestamp | None = None,
 ) -> TaFengTables:
     """Build items, events, offers and users from the Ta Feng csv (or its zip).
@@ -220,6 +235,7 @@ def build_tafeng(
         max_customers: keep a seeded random subsample of this many customers (None: all).
         seed: seed of the subsample.
         max_candidates: offers per basket at most.
+        exclude_seed: leave out the customers of the same-size sample with this seed (disjoint).
         test_start: first day of the test window (a date, UTC; the time of day is dropped).
             None: the last `TEST_DAYS` days of the source. Item prices use only lines before it;
             pass it to build a truncated source with the same training period.
@@ -237,7 +253,7 @@ def build_tafeng(
     book = grocery.code_lines(lines, "UTC", test_start, TEST_DAYS)  # a day is a UTC date
     items_all = build_items(grocery.reference_lines(lines, book.test_start), book.products)
     top = grocery.top_products(lines, book.n_days, max_candidates)
-    kept = _sample_customers(np.arange(len(book.users)), max_customers, seed)
+    kept = _sample_customers(np.arange(len(book.users)), max_customers, seed, exclude_seed)
     mine = grocery.lines_of(lines, kept, len(book.users))
 
     # Events: one purchase per line item, at the price paid, on the day's basket.
@@ -269,6 +285,7 @@ def build_tafeng(
         "max_candidates": max_candidates,
         "max_customers": max_customers,
         "seed": seed,
+        "exclude_seed": exclude_seed,
         "policy": POLICY_NAME,
         "seconds": round(time.perf_counter() - t0, 2),
     }
