@@ -387,27 +387,58 @@ def _train_evaluate_register(
             )
 
         with clock("promote"):
-            promotion = promote_model(
-                registered,
-                version,
-                metrics[cfg.model],
+            rule = PromotionRule(**cfg.promotion.model_dump())
+            gate_args = (
                 champion,
                 champ_version,
                 metrics[LIST_PRICE],
                 truth is not None,
-                PromotionRule(**cfg.promotion.model_dump()),
+                rule,
                 settings.scorer_url,
                 settings.admin_token,
                 test.offers[S.ITEM_ID].astype(str).head(3).tolist(),
                 str(test.offers[S.USER_ID].iloc[0]),
                 promote,
                 force_promote,
-                baselines={
-                    name: metrics[name]
-                    for name in cfg.baselines
-                    if name in metrics and name != cfg.model
-                },
             )
+            ranked = [cfg.model, *[b for b in cfg.baselines if b != cfg.model]]
+            promotion = promote_model(
+                registered,
+                version,
+                metrics[cfg.model],
+                *gate_args,
+                baselines={n: metrics[n] for n in ranked[1:] if n in metrics},
+            )
+            promoted_model = cfg.model if promotion["promoted"] else None
+            winner = promotion.get("beaten_by")
+            if winner and rule.promote_winning_baseline and promote and winner in trained:
+                # The shop serves the best model this run measured: the winning baseline goes
+                # through the same gate (against the champion and every other model of the run).
+                baseline_version = register_model(
+                    trained[winner].model,
+                    trained[winner].run_id or run.run_id,
+                    registered,
+                    guardrails.to_dict(),
+                    input_example(test.offers),
+                    {**evaluation, "metrics": metrics[winner]},
+                )
+                others = {n: metrics[n] for n in ranked if n != winner and n in metrics}
+                second = promote_model(
+                    registered, baseline_version, metrics[winner], *gate_args, baselines=others
+                )
+                promotion["baseline_promotion"] = {
+                    "model": winner,
+                    "model_version": baseline_version,
+                    **second,
+                }
+                if second["promoted"]:
+                    promoted_model = winner
+                    promotion["promoted"] = True
+                    promotion["promotion_reasons"] = [
+                        *promotion["promotion_reasons"],
+                        f"promoted instead: baseline {winner} (v{baseline_version})",
+                    ]
+            promotion["promoted_model"] = promoted_model
 
         result: dict[str, Any] = {
             "model": cfg.model,

@@ -48,6 +48,9 @@ class PromotionConfig(_Strict):
     # A baseline of the same run beating the challenger's primary metric by more than this blocks
     # the promotion (absolute; the reason names the baseline).
     baseline_tolerance: float = 0.001
+    # When a baseline blocks the candidate that way, register that baseline and put it through the
+    # same gate, so the champion is the best model the run measured (false: keep the champion).
+    promote_winning_baseline: bool = True
 
     def primary_metric(self, ground_truth: bool) -> str:
         """The metric that decides: regret where the data has ground truth, else log loss."""

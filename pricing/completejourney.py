@@ -402,8 +402,11 @@ def sample_households(
         codes = np.setdiff1d(codes, sample_households(ids, max_households, exclude_seed))
     if max_households is None or max_households >= len(codes):
         return codes
+    names = list(ids)
     keys = [
-        int.from_bytes(hashlib.blake2b(f"{seed}:{ids[c]}".encode(), digest_size=8).digest(), "big")
+        int.from_bytes(
+            hashlib.blake2b(f"{seed}:{names[c]}".encode(), digest_size=8).digest(), "big"
+        )
         for c in codes
     ]
     order = np.argsort(np.array(keys, dtype=np.uint64), kind="stable")[:max_households]

@@ -31,6 +31,7 @@ class PromotionRule:
     max_price_gap: float = 0.15
     require_fairness: bool = False
     baseline_tolerance: float = 0.001
+    promote_winning_baseline: bool = True  # the training flow's next step (see `decide`)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class PromotionDecision:
     reasons: list[str] = field(default_factory=list)
     primary_metric: str = ""
     forced: bool = False  # promoted only because an operator forced past a non-comparable champion
+    beaten_by: str | None = None  # the run's baseline that beats the challenger, if one does
 
 
 # What must be equal for a stored evaluation to count: the dataset's name, a hash of its (clean)
@@ -149,10 +151,10 @@ def decide(
         baselines: the metrics of the baselines trained and evaluated in the same run, on the same
             test data (never the references, which know the list or the truth). One that beats the
             challenger on the primary metric by more than `rule.baseline_tolerance` blocks it, and
-            the reason names it. The run then registers the challenger (its version stays in
-            MLflow for comparison) but neither it nor the baseline becomes champion: a baseline is
-            a yardstick trained for this run, so switching the served model to it is a change of
-            the config's `model:`, made by a person.
+            the reason names it (`beaten_by`). The training flow then registers that baseline and
+            puts it through the same gate (`promotion.promote_winning_baseline`, on by default):
+            the shop serves the best model the run measured, and the challenger's version stays
+            in MLflow, not promoted, with the reason.
     """
     primary = rule.primary_metric_simulated if simulated else rule.primary_metric_real
     # The other metric guards against winning on one axis by losing on the other.
@@ -184,9 +186,10 @@ def decide(
     if not _finite(ch):
         return PromotionDecision(False, reasons + [f"challenger has no {primary}"], primary)
 
-    beaten_by = _winning_baseline(ch, baselines or {}, primary, rule.baseline_tolerance)  # type: ignore[arg-type]
-    if beaten_by is not None:
-        name, value = beaten_by
+    winner = _winning_baseline(ch, baselines or {}, primary, rule.baseline_tolerance)  # type: ignore[arg-type]
+    beaten_by = None if winner is None else winner[0]
+    if winner is not None:
+        name, value = winner
         ok = False
         reasons.append(
             f"not promoted: baseline {name} of this run beats it on {primary} "
@@ -212,7 +215,7 @@ def decide(
                 f"not promoted: champion not comparable ({why}); "
                 "an operator may override with --force-promote"
             )
-            return PromotionDecision(False, reasons, primary)
+            return PromotionDecision(False, reasons, primary, beaten_by=beaten_by)
         reasons.append(
             f"forced by operator (--force-promote) past a champion that is not comparable ({why}); "
             "the challenger must still beat the reference"
@@ -224,14 +227,16 @@ def decide(
     if champion is None:
         ref = reference.get(primary)
         if not _finite(ref):
-            return PromotionDecision(False, reasons + [f"no reference {primary} to beat"], primary)
+            return PromotionDecision(
+                False, reasons + [f"no reference {primary} to beat"], primary, beaten_by=beaten_by
+            )
         what = "forced" if forced else "first model"
         if ch < ref - rule.min_improvement:  # type: ignore[operator]
             reasons.append(f"{what}: {primary} {ch:.4f} beats the reference {ref:.4f}")
         else:
             ok = False
             reasons.append(f"{what}: {primary} {ch:.4f} does not beat the reference {ref:.4f}")
-        return PromotionDecision(ok, reasons, primary, forced=forced and ok)
+        return PromotionDecision(ok, reasons, primary, forced=forced and ok, beaten_by=beaten_by)
 
     cp = champion[primary]
     if ch < cp - rule.min_improvement:  # type: ignore[operator]
@@ -251,4 +256,4 @@ def decide(
             )
         else:
             reasons.append(f"{secondary} {cs:.4f} within tolerance of champion {ps:.4f}")
-    return PromotionDecision(ok, reasons, primary)
+    return PromotionDecision(ok, reasons, primary, beaten_by=beaten_by)

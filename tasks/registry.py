@@ -301,6 +301,7 @@ def promote(
     out: dict[str, Any] = {
         "promoted": False,
         "promotion_reasons": list(decision.reasons),
+        "beaten_by": decision.beaten_by,
         "previous_champion": champion_version,
         "scorer_notified": False,
         "forced": False,
