@@ -388,6 +388,7 @@ def _cmd_loop(args: argparse.Namespace) -> int:
         dr_calibration=args.dr_calibration,
         min_sample=args.min_sample,
         max_sample=args.max_sample,
+        preset=args.preset,
     )
     print(f"{Path(args.out) / 'loop.json'}, loop.md, loop.png, loop-details.json")
     return 0
@@ -768,6 +769,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lp.add_argument("--seed", type=int, default=0, help="seed of the market and the shoppers")
     lp.add_argument("--users", type=int, help="simulated market size (default: the simulator's)")
+    lp.add_argument(
+        "--preset",
+        choices=["shop", "realistic", "classic"],
+        default="shop",
+        help="the simulated market (pricing simulate --preset)",
+    )
     lp.add_argument("--items", type=int, help="simulated catalog size (default: the simulator's)")
     lp.add_argument("--days", type=int, help="simulated days (default: the simulator's)")
     lp.add_argument(

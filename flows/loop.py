@@ -41,7 +41,7 @@ from pricing.io import read_table
 from pricing.policy import Guardrails
 from pricing.promotion import PromotionRule, decide
 from pricing.shoppers import SHOPPERS
-from pricing.simulator import load_ground_truth
+from pricing.simulator import DEFAULT_PRESET, load_ground_truth
 from tasks.evaluation import LIST_PRICE
 from tasks.experiment import promote_experiment, publish_experiment
 from tasks.loop import (
@@ -122,6 +122,7 @@ def loop(
     challenger_share: float = 0.5,
     shoppers: str = "browse",
     dr_calibration: bool = False,
+    preset: str = DEFAULT_PRESET,
 ) -> dict[str, Any]:
     """Run `rounds` rounds of the closed loop on a simulated market; returns loop.json's content.
 
@@ -133,7 +134,7 @@ def loop(
         requests_per_round, candidates: each round's shoppers, and items per quote request.
         exploration: the share of quotes at a random grid price, for every policy the loop serves
             (the market's history already holds the simulator's randomized ladder).
-        seed, users, items, days: the simulated market (defaults: the simulator's).
+        seed, users, items, days, preset: the simulated market (defaults: the simulator's).
         experiment_batch: shoppers between two looks of an online experiment.
         metric, min_sample, min_effect, guardrail, max_sample: the `ExperimentRule` (quotes per arm).
         same_shoppers: every round's main traffic is the same shoppers (users, candidates and the
@@ -162,7 +163,7 @@ def loop(
             out, rounds, model, config_path, requests_per_round, candidates, exploration, seed,
             users, items, days, experiment_batch,
             X.ExperimentRule(metric, min_sample, min_effect, guardrail, max_sample), same_shoppers,
-            experiment_mode, challenger_share, shoppers, dr_calibration,
+            experiment_mode, challenger_share, shoppers, dr_calibration, preset,
         )  # fmt: skip
 
 
@@ -185,6 +186,7 @@ def _run(
     share: float = 0.5,
     shoppers: str = "browse",
     dr_calibration: bool = False,
+    preset: str = DEFAULT_PRESET,
 ) -> dict[str, Any]:
     log = get_run_logger()
     settings = get_settings()
@@ -193,7 +195,7 @@ def _run(
     base_cfg = load_config(config_path, {"model": model, "seed": seed})
     guard = {**base_cfg.guardrails.model_dump(), "exploration": exploration}
     market = simulate_loop_market(
-        out / "market", seed, users, items, days, rounds, requests_per_round * candidates
+        out / "market", seed, users, items, days, rounds, requests_per_round * candidates, preset
     )
     clock = ShopClock.load(market)
     truth = load_ground_truth(market)

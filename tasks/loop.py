@@ -53,6 +53,7 @@ from pricing import schema as S
 from pricing.io import read_table, read_tables, write_table
 from pricing.shoppers import ShopperRequest, loop_summary, shopper_requests
 from pricing.simulator import (
+    DEFAULT_PRESET,
     GroundTruth,
     SimConfig,
     funnel,
@@ -307,15 +308,17 @@ def simulate_loop_market(
     n_days: int | None,
     rounds: int = 0,
     quotes_per_round: int = 0,
+    preset: str = DEFAULT_PRESET,
 ) -> Path:
-    """A simulated market with the ground truth the shoppers answer from, and its `ShopClock`.
+    """A simulated market (the `preset` market) with the ground truth the shoppers answer from, and
+    its `ShopClock`.
 
     The market's history ends early enough (a UTC midnight, plus its last sessions) for `rounds`
     rounds of `quotes_per_round` quotes each to follow it on the shop's calendar before today, a
     round lasting as many days as the market took for as many offers (`ShopClock`, whose rounds
     start at the market's last event). With no rounds, it ends at today's midnight.
     """
-    cfg = SimConfig(seed=seed)
+    cfg = SimConfig.preset(preset, seed=seed)
     sizes: dict[str, Any] = {"n_users": n_users, "n_items": n_items, "n_days": n_days}
     cfg = replace(cfg, **{k: v for k, v in sizes.items() if v is not None})
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)

@@ -107,7 +107,9 @@ def register(
     if version is None:
         active = mlflow.active_run()
         same = active is not None and active.info.run_id == run_id
-        with contextlib.nullcontext() if same else mlflow.start_run(run_id=run_id):
+        # another run active (the training run, when a baseline's child run registers): nested
+        nested = active is not None and not same
+        with contextlib.nullcontext() if same else mlflow.start_run(run_id=run_id, nested=nested):
             _, version = tracking.log_price_model(
                 model, guardrails, input_example, registered_model
             )

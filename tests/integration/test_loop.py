@@ -1,8 +1,9 @@
 """The closed loop end to end on a small simulated market: its own scorer, two rounds.
 
-Round 0 serves list price; round 1 retrains on the logs, gates, runs the online experiment and
-serves the champion. The second round must not be worse than the first (the same shoppers meet
-both rounds, so the comparison is the policies'), and loop.json keeps its shape.
+Round 0 serves list price; round 1 retrains on the logs, gates, runs the online experiment (shadow
+mode: paired) and serves the champion. The retrained model must be promoted and earn a higher
+true profit than list price did (the same shoppers meet both rounds, so the comparison is the
+policies'), and loop.json keeps its shape.
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ def test_two_rounds_on_a_small_market_improve_on_list_price(
         min_sample=300,
         max_sample=1500,
         seed=1,
+        experiment_mode="shadow",
+        # the realistic market: list price is far from the best prices there, so one small round
+        # of logs is enough for a model to beat it clearly (in the default shop market list price
+        # already earns most of what can be earned, and a test-sized experiment cannot tell)
+        preset="realistic",
     )
     written = json.loads((out / "loop.json").read_text())
     assert written == result
@@ -86,21 +92,14 @@ def test_two_rounds_on_a_small_market_improve_on_list_price(
     logged = export_offers(out / "offer_log")
     assert len(logged) >= 2 * 150 * 8  # both rounds' quotes (and the experiment's live arm)
     assert set(logged["policy"]) >= {"list_price@0"}
-    # The online experiment ran on live traffic: the scorer's challenger arm served the candidate
-    # to its share of users, and the arm was switched off (fails closed) when it ended.
-    exp = details[1].get("experiment")
-    if exp is not None:
-        assert exp["mode"] == "live" and exp["challenger_share"] == 0.5
-        candidate = details[1]["candidate"]
-        assert exp["arm"]["started"]["status"] == "serving"
-        assert (
-            f"{exp['arm']['started']['model_name']}@{exp['arm']['started']['model_version']}"
-            == (candidate)
-        )
-        assert exp["arm"]["stopped"]["status"] == "disabled"
-        shares = {a["arm"]: a["quotes"] for a in exp["arms"]}
-        assert shares.get("challenger", 0) > 0 and shares.get("champion", 0) > 0
-        assert candidate in set(logged["policy"])  # the challenger's quotes were shown and logged
+    # The online experiment ran in shadow mode: every experiment request was quoted live by the
+    # champion and priced for the challenger beside it, answered with the same uniform numbers, so
+    # the arms are paired (the power a two-round test needs to reach a decision); the live arm's
+    # plumbing is tested in test_scorer_traffic_split and test_loop_arms.
+    exp = details[1]["experiment"]
+    assert exp["mode"] == "shadow"
+    assert exp["decision"]["paired"] is True and exp["decision"]["action"] == "promote"
+    assert exp["decision"]["difference_lo"] > 0
     # The training set holds the shoppers' sessions on the shop's calendar: round 0's quotes and
     # the shoppers' searches, views and clicks in the days after the market's history, not today.
     from pricing import schema as S
