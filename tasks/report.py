@@ -15,6 +15,8 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from pricing.stats import REFERENCES
+
 # The columns of the metrics table, in order: the policy's money first, then the fit.
 KEY_METRICS = ("profit_regret", "uplift_vs_list", "log_loss", "auc", "ece")
 
@@ -54,7 +56,7 @@ def model_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for name in names:
         vals = metrics.get(name, {})
-        role = "candidate" if name == main else "reference" if name == "list_price" else "baseline"
+        role = "candidate" if name == main else "reference" if name in REFERENCES else "baseline"
         row: dict[str, Any] = {"model": name, "role": role}
         for k in KEY_METRICS:
             v = vals.get(k)

@@ -15,6 +15,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from mlops.config import ExperimentConfig
+from pricing.stats import REFERENCES
 
 # The main model's headline metrics, also logged without a prefix so runs sort by them in the UI.
 REPORT_METRICS = ("log_loss", "auc", "ece", "profit_regret", "uplift_vs_list")
@@ -100,7 +101,7 @@ def _model_role(name: str, main: str) -> str:
         return "candidate"
     if name == "champion":
         return "champion"
-    if name == "list_price":
+    if name in REFERENCES:
         return "reference"
     return "baseline"
 

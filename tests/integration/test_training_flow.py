@@ -20,6 +20,18 @@ def _loses_to_champion(reason: str) -> bool:
     return "does not beat champion" in reason or ("worsens" in reason and "champion" in reason)
 
 
+def _config(where: Path, baselines: list[str], tolerance: float, model: str = "lightgbm") -> Path:
+    """configs/default.yaml with this test's model, baselines and baseline tolerance."""
+    import yaml
+
+    raw = yaml.safe_load((CONFIGS / "default.yaml").read_text())
+    raw["model"], raw["baselines"] = model, baselines
+    raw["promotion"]["baseline_tolerance"] = tolerance
+    path = where / f"config-{model}-{'-'.join(baselines)}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
 @pytest.fixture()
 def data_dir(tiny_data_dir: Path, tmp_path: Path) -> Path:
     out = tmp_path / "data"
@@ -34,12 +46,22 @@ def test_training_registers_promotes_then_keeps_a_worse_challenger_out(
     from mlops import registry, tracking
     from mlops.registry import load_champion
 
-    first = training(data_dir=str(data_dir), model="lightgbm")
+    # The default config with the baselines this scenario names; a baseline may not take the
+    # champion's place here (that path has its own test below).
+    config = _config(data_dir.parent, baselines=["logistic", "lightgbm_text"], tolerance=1.0)
+    first = training(data_dir=str(data_dir), model="lightgbm", config_path=str(config))
     # the report's public shape
     for key in ("model", "mlflow_run_id", "registered_model", "model_version", "promoted"):
         assert key in first
     assert set(first["split"]) >= {"test_start", "n_train", "n_test"}
-    assert set(first["metrics"]) == {"lightgbm", "logistic", "lightgbm_text", "list_price"}
+    assert set(first["metrics"]) == {
+        "lightgbm",
+        "logistic",
+        "lightgbm_text",
+        "list_price",
+        "oracle_uniform",
+    }
+    assert first["promoted_model"] == "lightgbm" and first["beaten_by"] is None
     for name in ("lightgbm", "logistic", "lightgbm_text"):
         m = first["metrics"][name]
         assert {"log_loss", "auc", "ece", "profit_regret", "uplift_vs_list"} <= set(m)
@@ -97,7 +119,7 @@ def _children(client: object, run_id: str) -> dict[str, object]:
 def _assert_models_side_by_side(client: object, first: dict, second: dict) -> None:
     """One child run per model with the same metric names; the parent keeps the decision."""
     kids = _children(client, first["mlflow_run_id"])
-    assert set(kids) == {"lightgbm", "logistic", "lightgbm_text", "list_price"}
+    assert set(kids) == {"lightgbm", "logistic", "lightgbm_text", "list_price", "oracle_uniform"}
     assert {n: r.info.run_id for n, r in kids.items()} == first["mlflow_child_runs"]
     roles = {n: r.data.tags["role"] for n, r in kids.items()}
     assert roles == {
@@ -105,10 +127,12 @@ def _assert_models_side_by_side(client: object, first: dict, second: dict) -> No
         "logistic": "baseline",
         "lightgbm_text": "baseline",
         "list_price": "reference",
+        "oracle_uniform": "reference",
     }
     for name, run in kids.items():
         metrics = run.data.metrics
-        assert {"profit_regret", "log_loss", "uplift_vs_list"} <= set(metrics), name
+        assert {"profit_regret", "uplift_vs_list", "gap_share"} <= set(metrics), name
+        assert name == "oracle_uniform" or "log_loss" in metrics, name
         assert metrics["profit_regret"] == pytest.approx(first["metrics"][name]["profit_regret"])
         assert not any(k.startswith(f"{name}/") for k in metrics), "no model prefix in a child"
         assert run.info.status == "FINISHED"
@@ -164,7 +188,13 @@ def _assert_prefect_artifacts(report: dict) -> None:
     table = by_key["training-metrics"].data
     rows = json.loads(table) if isinstance(table, str) else table
     assert [r["model"] for r in rows][0] == "lightgbm"
-    assert {r["model"] for r in rows} == {"lightgbm", "logistic", "lightgbm_text", "list_price"}
+    assert {r["model"] for r in rows} == {
+        "lightgbm",
+        "logistic",
+        "lightgbm_text",
+        "list_price",
+        "oracle_uniform",
+    }
     decision = by_key["promotion-decision"].data
     assert "PROMOTED" in decision and "beats the reference" in decision
     assert report["links"]["MLflow run"] in decision
@@ -243,3 +273,28 @@ def test_a_worker_rank_ends_with_a_normal_worker_result_not_a_crash(
     state = training(data_dir=str(data_dir), model="lightgbm", return_state=True)
     assert state.is_completed(), state
     assert state.result() == {"model": "lightgbm", "rank": 1, "role": "worker", "trained": True}
+
+
+def test_a_baseline_that_beats_the_candidate_is_promoted_in_its_place(
+    prefect_harness: None, mlflow_store: str, data_dir: Path
+) -> None:
+    """Only what wins is promoted: the non-personalized candidate loses to the logistic baseline of
+    its own run, is registered but not promoted (the reason names the baseline), and the baseline
+    goes through the same gate and becomes the champion."""
+    from flows.training import training
+    from mlops import registry, tracking
+
+    config = _config(data_dir.parent, baselines=["logistic"], tolerance=0.001, model="uniform")
+    result = training(data_dir=str(data_dir), config_path=str(config))
+    regret = {n: result["metrics"][n]["profit_regret"] for n in ("uniform", "logistic")}
+    assert regret["logistic"] < regret["uniform"] - 0.001, regret  # the premise
+    assert result["beaten_by"] == "logistic"
+    assert any("baseline logistic" in r for r in result["promotion_reasons"])
+    baseline = result["baseline_promotion"]
+    assert baseline["model"] == "logistic" and baseline["promoted"] is True
+    assert result["promoted"] is True and result["promoted_model"] == "logistic"
+    tracking.configure(mlflow_store)
+    assert result["model_version"] == "1"  # the candidate: registered, not promoted
+    assert registry.alias_version("price-response", "champion") == baseline["model_version"] == "2"
+    stored = registry.version_metrics("price-response", "2")
+    assert stored["profit_regret"] == pytest.approx(regret["logistic"])
