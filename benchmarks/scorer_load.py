@@ -719,7 +719,8 @@ def measure(
 
 
 def main() -> None:
-    default_model = "bert" if importlib.util.find_spec("lightning_modules.demand") else "toy"
+    # the default experiment's model (configs/default.yaml); toy without the torch extras
+    default_model = "bert_wide" if importlib.util.find_spec("lightning_modules.demand") else "toy"
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--model",

@@ -110,6 +110,15 @@ def seen_items(train: PricingData, vocab: Vocab) -> np.ndarray:
     return np.unique(idx[idx > 0])
 
 
+def searched_queries(events: pd.DataFrame, end: pd.Timestamp | None) -> pd.Series:
+    """The search queries of `events` up to `end` (the last offer the fit sees; None: all): the
+    query vocabulary never holds a query searched only after the fitted period."""
+    keep = events[S.EVENT_TYPE].astype(str) == S.SEARCH
+    if end is not None and len(events):
+        keep &= pd.to_datetime(events[S.TS], utc=True) <= end
+    return events.loc[keep, S.QUERY]
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return np.exp(-np.logaddexp(0.0, -x))
 
@@ -256,17 +265,22 @@ class BertDemand(DemandModel):
         self._set_catalog(train.items)
         scan: ShardScan | None = None
         data: PricingData | None = None  # the training split when it is in memory
+        # Like the baselines: events up to the last offer fitted on (validation's, when given).
+        ends = [] if valid is None or not len(valid) else [valid.offers[S.TS]]
         if isinstance(train, Shards):
             if cfg.wide:
                 raise ValueError("wide features are fitted in memory: train from a PricingData")
             scan = scan_shards(train, text=bool(cfg.text))
+            # (the scan keeps no query times: the shards' queries are all of them)
             queries = pd.Series(sorted(scan.queries), dtype=object)
         else:
             data = train
-            queries = data.events.loc[data.events[S.EVENT_TYPE].astype(str) == S.SEARCH, S.QUERY]
+            ends.append(data.offers[S.TS])
+        end = max((pd.to_datetime(ts, utc=True).max() for ts in ends), default=None)
+        if data is not None:
+            queries = searched_queries(data.events, end)
         if valid is not None and (data is None or valid.events is not data.events):
-            extra = valid.events.loc[valid.events[S.EVENT_TYPE].astype(str) == S.SEARCH, S.QUERY]
-            queries = pd.concat([queries, extra])
+            queries = pd.concat([queries, searched_queries(valid.events, end)])
         if not cfg.text:
             queries = queries.iloc[:0]
         self.vocab = vocab = Vocab.build(

@@ -225,9 +225,11 @@ def test_startup_with_a_corrupt_champion_stays_up_and_not_ready(
 
 
 def test_the_watch_loop_polls_often_but_retries_a_bad_version_rarely(
-    tmp_path: Path, registry: DiskRegistry
+    tmp_path: Path, registry: DiskRegistry, wait_until: Any
 ) -> None:
-    """The real background watch: 50 ms polls, yet the corrupt version is tried once in a second."""
+    """The real background watch (50 ms polls) retries the corrupt version only when its backoff
+    is due. The backoff's clock is the test's, so a slow machine cannot make a retry due early;
+    the polls are waited for by count, not by a fixed window."""
     app = create_app(
         _settings(tmp_path, alias_poll_seconds=0.05),
         registry.load,
@@ -235,22 +237,35 @@ def test_the_watch_loop_polls_often_but_retries_a_bad_version_rarely(
         seed=0,
     )
     with TestClient(app) as c:
+        runtime = app.state.runtime
+        now = [0.0]
+        runtime.reload_status.clock = lambda: now[0]
         registry.alias = "2"
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: registry.attempts["2"] >= 1, timeout=30, what="a first load of v2")
         probes = registry.probes
-        assert probes >= 5, "the watch kept polling"
-        assert registry.attempts["2"] == 1, "first retry comes 2 s (2 x max(poll, 1 s)) later"
+        wait_until(
+            lambda: registry.probes >= probes + 10, timeout=30, what="the watch kept polling"
+        )
+        assert registry.attempts["2"] == 1, "10 polls, but no retry before the backoff is due"
+        assert runtime.reload_status.retry_at == pytest.approx(2.0)  # 2 x max(poll, 1 s)
+        assert _served_version(c) == "1"
+        now[0] = 1.99
+        probes = registry.probes
+        wait_until(lambda: registry.probes >= probes + 5, timeout=30, what="polls at t = 1.99 s")
+        assert registry.attempts["2"] == 1, "retried before its backoff was due"
+        now[0] = 2.0  # due: the next poll retries it, once (then it backs off 4 s)
+        wait_until(lambda: registry.attempts["2"] >= 2, timeout=30, what="the retry when due")
+        probes = registry.probes
+        wait_until(lambda: registry.probes >= probes + 5, timeout=30, what="polls after a retry")
+        assert registry.attempts["2"] == 2
         assert _served_version(c) == "1"
         registry.alias = "3"
-        deadline = time.monotonic() + 10.0
-        while registry.attempts["3"] == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        deadline = time.monotonic() + 10.0
-        while c.get("/readyz").json().get("model_version") != "3":
-            assert time.monotonic() < deadline, "the watch did not move to version 3"
-            time.sleep(0.02)
+        wait_until(
+            lambda: c.get("/readyz").json().get("model_version") == "3",
+            timeout=30,
+            what="the watch moves to version 3",
+        )
+    assert registry.attempts == Counter({"1": 1, "2": 2, "3": 1})
 
 
 def test_backoff_doubles_per_consecutive_failure_up_to_a_cap() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,17 +25,21 @@ ADMIN = {"Authorization": "Bearer s3cret"}
 
 
 class FakeRegistry:
-    """A loader whose champion tests can move, break or slow down."""
+    """A loader whose champion tests can move, break or hold (a load in progress until `gate`
+    is set; `loading` is set when a load starts)."""
 
     def __init__(self, handle: ModelHandle | None) -> None:
         self.handle = handle
         self.error: Exception | None = None
-        self.delay = 0.0
+        self.gate: threading.Event | None = None
+        self.loading = threading.Event()
         self.calls = 0
 
     def load(self) -> ModelHandle | None:
         self.calls += 1
-        time.sleep(self.delay)
+        self.loading.set()
+        if self.gate is not None:
+            assert self.gate.wait(60), "the test never released the load"
         if self.error is not None:
             raise self.error
         return self.handle
@@ -288,10 +291,15 @@ def test_failed_reload_keeps_the_old_model(client: TestClient, registry: FakeReg
     assert _quote(client)["model_version"] == "1"
 
 
-def test_hot_swap_under_load_drops_nothing(client: TestClient, registry: FakeRegistry) -> None:
+def test_hot_swap_under_load_drops_nothing(
+    client: TestClient, registry: FakeRegistry, wait_until: Any
+) -> None:
+    """Phases by what the clients saw, not by sleeps: every client answered by v1, then answered
+    while v2 loads (the load holds until released), then answered by v2."""
     stop = threading.Event()
     seen: list[list[str]] = [[] for _ in range(4)]
     failures: list[str] = []
+    reloaded: list[Any] = []
 
     def hammer(k: int) -> None:
         while not stop.is_set():
@@ -301,26 +309,54 @@ def test_hot_swap_under_load_drops_nothing(client: TestClient, registry: FakeReg
             else:
                 seen[k].append(r.json()["model_version"])
 
+    def answered(since: list[int], n: int = 1, version: str | None = None) -> bool:
+        """Each client got `n` more answers since `since` (the last of them from `version`);
+        any failure ends the wait too (asserted below)."""
+        more = all(
+            len(v) >= m + n and (version is None or v[-1] == version)
+            for v, m in zip(seen, since, strict=True)
+        )
+        return bool(failures) or more
+
     threads = [threading.Thread(target=hammer, args=(k,)) for k in range(4)]
+    swap = threading.Thread(
+        target=lambda: reloaded.append(client.post("/admin/reload", headers=ADMIN))
+    )
+    registry.gate = threading.Event()
     for t in threads:
         t.start()
-    time.sleep(0.2)
-    registry.handle, registry.delay = toy_handle("2"), 0.3  # a slow load while traffic flows
-    r = client.post("/admin/reload", headers=ADMIN)
-    time.sleep(0.2)
-    stop.set()
-    for t in threads:
-        t.join()
-    assert r.status_code == 200
+    try:
+        wait_until(lambda: answered([0] * 4), timeout=30, what="every client answered by v1")
+        registry.loading.clear()
+        registry.handle = toy_handle("2")  # a slow load while traffic flows
+        swap.start()
+        wait_until(registry.loading.is_set, timeout=30, what="the reload starts loading v2")
+        loading = [len(v) for v in seen]
+        wait_until(
+            lambda: answered(loading, 3), timeout=30, what="every client answered during the load"
+        )
+        released = [len(v) for v in seen]
+        registry.gate.set()
+        swap.join(timeout=60)
+        wait_until(
+            lambda: answered(released, 1, "2"), timeout=30, what="every client answered by v2"
+        )
+    finally:
+        registry.gate.set()
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not swap.is_alive() and reloaded and reloaded[0].status_code == 200
     assert failures == []
-    for versions in seen:
+    for versions, n in zip(seen, released, strict=True):
         assert versions[0] == "1" and versions[-1] == "2"
         switch = versions.index("2")
+        assert switch >= n  # nothing from v2 before its load returned
         assert set(versions[switch:]) == {"2"}  # never back to the old model
 
 
 def test_alias_watch_reloads_when_the_champion_moves(
-    tmp_path: Path, registry: FakeRegistry
+    tmp_path: Path, registry: FakeRegistry, wait_until: Any
 ) -> None:
     app = create_app(
         _settings(tmp_path, alias_poll_seconds=0.05), registry.load, version_probe=registry.version
@@ -328,9 +364,11 @@ def test_alias_watch_reloads_when_the_champion_moves(
     with TestClient(app) as c:
         assert _quote(c)["model_version"] == "1"
         registry.handle = toy_handle("7")
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and _quote(c)["model_version"] != "7":
-            time.sleep(0.05)
+        wait_until(
+            lambda: _quote(c)["model_version"] == "7",
+            timeout=30,
+            what="the alias watch serves version 7",
+        )
         assert _quote(c)["model_version"] == "7"
 
 
