@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 from pricing import schema as S
-from pricing import simulator as sim
 from pricing.bounds import SensitivityOracle
 from pricing.simulator import Market
 
