@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from mlops.config import ExperimentConfig
+from mlops.provenance import provenance
 from pricing import stats
 from pricing.bounds import LEVELS, SensitivityOracle
 from tasks.compare import evaluate_seed, load_seed_data, read_seed_reports
@@ -92,6 +93,7 @@ def bound(
                     }
                 gaps[model] = entry
         summary["compare"] = {"dirs": [str(d) for d in compare_dirs], "models": gaps}
+    summary["provenance"] = provenance(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / BOUND_JSON).write_text(json.dumps(stats.json_safe(summary), indent=2))
     (out_dir / BOUND_MD).write_text(markdown(summary))

@@ -43,7 +43,9 @@ def stats(preset: str, seed: int, n_offers: int) -> dict[str, float]:
             np.mean((p_wide > 0.2 * lp * 1.0001) & (p_wide < 5.0 * lp * 0.9999))
         ),
         "wide_band_at_5x_share": float(np.mean(p_wide >= 5.0 * lp * 0.9999)),
-        "guardrail_hit_share": float(np.mean((p_oracle <= low * 1.0001) | (p_oracle >= high * 0.9999))),
+        "guardrail_hit_share": float(
+            np.mean((p_oracle <= low * 1.0001) | (p_oracle >= high * 0.9999))
+        ),
         "list_over_oracle_uniform": float(v_list / v_uniform),
         "oracle_uniform_over_oracle": float(v_uniform / v_oracle.sum()),
         "list_over_oracle": float(v_list / v_oracle.sum()),
@@ -59,9 +61,7 @@ def main() -> None:
     args = ap.parse_args()
     out = {
         "presets": {name: stats(name, args.seed, args.offers) for name in PRESETS},
-        "provenance": provenance(
-            vars(args), config_name="docs/results/market/market_stats.py"
-        ),
+        "provenance": provenance(vars(args), config_name="docs/results/market/market_stats.py"),
     }
     out["commit"] = out["provenance"]["commit"]
     print(json.dumps(out, indent=2))
