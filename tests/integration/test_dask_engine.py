@@ -234,7 +234,7 @@ def test_the_training_flow_runs_on_prefect_dasks_task_runner(
     )
     assert result["engine"] == "dask"
     assert result["model_version"] == "1" and result["promoted"] is True
-    assert set(result["metrics"]) == {"lightgbm", "logistic", "list_price"}
+    assert set(result["metrics"]) == {"lightgbm", "logistic", "list_price", "oracle_uniform"}
     assert (
         result["metrics"]["lightgbm"]["profit_regret"]
         < result["metrics"]["list_price"]["profit_regret"]
