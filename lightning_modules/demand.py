@@ -271,14 +271,21 @@ class BertDemand(DemandModel):
             if cfg.wide:
                 raise ValueError("wide features are fitted in memory: train from a PricingData")
             scan = scan_shards(train, text=bool(cfg.text))
-            # (the scan keeps no query times: the shards' queries are all of them)
-            queries = pd.Series(sorted(scan.queries), dtype=object)
+            if scan.last_offer is not None:
+                ends.append(pd.Series([pd.Timestamp(scan.last_offer, unit="ns", tz="UTC")]))
         else:
             data = train
             ends.append(data.offers[S.TS])
         end = max((pd.to_datetime(ts, utc=True).max() for ts in ends), default=None)
         if data is not None:
             queries = searched_queries(data.events, end)
+        else:
+            assert scan is not None
+            cutoff = None if end is None else end.value  # ns UTC, like the scan's times
+            queries = pd.Series(
+                sorted(q for q, t in scan.queries.items() if cutoff is None or t <= cutoff),
+                dtype=object,
+            )
         if valid is not None and (data is None or valid.events is not data.events):
             queries = pd.concat([queries, searched_queries(valid.events, end)])
         if not cfg.text:

@@ -164,7 +164,8 @@ class ShardScan:
     Attributes:
         counts: training offers per shard.
         purchases: purchases among the training offers.
-        queries: search queries of every event of the shards (the query vocabulary's source).
+        queries: each search query of the shards' events and when it was first searched (the
+            query vocabulary's source: only queries searched by the last offer fitted on count).
         offered: item ids of the training offers.
         first_event: per item id, its earliest event (int64 ns).
         last_offer: the last training offer (int64 ns), None without training offers.
@@ -172,7 +173,7 @@ class ShardScan:
 
     counts: np.ndarray
     purchases: float = 0.0
-    queries: set[str] = field(default_factory=set)
+    queries: dict[str, int] = field(default_factory=dict)  # query -> first search (ns UTC)
     offered: set[str] = field(default_factory=set)
     first_event: dict[str, int] = field(default_factory=dict)
     last_offer: int | None = None
@@ -210,7 +211,16 @@ def scan_shards(shards: Shards, text: bool = True) -> ShardScan:
             continue
         if text and S.QUERY in events:
             search = events[S.EVENT_TYPE].astype(str) == S.SEARCH
-            scan.queries.update(q for q in events.loc[search, S.QUERY].dropna().astype(str) if q)
+            found = pd.DataFrame(
+                {
+                    "q": events.loc[search, S.QUERY].astype(object),
+                    "ts": ts_ns(events.loc[search, S.TS]),
+                }
+            ).dropna(subset=["q"])
+            found = found[found["q"].astype(str) != ""]
+            for q, t in found.groupby(found["q"].astype(str))["ts"].min().items():
+                old = scan.queries.get(str(q))
+                scan.queries[str(q)] = int(t) if old is None else min(old, int(t))
         ev = pd.DataFrame(
             {"item": events[S.ITEM_ID].astype(object), "ts": ts_ns(events[S.TS])}
         ).dropna(subset=["item"])

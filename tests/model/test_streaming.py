@@ -161,4 +161,14 @@ def test_short_streamed_fit_gives_a_usable_model(
     assert np.isfinite(diag["best_val_loss"])  # validation ran, in memory
     p = model.predict(test)
     assert p.shape == (len(test),) and np.isfinite(p).all() and ((p > 0) & (p < 1)).all()
-    assert model.vocab is not None and model.vocab.queries == market["vocab"].queries
+    # The query vocabulary holds what was searched up to the last offer the fit saw (the
+    # validation split's), as in memory: no query first searched after it.
+    from lightning_modules.demand import searched_queries
+
+    events = market["train"].events
+    end = pd.to_datetime(valid.offers[S.TS], utc=True).max()
+    want = Vocab.build(
+        market["train"].items, searched_queries(events, end).dropna().astype(str).unique().tolist()
+    )
+    assert model.vocab is not None and model.vocab.queries == want.queries
+    assert set(model.vocab.queries) < set(market["vocab"].queries)  # later searches left out
