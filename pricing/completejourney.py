@@ -394,12 +394,9 @@ def sample_households(
     codes = np.arange(len(ids))
     if max_households is not None and max_households < 1:
         raise ValueError(f"max_households must be >= 1, got {max_households}")
-    if exclude_seed is not None:
-        if max_households is None:
-            raise ValueError("exclude_seed needs max_households (the size of both samples)")
-        if exclude_seed == seed:
-            raise ValueError(f"exclude_seed {exclude_seed} is the sample's own seed")
-        codes = np.setdiff1d(codes, sample_households(ids, max_households, exclude_seed))
+    codes = grocery.disjoint_from(
+        codes, max_households, seed, exclude_seed, lambda _, n, s: sample_households(ids, n, s)
+    )
     if max_households is None or max_households >= len(codes):
         return codes
     names = list(ids)

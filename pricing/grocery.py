@@ -28,7 +28,7 @@ their data):
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -566,3 +566,22 @@ def write_tables(
     stats_path.write_text(json.dumps(result.stats, indent=2, sort_keys=True, default=str) + "\n")
     paths["stats"] = stats_path
     return paths
+
+
+def disjoint_from(
+    codes: np.ndarray,
+    size: int | None,
+    seed: int,
+    exclude_seed: int | None,
+    sample: Callable[[np.ndarray, int, int], np.ndarray],
+) -> np.ndarray:
+    """`codes` without the same-size sample that `exclude_seed` draws (`sample(codes, size, seed)`),
+    so a sample drawn from the rest shares nothing with it: a confirmation on customers a choice
+    never saw. No `exclude_seed`: `codes` unchanged."""
+    if exclude_seed is None:
+        return codes
+    if size is None:
+        raise ValueError("exclude_seed needs a sample size (the size of both samples)")
+    if exclude_seed == seed:
+        raise ValueError(f"exclude_seed {exclude_seed} is the sample's own seed")
+    return np.setdiff1d(codes, sample(codes, size, exclude_seed))

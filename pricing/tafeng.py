@@ -202,14 +202,9 @@ def _sample_customers(
     """
     if max_customers is not None and max_customers < 1:
         raise ValueError(f"max_customers must be >= 1, got {max_customers}")
-    if exclude_seed is not None:
-        if max_customers is None:
-            raise ValueError("exclude_seed needs max_customers (the size of both samples)")
-        if exclude_seed == seed:
-            raise ValueError(f"exclude_seed {exclude_seed} is the sample's own seed")
-        customers = np.setdiff1d(
-            customers, _sample_customers(customers, max_customers, exclude_seed)
-        )
+    customers = grocery.disjoint_from(
+        customers, max_customers, seed, exclude_seed, _sample_customers
+    )
     if max_customers is None or max_customers >= len(customers):
         return customers
     rng = np.random.default_rng(seed)
