@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from pricing.stats import REFERENCES
 
 # The columns of the metrics table, in order: the policy's money first, then the fit.
-KEY_METRICS = ("profit_regret", "uplift_vs_list", "log_loss", "auc", "ece")
+KEY_METRICS = ("profit_regret", "gap_share", "log_loss", "auc", "ece")
 
 
 class Stopwatch:

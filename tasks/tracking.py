@@ -18,7 +18,15 @@ from mlops.config import ExperimentConfig
 from pricing.stats import REFERENCES
 
 # The main model's headline metrics, also logged without a prefix so runs sort by them in the UI.
-REPORT_METRICS = ("log_loss", "auc", "ece", "profit_regret", "uplift_vs_list")
+REPORT_METRICS = (
+    "log_loss",
+    "auc",
+    "ece",
+    "profit_regret",
+    "gap_share",
+    "lift_vs_uniform",
+    "uplift_vs_list",
+)
 
 
 def flatten(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
