@@ -351,6 +351,62 @@ def candidate_prices(
     return grid
 
 
+class CandidateTable:
+    """`candidate_prices` for the rows of a fixed catalog, with the sticky-free part precomputed.
+
+    A served model quotes the same catalog under the same guardrails for as long as it is loaded, so
+    the interval, the ladder and the band grid of every row are computed once; a quote then only
+    masks its rows' band grid by its sticky window. Rows where that mask leaves nothing, or where
+    the sticky window breaks or the constraints were infeasible to begin with, go through
+    `candidate_prices` itself. The result equals `candidate_prices(list_price[idx], unit_cost[idx],
+    g, last_price=last, return_flags=True)` exactly (tests compare them).
+    """
+
+    def __init__(self, list_price: np.ndarray, unit_cost: np.ndarray, g: Guardrails) -> None:
+        self.list_price = np.asarray(list_price, dtype=float)
+        self.unit_cost = _as_row(unit_cost, self.list_price.shape[0], "unit_cost")
+        self.g = g
+        self.low, self.high, self.infeasible = price_bounds(self.list_price, self.unit_cost, g)
+        lp = self.list_price
+        a, b, code = _inward(g.band_low * lp, g.band_high * lp, _LADDER_CODE[g.ladder])
+        self.band = _spread(a, b, code, int(g.grid_size))  # unmasked band positions
+        grid, flags = candidate_prices(lp, self.unit_cost, g, return_flags=True)
+        self.grid: np.ndarray = grid  # no sticky window
+        self.flags: np.ndarray = flags
+
+    def __call__(
+        self, idx: np.ndarray, last_price: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(grid, fallback flags) of catalog rows `idx`, within +-max_session_change of
+        `last_price` where it is given and not NaN."""
+        idx = np.asarray(idx, dtype=np.int64)
+        last = None if last_price is None else _as_row(last_price, idx.shape[0], "last_price")
+        if last is None or np.isnan(last).all():
+            return self.grid[idx], self.flags[idx]
+        change = self.g.max_session_change
+        low, high, infeasible = self.low[idx], self.high[idx], self.infeasible[idx]
+        lo = np.fmax(low, last * (1.0 - change))
+        hi = np.fmin(high, last * (1.0 + change))
+        broken = ~infeasible & (lo > hi)
+        lo = np.where(broken, low, lo)
+        hi = np.where(broken, high, hi)
+        band = self.band[idx]
+        with np.errstate(invalid="ignore"):
+            grid = np.where((band >= lo[:, None]) & (band <= hi[:, None]), band, np.nan)
+        slow = broken | infeasible | np.all(np.isnan(grid), axis=1)
+        if slow.any():
+            rows = np.flatnonzero(slow)
+            at = idx[rows]
+            grid[rows], _ = candidate_prices(
+                self.list_price[at],
+                self.unit_cost[at],
+                self.g,
+                last_price=last[rows],
+                return_flags=True,
+            )
+        return grid, infeasible | broken
+
+
 def choose_prices(
     grid: np.ndarray,
     probs: np.ndarray,
@@ -449,6 +505,7 @@ def optimize(
     last_price: float | np.ndarray | None = None,
     *,
     grid: np.ndarray | None = None,
+    candidates: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> PriceDecision:
     """Choose every candidate's price: build the grid, ask `demand_fn`, pick (objective from `g`).
 
@@ -460,11 +517,15 @@ def optimize(
         grid: an explicit (n, G) action set instead of the guardrail grid (off-policy evaluation
             chooses among the logging policy's prices); positions outside `price_bounds` are not
             allowed, and a row with none allowed gets no price (NaN), flagged `fallback`.
+        candidates: the guardrail grid and its flags, already built (a `CandidateTable` call, what
+            `candidate_prices` would return for these arguments).
 
     Returns:
         The decision, with the grid, the probabilities on it and the relaxed-constraint flags.
     """
-    if grid is None:
+    if candidates is not None:
+        grid, fallback = candidates
+    elif grid is None:
         grid, fallback = candidate_prices(
             list_price,
             unit_cost,

@@ -63,6 +63,7 @@ class ServingModel:
     run_id: str | None = None
     guardrail_sources: dict[str, str] = field(default_factory=dict)  # key -> where it came from
     accel: Accelerated | None = None  # fast per-request paths (None: the model's own methods)
+    candidates: P.CandidateTable | None = None  # the guardrail grid per catalog row, built once
 
     @property
     def inline_user_state(self) -> bool:
@@ -123,18 +124,21 @@ def build_serving_model(handle: ModelHandle, exploration: float | None) -> Servi
     guardrails, sources = serving_guardrails(handle.guardrails, exploration)
     accel = accelerate(model)
     log.info("model %s@%s serves with %s", handle.name, handle.version, accel.notes)
+    list_price = catalog[S.LIST_PRICE].to_numpy(dtype=float)
+    unit_cost = catalog[S.UNIT_COST].to_numpy(dtype=float)
     return ServingModel(
         name=handle.name,
         version=str(handle.version),
         model=model,
         guardrails=guardrails,
         index=index,
-        list_price=catalog[S.LIST_PRICE].to_numpy(dtype=float),
-        unit_cost=catalog[S.UNIT_COST].to_numpy(dtype=float),
+        list_price=list_price,
+        unit_cost=unit_cost,
         cold_state=model.user_state(events_frame([])),
         run_id=handle.run_id,
         guardrail_sources=sources,
         accel=accel,
+        candidates=P.CandidateTable(list_price, unit_cost, guardrails),
     )
 
 
@@ -534,8 +538,14 @@ class Pricer:
         lp, cost = sm.list_price[idx], sm.unit_cost[idx]
         g = sm.guardrails
         last = None if last_prices is None else np.array(last_prices, dtype=float)  # None -> NaN
+        candidates = None if sm.candidates is None else sm.candidates(idx, last)
         decision = P.optimize(
-            lambda grid: self._demand(sm, state, idx, grid), lp, cost, g, last_price=last
+            lambda grid: self._demand(sm, state, idx, grid),
+            lp,
+            cost,
+            g,
+            last_price=last,
+            candidates=candidates,
         )
         assert decision.grid is not None
         with self._rng_lock:

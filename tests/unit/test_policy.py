@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pricing.policy import (
+    CandidateTable,
     Guardrails,
     PriceDecision,
     candidate_prices,
@@ -118,6 +119,30 @@ def test_grid_respects_every_constraint_on_random_inputs(g: Guardrails) -> None:
     # Fallback rows never exceed the upper bounds (band_high, ceiling): the upper bounds win.
     hi_base = np.fmin(g.band_high * x["list_price"], x["ceiling"])
     assert (np.nanmax(grid, axis=1) <= hi_base)[fallback].all()
+
+
+@pytest.mark.parametrize("g", GUARDRAILS)
+def test_candidate_table_equals_candidate_prices(g: Guardrails) -> None:
+    """The scorer's precomputed grid is `candidate_prices` exactly: every sticky case, relaxed or
+    not, rows without a last price, infeasible margins, repeated and reordered rows."""
+    rng = np.random.default_rng(1)
+    x = random_inputs(rng, 2000)
+    table = CandidateTable(x["list_price"], x["unit_cost"], g)
+    for _ in range(40):
+        idx = rng.choice(2000, size=int(rng.integers(1, 80)), replace=bool(rng.random() < 0.3))
+        lp = x["list_price"][idx]
+        # last prices near, far from (a broken sticky window) and missing
+        last = lp * rng.choice([0.5, 0.75, 0.9, 1.0, 1.07, 1.3, 2.5], size=idx.size)
+        last = np.where(rng.random(idx.size) < 0.3, np.nan, np.round(last, 2))
+        for last_price in (None, last, np.full(idx.size, np.nan)):
+            want = candidate_prices(
+                lp, x["unit_cost"][idx], g, last_price=last_price, return_flags=True
+            )
+            got = table(idx, last_price)
+            assert np.array_equal(got[0], want[0], equal_nan=True)
+            assert np.array_equal(got[1], want[1])
+            kept = optimize(lambda p: np.full(p.shape, 0.5), lp, x["unit_cost"][idx], g, candidates=got)
+            assert np.array_equal(kept.grid, want[0], equal_nan=True)
 
 
 def test_ladder_99_prices_end_in_99_and_cents_are_whole_cents() -> None:
