@@ -566,3 +566,59 @@ def quoted_probability(decision: PriceDecision, price: np.ndarray) -> np.ndarray
     rows = np.arange(len(decision))
     col = np.argmax(decision.grid == np.asarray(price, dtype=float)[:, None], axis=1)
     return decision.probs[rows, col]
+
+
+BOUNDS: tuple[str, ...] = ("band_high", "band_low", "min_margin", "max_session_change", "relaxed")
+
+
+def binding_guardrail(
+    decision: PriceDecision,
+    price: np.ndarray,
+    list_price: float | np.ndarray,
+    unit_cost: float | np.ndarray,
+    g: Guardrails,
+    last_price: float | np.ndarray | None = None,
+) -> list[str | None]:
+    """Which guardrail each quoted price sits at, or None where it is inside every limit.
+
+    A price at its row's highest allowed grid price sits at `band_high` (or at
+    `max_session_change` when the sticky window cuts lower); one at the lowest at the tightest of
+    `band_low`, `min_margin` (cost times one plus the margin) and `max_session_change`. `relaxed`:
+    the limits contradicted each other and were relaxed for this row (`decision.fallback`).
+    """
+    if decision.grid is None:
+        raise ValueError("the decision has no grid: build it with optimize()")
+    grid = decision.grid
+    n = grid.shape[0]
+    price = np.asarray(price, dtype=float)
+    lp = _as_row(list_price, n, "list_price")
+    cost = _as_row(unit_cost, n, "unit_cost")
+    last = _as_row(last_price, n, "last_price")
+    allowed = ~np.isnan(grid)
+    lowest = np.min(np.where(allowed, grid, np.inf), axis=1)
+    highest = np.max(np.where(allowed, grid, -np.inf), axis=1)
+    with np.errstate(invalid="ignore"):
+        sticky_high = last * (1.0 + g.max_session_change) < g.band_high * lp
+        lows = np.stack(
+            [g.band_low * lp, cost * (1.0 + g.min_margin), last * (1.0 - g.max_session_change)]
+        )
+    tightest_low = np.argmax(np.where(np.isnan(lows), -np.inf, lows), axis=0)
+    fallback = decision.fallback if decision.fallback.shape == (n,) else np.zeros(n, dtype=bool)
+    at_high = price == highest
+    at_low = ~at_high & (price == lowest)
+    code = np.where(
+        fallback,
+        0,
+        np.where(at_high, np.where(sticky_high, 2, 1), np.where(at_low, 3 + tightest_low, -1)),
+    )
+    return [_BOUND_BY_CODE[c] if c >= 0 else None for c in code.tolist()]
+
+
+_BOUND_BY_CODE = (
+    "relaxed",
+    "band_high",
+    "max_session_change",
+    "band_low",
+    "min_margin",
+    "max_session_change",
+)

@@ -364,3 +364,35 @@ def test_fine_grid_approaches_analytic_optimum(a: float, b: float, c: float) -> 
     step = (g.band_high - g.band_low) * lp / (g.grid_size - 1)
     assert abs(dec.price[0] - p_star) <= step
     assert not dec.at_floor[0] and not dec.at_ceiling[0]
+
+
+def test_binding_guardrail_names_the_limit_each_price_sits_at() -> None:
+    from pricing.policy import binding_guardrail
+
+    g = Guardrails(exploration=0.0, min_margin=0.1)
+    lp = np.full(6, 10.0)
+    cost = np.array([1.0, 1.0, 7.5, 1.0, 1.0, 14.0])
+    last = np.array([np.nan, np.nan, np.nan, 10.0, 10.0, np.nan])
+    # price-blind (wants the top), price-averse (wants the bottom), the margin's floor above the
+    # band's, the sticky window cutting the top, the same from below, cost above the ceiling
+    a = np.array([0.0, -5.0, -5.0, 0.0, -5.0, 0.0])
+    b = np.array([0.0, 20.0, 20.0, 0.0, 20.0, 1.0])
+
+    def demand(p: np.ndarray) -> np.ndarray:
+        return 1 / (1 + np.exp(-(a[:, None] - b[:, None] * np.log(p / lp[:, None]))))
+
+    d = optimize(demand, lp, cost, g, last_price=last)
+    got = binding_guardrail(d, d.price, lp, cost, g, last)
+    assert got == [
+        "band_high",
+        "band_low",
+        "min_margin",
+        "max_session_change",
+        "max_session_change",
+        "relaxed",
+    ]
+    assert d.price[0] == 13.0 and d.price[1] == 7.0 and d.price[2] == 8.25
+    assert d.price[3] == 11.0 and d.price[4] == 9.0
+    # a price strictly inside every limit sits at none
+    inside = np.array([10.0, 10.0, 10.0, 10.0, 10.0, d.price[5]])
+    assert binding_guardrail(d, inside, lp, cost, g, last)[:5] == [None] * 5
