@@ -1,10 +1,10 @@
 """The online experiment's steps: read the arms from the offer log, judge them by the declared rule,
 publish the table and the decision, and promote through the registry's alias mechanics.
 
-Promotion reuses `tasks.registry`'s machinery unchanged (the promotion lock, the compare-and-set of
-the `champion` alias, the scorer's reload with a smoke quote, and the rollback when the scorer does
-not serve the new version), so an experiment promotes exactly as the training flow does; only the
-reason to promote differs (the experiment's rule instead of the offline gate).
+Promotion is `tasks.registry.move_champion`, the training flow's (the promotion lock, the
+compare-and-set of the `champion` alias, the scorer's reload with a smoke quote, and the rollback
+when the scorer does not serve the new version), so an experiment promotes exactly as the training
+flow does; only the reason to promote differs (the experiment's rule instead of the offline gate).
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from mlops import registry
 from pricing import experiment as X
 from pricing import schema as S
 from pricing.io import read_table
-from pricing.promotion import PromotionDecision
-from tasks.registry import _hand_over, _lock_path, _move_alias, now_iso, promotion_lock
+from tasks.registry import move_champion, now_iso
 
 
 def read_experiment_offers(log_dir: str | Path, experiment_id: str | None = None) -> pd.DataFrame:
@@ -184,7 +183,7 @@ def promote_experiment_winner(
     Under the promotion lock: the `champion` alias moves only if it still points at
     `champion_version` (the control the experiment ran against); the scorer is asked to reload and
     a smoke quote must show the new version, else the alias is rolled back and this raises
-    (`tasks.registry._hand_over`). Returns the same shape as `tasks.registry.promote`.
+    (`tasks.registry.move_champion`). Returns the same shape as `tasks.registry.promote`.
     """
     out: dict[str, Any] = {
         "promoted": False,
@@ -198,24 +197,10 @@ def promote_experiment_winner(
     if decision.promote and not allowed:
         reasons.append("promotion disabled (promote=False)")
     elif decision.promote:
-        gate = PromotionDecision(True, list(decision.reasons), decision.difference.metric)
-        with promotion_lock(registered_model, lock_timeout_s) as locked:
-            if not locked:
-                reasons.append(
-                    f"not promoted: promotion lock {_lock_path(registered_model)} busy "
-                    f"for {lock_timeout_s:.0f}s"
-                )
-            elif _move_alias(registered_model, version, champion_version, gate, out):
-                if scorer_url:
-                    _hand_over(
-                        registered_model, version, champion_version, scorer_url, admin_token,
-                        smoke_items, smoke_user, out,
-                    )  # fmt: skip
-                else:
-                    reasons.append(
-                        "no scorer configured: alias moved, scorer not notified; a running "
-                        "scorer picks it up by watching the alias"
-                    )
+        move_champion(
+            registered_model, version, champion_version, scorer_url, admin_token, smoke_items,
+            smoke_user, out, lock_timeout_s,
+        )  # fmt: skip
     registry.tag_version(registered_model, version, {"promotion": out, "decided_at": now_iso()})
     return out
 

@@ -314,23 +314,10 @@ def promote(
         reasons.append("promotion disabled (--no-promote)")
         decision.promote = False
     if decision.promote:
-        with promotion_lock(registered_model, lock_timeout_s) as locked:
-            if not locked:
-                reasons.append(
-                    f"not promoted: promotion lock {_lock_path(registered_model)} busy "
-                    f"for {lock_timeout_s:.0f}s"
-                )
-            elif _move_alias(registered_model, version, champion_version, decision, out):
-                if scorer_url:
-                    _hand_over(
-                        registered_model, version, champion_version, scorer_url, admin_token,
-                        smoke_items, smoke_user, out,
-                    )  # fmt: skip
-                else:
-                    reasons.append(
-                        "no scorer configured (PRICING_SCORER_URL): alias moved, scorer not "
-                        "notified; a running scorer picks it up by watching the alias"
-                    )
+        move_champion(
+            registered_model, version, champion_version, scorer_url, admin_token, smoke_items,
+            smoke_user, out, lock_timeout_s,
+        )  # fmt: skip
     decided_at = now_iso()
     out["decided_at"] = decided_at
     tags: dict[str, Any] = {"promotion": out, "decided_at": decided_at}
@@ -370,14 +357,49 @@ def decision_text(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _move_alias(
+def move_champion(
     registered_model: str,
     version: str,
     champion_version: str | None,
-    decision: PromotionDecision,
+    scorer_url: str | None,
+    admin_token: str | None,
+    smoke_items: list[str],
+    smoke_user: str,
     out: dict[str, Any],
+    lock_timeout_s: float = 600.0,
+) -> None:
+    """Make `version` the champion: the one way the alias moves (training and experiments alike).
+
+    Under the `promotion_lock`: compare-and-set the `champion` alias (it moves only if it still
+    points at `champion_version`, the champion `version` was judged against), then hand over to
+    the scorer (reload, smoke quote; the alias is rolled back and this raises if the scorer does
+    not serve `version`). Records in `out` (`promoted`, `champion_changed`, `scorer_notified`, and
+    each step's line in `promotion_reasons`); tagging the version is the caller's.
+    """
+    reasons: list[str] = out["promotion_reasons"]
+    with promotion_lock(registered_model, lock_timeout_s) as locked:
+        if not locked:
+            reasons.append(
+                f"not promoted: promotion lock {_lock_path(registered_model)} busy "
+                f"for {lock_timeout_s:.0f}s"
+            )
+        elif _move_alias(registered_model, version, champion_version, out):
+            if scorer_url:
+                _hand_over(
+                    registered_model, version, champion_version, scorer_url, admin_token,
+                    smoke_items, smoke_user, out,
+                )  # fmt: skip
+            else:
+                reasons.append(
+                    "no scorer configured (PRICING_SCORER_URL): alias moved, scorer not "
+                    "notified; a running scorer picks it up by watching the alias"
+                )
+
+
+def _move_alias(
+    registered_model: str, version: str, champion_version: str | None, out: dict[str, Any]
 ) -> bool:
-    """The compare-and-set of `promote` (the caller holds the lock): True if the alias moved."""
+    """The compare-and-set of `move_champion` (the caller holds the lock): True if it moved."""
     reasons: list[str] = out["promotion_reasons"]
     current = registry.alias_version(registered_model, CHAMPION)
     if current != champion_version:

@@ -85,3 +85,20 @@ def test_no_import_cycles_between_modules() -> None:
     for node in sorted(graph):
         if node not in state and (cycle := visit(node)):
             raise AssertionError("import cycle: " + " -> ".join(cycle))
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    """`from tasks.registry import _move_alias` ties a caller to a helper's internals; a concept
+    another module needs gets a public name (`tasks.registry.move_champion`)."""
+    root = PRICING.parent
+    found = []
+    for pkg in PACKAGES:
+        for path in sorted((root / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    if node.module.split(".")[0] not in PACKAGES:
+                        continue
+                    private = [a.name for a in node.names if a.name.startswith("_")]
+                    if private:
+                        found.append(f"{path.relative_to(root)}: {node.module} {private}")
+    assert not found, "private names imported across modules:\n" + "\n".join(found)
