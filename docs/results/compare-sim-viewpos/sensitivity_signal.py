@@ -11,8 +11,8 @@ history features without and with the browsing position `u_view_pos`. Prints JSO
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -49,4 +49,11 @@ def main(data_dir: Path) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(Path(sys.argv[1])), indent=2))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data_dir", type=Path, help="a simulated market with its ground_truth/")
+    args = ap.parse_args()
+    needed = ["events.parquet", "items.parquet", "ground_truth/user_traits.parquet"]
+    missing = [n for n in needed if not (args.data_dir / n).is_file()]
+    if missing:
+        ap.error(f"{args.data_dir} is not a simulated market: no {', '.join(missing)}")
+    print(json.dumps(main(args.data_dir), indent=2))

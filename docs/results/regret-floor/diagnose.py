@@ -30,11 +30,15 @@ from pricing import features as F
 from pricing import schema as S
 from pricing.policy import Guardrails
 from pricing.shoppers import shopper_requests
-from pricing.simulator import _sigmoid
 from tasks.compare import load_seed_data
 from tasks.data import simulate_to
 from tasks.evaluation import evaluate_models, subset
 from tasks.training import fit_model
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function, accurate in both tails (the simulator's own formula)."""
+    return np.exp(-np.logaddexp(0.0, -x))
 
 
 class FixedCurves:
@@ -47,7 +51,7 @@ class FixedCurves:
     def predict_grid(self, data: PricingData, grid: np.ndarray) -> np.ndarray:
         pos = self.pos.get_indexer(data.offers[S.OFFER_ID].astype(str))
         lpr = np.log(np.asarray(grid, float) / self.lp[pos, None])
-        return _sigmoid(self.a[pos, None] - self.b[pos, None] * lpr)
+        return sigmoid(self.a[pos, None] - self.b[pos, None] * lpr)
 
     def predict(self, data: PricingData) -> np.ndarray:
         return self.predict_grid(data, data.offers[S.PRICE].to_numpy(float)[:, None])[:, 0]
