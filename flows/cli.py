@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pricing.io import ContractError
+from pricing.policy import DEFAULT_EXPLORATION
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -765,7 +766,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lp.add_argument("--candidates", type=int, default=10, help="items per quote request")
     lp.add_argument(
-        "--exploration", type=float, default=0.02, help="share of quotes at a random grid price"
+        "--exploration",
+        type=float,
+        default=DEFAULT_EXPLORATION,
+        help="share of quotes at a random grid price",
     )
     lp.add_argument("--seed", type=int, default=0, help="seed of the market and the shoppers")
     lp.add_argument("--users", type=int, help="simulated market size (default: the simulator's)")

@@ -38,7 +38,7 @@ from mlops.settings import get_settings
 from pricing import experiment as X
 from pricing import schema as S
 from pricing.io import read_table
-from pricing.policy import Guardrails
+from pricing.policy import DEFAULT_EXPLORATION, Guardrails
 from pricing.promotion import PromotionRule, decide
 from pricing.shoppers import SHOPPERS
 from pricing.simulator import DEFAULT_PRESET, load_ground_truth
@@ -105,7 +105,7 @@ def loop(
     config_path: str | None = DEFAULT_CONFIG,
     requests_per_round: int = 1500,
     candidates: int = 10,
-    exploration: float = 0.02,
+    exploration: float = DEFAULT_EXPLORATION,
     seed: int = 0,
     users: int | None = None,
     items: int | None = None,
@@ -193,7 +193,7 @@ def _run(
     tracking.configure(settings.tracking_uri)
     registered = settings.registered_model
     base_cfg = load_config(config_path, {"model": model, "seed": seed})
-    guard = {**base_cfg.guardrails.model_dump(), "exploration": exploration}
+    guard = {**base_cfg.guardrails.to_dict(), "exploration": exploration}
     market = simulate_loop_market(
         out / "market", seed, users, items, days, rounds, requests_per_round * candidates, preset
     )

@@ -23,7 +23,6 @@ from mlops.registry import CHAMPION
 from mlops.runtime import global_rank, is_primary_process
 from mlops.settings import get_settings
 from pricing import schema as S
-from pricing.policy import Guardrails
 from pricing.promotion import PromotionRule
 from pricing.simulator import load_ground_truth
 from tasks.data import read_database, simulate_market
@@ -293,7 +292,7 @@ def _train_evaluate_register(
     """Train the model and the baselines, evaluate, register and promote (either engine)."""
     report, fb, valid, test = prep.report, prep.fb, prep.valid, prep.test
     truth = load_ground_truth(data_path)
-    guardrails = Guardrails.from_dict(cfg.guardrails.model_dump())
+    guardrails = cfg.guardrails
 
     if not is_primary_process():
         # A worker rank of a multi-process launch (torchrun, srun, Lightning's DDP launcher) re-runs

@@ -9,6 +9,8 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pricing.policy import Guardrails
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -22,17 +24,6 @@ class SplitConfig(_Strict):
     test_start: datetime | None = None
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
     valid_fraction: float = Field(default=0.1, ge=0, lt=1)
-
-
-class GuardrailsConfig(_Strict):
-    band_low: float = 0.7
-    band_high: float = 1.3
-    min_margin: float = 0.0
-    ladder: Literal["cents", "99", "none"] = "cents"
-    grid_size: int = 25
-    max_session_change: float = 0.10
-    objective: Literal["profit", "revenue"] = "profit"
-    exploration: float = 0.0
 
 
 class PromotionConfig(_Strict):
@@ -179,7 +170,8 @@ class ExperimentConfig(_Strict):
     seed: int = 0
     registered_model: str | None = None  # default: settings.registered_model
     split: SplitConfig = Field(default_factory=SplitConfig)
-    guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
+    # `pricing.policy.Guardrails` itself: its fields, defaults and checks; unknown keys fail.
+    guardrails: Guardrails = Field(default_factory=Guardrails)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
@@ -226,12 +218,64 @@ class ExperimentConfig(_Strict):
         return {**block, **changes}
 
 
+INCLUDE = "include"  # the key naming the files a config is laid over (`read_config`)
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be read: not a mapping, or a bad, missing or circular include."""
+
+
+def read_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config as a mapping, laid over the files its `include:` names (a name or a list).
+
+    What several configs share lives once in its own file (`configs/variants.yaml`: the model
+    variants). An included name is looked up next to the including file, then in `configs/`, so a
+    copy of a shipped config elsewhere still finds it. Mappings merge key by key, recursively, the
+    including file's values winning (a config can change one variant's keys); any other value it
+    sets replaces the included one. Included files may include others; a cycle is an error.
+    """
+    path = Path(path)
+    here = path.resolve()
+    if here in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, here))
+        raise ConfigError(f"config include cycle: {chain}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config is a YAML mapping, got {type(raw).__name__}")
+    names = raw.pop(INCLUDE, None) or []
+    names = [names] if isinstance(names, str) else names
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{path}: `{INCLUDE}` is a file name or a list of them, got {names!r}")
+    merged: dict[str, Any] = {}
+    for name in names:
+        candidates = [path.parent / name, CONFIG_DIR / name]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise ConfigError(
+                f"{path}: included file {name!r} not found (looked in {path.parent} and "
+                f"{CONFIG_DIR})"
+            )
+        merged = _merge(merged, read_config(found, (*_seen, here)))
+    return _merge(merged, raw)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` laid on `base`: mappings merge recursively, other values of `over` replace."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def load_config(
     path: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> ExperimentConfig:
-    """Read a YAML config (default: configs/default.yaml) and apply flat overrides."""
-    path = Path(path) if path else CONFIG_DIR / "default.yaml"
-    raw = yaml.safe_load(path.read_text()) or {}
+    """Read a YAML config (default: configs/default.yaml) with its includes (`read_config`),
+    apply flat overrides, and validate it."""
+    raw = read_config(Path(path) if path else CONFIG_DIR / "default.yaml")
     for key, value in (overrides or {}).items():
         if value is not None:
             raw[key] = value

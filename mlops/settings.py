@@ -55,7 +55,7 @@ class Settings(BaseSettings):
         30.0  # the scorer watches the champion alias at this interval (0: off)
     )
     # The operator's exploration share; when set it overrides the registered model's value
-    # (precedence: this variable > the model's registered guardrails > DEFAULT_EXPLORATION).
+    # (precedence: this variable > the model's registered guardrails > pricing.policy's default).
     exploration: float | None = Field(default=None, ge=0.0, le=1.0)
 
     @field_validator("admin_token")

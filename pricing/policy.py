@@ -36,6 +36,10 @@ import numpy as np
 
 LADDERS: tuple[str, ...] = ("none", "cents", "99")
 OBJECTIVES: tuple[str, ...] = ("profit", "revenue")
+# The share of quotes served at a random allowed grid price when nobody chose one: the guardrails'
+# default, hence the experiment config's, the scorer's for a model registered without guardrails,
+# and the closed loop's. It buys the logs the off-policy estimates need at a small profit cost.
+DEFAULT_EXPLORATION = 0.05
 
 # Ladder codes, ordered from finest to coarsest so "fall back to a finer ladder" is "decrement".
 _NONE, _CENTS, _NINETY_NINE = 0, 1, 2
@@ -46,6 +50,10 @@ _LADDER_CODE = {"none": _NONE, "cents": _CENTS, "99": _NINETY_NINE}
 class Guardrails:
     """Business limits every quoted price must respect.
 
+    The one definition of the guardrails: the experiment config's `guardrails:` block validates
+    into this class (`mlops.config`), the model is registered with it, and the scorer and offline
+    evaluation price with it.
+
     Attributes:
         band_low: lowest price as a multiple of list price.
         band_high: highest price as a multiple of list price.
@@ -55,7 +63,8 @@ class Guardrails:
         max_session_change: a new quote for the same user and item within a session moves at most this
             share away from the last quote (sticky prices).
         objective: "profit" or "revenue".
-        exploration: share of quotes that take a uniformly random allowed grid price.
+        exploration: share of served quotes that take a uniformly random allowed grid price
+            (`explore`); offline evaluation scores the greedy price. Default `DEFAULT_EXPLORATION`.
         max_dispersion: cap on the gap between protected groups' mean price/list ratios; reported per
             run (`pricing.metrics.price_dispersion`), not enforced per quote. None = no cap.
     """
@@ -67,7 +76,7 @@ class Guardrails:
     grid_size: int = 25
     max_session_change: float = 0.10
     objective: str = "profit"
-    exploration: float = 0.0
+    exploration: float = DEFAULT_EXPLORATION
     max_dispersion: float | None = None
 
     def __post_init__(self) -> None:

@@ -87,20 +87,17 @@ class ServingModel:
         return f"{self.name}@{self.version}"
 
 
-DEFAULT_EXPLORATION = 0.05  # serving's exploration share when neither operator nor model sets one
-
-
 def serving_guardrails(
     registered: dict[str, Any] | None, exploration: float | None
 ) -> tuple[P.Guardrails, dict[str, str]]:
     """The guardrails a served model quotes with, and where each value came from.
 
     Precedence, per key: the operator's environment (only `PRICING_EXPLORATION` today) over the
-    guardrails the model was registered with, over the defaults (`DEFAULT_EXPLORATION` for
-    exploration, `Guardrails`' for the rest).
+    guardrails the model was registered with, over `Guardrails`' defaults (exploration:
+    `pricing.policy.DEFAULT_EXPLORATION`).
     """
     registered = dict(registered or {})
-    values: dict[str, Any] = {"exploration": DEFAULT_EXPLORATION}
+    values: dict[str, Any] = {}
     sources = {k: "default" for k in P.Guardrails().to_dict()}
     for key, value in registered.items():
         if key in sources:

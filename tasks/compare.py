@@ -25,7 +25,6 @@ from mlops.config import ExperimentConfig
 from mlops.models import DemandModel, PricingData
 from pricing import schema as S
 from pricing import stats
-from pricing.policy import Guardrails
 from pricing.simulator import GroundTruth, load_ground_truth
 from tasks.evaluation import evaluate_models, split_data
 from tasks.features import build_offer_features
@@ -128,7 +127,7 @@ def evaluate_seed(
         models,
         data.test,
         data.truth,
-        Guardrails.from_dict(cfg.guardrails.model_dump()),
+        cfg.guardrails,
         base_rate,
         max_offers=cfg.evaluation.max_test_offers,
         seed=seed,

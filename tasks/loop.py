@@ -880,7 +880,7 @@ def evaluate_offline(
     feats = build_offer_features(tables, cache_dir).features
     _, train, _, test = split_data(tables, feats, cfg.split)
     truth = load_ground_truth(data_dir)
-    g = P.Guardrails.from_dict(cfg.guardrails.model_dump())
+    g = cfg.guardrails
     metrics, _ = evaluate_models(
         {name: m for name, (m, _) in policies.items()},
         test,

@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 from mlops.models import PricingData
 from mlops.settings import Settings
 from pricing import schema as S
-from pricing.policy import Guardrails
+from pricing.policy import DEFAULT_EXPLORATION, Guardrails
 from scorer.app import create_app
-from scorer.serving import DEFAULT_EXPLORATION, serving_guardrails
+from scorer.serving import serving_guardrails
 from scorer.state import events_frame
 from scorer.testing import toy_handle
 from tasks.evaluation import evaluate_models

@@ -63,7 +63,7 @@ def main() -> None:
             shown = set(pd.read_parquet(experiment)[S.OFFER_ID].astype(str))
             prev = prev[~prev[S.OFFER_ID].isin(shown)]
         cfg = load_config(d / f"round-{at}" / "config.yaml")
-        guard = cfg.guardrails.model_dump()
+        guard = cfg.guardrails.to_dict()
         name, version = details[k]["policy"].split("@")
         model = (
             list_price_handle(catalog, guard)

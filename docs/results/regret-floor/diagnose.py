@@ -150,7 +150,7 @@ def main() -> None:
         test = subset(
             test, np.sort(np.random.default_rng(args.seed).choice(len(test), cap, replace=False))
         )
-    guard = Guardrails.from_dict(cfg.guardrails.model_dump())
+    guard = cfg.guardrails
     out = [
         report("test offers (views)", model, test, data, guard),
         report("loop quote requests", model, loop_requests(data, args.shoppers), data, guard),
