@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from scorer.offer_log import OfferLogError
 from scorer.runtime import ScorerRuntime
+from scorer.schemas import SHOWN_CHARS, escape_markup
 from scorer.serving import ServingModel
 
 
@@ -125,19 +126,21 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-def _safe_text(value: Any) -> str:
-    """`value` as short text that always encodes as UTF-8 JSON (lone surrogates escaped)."""
+def _safe_text(value: Any, limit: int = _MAX_ERROR_TEXT) -> str:
+    """`value` as short text that always encodes as UTF-8 JSON (lone surrogates escaped) and
+    carries no markup (`<>&` escaped)."""
     text = value if isinstance(value, str) else str(value)
-    if len(text) > _MAX_ERROR_TEXT:
-        text = text[: _MAX_ERROR_TEXT - 3] + "..."
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return escape_markup(text.encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 def _safe_error(error: Any) -> dict[str, Any]:
     out: dict[str, Any] = {
         "type": _safe_text(error.get("type", "")),
-        "loc": [
-            part if isinstance(part, int) else _safe_text(part) for part in error.get("loc", ())
+        "loc": [  # (a client's unknown key is a part: shown as a short prefix)
+            part if isinstance(part, int) else _safe_text(part, SHOWN_CHARS)
+            for part in error.get("loc", ())
         ],
         "msg": _safe_text(error.get("msg", "")),
     }

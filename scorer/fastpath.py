@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 
 from scorer.deps import get_model, offer_log_error_handler
 from scorer.offer_log import OfferLogError
-from scorer.routes import answer_quote, record_events
+from scorer.routes import answer_quote, is_json, record_events, unsupported_media_type
 from scorer.runtime import ScorerRuntime
 from scorer.schemas import fast_events, fast_quote
 
@@ -19,8 +19,9 @@ from scorer.schemas import fast_events, fast_quote
 class FastPath:
     """Pure ASGI: POST /v1/quote and /v1/events with a plainly valid JSON body, without FastAPI.
 
-    Sits inside the body-limit and metrics middleware. It takes bodies with a Content-Length and a
-    JSON (or no) content type, parses them with orjson and `fast_quote`/`fast_events`, and answers
+    Sits inside the body-limit and metrics middleware. A request not declared as JSON is answered
+    415 here, as the routes' `require_json` answers it. It takes bodies with a Content-Length and
+    a JSON content type, parses them with orjson and `fast_quote`/`fast_events`, and answers
     through the same `answer_quote`/`record_events` the routes call. Anything else (another route,
     a chunked body, a body the fast parsers refuse) goes on to FastAPI with the body replayed, and
     is answered exactly as it always was, errors included. What it skips per request: routing,
@@ -36,13 +37,18 @@ class FastPath:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.routes:
             await self.app(scope, receive, send)
             return
-        length, json_type = None, True
+        length, content_type = None, None
         for name, value in scope["headers"]:
             if name == b"content-length":
                 length = value
             elif name == b"content-type":
-                json_type = value.lower().startswith(b"application/json")
-        if length is None or not json_type:
+                content_type = value
+        if not is_json(content_type):
+            scope["route"] = self.routes[scope["path"]]
+            exc = unsupported_media_type(content_type or b"")
+            await JSONResponse({"detail": exc.detail}, exc.status_code)(scope, receive, send)
+            return
+        if length is None:
             await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []

@@ -52,6 +52,16 @@ class ScorerMetrics:
             "Quotes served without the online store",
             registry=self.registry,
         )
+        self.outcome_conflicts = Counter(
+            "scorer_outcome_conflicts_total",
+            "Outcomes refused (409) because the offer's recorded outcome has the other label",
+            registry=self.registry,
+        )
+        self.outcome_repeats = Counter(
+            "scorer_outcome_repeats_total",
+            "Outcomes reported again with the recorded label (200, nothing written)",
+            registry=self.registry,
+        )
         self.arm_quotes = Counter(
             "scorer_experiment_quotes_total",
             "Quotes by experiment arm, as served (a disabled arm's users count as champion)",

@@ -33,6 +33,17 @@ the bytes past what is indexed, when a lookup misses). So an outcome for a quote
 made is found in that replica's file, from the durable record the quote was acknowledged on, with
 no extra work on the quote path. An unknown id costs dict misses, a directory listing and an
 `fstat` per file, not a scan of the log.
+
+Outcomes. The first outcome reported for an offer (a quote and an item) is the one that counts; a
+label is never flipped. `append_outcome_once` takes a directory-wide lock (an exclusive `flock` on
+`.outcomes.lock`, so every writer process on the directory waits its turn), brings an index of
+every writer's outcomes file up to date (offer id -> where its first outcome is, reading only the
+bytes past what is indexed) and then either writes the outcome (the offer had none), writes nothing
+(the same label is already recorded: a retried report) or raises `OutcomeConflict` (a different
+label is recorded). The export applies the same rule to whatever the files hold (logs written
+before this check, or by writers the lock did not reach, such as hosts that share a volume without
+shared locks): the first outcome per offer by `outcome_ts` wins; equal or missing timestamps go by
+writer slot, then by line order. The index answers the same way when the files disagree.
 """
 
 from __future__ import annotations
@@ -63,6 +74,8 @@ QUOTES_FILE = "quotes.jsonl"
 OUTCOMES_FILE = "outcomes.jsonl"
 QUOTE_ID = "quote_id"
 PREDICTED = "purchase_probability"  # the model's probability at quote time (live calibration)
+OUTCOME_TS = "outcome_ts"  # when the outcome was reported (orders reports across writers)
+OUTCOMES_LOCK = ".outcomes.lock"  # held while an outcome is checked and written (every writer)
 
 _LINE_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE  # one JSON line per row
 
@@ -77,6 +90,22 @@ class OfferLogError(RuntimeError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class OutcomeConflict(Exception):
+    """An outcome whose label contradicts the one already recorded for the offer (nothing written).
+
+    The scorer answers 409: the first outcome of an offer stands.
+    """
+
+    def __init__(self, offer_id: str, recorded: int, reported: int) -> None:
+        super().__init__(
+            f"offer {offer_id} already has an outcome (purchased={bool(recorded)}); a report of "
+            f"purchased={bool(reported)} is refused: the first outcome stands"
+        )
+        self.offer_id = offer_id
+        self.recorded = recorded
+        self.reported = reported
 
 
 # --- the tolerant reader ---------------------------------------------------------------------------
@@ -715,6 +744,96 @@ class _IndexedFile:
                 self._fd = None
 
 
+def _outcome_ts(row: Mapping[str, Any]) -> str:
+    """When an outcome was reported, as the export orders reports ("" when the row has none)."""
+    ts = row.get(OUTCOME_TS)
+    return ts if isinstance(ts, str) else ""
+
+
+class _OutcomeFile:
+    """One outcomes file and its index: offer id -> the earliest outcome of that offer in the file.
+
+    An entry packs `(line offset << 1) | label` into one int. "Earliest" is the export's order:
+    the smallest `outcome_ts`, then the first line. Caught up by reading only the bytes past `upto`
+    (the whole file once, at startup, off the request path).
+    """
+
+    def __init__(self, path: Path, slot: int) -> None:
+        self.path = path
+        self.slot = slot
+        self.index: dict[str, int] = {}
+        self.upto = 0
+        self.lock = threading.Lock()
+        self._fd: int | None = None
+
+    def _read_fd(self) -> int | None:
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                return None
+        return self._fd
+
+    def catch_up(self) -> None:
+        """Index the whole lines past `upto`."""
+        with self.lock:
+            fd = self._read_fd()
+            if fd is None:
+                return
+            size = os.fstat(fd).st_size
+            if size < self.upto:  # the file was cut short under us (not by a writer): start over
+                self.index.clear()
+                self.upto = 0
+            while self.upto < size:
+                chunk = os.pread(fd, min(size - self.upto, _CHUNK), self.upto)
+                cut = chunk.rfind(b"\n") + 1
+                while cut == 0 and len(chunk) < size - self.upto:  # a line longer than the chunk
+                    chunk = os.pread(fd, min(size - self.upto, 2 * len(chunk)), self.upto)
+                    cut = chunk.rfind(b"\n") + 1
+                if cut == 0:
+                    return  # only a torn last line is left
+                self._index_lines(chunk[:cut], self.upto)
+                self.upto += cut
+
+    def _index_lines(self, chunk: bytes, base: int) -> None:
+        pos = 0
+        for line in chunk.split(b"\n")[:-1]:
+            offset, pos = base + pos, pos + len(line) + 1
+            row = parse_row(line, OUTCOME_FIELDS) if line.strip() else None
+            if row is None:
+                continue
+            offer_id = row[S.OFFER_ID]
+            packed = (offset << 1) | int(row[S.PURCHASED])
+            old = self.index.get(offer_id)
+            if old is None or _outcome_ts(row) < self.reported_at(old):
+                self.index[offer_id] = packed
+
+    def get(self, offer_id: str) -> int | None:
+        with self.lock:
+            return self.index.get(offer_id)
+
+    def reported_at(self, packed: int) -> str:
+        """The `outcome_ts` of an indexed line (read back: only needed when reports disagree)."""
+        fd = self._read_fd()
+        if fd is None:
+            return ""
+        offset, want = packed >> 1, 4096
+        while True:
+            data = os.pread(fd, want, offset)
+            end = data.find(b"\n")
+            if end >= 0 or len(data) < want:
+                break
+            want *= 2
+        row = parse_row(data[: end if end >= 0 else len(data)], OUTCOME_FIELDS)
+        return _outcome_ts(row) if row is not None else ""
+
+    def close(self) -> None:
+        with self.lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
 def _quote_lines(rows: Sequence[Mapping[str, Any]]) -> tuple[list[bytes], list[Any]]:
     return [orjson.dumps(r, option=_LINE_OPTS) for r in rows], [r.get(QUOTE_ID) for r in rows]
 
@@ -739,11 +858,18 @@ class OfferLog:
             self._own = _IndexedFile(self.quotes_path, self._closing)
             self._quotes = _Appender(self.quotes_path, fsync, fsync_interval_s, self._own.cut_back)
             self._outcomes = _Appender(self.outcomes_path, fsync, fsync_interval_s)
+            self._outcomes_lock_fd = os.open(
+                self.log_dir / OUTCOMES_LOCK, os.O_RDWR | os.O_CREAT, 0o644
+            )
         except BaseException:
             os.close(self._slot_fd)
             raise
         self._others: dict[Path, _IndexedFile] = {}
         self._others_lock = threading.Lock()
+        self._outcome_files: dict[Path, _OutcomeFile] = {
+            self.outcomes_path: _OutcomeFile(self.outcomes_path, self.slot)
+        }
+        self._outcome_lock = threading.Lock()  # this process's threads (the flock is per process)
         # Index what is already on disk off the startup path; a lookup meanwhile waits for it.
         self._indexer = threading.Thread(
             target=self._catch_up_logged, name="offer-log-index", daemon=True
@@ -791,12 +917,76 @@ class OfferLog:
         )
 
     def append_outcome(self, row: Mapping[str, Any]) -> None:
-        """Durably append one offer row with its `purchased` label.
+        """Durably append one offer row with its `purchased` label, unchecked (the scorer uses
+        `append_outcome_once`; the export keeps the first outcome of an offer either way).
 
         Raises:
             OfferLogError: nothing was logged; answer 503, never acknowledge.
         """
         self._outcomes.append(orjson.dumps(row, option=_LINE_OPTS))
+
+    def append_outcome_once(self, row: Mapping[str, Any]) -> bool:
+        """Append the offer's outcome unless one is recorded (by any writer of the directory).
+
+        Returns True when written, False when the same label was already recorded (nothing
+        written: a retried report).
+
+        Raises:
+            OutcomeConflict: a different label is recorded; nothing written.
+            OfferLogError: the log could not be read or written; nothing acknowledged.
+        """
+        offer_id, label = str(row[S.OFFER_ID]), int(row[S.PURCHASED])
+        with self._outcome_lock:
+            try:
+                fcntl.flock(self._outcomes_lock_fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                raise OfferLogError(f"{OUTCOMES_LOCK}: lock failed: {_describe(exc)}") from exc
+            try:
+                recorded = self.recorded_outcome(offer_id)
+                if recorded == label:
+                    return False
+                if recorded is not None:
+                    raise OutcomeConflict(offer_id, recorded, label)
+                self._outcomes.append(orjson.dumps(row, option=_LINE_OPTS))
+                return True
+            finally:
+                fcntl.flock(self._outcomes_lock_fd, fcntl.LOCK_UN)
+
+    def recorded_outcome(self, offer_id: str) -> int | None:
+        """The label of the offer's first outcome in any writer's file (None: no outcome yet).
+
+        Reads only what the writers appended since the last look. When the files disagree (logs
+        written without the check), the earliest report wins, as in `export_offers`.
+
+        Raises:
+            OfferLogError: an outcomes file could not be read.
+        """
+        found: list[tuple[str, int, int]] = []  # (reported at, slot, packed entry)
+        files = self._outcome_files_now()
+        try:
+            for f in files:
+                f.catch_up()
+            entries = [(f, f.get(offer_id)) for f in files]
+            hits = [(f, e) for f, e in entries if e is not None]
+            if not hits:
+                return None
+            if len({e & 1 for _, e in hits}) == 1:
+                return hits[0][1] & 1
+            found = [(f.reported_at(e), f.slot, e) for f, e in hits]
+        except OSError as exc:
+            raise OfferLogError(f"outcomes: read failed: {_describe(exc)}") from exc
+        return min(found)[2] & 1
+
+    def _outcome_files_now(self) -> list[_OutcomeFile]:
+        """Every writer's outcomes file, in slot order (the directory is listed again each call)."""
+        with self._others_lock:
+            for path in log_files(self.log_dir, "outcomes"):
+                if path not in self._outcome_files:
+                    slot = _SLOT_FILE_RE.match(path.name)
+                    self._outcome_files[path] = _OutcomeFile(
+                        path, int(slot.group(2) or 0) if slot else 0
+                    )
+            return sorted(self._outcome_files.values(), key=lambda f: f.slot)
 
     def _other_files(self) -> list[_IndexedFile]:
         """The other writers' quotes files (the directory is listed again each call)."""
@@ -832,6 +1022,10 @@ class OfferLog:
             self._own.catch_up()
             for other in self._other_files():
                 other.catch_up()
+            for outcomes in self._outcome_files_now():
+                if self._closing.is_set():
+                    return
+                outcomes.catch_up()
         except Exception:  # noqa: BLE001 - lookups retry the catch-up and report their own errors
             log.exception("offer log: indexing %s failed", self.log_dir)
 
@@ -845,15 +1039,15 @@ class OfferLog:
         self._own.close()
         for other in self._others.values():
             other.close()
+        for outcomes in self._outcome_files.values():
+            outcomes.close()
+        os.close(self._outcomes_lock_fd)
         os.close(self._slot_fd)  # releases the writer slot
 
 
 # --- the export ------------------------------------------------------------------------------------
 
 OFFER_COLUMNS: tuple[str, ...] = tuple(S.column_names(S.OFFERS))
-
-
-OUTCOME_TS = "outcome_ts"  # when the outcome was reported (orders reports across writers)
 
 
 def read_logs(
@@ -880,10 +1074,23 @@ def read_outcomes(log_dir: str | Path, extra: Sequence[str] = ()) -> LogRows:
     return read_logs(log_dir, "outcomes", OUTCOME_FIELDS, extra)[0]
 
 
+def first_outcomes(outcomes: pd.DataFrame) -> pd.DataFrame:
+    """One row per offer: its first outcome by `outcome_ts` (equal or missing timestamps: the
+    earlier writer slot, then the earlier line), so a later report never flips a label.
+
+    `outcomes` are rows as `read_logs` returns them (writers in slot order, each in line order),
+    with an `outcome_ts` column.
+    """
+    when = np.array([v if isinstance(v, str) else "" for v in outcomes[OUTCOME_TS]], dtype=str)
+    ordered = outcomes.iloc[np.argsort(when, kind="stable")] if len(outcomes) else outcomes
+    return ordered.drop_duplicates(S.OFFER_ID, keep="first")
+
+
 def export_offers(log_dir: str | Path, include_pending: bool = False) -> pd.DataFrame:
     """The contract `offers` table from the logs: one row per offer with a reported outcome.
 
-    Merges every writer's files (one pair per scorer process). Lines that are not valid offer rows
+    Merges every writer's files (one pair per scorer process); an offer reported more than once
+    keeps its first outcome (`first_outcomes`). Lines that are not valid offer rows
     (torn, invalid bytes, missing fields, bad timestamps) are skipped and counted:
     `df.attrs["skipped_lines"]` (also logged as a warning).
 
@@ -892,16 +1099,9 @@ def export_offers(log_dir: str | Path, include_pending: bool = False) -> pd.Data
         include_pending: also emit quoted offers with no outcome yet, as not purchased (only right
             once the outcome window has closed).
     """
-    read, files = read_logs(log_dir, "outcomes", OUTCOME_FIELDS, extra=[OUTCOME_TS])
+    read, _ = read_logs(log_dir, "outcomes", OUTCOME_FIELDS, extra=[OUTCOME_TS])
     skipped = read.skipped
-    outcomes = read.frame()
-    if files > 1:
-        # Reports for one offer may sit in several writers' files: order them by report time
-        # (within one file, file order already is report order).
-        when = np.array([v if isinstance(v, str) else "" for v in outcomes[OUTCOME_TS]], dtype=str)
-        outcomes = outcomes.iloc[np.argsort(when, kind="stable")]
-    # A repeated report for the same offer replaces the earlier one.
-    outcomes = outcomes.drop(columns=[OUTCOME_TS]).drop_duplicates(S.OFFER_ID, keep="last")
+    outcomes = first_outcomes(read.frame()).drop(columns=[OUTCOME_TS])
     if include_pending:
         quoted, _ = read_logs(log_dir, "quotes", QUOTE_FIELDS)
         skipped += quoted.skipped

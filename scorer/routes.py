@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -21,6 +21,7 @@ from pricing import schema as S
 from pricing.experiment import ARM, EXPERIMENT
 from scorer.deps import ModelDep, RuntimeDep, require_admin
 from scorer.experiment import CHAMPION_ARM
+from scorer.offer_log import OutcomeConflict
 from scorer.runtime import ScorerRuntime, short_error
 from scorer.schemas import (
     EventsRequest,
@@ -30,12 +31,51 @@ from scorer.schemas import (
     QuoteRequest,
     QuoteResponse,
     ReloadResponse,
+    shown,
 )
 from scorer.serving import QuoteError, ServingModel
 
 log = logging.getLogger("scorer.app")  # one name for the scorer's log, as before the split
 
-v1 = APIRouter(prefix="/v1", tags=["pricing"])
+
+def is_json(content_type: bytes | str | None) -> bool:
+    """Whether a request's content type declares JSON: `application/json` or
+    `application/<anything>+json`, parameters such as a charset aside.
+
+    A body without a content type is not JSON either, as FastAPI's strict content type has it (a
+    browser can send such a body cross-site without a CORS preflight).
+    """
+    if not content_type:
+        return False
+    raw = content_type.decode("latin-1") if isinstance(content_type, bytes) else content_type
+    media = raw.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+def unsupported_media_type(content_type: bytes | str) -> HTTPException:
+    raw = content_type.decode("latin-1") if isinstance(content_type, bytes) else content_type
+    what = f"unsupported content type {shown(raw)}" if raw else "no content type"
+    return HTTPException(
+        status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+        detail=f"{what}: send a JSON body with content-type: application/json",
+    )
+
+
+async def require_json(request: Request) -> None:
+    """415 for a request not declared as JSON (before its body is validated)."""
+    content_type = request.headers.get("content-type")
+    if not is_json(content_type):
+        raise unsupported_media_type(content_type or "")
+
+
+v1 = APIRouter(
+    prefix="/v1",
+    tags=["pricing"],
+    dependencies=[Depends(require_json)],
+    responses={415: {"description": "the body is not declared as JSON"}},
+)
 
 
 # The quote and event routes are async and do their short store round trips and CPU work on the
@@ -171,21 +211,39 @@ async def events(req: EventsRequest, runtime: RuntimeDep) -> EventsResponse:
     return EventsResponse(user_id=req.user_id, accepted=len(req.events), generation=generation)
 
 
-@v1.post("/outcomes", response_model=OutcomeResponse)
+@v1.post(
+    "/outcomes",
+    response_model=OutcomeResponse,
+    responses={409: {"description": "the offer already has an outcome with the other label"}},
+)
 def outcomes(req: OutcomeRequest, runtime: RuntimeDep) -> OutcomeResponse:
-    """Record whether a quoted item was bought; appended durably to the offer log."""
+    """Record whether a quoted item was bought; appended durably to the offer log.
+
+    The first outcome of an offer (a quote and an item) stands, whichever worker it reached: the
+    same report again answers 200 with `repeated: true` and writes nothing; the other label
+    answers 409 and is not recorded.
+    """
     assert runtime.pricer is not None
     offers = runtime.pricer.find_quote(req.quote_id)
     if offers is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"unknown quote_id {req.quote_id!r}")
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, detail=f"unknown quote_id {shown(req.quote_id)}"
+        )
     offer = offers.get(req.item_id)
     if offer is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,
-            detail=f"item {req.item_id!r} was not part of quote {req.quote_id!r}",
+            detail=f"item {shown(req.item_id)} was not part of quote {shown(req.quote_id)}",
         )
-    offer_id = runtime.pricer.record_outcome(offer, req.purchased)
-    return OutcomeResponse(offer_id=offer_id)
+    try:
+        offer_id, written = runtime.pricer.record_outcome(offer, req.purchased)
+    except OutcomeConflict as exc:
+        runtime.metrics.outcome_conflicts.inc()
+        log.warning("outcome refused: %s", exc)
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+    if not written:
+        runtime.metrics.outcome_repeats.inc()
+    return OutcomeResponse(offer_id=offer_id, repeated=not written)
 
 
 ops = APIRouter(tags=["ops"])
@@ -236,11 +294,11 @@ def _unknown_arm(runtime: ScorerRuntime, arm: str) -> HTTPException:
     if runtime.split is None:
         return HTTPException(
             status.HTTP_404_NOT_FOUND,
-            detail=f"no experiment arm {arm!r}: no experiment is configured (PRICING_EXPERIMENT)",
+            detail=f"no experiment arm {shown(arm)}: no experiment is configured (PRICING_EXPERIMENT)",
         )
     known = ", ".join([CHAMPION_ARM, *runtime.arms, "all"])
     return HTTPException(
-        status.HTTP_404_NOT_FOUND, detail=f"no experiment arm {arm!r}; the arms are: {known}"
+        status.HTTP_404_NOT_FOUND, detail=f"no experiment arm {shown(arm)}; the arms are: {known}"
     )
 
 

@@ -4,6 +4,11 @@ Requests are bounded so that no input reaches the pricing path (or the offer log
 response) in a shape it cannot handle: numbers are finite, timestamps plausible, strings encodable
 as UTF-8 (JSON allows a lone surrogate such as "\\ud800"; orjson, Redis and the response encoder do
 not), and the free-form `context` small and shallow.
+
+Ids (user, item, session, event and quote ids) are at most `MAX_ID_LENGTH` characters and hold no
+control characters (Unicode category Cc: U+0000-U+001F, U+007F-U+009F): they end up in the offer
+log, Redis keys, the next training set and log lines, where a NUL or a newline is a bug waiting.
+An error message names a client's value only through `shown`: a short, escaped prefix.
 """
 
 from __future__ import annotations
@@ -24,6 +29,25 @@ MAX_CONTEXT_STRING = 1024  # characters of one key or string value
 MAX_PRICE = 1e9
 EVENT_TS_MIN = datetime(1970, 1, 1, tzinfo=UTC)
 EVENT_TS_MAX_AHEAD = timedelta(days=1)  # clock skew a client may have; later is a bad timestamp
+MAX_ID_LENGTH = 256  # characters of any id: user, item, session, event, quote
+SHOWN_CHARS = 64  # characters of a client's value an error message may quote
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Written as escapes in error text, so an error body never carries markup (`<script>`) from input.
+_MARKUP = str.maketrans({"<": "\\x3c", ">": "\\x3e", "&": "\\x26"})
+
+
+def escape_markup(text: str) -> str:
+    """`text` with `<`, `>` and `&` written as Python escapes (`\\x3c`...): readable, never markup."""
+    return text.translate(_MARKUP)
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """A client's value as an error message may quote it: the repr of at most `limit` characters
+    (control characters, lone surrogates and `<>&` escaped), and the full length when cut."""
+    text = value if isinstance(value, str) else str(value)
+    out = repr(text[:limit]).translate(_MARKUP)
+    return f"{out}... ({len(text)} characters)" if len(text) > limit else out
 
 
 def _encodable(v: str) -> str:
@@ -37,6 +61,34 @@ def _encodable(v: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_encodable)]
+
+
+def id_problem(v: str) -> str | None:
+    """Why `v` is not an acceptable id (too long, a control character, not UTF-8), else None."""
+    if len(v) > MAX_ID_LENGTH:
+        return f"ids are limited to {MAX_ID_LENGTH} characters, got {len(v)}"
+    if not (v.isascii() and v.isprintable()):  # (printable ASCII: the common id, decided here)
+        bad = _CONTROL.search(v)
+        if bad is not None:
+            return (
+                f"ids must not contain control characters, found {shown(bad.group())} "
+                f"at position {bad.start()}"
+            )
+        if not _utf8_ok(v):
+            return "string is not valid unicode (lone surrogate)"
+    return None
+
+
+def _valid_id(v: str) -> str:
+    problem = id_problem(v)
+    if problem is not None:
+        raise ValueError(problem)
+    return v
+
+
+# An id: at most MAX_ID_LENGTH characters (also declared per field, for the OpenAPI schema), no
+# control characters, valid unicode.
+Id = Annotated[str, AfterValidator(_valid_id)]
 
 
 def _check_context(value: Any, depth: int, budget: list[int]) -> None:
@@ -67,9 +119,13 @@ class QuoteRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    user_id: Text = Field(min_length=1, max_length=256)
-    items: list[str] = Field(min_length=1, description="candidate item ids (catalog ids)")
-    session_id: Text | None = Field(default=None, max_length=256)
+    user_id: Id = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    items: list[str] = Field(
+        min_length=1,
+        description=f"candidate item ids (catalog ids; each at most {MAX_ID_LENGTH} characters, "
+        "no control characters)",
+    )
+    session_id: Id | None = Field(default=None, max_length=MAX_ID_LENGTH)
     context: dict[str, Any] | None = Field(
         default=None,
         description=f"free-form, at most {MAX_CONTEXT_NODES} keys and values, "
@@ -78,10 +134,11 @@ class QuoteRequest(BaseModel):
 
     @field_validator("items")
     @classmethod
-    def _items_encodable(cls, v: list[str]) -> list[str]:
-        for item in v:  # one validator for the list: this runs on every quote
-            if not item.isascii():
-                _encodable(item)
+    def _items_are_ids(cls, v: list[str]) -> list[str]:
+        for k, item in enumerate(v):  # one validator for the list: this runs on every quote
+            problem = id_problem(item)
+            if problem is not None:
+                raise ValueError(f"item {k}: {problem}")
         return v
 
     @field_validator("context")
@@ -124,20 +181,20 @@ class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     event_type: str
-    item_id: Text | None = Field(default=None, max_length=256)
+    item_id: Id | None = Field(default=None, max_length=MAX_ID_LENGTH)
     price: float | None = Field(default=None, gt=0, le=MAX_PRICE)
     query: Text | None = Field(default=None, max_length=1000)
     ts: datetime | None = Field(
         default=None, description="from 1970 to one day ahead of the scorer's clock"
     )
-    session_id: Text | None = Field(default=None, max_length=256)
-    event_id: Text | None = Field(default=None, max_length=256)
+    session_id: Id | None = Field(default=None, max_length=MAX_ID_LENGTH)
+    event_id: Id | None = Field(default=None, max_length=MAX_ID_LENGTH)
 
     @field_validator("event_type")
     @classmethod
     def _known_type(cls, v: str) -> str:
         if v not in S.EVENT_TYPES:
-            raise ValueError(f"event_type must be one of {list(S.EVENT_TYPES)}, got {v!r}")
+            raise ValueError(f"event_type must be one of {list(S.EVENT_TYPES)}, got {shown(v)}")
         return v
 
     @field_validator("ts")
@@ -156,7 +213,7 @@ class EventIn(BaseModel):
 class EventsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user_id: Text = Field(min_length=1, max_length=256)
+    user_id: Id = Field(min_length=1, max_length=MAX_ID_LENGTH)
     events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS_PER_REQUEST)
 
 
@@ -169,14 +226,19 @@ class EventsResponse(BaseModel):
 class OutcomeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    quote_id: Text = Field(min_length=1, max_length=256)
-    item_id: Text = Field(min_length=1, max_length=256)
+    quote_id: Id = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    item_id: Id = Field(min_length=1, max_length=MAX_ID_LENGTH)
     purchased: bool
 
 
 class OutcomeResponse(BaseModel):
     offer_id: str
     logged: bool = True
+    repeated: bool = Field(
+        default=False,
+        description="this outcome was already recorded with the same label; nothing new was "
+        "written (a conflicting label is refused with 409)",
+    )
 
 
 class ReloadResponse(BaseModel):
@@ -207,6 +269,10 @@ def _plain_str(v: Any, max_length: int, min_length: int = 0) -> bool:
     return type(v) is str and min_length <= len(v) <= max_length and (v.isascii() or _utf8_ok(v))
 
 
+def _plain_id(v: Any, min_length: int = 0) -> bool:
+    return type(v) is str and min_length <= len(v) and id_problem(v) is None
+
+
 def _utf8_ok(v: str) -> bool:
     try:
         v.encode("utf-8")
@@ -225,14 +291,14 @@ def fast_quote(data: Any, max_items: int) -> tuple[str, list[str], str | None] |
     if data.get("context") is not None:  # free-form: the model checks its bounds
         return None
     user_id, items, session_id = data.get("user_id"), data.get("items"), data.get("session_id")
-    if not _plain_str(user_id, 256, 1):
+    if not _plain_id(user_id, 1):
         return None
     if type(items) is not list or not 1 <= len(items) <= max_items:
         return None
     for item in items:
-        if type(item) is not str or not (item.isascii() or _utf8_ok(item)):
+        if type(item) is not str or id_problem(item) is not None:
             return None
-    if session_id is not None and not _plain_str(session_id, 256):
+    if session_id is not None and not _plain_id(session_id):
         return None
     return user_id, items, session_id  # type: ignore[return-value]  # (checked just above)
 
@@ -255,7 +321,7 @@ def fast_events(data: Any) -> tuple[str, list[dict[str, Any]]] | None:
     if type(data) is not dict or data.keys() != {"user_id", "events"}:
         return None
     user_id, events = data["user_id"], data["events"]
-    if not _plain_str(user_id, 256, 1):
+    if not _plain_id(user_id, 1):
         return None
     if type(events) is not list or not 1 <= len(events) <= MAX_EVENTS_PER_REQUEST:
         return None
@@ -271,12 +337,15 @@ def fast_events(data: Any) -> tuple[str, list[dict[str, Any]]] | None:
             if type(price) not in (int, float) or not (0 < price <= MAX_PRICE):
                 return None  # (NaN fails the comparison too)
             price = float(price)
-        for name, limit in (("item_id", 256), ("query", 1000), ("session_id", 256)):
+        for name in ("item_id", "session_id"):
             v = e.get(name)
-            if v is not None and not _plain_str(v, limit):
+            if v is not None and not _plain_id(v):
                 return None
+        query = e.get("query")
+        if query is not None and not _plain_str(query, 1000):
+            return None
         event_id = e.get("event_id")
-        if event_id is not None and not _plain_str(event_id, 256):
+        if event_id is not None and not _plain_id(event_id):
             return None
         ts = _fast_ts(e.get("ts"), now)
         if ts is False:

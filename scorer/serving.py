@@ -35,6 +35,7 @@ from pricing import schema as S
 from pricing.experiment import ARM, EXPERIMENT
 from scorer.accel import Accelerated, accelerate
 from scorer.offer_log import QUOTE_ID, OfferLog
+from scorer.schemas import shown as short_repr
 from scorer.state import Event, QuoteRead, UserStore, conforms, events_frame
 
 log = logging.getLogger(__name__)
@@ -496,7 +497,7 @@ class Pricer:
             idx = np.fromiter((index[i] for i in items), dtype=np.int64, count=len(items))
         except KeyError:
             unknown = [i for i in items if i not in index]
-            shown = ", ".join(repr(i) for i in unknown[:10])
+            shown = ", ".join(short_repr(i) for i in unknown[:10])
             more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
             raise QuoteError(
                 f"unknown item ids (not in model {sm.policy}'s catalog): {shown}{more}"
@@ -752,8 +753,13 @@ class Pricer:
             rows = {r[S.ITEM_ID]: r for r in found}
         return rows
 
-    def record_outcome(self, offer: dict[str, Any], purchased: bool) -> str:
-        """Durably append the offer with its label; returns the offer id."""
+    def record_outcome(self, offer: dict[str, Any], purchased: bool) -> tuple[str, bool]:
+        """Durably append the offer with its label, unless the offer has an outcome already.
+
+        Returns (offer id, whether it was written): a repeat of the recorded label writes nothing.
+        Raises `OutcomeConflict` (nothing written) when a different label is recorded: the first
+        outcome of an offer stands, whichever worker it was reported to.
+        """
         row = {
             S.OFFER_ID: offer[S.OFFER_ID],
             S.TS: offer[S.TS],  # the offer's time: training joins events strictly before it
@@ -770,5 +776,5 @@ class Pricer:
         for key in EXPERIMENT_FIELDS:  # the arm the offer was made in (only when traffic is split)
             if key in offer:
                 row[key] = offer[key]
-        self.offer_log.append_outcome(row)
-        return str(row[S.OFFER_ID])
+        written = self.offer_log.append_outcome_once(row)
+        return str(row[S.OFFER_ID]), written

@@ -240,21 +240,19 @@ def test_outcomes_go_to_the_offer_log(tmp_path: Path, registry: FakeRegistry) ->
         assert r.status_code == 404 and "unknown quote_id" in r.json()["detail"]
         r = c.post("/v1/outcomes", json={"quote_id": qid, "item_id": "i7", "purchased": True})
         assert r.status_code == 404 and "not part of quote" in r.json()["detail"]
-    # a new process finds the old quote in the log, not in memory
+    # a new process finds the old quote in the log, not in memory, and its recorded outcomes
     with TestClient(create_app(settings, registry.load, seed=0)) as c:
-        assert (
-            c.post(
-                "/v1/outcomes", json={"quote_id": qid, "item_id": "i0", "purchased": True}
-            ).status_code
-            == 200
-        )
+        r = c.post("/v1/outcomes", json={"quote_id": qid, "item_id": "i0", "purchased": False})
+        assert r.status_code == 200 and r.json()["repeated"] is True
+        r = c.post("/v1/outcomes", json={"quote_id": qid, "item_id": "i0", "purchased": True})
+        assert r.status_code == 409
 
     offers = export_offers(settings.offer_log_dir)
     assert list(offers.columns) == S.column_names(S.OFFERS)
     assert len(offers) == 2 and offers[S.OFFER_ID].is_unique
     by_item = offers.set_index(S.ITEM_ID)
-    # the last report wins
-    assert by_item.loc["i1", S.PURCHASED] == 1 and by_item.loc["i0", S.PURCHASED] == 1
+    # the first report stands
+    assert by_item.loc["i1", S.PURCHASED] == 1 and by_item.loc["i0", S.PURCHASED] == 0
     quoted = {q["item_id"]: q for q in body["items"]}
     assert by_item.loc["i1", S.PRICE] == pytest.approx(quoted["i1"]["price"])
     assert by_item.loc["i1", S.PROPENSITY] == pytest.approx(quoted["i1"]["propensity"])

@@ -146,18 +146,18 @@ def test_offer_log_round_trip_and_export(tmp_path) -> None:
     assert log.find_quote("nope") == []
     row = {**_quote_rows("q1", ["b"])[0], S.PURCHASED: 1}
     log.append_outcome(row)
-    log.append_outcome({**row, S.PURCHASED: 0})  # a correction: the last report wins
+    log.append_outcome({**row, S.PURCHASED: 0})  # written unchecked: the first report still wins
     log.close()
 
     offers = export_offers(tmp_path)
     assert list(offers.columns) == S.column_names(S.OFFERS)
     assert len(offers) == 1
-    assert offers[S.PURCHASED].tolist() == [0]
+    assert offers[S.PURCHASED].tolist() == [1]
     assert offers[S.OFFER_ID].tolist() == ["q1:b"]
     assert str(offers[S.TS].dt.tz) == "UTC"
     pending = export_offers(tmp_path, include_pending=True)
     assert sorted(pending[S.OFFER_ID]) == ["q1:a", "q1:b", "q2:a"]
-    assert pending[S.PURCHASED].tolist().count(0) == 3
+    assert pending[S.PURCHASED].tolist().count(0) == 2  # q1:b was bought
 
 
 def test_export_of_an_empty_log_has_contract_columns(tmp_path) -> None:
@@ -317,7 +317,7 @@ def test_each_writer_gets_its_own_files_and_readers_merge_them(tmp_path) -> None
         {**a.find_quote("qb")[0], S.PURCHASED: 0, "outcome_ts": "2026-01-02T00:00:01+00:00"}
     )
     assert [r[S.ITEM_ID] for r in a.find_quote("qa")] == ["x", "y"]
-    # a correction reported to the other writer later wins, whatever the file order
+    # later contradicting reports to either writer do not flip it, whatever the file order
     b.append_outcome({**offer, S.PURCHASED: 0, "outcome_ts": "2026-01-02T00:00:02+00:00"})
     a.append_outcome({**offer, S.PURCHASED: 1, "outcome_ts": "2026-01-02T00:00:03+00:00"})
     for log in (a, b):
