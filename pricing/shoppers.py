@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from pricing import schema as S
-from pricing.experiment import clustered_se
+from pricing.ope import clustered_se
 from pricing.policy import Guardrails, price_bounds
 from pricing.simulator import GroundTruth, browse_session
 

@@ -48,6 +48,7 @@ from mlops.config import ExperimentConfig, load_config
 from mlops.models import DemandModel, PricingData
 from mlops.registry import ModelHandle
 from pricing import experiment as X
+from pricing import ope
 from pricing import policy as P
 from pricing import schema as S
 from pricing.io import read_table, read_tables, write_table
@@ -796,7 +797,7 @@ def dr_estimate(
 ) -> dict[str, float]:
     """The doubly robust value of `model`'s epsilon-greedy policy on the logged test offers.
 
-    SWITCH-DR (`pricing.experiment.dr_epsilon_greedy`): offers whose importance weight passes
+    SWITCH-DR (`pricing.ope.dr_epsilon_greedy`): offers whose importance weight passes
     `max_weight` rely on the reward model alone, the others correct it. The reward model is a
     separately fitted pooled logistic model (a model grading its own argmax overrates it: on the
     default market LightGBM's estimate of its own policy is about 10% high; a logistic candidate
@@ -823,7 +824,7 @@ def dr_estimate(
     q_logged = (price - cost) * reward_model.predict(test)
     shoppers = offers[S.USER_ID].astype(str).to_numpy()
     both = {
-        cal: X.dr_epsilon_greedy(
+        cal: ope.dr_epsilon_greedy(
             reward,
             price,
             mu,
@@ -845,8 +846,7 @@ def dr_estimate(
         with np.errstate(invalid="ignore"):
             true_q = (grid - cost[:, None]) * truth.purchase_probability(shoppers, items, filled)
         true_q = np.where(np.isnan(grid), np.nan, true_q)
-        rows = np.arange(len(offers))
-        value = (1 - epsilon) * true_q[rows, decision.index] + epsilon * np.nanmean(true_q, axis=1)
+        value = ope.epsilon_greedy_value(true_q, decision.index, epsilon)
         est["true_value"] = float(np.mean(value))
     return est
 
