@@ -71,11 +71,6 @@ class DataSourceError(ContractError):
 # --- URLs and engines ----------------------------------------------------------------------------
 
 
-def is_database_url(text: str | None) -> bool:
-    """True for a SQLAlchemy database URL (`postgresql://...`, `postgresql+psycopg://...`)."""
-    return bool(text) and "://" in str(text) and not str(text).startswith("file://")
-
-
 def _url(url: str) -> sa.URL:
     import sqlalchemy as sa
 

@@ -160,11 +160,6 @@ def load_version(name: str, version: str) -> ModelHandle:
     )
 
 
-def load_alias(name: str, alias: str = CHAMPION) -> ModelHandle | None:
-    version = alias_version(name, alias)
-    return None if version is None else load_version(name, version)
-
-
 def describe_version(name: str, version: str, description: str) -> None:
     """The version's description, the first thing its page in the MLflow UI shows."""
     import mlflow

@@ -311,11 +311,6 @@ class Pricer:
             )
         return False
 
-    def compute_state(self, sm: ServingModel, user_id: str) -> tuple[Any, bool]:
-        """Run the user tower over the user's stored events and cache the result: (state, personalized)."""
-        state, personalized, _ = self.compute_state_gen(sm, user_id)
-        return state, personalized
-
     def compute_state_gen(self, sm: ServingModel, user_id: str) -> tuple[Any, bool, int]:
         """(state, personalized, generation it was computed from), cached in the store.
 

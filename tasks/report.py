@@ -67,16 +67,6 @@ def model_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def metrics_markdown(report: dict[str, Any]) -> str:
-    """The models side by side as a Markdown table (the candidate first)."""
-    head = "| model | role | " + " | ".join(KEY_METRICS) + " |"
-    lines = [head, "|" + "---|" * (len(KEY_METRICS) + 2)]
-    for row in model_rows(report):
-        cells = [row["model"], row["role"], *(_fmt(row[k]) for k in KEY_METRICS)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def decision_headline(report: dict[str, Any]) -> str:
     """`version 3 of price-response: PROMOTED to champion` (or `not promoted`)."""
     verdict = "PROMOTED to champion" if report.get("promoted") else "not promoted"
