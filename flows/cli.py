@@ -919,11 +919,20 @@ def _model_error(exc: BaseException) -> BaseException | None:
     return None
 
 
+# Subcommands that run Prefect flows: their temporary Prefect server is started so that it never
+# outlives the command (`mlops.prefect_server`).
+FLOW_COMMANDS = frozenset({"run", "compare", "loop", "experiment", "demo"})
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand; 2: bad input data, 3: a model file failed its integrity check or did not load.
+    """Run one subcommand; 2: bad input data, 3: a model file failed its integrity check or did not
+    load, 4: the MLflow registry could not be opened, 130/143: stopped by SIGINT/SIGTERM.
 
     Those print one `error:` line, no traceback; the training flow has already ended its MLflow
-    run as FAILED, and a normal exit lets Prefect stop its temporary server (atexit).
+    run as FAILED (KILLED when stopped by a signal), and a normal exit lets Prefect stop its
+    temporary server (atexit). SIGINT and SIGTERM stop every subcommand but `serve` (uvicorn
+    handles those itself): nothing is registered and no alias moves after the signal
+    (`mlops.interrupts`), and the line says what was kept.
     """
     args = build_parser().parse_args(argv)
     # Idle OpenMP threads sleep instead of spinning: torch and LightGBM share one OpenMP runtime,
@@ -931,20 +940,67 @@ def main(argv: list[str] | None = None) -> int:
     # before either is imported (subcommands import them lazily).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     quiet()
-    try:
-        rc: Any = args.func(args)
-    except ContractError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:
-        model_error = _model_error(exc)
-        if model_error is None:
-            raise
-        print(f"error: {model_error}", file=sys.stderr)
-        return 3
+    from mlops import interrupts
+
+    command = f"pricing {args.command}"
+    with contextlib.ExitStack() as stack:
+        if args.command != "serve":
+            stack.enter_context(interrupts.handled())
+        try:
+            if args.command in FLOW_COMMANDS:
+                from mlops import prefect_server
+
+                prefect_server.guard()
+            rc: Any = args.func(args)
+            interrupts.check(f"{command} returned")  # a library swallowed the interrupt
+        except BaseException as exc:
+            if args.command == "serve" and isinstance(exc, KeyboardInterrupt):
+                return 130  # the scorer's usual way to stop: nothing else to say
+            stopped = interrupts.interrupted_by(exc)
+            if stopped is not None:
+                _end_interrupted()
+                print(f"error: {interrupts.summary(command)}", file=sys.stderr)
+                return stopped.exit_code
+            if isinstance(exc, ContractError):
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            if not isinstance(exc, Exception):
+                raise
+            registry_error = _registry_error(exc)
+            if registry_error is not None:
+                print(f"error: {registry_error}", file=sys.stderr)
+                return 4
+            model_error = _model_error(exc)
+            if model_error is None:
+                raise
+            print(f"error: {model_error}", file=sys.stderr)
+            return 3
     return int(rc or 0)
+
+
+def _end_interrupted() -> None:
+    """End, as KILLED, the MLflow runs the stop left open (a run started outside `tracked_run`)."""
+    if "mlflow" not in sys.modules:
+        return
+    from mlops import tracking
+
+    with contextlib.suppress(Exception):
+        tracking.end_active_runs("KILLED")
+
+
+def _registry_error(exc: BaseException) -> BaseException | None:
+    """The registry-initialization error (`RegistryUnavailable`) in `exc`'s chain, if any."""
+    mod = sys.modules.get("mlops.tracking")
+    if mod is None:
+        return None
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, mod.RegistryUnavailable):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 # What the command turns off before the libraries are imported: telemetry (offline it only logs
@@ -965,7 +1021,13 @@ def _is_expected(exc: BaseException | None) -> bool:
     """An error `main` reports in one line (bad input data, an unloadable model): no traceback."""
     if exc is None:
         return False
-    return isinstance(exc, ContractError) or _model_error(exc) is not None
+    if isinstance(exc, ContractError) or _model_error(exc) is not None:
+        return True
+    if _registry_error(exc) is not None:
+        return True
+    from mlops import interrupts
+
+    return interrupts.interrupted_by(exc) is not None
 
 
 class _NoTracebackForExpected(logging.Filter):

@@ -87,15 +87,25 @@ def alias_version(name: str, alias: str = CHAMPION) -> str | None:
 
 
 def set_alias(name: str, version: str, alias: str = CHAMPION) -> None:
+    """Point `alias` at `version`; refused (`mlops.interrupts.Interrupted`) once a stop signal came."""
     import mlflow
 
+    from mlops import interrupts
+
+    interrupts.check(f"moving {name}@{alias} to v{version}")
     mlflow.MlflowClient().set_registered_model_alias(name, alias, str(version))
+    interrupts.record_alias(name, alias, str(version))
 
 
 def delete_alias(name: str, alias: str = CHAMPION) -> None:
+    """Delete `alias`; refused (`mlops.interrupts.Interrupted`) once a stop signal came."""
     import mlflow
 
+    from mlops import interrupts
+
+    interrupts.check(f"deleting {name}@{alias}")
     mlflow.MlflowClient().delete_registered_model_alias(name, alias)
+    interrupts.record_alias(name, alias, None)
 
 
 def tag_version(name: str, version: str, tags: dict[str, Any]) -> None:

@@ -4,10 +4,14 @@ Versions and aliases are `mlops.registry`'s."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,29 +33,159 @@ PIP_REQUIREMENTS = [
 ]
 
 
+class RegistryUnavailable(RuntimeError):
+    """The MLflow store could not be opened or its schema created (the URL without its password)."""
+
+
 def configure(tracking_uri: str) -> None:
-    """Point MLflow at `tracking_uri`; for a sqlite file, make sure its folder exists."""
+    """Point MLflow at `tracking_uri`; for a sqlite file, make sure its folder exists; for a
+    database, create its schema once (`ensure_schema`)."""
     import mlflow
 
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
+    ensure_schema(tracking_uri)
+
+
+# Database stores whose schema this process has seen complete (checked once per process).
+_schema_ready: set[str] = set()
+_DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+# A fixed key for PostgreSQL's advisory lock around MLflow's schema creation ("mlflowdb").
+SCHEMA_LOCK_KEY = 0x6D6C_666C_6F77_6462
+
+
+def ensure_schema(uri: str, timeout_s: float = 600.0) -> None:
+    """Open the MLflow tracking and registry stores at `uri` once, under a lock across processes.
+
+    MLflow creates an empty database's tables (its Alembic migrations) and the default experiment
+    when a store is first opened, without a lock: two commands starting together on an empty
+    registry both migrate, and the loser fails ("table _alembic_tmp_experiments already exists").
+    Here the first opening is serialized: a `flock` on a file next to a sqlite database, an
+    advisory lock on PostgreSQL; the loser waits, then finds the schema complete. Other stores
+    (a tracking server over HTTP) create nothing here.
+
+    Raises:
+        RegistryUnavailable: the store could not be opened or its schema created.
+    """
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if uri in _schema_ready or scheme not in _DB_SCHEMES:
+        return
+    try:
+        with _schema_lock(uri, scheme, timeout_s):
+            _open_stores(uri)
+    except RegistryUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to open the store is this one error
+        raise RegistryUnavailable(
+            f"MLflow store {_safe_uri(uri)} could not be opened: {_first_line(exc)}"
+        ) from exc
+    _schema_ready.add(uri)
+
+
+def _open_stores(uri: str) -> None:
+    """MLflow's tracking and registry stores for `uri` (cached by MLflow): opening them creates a
+    new database's tables and the default experiment."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    tracking_utils._get_store(uri)
+    registry_utils._get_store(uri)
+
+
+@contextlib.contextmanager
+def _schema_lock(uri: str, scheme: str, timeout_s: float) -> Iterator[None]:
+    if scheme == "sqlite":
+        path = uri.removeprefix("sqlite:///")
+        if not uri.startswith("sqlite:///") or path in ("", ":memory:"):
+            yield  # an in-memory database belongs to this process alone
+            return
+        db = Path(path).resolve()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(db.with_name(f"{db.name}.schema.lock"), timeout_s):
+            yield
+        return
+    if scheme == "postgresql":
+        with _advisory_lock(uri, timeout_s):
+            yield
+        return
+    yield  # mysql, mssql: no lock here; MLflow's own migration decides
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, timeout_s: float) -> Iterator[None]:
+    """An exclusive `flock` on `path` (released by the kernel if the holder dies)."""
+    with open(path, "a+") as fh:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RegistryUnavailable(
+                        f"MLflow store schema lock {path} busy for {timeout_s:.0f}s"
+                    ) from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _advisory_lock(uri: str, timeout_s: float) -> Iterator[None]:
+    """PostgreSQL's session advisory lock `SCHEMA_LOCK_KEY`, on a connection of its own."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(uri, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text(f"SET lock_timeout = {int(timeout_s * 1000)}"))
+            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                conn.commit()
+    finally:
+        engine.dispose()
+
+
+def _safe_uri(uri: str) -> str:
+    from mlops.database import safe_url
+
+    return safe_url(uri) if "://" in uri and not uri.startswith("sqlite") else uri
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def experiment_id(name: str, artifact_root: Path, description: str | None = None) -> str:
     """The experiment for one dataset, created with an explicit artifact location.
 
     Without it, artifacts of a sqlite-backed store land under whatever folder the process started in.
-    `description` is the experiment's note in the UI (set when missing, never overwritten).
+    `description` is the experiment's note in the UI (set when missing, never overwritten). Two
+    processes creating it at once: the loser reads the winner's.
     """
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
         location = (Path(artifact_root).resolve() / name).as_uri()
-        exp_id = str(mlflow.create_experiment(name, artifact_location=location))
-        tags: dict[str, str] = {}
+        try:
+            exp_id = str(mlflow.create_experiment(name, artifact_location=location))
+        except MlflowException:
+            exp = mlflow.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            exp_id = str(exp.experiment_id)
+        tags: dict[str, str] = dict(exp.tags or {}) if exp is not None else {}
     else:
         exp_id, tags = str(exp.experiment_id), dict(exp.tags or {})
     if description and NOTE not in tags:
@@ -61,6 +195,70 @@ def experiment_id(name: str, artifact_root: Path, description: str | None = None
 
 # The tag MLflow's UI shows as the description of an experiment, a run or a registered model.
 NOTE = "mlflow.note.content"
+
+
+@contextlib.contextmanager
+def tracked_run(**start_run: Any) -> Iterator[Any]:
+    """`mlflow.start_run(**start_run)` as a block that ends the run FINISHED, FAILED when the block
+    raises, or KILLED when a stop signal ended it (`mlops.interrupts`); a KILLED run's child runs
+    that the stop ended FAILED or left RUNNING are marked KILLED too."""
+    import mlflow
+
+    from mlops import interrupts
+
+    run = mlflow.start_run(**start_run)
+    run_id = run.info.run_id
+    try:
+        yield run
+    except BaseException as exc:
+        killed = interrupts.interrupted_by(exc) is not None
+        _end_run(run_id, "KILLED" if killed else "FAILED")
+        if killed:
+            interrupts.record_killed_run(run_id)
+            with contextlib.suppress(Exception):
+                _kill_children(run_id)
+        raise
+    _end_run(run_id, "FINISHED")
+
+
+def _end_run(run_id: str, status: str) -> None:
+    """End `run_id` with `status`: through the fluent API when it is the active run."""
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        mlflow.end_run(status)
+    else:
+        mlflow.MlflowClient().set_terminated(run_id, status)
+
+
+def _kill_children(parent_run_id: str) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+    )
+    for child in children:
+        if child.info.status in ("FAILED", "RUNNING"):
+            client.set_terminated(child.info.run_id, "KILLED")
+
+
+def end_active_runs(status: str = "KILLED") -> list[str]:
+    """End every MLflow run still active in this thread with `status`; their ids."""
+    import mlflow
+
+    from mlops import interrupts
+
+    ended: list[str] = []
+    while (run := mlflow.active_run()) is not None:
+        mlflow.end_run(status)
+        ended.append(run.info.run_id)
+        if status == "KILLED":
+            interrupts.record_killed_run(run.info.run_id)
+    return ended
 
 
 def ui_base_url() -> str:
@@ -144,6 +342,9 @@ def log_price_model(
     import mlflow
     from mlflow.models import infer_signature
 
+    from mlops import interrupts
+
+    interrupts.check(f"registering {registered_model}")
     _drop_pickle_warning()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
@@ -161,7 +362,9 @@ def log_price_model(
             registered_model_name=registered_model,
             code_paths=_code_paths(),
         )
-    return info.model_uri, str(info.registered_model_version)
+    version = str(info.registered_model_version)
+    interrupts.record_registered(registered_model, version)
+    return info.model_uri, version
 
 
 def _is_pickle_warning(record: logging.LogRecord) -> bool:

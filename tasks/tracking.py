@@ -225,17 +225,15 @@ def training_run(
 ) -> Iterator[TrainingRun]:
     """The parent run of one training flow run, in the dataset's experiment.
 
-    Ended FINISHED when the block completes and FAILED when it raises (MLflow's own context
-    manager), so a failed step never leaves the run RUNNING.
+    Ended FINISHED when the block completes, FAILED when it raises and KILLED when a stop signal
+    (SIGINT, SIGTERM) ended it (`mlops.tracking.tracked_run`), so a run is never left RUNNING.
     """
     from mlops import tracking
 
     tracking.configure(tracking_uri)
-    import mlflow
-
     exp_id = tracking.experiment_id(
         dataset, artifact_root, description=EXPERIMENT_NOTE.format(dataset=dataset)
     )
     name = f"{model}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
-    with mlflow.start_run(experiment_id=exp_id, run_name=name) as run:
+    with tracking.tracked_run(experiment_id=exp_id, run_name=name) as run:
         yield TrainingRun(exp_id, run.info.run_id)
