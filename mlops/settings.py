@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
     # Seconds a Redis call (connecting included) may take before the scorer treats the store as
     # down for that request. 1 s holds under the scorer's own 500 requests/s on a busy two-core
-    # machine; 0.25 s did not (event appends answered 503 with Redis healthy).
+    # machine; a quarter of that fires on a healthy Redis under that load (event appends 503).
     redis_timeout_s: float = Field(default=1.0, gt=0)
     offer_log_dir: Path = Path("runs/offer_log")
     # "interval": every acknowledged log line is written to the OS (survives kill -9 of the scorer)

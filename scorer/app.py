@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -51,7 +50,7 @@ from scorer.runtime import (
     short_error,
 )
 from scorer.serving import Pricer
-from scorer.state import UserStore, hydrate_data_dir
+from scorer.state import UserStore
 
 __all__ = ["ReloadStatus", "ScorerRuntime", "create_app", "default_store", "short_error"]
 
@@ -106,17 +105,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime.open()
-        if settings.bootstrap_data_dir is not None:
-            n = await asyncio.to_thread(
-                hydrate_data_dir,
-                runtime.store,
-                settings.bootstrap_data_dir,
-                settings.max_user_events,
-                settings.runs_dir / f"hydrate-{os.getpid()}",
-            )
-            log.info(
-                "hydrated the user store with %d users from %s", n, settings.bootstrap_data_dir
-            )
+        await runtime.hydrate()  # a refusing store: serve degraded, retry in the background
         try:
             await runtime.reload()
         except LookupError as exc:

@@ -49,7 +49,9 @@ class ScorerMetrics:
         )
         self.degraded = Counter(
             "scorer_degraded_quotes_total",
-            "Quotes served without the online store",
+            "Quotes served without the user's state from the online store, by reason "
+            "(store_auth, store_timeout, store_unavailable, store_error)",
+            ["reason"],
             registry=self.registry,
         )
         self.outcome_conflicts = Counter(

@@ -9,8 +9,8 @@ hiredis as they arrive; concurrent quotes share the connection, their commands p
 What it keeps from the blocking client: the URL's credentials and database (AUTH, SELECT on
 connect), a timeout per request (on expiry the connection is dropped, so a late reply can never be
 read as another request's), and one reconnect-and-retry when a connection turns out dead (a
-restarted Redis). Errors are `ConnectionError` / `TimeoutError`; the store turns them into
-`StoreUnavailable` behind the same circuit breaker.
+restarted Redis). Errors are `ConnectionError` (`RedisAuthError` when the credentials are refused)
+/ `TimeoutError`; the store turns them into `StoreUnavailable` behind the same circuit breaker.
 """
 
 from __future__ import annotations
@@ -22,6 +22,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import hiredis
+
+
+class RedisAuthError(ConnectionError):
+    """Redis refused the URL's credentials (AUTH answered with an error)."""
+
+    reason = "store_auth"  # scorer.state.STORE_AUTH
 
 
 class _Connection(asyncio.Protocol):
@@ -116,10 +122,11 @@ class AsyncRedis:
         if hello:
             packed = b"".join(hiredis.pack_command(c) for c in hello)
             replies = await conn.request(packed, len(hello), self.timeout)
-            for reply in replies:
+            for command, reply in zip(hello, replies, strict=True):
                 if isinstance(reply, hiredis.ReplyError):
                     conn.abort(ConnectionError("closed"))
-                    raise ConnectionError(f"redis refused the connection: {reply}")
+                    error = RedisAuthError if command[0] == "AUTH" else ConnectionError
+                    raise error(f"redis refused the connection: {reply}")
         return conn
 
     async def _connection(self) -> _Connection:

@@ -19,7 +19,18 @@ call (commands packed by hiredis and sent at once) and share the circuit breaker
 
 When Redis is unreachable every call raises `StoreUnavailable` quickly: after one failure the store
 stops trying for `retry_after` seconds (a circuit breaker), so a dead Redis costs a quote microseconds,
-not a connect timeout. redis-py's pool reconnects on its own once Redis is back.
+not a connect timeout. redis-py's pool reconnects on its own once Redis is back. The error carries
+why (`reason`: `store_auth` when Redis refuses the credentials, including a Redis that answers every
+command with NOAUTH, `store_timeout`, `store_unavailable`), and so does every call the open breaker
+refuses, so a degraded quote can say why for as long as the store is unusable. Calls time out after
+`DEFAULT_TIMEOUT_S` (1 s; `PRICING_REDIS_TIMEOUT_S`): long enough that a busy two-core machine
+serving 500 requests a second does not time out on a healthy Redis.
+
+A key of ours that holds the wrong type (a list where the generation should be) or a value that does
+not parse (a generation that is not an integer) is a miss, never a per-user outage: the call that
+meets it deletes or resets it (`_REPAIR`, one atomic script; the generation restarts from a clock
+value far above any counter, so no state cached before is taken as current), logs it, and carries on
+with what remains. An event append redoes only the steps the bad key refused.
 """
 
 from __future__ import annotations
@@ -39,22 +50,34 @@ import numpy as np
 import orjson
 import pandas as pd
 import redis
-from hiredis import pack_command
+from hiredis import ReplyError, pack_command
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from scorer.redis_async import AsyncRedis
-from scorer.state import Event, QuoteRead
+from scorer.logs import RateLimitedLog
+from scorer.redis_async import AsyncRedis, RedisAuthError
+from scorer.state import STORE_AUTH, STORE_TIMEOUT, STORE_UNAVAILABLE, Event, QuoteRead
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+limited = RateLimitedLog(log)
+
+DEFAULT_TIMEOUT_S = 1.0  # socket and connect timeout of every Redis call (PRICING_REDIS_TIMEOUT_S)
 
 _GEN = struct.Struct("<q")
 _F64 = struct.Struct("<d")
 
-# Write the state only if the user's generation is still the one it was computed from.
+# Write the state only if the user's generation is still the one it was computed from; -1 when
+# the generation key is not one (the caller repairs it, and the state is not cached).
 _PUT_STATE = """
-local gen = tonumber(redis.call('GET', KEYS[1]) or '0')
+local raw = redis.pcall('GET', KEYS[1])
+if type(raw) == 'table' and raw.err then
+  return -1
+end
+local gen = tonumber(raw or '0')
+if gen == nil then
+  return -1
+end
 if gen == tonumber(ARGV[1]) then
   redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
   return 1
@@ -62,26 +85,115 @@ end
 return 0
 """
 
+# Whether KEYS[n] is absent or a generation INCR can bump and Lua compares exactly (digits, < 2^53).
+_USABLE_GENERATION = """
+local function usable_generation(key)
+  local t = redis.call('TYPE', key)['ok']
+  if t == 'none' then
+    return true
+  end
+  if t ~= 'string' then
+    return false
+  end
+  local v = redis.call('GET', key)
+  return string.match(v, '^%d+$') ~= nil and #v <= 16 and tonumber(v) < 9007199254740992
+end
+"""
+
+# Delete a user's events key when it is not a list, reset the generation when it is not one
+# (to ARGV[1], a clock value in microseconds: above every counter, so no cached state matches it).
+# Returns what was repaired, e.g. {'events:string', 'generation:list'}.
+_REPAIR = (
+    _USABLE_GENERATION
+    + """
+local fixed = {}
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'none' and t ~= 'list' then
+  redis.call('DEL', KEYS[1])
+  fixed[#fixed + 1] = 'events:' .. t
+end
+if not usable_generation(KEYS[2]) then
+  t = redis.call('TYPE', KEYS[2])['ok']
+  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+  fixed[#fixed + 1] = 'generation:' .. t
+end
+return fixed
+"""
+)
+_REPAIR_SHA = hashlib.sha1(_REPAIR.encode()).hexdigest()
+
 
 _PUT_STATE_SHA = hashlib.sha1(_PUT_STATE.encode()).hexdigest()
 
 # Append a user's hydration events only if the user has no history: one atomic step, so replicas
-# starting together against one Redis never load a user twice.
-_HYDRATE = """
+# starting together against one Redis never load a user twice. A generation key that is not one is
+# reset first (as `_REPAIR` does).
+_HYDRATE = (
+    _USABLE_GENERATION
+    + """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
-redis.call('RPUSH', KEYS[1], unpack(ARGV, 3))
+if not usable_generation(KEYS[2]) then
+  redis.call('SET', KEYS[2], ARGV[3])
+end
+redis.call('RPUSH', KEYS[1], unpack(ARGV, 4))
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
 redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
 """
+)
+
+# Error replies that mean the store is unusable as a whole, not that one key is bad.
+_AUTH_ERRORS = ("NOAUTH", "WRONGPASS", "NOPERM")
+_DOWN_ERRORS = ("LOADING", "MASTERDOWN", "BUSY", "CLUSTERDOWN", "TRYAGAIN", "MISCONF")
 
 
 class StoreUnavailable(ConnectionError):
-    """The online store cannot be reached; callers degrade (quotes) or answer 503 (events)."""
+    """The online store cannot be used; callers degrade (quotes) or answer 503 (events).
+
+    `reason` says why (`scorer.state`'s `STORE_AUTH`, `STORE_TIMEOUT`, `STORE_UNAVAILABLE`).
+    """
+
+    def __init__(self, message: str, reason: str = STORE_UNAVAILABLE) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a Redis call failed, as a degraded reason."""
+    if isinstance(exc, StoreUnavailable):
+        return exc.reason
+    if isinstance(
+        exc, redis.AuthenticationError | redis.exceptions.NoPermissionError | RedisAuthError
+    ):
+        return STORE_AUTH
+    if isinstance(exc, redis.TimeoutError | TimeoutError):
+        return STORE_TIMEOUT
+    return STORE_UNAVAILABLE
+
+
+def _refusal(replies: Sequence[Any]) -> StoreUnavailable | None:
+    """The store-wide refusal among a round trip's error replies (NOAUTH, LOADING, ...), if any."""
+    for reply in replies:
+        if isinstance(reply, ReplyError | redis.ResponseError):
+            # redis-py strips the code off its message and keeps it as `status_code`
+            code = getattr(reply, "status_code", None) or str(reply).split(" ", 1)[0]
+            if code in _AUTH_ERRORS:
+                return StoreUnavailable(f"redis refused the command: {reply}", STORE_AUTH)
+            if code in _DOWN_ERRORS:
+                return StoreUnavailable(f"redis refused the command: {reply}")
+    return None
+
+
+def _bad_entry(reply: Any) -> bool:
+    """Whether an error reply says one of the user's keys holds the wrong type or value."""
+    if not isinstance(reply, Exception):
+        return False
+    text = str(reply)
+    return "WRONGTYPE" in text or "not an integer" in text or "overflow" in text
 
 
 # --- state encoding ------------------------------------------------------------------------------
@@ -262,28 +374,39 @@ def _json_default(obj: Any) -> Any:
     return str(obj)  # timestamps and other scalars the contract writes as text
 
 
-def _generation(gen: Any) -> int:
-    """A stored generation as an int (0 when missing or not a number)."""
+def _parse_generation(gen: Any) -> int | None:
+    """A stored generation as an int (0 when missing); None when it is not a number."""
     try:
         return int(gen or 0)
     except (TypeError, ValueError):
-        return 0
+        return None
+
+
+def _generation(gen: Any) -> int:
+    """A stored generation as an int (0 when missing or not a number)."""
+    return _parse_generation(gen) or 0
 
 
 def _fresh_state(gen: Any, blob: Any, where: str = "") -> Any | None:
     """The state in `blob` if it was computed from generation `gen` (the current one), else None.
 
     A blob that does not decode (corrupt, foreign, hostile) is a miss, with one warning: the caller
-    recomputes the state and overwrites it. Nothing in it is ever executed.
+    recomputes the state and overwrites it. Nothing in it is ever executed. A generation that is
+    not a number is a miss too (the recomputation repairs it).
     """
     if not isinstance(blob, bytes) or len(blob) < _GEN.size:
         return None
+    current = _parse_generation(gen)
+    if current is None:
+        return None
     try:
-        if _GEN.unpack_from(blob)[0] != int(gen or 0):
+        if _GEN.unpack_from(blob)[0] != current:
             return None  # computed from a history that has moved on
         return decode_state(memoryview(blob)[_GEN.size :])
     except Exception as exc:  # noqa: BLE001 - whatever is in Redis, a bad blob is only a miss
-        log.warning("ignoring an undecodable cached user state %s: %.200s", where, exc)
+        limited.warning(
+            "bad_state", "ignoring an undecodable cached user state %s: %.200s", where, exc
+        )
         return None
 
 
@@ -294,7 +417,7 @@ def _prices(raw: Sequence[Any]) -> list[float | None]:
         try:
             out.append(None if v is None else float(v))
         except ValueError:
-            log.warning("ignoring an unparsable sticky price %r", v[:32])
+            limited.warning("bad_price", "ignoring an unparsable sticky price %r", v[:32])
             out.append(None)
     return out
 
@@ -310,7 +433,7 @@ def _events(raw: Sequence[bytes], where: str) -> list[Event]:
         if isinstance(e, dict):
             out.append(e)
         else:
-            log.warning("dropping a malformed event in %s:ev: %r", where, b[:64])
+            limited.warning("bad_event", "dropping a malformed event in %s:ev: %r", where, b[:64])
     return out
 
 
@@ -347,15 +470,19 @@ class RedisUserStore:
         self.retry_after = retry_after
         self._put_state = client.register_script(_PUT_STATE)
         self._hydrate = client.register_script(_HYDRATE)
+        self._repair = client.register_script(_REPAIR)
         self._down_until = 0.0
         self._last_error: str | None = None
+        self._last_reason: str | None = None
         self._lock = threading.Lock()
         self._unencodable: set[type] = set()
         self._async: AsyncRedis | None = None
 
     @classmethod
-    def from_url(cls, url: str, *, timeout: float = 0.25, **kwargs: Any) -> RedisUserStore:
-        """A store over `url` with short socket timeouts and a single immediate retry.
+    def from_url(
+        cls, url: str, *, timeout: float = DEFAULT_TIMEOUT_S, **kwargs: Any
+    ) -> RedisUserStore:
+        """A store over `url` with bounded socket timeouts and a single immediate retry.
 
         `url` carries the credentials, e.g. `redis://:PASSWORD@redis:6379/0` (`requirepass`) or
         `redis://USER:PASSWORD@host:6379/0` (an ACL user); percent-encode special characters.
@@ -379,19 +506,36 @@ class RedisUserStore:
         return f"{self.prefix}:{{{len(user_id)}:{user_id}}}"
 
     # --- the circuit breaker ---------------------------------------------------------------------
-    def _call(self, fn: Callable[[], T]) -> T:
+    def _trip(self, exc: BaseException) -> StoreUnavailable:
+        """Open the breaker for `retry_after` seconds; the error to raise, with its reason."""
+        reason = _reason(exc)
+        with self._lock:
+            self._down_until = time.monotonic() + self.retry_after
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            self._last_reason = reason
+        if isinstance(exc, StoreUnavailable):
+            return exc
+        return StoreUnavailable(f"redis unavailable: {exc}", reason)
+
+    def _closed(self) -> None:
+        if self._down_until:
+            with self._lock:
+                self._down_until, self._last_error, self._last_reason = 0.0, None, None
+
+    def _refuse_while_down(self) -> None:
         if self._down_until and time.monotonic() < self._down_until:
-            raise StoreUnavailable(f"redis unavailable (retrying shortly): {self._last_error}")
+            raise StoreUnavailable(
+                f"redis unavailable (retrying shortly): {self._last_error}",
+                self._last_reason or STORE_UNAVAILABLE,
+            )
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        self._refuse_while_down()
         try:
             out = fn()
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            with self._lock:
-                self._down_until = time.monotonic() + self.retry_after
-                self._last_error = f"{type(exc).__name__}: {exc}"
-            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
-        if self._down_until:
-            with self._lock:
-                self._down_until, self._last_error = 0.0, None
+            raise self._trip(exc) from exc
+        self._closed()
         return out
 
     @property
@@ -399,17 +543,19 @@ class RedisUserStore:
         """Why the store last failed, while it is considered down; None when healthy."""
         return self._last_error
 
+    @property
+    def failure_reason(self) -> str | None:
+        """The degraded reason of the last failure, while the store is considered down."""
+        return self._last_reason
+
     def ping(self) -> bool:
         """Check Redis now (bypassing the breaker); resets the breaker when Redis answers."""
         try:
             self.client.ping()
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            with self._lock:
-                self._down_until = time.monotonic() + self.retry_after
-                self._last_error = f"{type(exc).__name__}: {exc}"
+            self._trip(exc)
             return False
-        with self._lock:
-            self._down_until, self._last_error = 0.0, None
+        self._closed()
         return True
 
     # --- one round trip, no pipeline object ------------------------------------------------------
@@ -434,7 +580,7 @@ class RedisUserStore:
                             replies.append(conn.read_response())
                         except redis.ResponseError as exc:
                             replies.append(exc)
-                    return replies
+                    break
                 except redis.TimeoutError:
                     conn.disconnect()  # a late reply must not be read as the next command's
                     raise
@@ -442,9 +588,12 @@ class RedisUserStore:
                     conn.disconnect()
                     if attempt:
                         raise
-            raise AssertionError("unreachable")
         finally:
             pool.release(conn)
+        refusal = _refusal(replies)
+        if refusal is not None:
+            raise refusal  # NOPERM: the whole store is refused, not one key
+        return replies
 
     # --- UserStore -------------------------------------------------------------------------------
     def _append_commands(
@@ -465,32 +614,86 @@ class RedisUserStore:
         return commands
 
     @staticmethod
-    def _appended(replies: list[Any]) -> int:
+    def _exec_result(replies: list[Any]) -> list[Any]:
         result = replies[-1]
         if not isinstance(result, list):
             raise StoreUnavailable(f"redis refused the events transaction: {result!r}")
+        return result
+
+    @staticmethod
+    def _appended(result: list[Any]) -> int:
         for reply in result:
-            if isinstance(reply, Exception):  # e.g. WRONGTYPE: a key that is not ours
+            if isinstance(reply, Exception):
                 raise StoreUnavailable(f"redis refused the events: {reply}")
         return int(result[-3])
 
+    def _redo_events(
+        self, result: list[Any], events: Sequence[Mapping[str, Any]]
+    ) -> Sequence[Mapping[str, Any]]:
+        """The events a repaired append must still push: none when the first try pushed them
+        (only the generation was refused), all of them when the events key refused them."""
+        return [] if events and not isinstance(result[0], Exception) else events
+
     def append_events(self, user_id: str, events: Sequence[Mapping[str, Any]]) -> int:
         commands = self._append_commands(user_id, events)
-        return self._appended(self._call(lambda: self._run(*commands)))
+        result = self._exec_result(self._call(lambda: self._run(*commands)))
+        if any(map(_bad_entry, result)):
+            self.repair_user(user_id)
+            redo = self._append_commands(user_id, self._redo_events(result, events))
+            result = self._exec_result(self._call(lambda: self._run(*redo)))
+        return self._appended(result)
 
     async def append_events_async(self, user_id: str, events: Sequence[Mapping[str, Any]]) -> int:
         """`append_events` without blocking the event loop."""
-        return self._appended(await self._acall(self._append_commands(user_id, events)))
+        result = self._exec_result(await self._acall(self._append_commands(user_id, events)))
+        if any(map(_bad_entry, result)):
+            await self.repair_user_async(user_id)
+            redo = self._append_commands(user_id, self._redo_events(result, events))
+            result = self._exec_result(await self._acall(redo))
+        return self._appended(result)
+
+    # --- bad entries ---------------------------------------------------------------------------------
+    def _repair_args(self, user_id: str) -> tuple[list[str], list[Any]]:
+        k = self._k(user_id)
+        return [f"{k}:ev", f"{k}:gen"], [time.time_ns() // 1000, self.state_ttl]
+
+    def _repaired(self, user_id: str, fixed: Any) -> None:
+        if isinstance(fixed, Exception):
+            raise StoreUnavailable(f"redis refused the repair of a bad entry: {fixed}")
+        if fixed:
+            what = ", ".join(f.decode() if isinstance(f, bytes) else str(f) for f in fixed)
+            limited.warning(
+                "bad_entry",
+                "replaced a bad user store entry of %s (%s): rebuilt from the events that remain",
+                self._k(user_id),
+                what,
+            )
+
+    def repair_user(self, user_id: str) -> None:
+        """Delete the user's events key if it is not a list, reset its generation if it is not
+        one (`_REPAIR`); logs what it replaced."""
+        keys, args = self._repair_args(user_id)
+        self._repaired(user_id, self._call(lambda: self._repair(keys=keys, args=args)))
+
+    async def repair_user_async(self, user_id: str) -> None:
+        """`repair_user` without blocking the event loop."""
+        keys, args = self._repair_args(user_id)
+        call = (2, *keys, *args)
+        replies = await self._acall([("EVALSHA", _REPAIR_SHA, *call)])
+        if isinstance(replies[0], Exception) and "NOSCRIPT" in str(replies[0]):
+            replies = await self._acall([("EVAL", _REPAIR, *call)])
+        self._repaired(user_id, replies[0])
 
     def hydrate_user(self, user_id: str, events: Sequence[Mapping[str, Any]]) -> bool:
         if not events:
             return False
         k = self._k(user_id)
         blobs = [orjson.dumps(dict(e), default=_json_default) for e in events]
+        fresh = time.time_ns() // 1000  # a generation for a key that holds none (see _REPAIR)
         done = self._call(
             lambda: self._hydrate(
                 keys=[f"{k}:ev", f"{k}:gen"],
-                args=[self.max_user_events, self.state_ttl, *blobs],
+                args=[self.max_user_events, self.state_ttl, fresh, *blobs],
             )
         )
         return bool(done)
@@ -589,14 +792,17 @@ class RedisUserStore:
         recomputing a user's state on the event loop needs."""
         k = self._k(user_id)
         key = f"{k}:st:{model_version}"
-        replies = await self._acall(
-            [("MULTI",), ("MGET", f"{k}:gen", key), ("LRANGE", f"{k}:ev", 0, -1), ("EXEC",)]
-        )
-        snapshot = replies[3]
-        if not isinstance(snapshot, list) or len(snapshot) != 2:
-            raise StoreUnavailable(f"redis refused the history read: {snapshot!r}")
-        pair, raw = snapshot
-        gen, blob = pair if isinstance(pair, list) else (None, None)
+        commands = [("MULTI",), ("MGET", f"{k}:gen", key), ("LRANGE", f"{k}:ev", 0, -1), ("EXEC",)]
+        for attempt in (0, 1):
+            snapshot = (await self._acall(commands))[3]
+            if not isinstance(snapshot, list) or len(snapshot) != 2:
+                raise StoreUnavailable(f"redis refused the history read: {snapshot!r}")
+            pair, raw = snapshot
+            gen, blob = pair if isinstance(pair, list) else (None, None)
+            bad = _bad_entry(raw) or _parse_generation(gen) is None
+            if not bad or attempt:
+                break
+            await self.repair_user_async(user_id)  # then read what remains
         events = _events(raw, k) if isinstance(raw, list) else []
         return _fresh_state(gen, blob, key), _generation(gen), events
 
@@ -625,18 +831,24 @@ class RedisUserStore:
             replies = await self._acall([("EVAL", _PUT_STATE, *keys_args)])  # first use, or flushed
         if isinstance(replies[0], Exception):
             raise StoreUnavailable(f"redis refused the state: {replies[0]}")
+        if replies[0] == -1:  # the generation key is not one: repaired; the state is not cached
+            await self.repair_user_async(user_id)
 
     def get_events(self, user_id: str) -> tuple[list[Event], int]:
         k = self._k(user_id)
-
-        def run() -> tuple[list[Event], int]:
-            pipe = self.client.pipeline(transaction=True)  # one snapshot: events and generation
-            pipe.lrange(f"{k}:ev", 0, -1)
-            pipe.get(f"{k}:gen")
-            raw, gen = pipe.execute()
-            return _events(raw, k), int(gen or 0)
-
-        return self._call(run)
+        # one snapshot: events and generation
+        commands = [("MULTI",), ("LRANGE", f"{k}:ev", 0, -1), ("GET", f"{k}:gen"), ("EXEC",)]
+        for attempt in (0, 1):
+            snapshot = self._call(lambda: self._run(*commands))[3]
+            if not isinstance(snapshot, list) or len(snapshot) != 2:
+                raise StoreUnavailable(f"redis refused the history read: {snapshot!r}")
+            raw, gen = snapshot
+            bad = _bad_entry(raw) or _bad_entry(gen) or _parse_generation(gen) is None
+            if not bad or attempt:
+                break
+            self.repair_user(user_id)
+        events = _events(raw, k) if isinstance(raw, list) else []
+        return events, _generation(gen if not isinstance(gen, Exception) else None)
 
     def get_state(self, user_id: str, model_version: str) -> Any | None:
         k = self._k(user_id)
@@ -655,12 +867,14 @@ class RedisUserStore:
                 self._unencodable.add(type(state))
                 log.warning("not caching user states of model %s: %s", model_version, exc)
             return
-        self._call(
+        done = self._call(
             lambda: self._put_state(
                 keys=[f"{k}:gen", f"{k}:st:{model_version}"],
                 args=[int(generation), blob, self.state_ttl],
             )
         )
+        if done == -1:  # the generation key is not one: repaired; the state is not cached
+            self.repair_user(user_id)
 
     def get_state_and_last_prices(
         self, user_id: str, model_version: str, session_id: str | None, item_ids: Sequence[str]
@@ -683,14 +897,12 @@ class RedisUserStore:
 
     def mark_stale(self, user_id: str) -> None:
         k = self._k(user_id)
-
-        def run() -> None:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.incr(f"{k}:gen")
-            pipe.expire(f"{k}:gen", self.state_ttl)
-            pipe.execute()
-
-        self._call(run)
+        commands = [("INCR", f"{k}:gen"), ("EXPIRE", f"{k}:gen", self.state_ttl)]
+        replies = self._call(lambda: self._run(*commands))
+        if _bad_entry(replies[0]):
+            self.repair_user(user_id)  # a fresh generation: every cached state is stale
+        elif isinstance(replies[0], Exception):
+            raise StoreUnavailable(f"redis refused the generation: {replies[0]}")
 
     def get_last_price(self, user_id: str, session_id: str, item_id: str) -> float | None:
         return self.get_last_prices(user_id, session_id, [item_id])[0]
@@ -712,11 +924,25 @@ class RedisUserStore:
             fields += (item_id, repr(float(price)))
         return [("HSET", key, *fields), ("EXPIRE", key, self.last_price_ttl)]
 
+    def _sticky_repair(self, user_id: str, session_id: str, reply: Any) -> list[tuple[Any, ...]]:
+        """The command that clears a session's sticky-price key of the wrong type (logged)."""
+        key = f"{self._k(user_id)}:lp:{session_id}"
+        limited.warning(
+            "bad_entry",
+            "replaced a bad user store entry %s (%.100s): sticky prices restart",
+            key,
+            reply,
+        )
+        return [("DEL", key)]
+
     def set_last_price(self, user_id: str, session_id: str, prices: Mapping[str, float]) -> None:
         if not prices:
             return
         commands = self._sticky_commands(user_id, session_id, prices)
         replies = self._call(lambda: self._run(*commands))
+        if _bad_entry(replies[0]):
+            redo = self._sticky_repair(user_id, session_id, replies[0]) + commands
+            replies = self._call(lambda: self._run(*redo))[1:]
         if isinstance(replies[0], Exception):
             raise StoreUnavailable(f"redis refused the sticky prices: {replies[0]}")
 
@@ -726,29 +952,35 @@ class RedisUserStore:
         """`set_last_price` without blocking the event loop."""
         if not prices:
             return
-        replies = await self._acall(self._sticky_commands(user_id, session_id, prices))
+        commands = self._sticky_commands(user_id, session_id, prices)
+        replies = await self._acall(commands)
+        if _bad_entry(replies[0]):
+            redo = self._sticky_repair(user_id, session_id, replies[0]) + commands
+            replies = (await self._acall(redo))[1:]
         if isinstance(replies[0], Exception):
             raise StoreUnavailable(f"redis refused the sticky prices: {replies[0]}")
 
     # --- the event loop's client -------------------------------------------------------------------
     async def _acall(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """One round trip on the event loop's connection, behind the same circuit breaker."""
-        if self._down_until and time.monotonic() < self._down_until:
-            raise StoreUnavailable(f"redis unavailable (retrying shortly): {self._last_error}")
+        """One round trip on the event loop's connection, behind the same circuit breaker.
+
+        A reply that refuses the whole store (NOAUTH: a Redis with a password the URL lacks;
+        LOADING, ...) opens the breaker like a connection error, with its reason.
+        """
+        self._refuse_while_down()
         if self._async is None:
             kwargs = self.client.connection_pool.connection_kwargs
-            self._async = AsyncRedis(kwargs, float(kwargs.get("socket_timeout") or 0.25))
+            timeout = kwargs.get("socket_timeout") or DEFAULT_TIMEOUT_S
+            self._async = AsyncRedis(kwargs, float(timeout))
         packed = b"".join(map(pack_command, commands))
         try:
             out = await self._async.execute(packed, len(commands))
         except (ConnectionError, TimeoutError, OSError) as exc:
-            with self._lock:
-                self._down_until = time.monotonic() + self.retry_after
-                self._last_error = f"{type(exc).__name__}: {exc}"
-            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
-        if self._down_until:
-            with self._lock:
-                self._down_until, self._last_error = 0.0, None
+            raise self._trip(exc) from exc
+        refusal = _refusal(out)
+        if refusal is not None:
+            raise self._trip(refusal)
+        self._closed()
         return out
 
     async def aclose(self) -> None:

@@ -19,7 +19,11 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable
 
+from scorer.logs import RateLimitedLog
+from scorer.state import failure_reason
+
 log = logging.getLogger(__name__)
+limited = RateLimitedLog(log)
 
 
 class StateRefresher:
@@ -99,6 +103,14 @@ class StateRefresher:
                             self.computed += 1
                     except asyncio.CancelledError:
                         raise
+                    except OSError as exc:  # the store failed: a line per kind every few s
+                        self.failed += 1
+                        limited.warning(
+                            f"refresh:{failure_reason(exc)}",
+                            "background state refresh failed for user %s: %s",
+                            user_id,
+                            exc,
+                        )
                     except Exception:  # noqa: BLE001 - one user's failure must not stop the rest
                         self.failed += 1
                         log.warning(

@@ -22,7 +22,7 @@ from pricing.experiment import ARM, EXPERIMENT
 from scorer.deps import ModelDep, RuntimeDep, require_admin
 from scorer.experiment import CHAMPION_ARM
 from scorer.offer_log import OutcomeConflict
-from scorer.runtime import ScorerRuntime, short_error
+from scorer.runtime import ScorerRuntime, log_store_failure, short_error
 from scorer.schemas import (
     EventsRequest,
     EventsResponse,
@@ -113,7 +113,7 @@ async def answer_quote(
     if any(explored):
         runtime.metrics.explored_items.inc(sum(explored))
     if q.degraded:
-        runtime.metrics.degraded.inc()
+        runtime.metrics.degraded.labels(reason=q.degraded_reason or "store_unavailable").inc()
     order = np.argsort(q.rank, kind="stable").tolist()
     price, lp, prob = q.price.tolist(), q.list_price.tolist(), q.probability.tolist()
     profit, rank, prop = q.expected_profit.tolist(), q.rank.tolist(), q.propensity.tolist()
@@ -123,6 +123,7 @@ async def answer_quote(
         "model_version": sm.version,
         "personalized": q.personalized,
         "degraded": q.degraded,
+        "degraded_reason": q.degraded_reason,
         "state_generation": q.state_generation,
         "items": [
             {
@@ -179,7 +180,7 @@ async def record_events(runtime: ScorerRuntime, user_id: str, events: list[dict[
         else:
             generation = runtime.store.append_events(user_id, rows)
     except Exception as exc:  # noqa: BLE001 - the store is down: tell the caller to retry
-        log.warning("user store failed appending events: %s", exc)
+        log_store_failure("appending events", exc)
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             detail=f"user store unavailable, events not recorded; retry later: {exc}",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,19 +37,29 @@ from scorer.experiment import (
     RegistryArms,
     effective_shares,
 )
+from scorer.logs import RateLimitedLog
 from scorer.metrics import ScorerMetrics
 from scorer.offer_log import OfferLog
 from scorer.refresh import StateRefresher
 from scorer.serving import ARM_SHARE, Pricer, QuoteBook, ServingModel, build_serving_model
-from scorer.state import InMemoryUserStore, UserStore
+from scorer.state import InMemoryUserStore, UserStore, failure_reason, hydrate_data_dir
 
 log = logging.getLogger("scorer.app")  # one name for the scorer's log, as before the split
+limited = RateLimitedLog(log)
 
 Loader = Callable[[], ModelHandle | None]
 VersionProbe = Callable[[], str | None]
 
 RELOAD_BACKOFF_MAX_S = 1800.0  # a known-bad version is retried at least this often
+HYDRATE_RETRY_S = 1.0  # a hydration the store refused is retried after this, doubling ...
+HYDRATE_RETRY_MAX_S = 30.0  # ... up to this
 _ERROR_CHARS = 500
+
+
+def log_store_failure(what: str, exc: BaseException) -> None:
+    """`user store failed <what>: <error>`, at most a line per kind of failure every few seconds
+    (with the count of the others): an outage is not a line per request."""
+    limited.warning(f"{what}:{failure_reason(exc)}", "user store failed %s: %s", what, exc)
 
 
 def short_error(exc: BaseException) -> str:
@@ -310,6 +321,8 @@ class ScorerRuntime:
         self._reload_lock = asyncio.Lock()
         self.reload_status = ReloadStatus(base_s=max(settings.alias_poll_seconds, 1.0))
         self.split: TrafficSplit | None = None
+        self.hydration_error: str | None = None  # why the startup hydration is still pending
+        self._hydration: asyncio.Task[None] | None = None
         if experiment is not None:
             source = arm_source or RegistryArms(settings.registered_model)
             arms = {
@@ -387,14 +400,80 @@ class ScorerRuntime:
         try:
             if ping is not None:
                 if ping():
-                    return None
+                    return self._hydration_status()
                 return f"user store unreachable: {getattr(self.store, 'last_error', None)}"
             self.store.get_state("__readyz__", "0")
-            return None
+            return self._hydration_status()
         except Exception as exc:  # noqa: BLE001 - any failure is a degradation to report
             return f"user store unreachable: {type(exc).__name__}: {exc}"
 
+    def _hydration_status(self) -> str | None:
+        if self.hydration_error is None:
+            return None
+        return (
+            f"hydration from {self.settings.bootstrap_data_dir} pending (retried in the "
+            f"background): {self.hydration_error}"
+        )
+
+    # --- startup hydration ---------------------------------------------------------------------------
+    async def hydrate(self) -> None:
+        """Load users' histories from `PRICING_BOOTSTRAP_DATA_DIR` into the store, at startup.
+
+        A store that refuses (down, a wrong or missing password, too slow) does not stop the
+        scorer: it logs one line, starts serving degraded (`/readyz` says why) and retries the
+        hydration in the background, waiting `HYDRATE_RETRY_S` doubling up to
+        `HYDRATE_RETRY_MAX_S`, until it succeeds. Other failures (a missing or malformed events
+        table) stop the startup as before: they are configuration errors that no retry fixes.
+        """
+        data_dir = self.settings.bootstrap_data_dir
+        if data_dir is None:
+            return
+        try:
+            await self._hydrate_once(data_dir)
+        except (ConnectionError, TimeoutError) as exc:  # StoreUnavailable is a ConnectionError
+            self.hydration_error = short_error(exc)
+            log.error(
+                "cannot hydrate the user store from %s; serving degraded and retrying in the "
+                "background: %s",
+                data_dir,
+                self.hydration_error,
+            )
+            self._hydration = asyncio.create_task(self._retry_hydration(data_dir))
+
+    async def _hydrate_once(self, data_dir: Any) -> None:
+        work_dir = self.settings.runs_dir / f"hydrate-{os.getpid()}"
+        n = await asyncio.to_thread(
+            hydrate_data_dir, self.store, data_dir, self.settings.max_user_events, work_dir
+        )
+        log.info("hydrated the user store with %d users from %s", n, data_dir)
+
+    async def _retry_hydration(self, data_dir: Any) -> None:
+        delay = HYDRATE_RETRY_S
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._hydrate_once(data_dir)
+            except (ConnectionError, TimeoutError) as exc:
+                self.hydration_error = short_error(exc)
+                delay = min(delay * 2, HYDRATE_RETRY_MAX_S)
+                limited.warning(
+                    "hydration",
+                    "hydration from %s still refused by the user store (next try in %.0f s): %s",
+                    data_dir,
+                    delay,
+                    self.hydration_error,
+                )
+                continue
+            except Exception as exc:  # noqa: BLE001 - a background task: report, do not crash
+                self.hydration_error = f"failed, not retried: {short_error(exc)}"
+                log.error("hydration from %s failed, not retried: %s", data_dir, short_error(exc))
+                return
+            self.hydration_error = None
+            return
+
     def close(self) -> None:
+        if self._hydration is not None:
+            self._hydration.cancel()
         if self.refresher is not None:
             self.refresher.stop()
         if self.offer_log is not None:
@@ -527,5 +606,9 @@ def default_store(settings: Settings) -> UserStore:
     if settings.redis_url:
         from scorer.redis_store import RedisUserStore
 
-        return RedisUserStore.from_url(settings.redis_url, max_user_events=settings.max_user_events)
+        return RedisUserStore.from_url(
+            settings.redis_url,
+            timeout=settings.redis_timeout_s,
+            max_user_events=settings.max_user_events,
+        )
     return InMemoryUserStore(max_user_events=settings.max_user_events)

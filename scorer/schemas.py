@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -165,7 +165,18 @@ class QuoteResponse(BaseModel):
     model_name: str
     model_version: str
     personalized: bool = Field(description="the user had events the model could use")
-    degraded: bool = Field(description="the online store failed; the user was priced as new")
+    degraded: bool = Field(
+        description="the online store failed: the user was priced from this process's recent "
+        "copy of their state, else as new"
+    )
+    degraded_reason: (
+        Literal["store_auth", "store_timeout", "store_unavailable", "store_error"] | None
+    ) = Field(
+        default=None,
+        description="why `degraded` (null when not): the store refused the credentials "
+        "(store_auth), did not answer in time (store_timeout), could not be reached "
+        "(store_unavailable), or answered something unusable (store_error)",
+    )
     items: list[QuotedItem] = Field(description="ranked, best first")
     experiment: str | None = Field(
         default=None, description="the experiment splitting traffic (absent without one)"

@@ -15,6 +15,7 @@ benchmark can show where a quote's time goes.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
@@ -34,11 +35,28 @@ from pricing import policy as P
 from pricing import schema as S
 from pricing.experiment import ARM, EXPERIMENT
 from scorer.accel import Accelerated, accelerate
+from scorer.logs import RateLimitedLog
 from scorer.offer_log import QUOTE_ID, OfferLog
 from scorer.schemas import shown as short_repr
-from scorer.state import Event, QuoteRead, UserStore, conforms, events_frame
+from scorer.state import (
+    STORE_UNAVAILABLE,
+    Event,
+    QuoteRead,
+    UserStore,
+    conforms,
+    events_frame,
+    failure_reason,
+)
 
 log = logging.getLogger(__name__)
+limited = RateLimitedLog(log)
+
+# Why this request's quote is degraded, set where the store failed (`Pricer._degraded`) and read
+# when the quote is finished (`Pricer._finish`). A context variable: one per asyncio task (request)
+# and per thread, so concurrent quotes never see each other's reason.
+_degraded_reason: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "degraded_reason", default=None
+)
 
 
 ARM_SHARE = "arm_share"  # the share of users the serving arm had when the quote was made
@@ -157,6 +175,7 @@ class PricedItems:
     personalized: bool
     degraded: bool
     state_generation: int | None = None  # the history generation the user state was computed from
+    degraded_reason: str | None = None  # why `degraded` (scorer.state's STORE_*); None when not
 
 
 class QuoteBook:
@@ -268,6 +287,7 @@ class _Read:
     degraded: bool = False  # the store failed: `state` is the local fallback
     personalized: bool = True  # whether `state` is the user's own (False: the cold state)
     events: list[Event] | None = None  # prefetched history (a pricer that computes every time)
+    reason: str | None = None  # why degraded (scorer.state's STORE_*)
 
 
 class Pricer:
@@ -358,9 +378,18 @@ class Pricer:
         self.compute_state_gen(sm, user_id)
         return True
 
-    def _degraded(self, sm: ServingModel, user_id: str) -> tuple[Any, bool]:
-        """(state, personalized) from the process's own recent copy, else the cold state."""
-        log.warning("user store failed for user %s; pricing from the local cache", user_id)
+    def _degraded(self, sm: ServingModel, user_id: str, reason: str) -> tuple[Any, bool]:
+        """(state, personalized) from the process's own recent copy, else the cold state.
+
+        Records `reason` for this request's quote; logs at most a line per reason every few
+        seconds (with the count of the others), not one per quote during an outage."""
+        _degraded_reason.set(reason)
+        limited.warning(
+            f"quote_degraded:{reason}",
+            "user store failed (%s) for user %s; pricing from the local cache",
+            reason,
+            user_id,
+        )
         cached = self.cache.get(user_id, sm.policy)
         if cached is not None:
             return cached, True
@@ -370,11 +399,14 @@ class Pricer:
         self, sm: ServingModel, user_id: str, session_id: str | None, items: list[str]
     ) -> _Read:
         """The quote's one store round trip; a failing store gives a degraded read, never raises."""
+        if _degraded_reason.get() is not None:
+            _degraded_reason.set(None)  # left by a quote that failed on this thread
         try:
             got: QuoteRead = self.store.read_for_quote(user_id, sm.policy, session_id, items)
-        except Exception:  # noqa: BLE001 - a store outage degrades the quote, never a 5xx
-            state, personalized = self._degraded(sm, user_id)
-            return _Read(state, None, None, degraded=True, personalized=personalized)
+        except Exception as exc:  # noqa: BLE001 - a store outage degrades the quote, never a 5xx
+            reason = failure_reason(exc)
+            state, personalized = self._degraded(sm, user_id, reason)
+            return _Read(state, None, None, True, personalized, reason=reason)
         return self._interpret(sm, user_id, got)
 
     def _interpret(self, sm: ServingModel, user_id: str, got: QuoteRead) -> _Read:
@@ -398,8 +430,8 @@ class Pricer:
         try:
             state, personalized, generation = self.compute_state_gen(sm, user_id)
             return state, personalized, False, generation
-        except Exception:  # noqa: BLE001 - a store outage degrades the quote, never a 5xx
-            state, personalized = self._degraded(sm, user_id)
+        except Exception as exc:  # noqa: BLE001 - a store outage degrades the quote, never a 5xx
+            state, personalized = self._degraded(sm, user_id, failure_reason(exc))
             return state, personalized, True, None
 
     # --- user state, on the event loop ----------------------------------------------------------------
@@ -481,8 +513,8 @@ class Pricer:
                     sm, self.compute_state_gen, sm, user_id
                 )
             return state, personalized, False, generation
-        except Exception:  # noqa: BLE001 - a store outage degrades the quote, never a 5xx
-            state, personalized = self._degraded(sm, user_id)
+        except Exception as exc:  # noqa: BLE001 - a store outage degrades the quote, never a 5xx
+            state, personalized = self._degraded(sm, user_id, failure_reason(exc))
             return state, personalized, True, None
 
     # --- pricing -----------------------------------------------------------------------------------
@@ -610,11 +642,14 @@ class Pricer:
         read_async = getattr(self.store, "read_for_quote_async", None)
         if read_async is None:
             return self._read(sm, user_id, session_id, items)
+        if _degraded_reason.get() is not None:
+            _degraded_reason.set(None)
         try:
             got: QuoteRead = await read_async(user_id, sm.policy, session_id, items)
-        except Exception:  # noqa: BLE001 - a store outage degrades the quote, never a 5xx
-            state, personalized = self._degraded(sm, user_id)
-            return _Read(state, None, None, degraded=True, personalized=personalized)
+        except Exception as exc:  # noqa: BLE001 - a store outage degrades the quote, never a 5xx
+            reason = failure_reason(exc)
+            state, personalized = self._degraded(sm, user_id, reason)
+            return _Read(state, None, None, True, personalized, reason=reason)
         return self._interpret(sm, user_id, got)
 
     async def _sticky_async(self, user_id: str, session_id: str, priced: PricedItems) -> bool:
@@ -661,6 +696,13 @@ class Pricer:
     ) -> PricedItems:
         priced.personalized, priced.degraded = personalized, degraded
         priced.state_generation = None if degraded else generation
+        if degraded:  # why: where the store failed, else (the sticky write) the store's last error
+            reason = _degraded_reason.get()
+            if reason is not None:
+                _degraded_reason.set(None)
+            else:
+                reason = getattr(self.store, "failure_reason", None) or STORE_UNAVAILABLE
+            priced.degraded_reason = reason
         self.stages.quotes += 1
         return priced
 

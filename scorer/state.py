@@ -27,6 +27,26 @@ from pricing import schema as S
 
 Event = dict[str, Any]
 
+# Why a quote was served without the user's state (`degraded_reason` on a quote, the `reason`
+# label of `scorer_degraded_quotes_total`).
+STORE_AUTH = "store_auth"  # the store refused the credentials (no or wrong password, no permission)
+STORE_TIMEOUT = "store_timeout"  # the store did not answer in time
+STORE_UNAVAILABLE = "store_unavailable"  # the store cannot be reached (refused, reset, loading)
+STORE_ERROR = "store_error"  # the store answered something the scorer could not use
+DEGRADED_REASONS = (STORE_AUTH, STORE_TIMEOUT, STORE_UNAVAILABLE, STORE_ERROR)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The degraded reason for a store call that raised `exc` (its `reason` when it carries one)."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str) and reason in DEGRADED_REASONS:
+        return reason
+    if isinstance(exc, TimeoutError):
+        return STORE_TIMEOUT
+    if isinstance(exc, OSError):  # ConnectionError and the socket errors
+        return STORE_UNAVAILABLE
+    return STORE_ERROR
+
 
 @runtime_checkable
 class UserStore(Protocol):

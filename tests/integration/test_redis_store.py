@@ -368,7 +368,10 @@ def test_redis_down_degrades_but_answers_then_recovers(
         ready = c.get("/readyz")
         assert ready.status_code == 200
         assert ready.json()["degraded"] is True and "unreachable" in ready.json()["store"]
-        assert "scorer_degraded_quotes_total 2.0" in c.get("/metrics").text
+        assert (
+            'scorer_degraded_quotes_total{reason="store_unavailable"} 2.0' in c.get("/metrics").text
+        )
+        assert down_known["degraded_reason"] == down_new["degraded_reason"] == "store_unavailable"
 
         redis_server.start()  # same port: the pool reconnects
         wait_until(
