@@ -1,9 +1,18 @@
-"""Run the scorer under uvicorn (wired to `pricing serve` by the CLI)."""
+"""Run the scorer under uvicorn (wired to `pricing serve` by the CLI).
+
+`serve` reads and checks every setting in the parent process, before any worker starts: a bad
+value stops it at once with one `error:` line naming the variable and the value, instead of
+workers that crash at startup one after the other. Each worker exits when the parent dies
+(`scorer.process.die_with_parent`), so a killed `pricing serve` never leaves workers holding its
+port.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import sys
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -12,6 +21,84 @@ from mlops.settings import WEAK_ADMIN_TOKENS, Settings
 
 class UnsafeSettingsError(ValueError):
     """The settings would expose the scorer (a placeholder admin token on a reachable address)."""
+
+
+class SettingsError(ValueError):
+    """A setting the scorer cannot run with; the message names the variable and its value."""
+
+
+def _env_name(settings_cls: Any, field_name: str) -> str:
+    """The environment variable a pydantic-settings field is read from."""
+    field = settings_cls.model_fields.get(field_name)
+    alias = getattr(field, "validation_alias", None)
+    if isinstance(alias, str):
+        return alias
+    return f"{settings_cls.model_config.get('env_prefix', '')}{field_name}".upper()
+
+
+def validation_message(settings_cls: Any, exc: Any) -> str:
+    """A pydantic `ValidationError` of a settings class as one line: `VAR='value': why; ...`.
+
+    Secret fields (`repr=False`, e.g. the admin token) show `***` instead of their value.
+    """
+    parts = []
+    for err in exc.errors(include_url=False):
+        name = str(err["loc"][0]) if err.get("loc") else "?"
+        var = _env_name(settings_cls, name)
+        field = settings_cls.model_fields.get(name)
+        secret = field is not None and field.repr is False
+        value = "***" if secret else repr(err.get("input"))
+        why = str(err.get("msg", "")).removeprefix("Value error, ").removeprefix(f"{var}: ")
+        parts.append(f"{var}={value}: {why}")
+    return "; ".join(parts)
+
+
+def check_settings(host: str = "127.0.0.1") -> Settings:
+    """Read and check every setting the scorer's workers will read, in this process.
+
+    `PRICING_*` (and `MLFLOW_TRACKING_URI`, `REDIS_URL`) through `Settings`, `PRICING_EXPERIMENT`,
+    `WEB_CONCURRENCY`, the form of `REDIS_URL`, `PRICING_BOOTSTRAP_DATA_DIR`'s events table and the
+    admin token for `host` (`check_admin_token`).
+
+    Raises:
+        SettingsError: one line naming the variable and the value.
+        UnsafeSettingsError: see `check_admin_token`.
+    """
+    from pydantic import ValidationError
+
+    from mlops.settings import get_settings
+    from scorer.experiment import ExperimentSettings
+
+    get_settings.cache_clear()  # what the workers will read, not an earlier copy
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        raise SettingsError(validation_message(Settings, exc)) from None
+    try:
+        ExperimentSettings()
+    except ValidationError as exc:
+        raise SettingsError(validation_message(ExperimentSettings, exc)) from None
+    workers = os.environ.get("WEB_CONCURRENCY")
+    if workers and not (workers.strip().isdigit() and int(workers) >= 1):
+        raise SettingsError(f"WEB_CONCURRENCY={workers!r}: must be a whole number of workers >= 1")
+    if settings.redis_url:
+        from redis.connection import parse_url
+
+        try:
+            parse_url(settings.redis_url)
+        except ValueError as exc:
+            raise SettingsError(f"REDIS_URL: {exc} (e.g. redis://:PASSWORD@host:6379/0)") from None
+    if settings.bootstrap_data_dir is not None:
+        from pricing import io as pio
+        from pricing import schema as S
+
+        if pio.find_table_file(settings.bootstrap_data_dir, S.EVENTS) is None:
+            raise SettingsError(
+                f"PRICING_BOOTSTRAP_DATA_DIR={str(settings.bootstrap_data_dir)!r}: no "
+                f"{S.EVENTS} table there"
+            )
+    check_admin_token(settings, host)
+    return settings
 
 
 def is_loopback(host: str) -> bool:
@@ -67,12 +154,34 @@ def limit_intra_op_threads() -> None:
     torch.set_num_threads(1)
 
 
+# uvicorn's exit code for a worker that failed to start: its supervisor then stops instead of
+# starting another worker that would fail the same way (uvicorn.config.STARTUP_FAILURE).
+STARTUP_FAILURE = 3
+
+
 def app_factory() -> FastAPI:
-    """The module-level factory uvicorn calls (`uvicorn scorer.main:app_factory --factory`)."""
+    """The module-level factory uvicorn calls (`uvicorn scorer.main:app_factory --factory`).
+
+    In a worker process it first arranges to exit with its parent (`die_with_parent`). A setting
+    that does not validate (when uvicorn is run directly, without `serve`'s checks) ends the
+    process with one error line and uvicorn's startup-failure code, never a restart loop.
+    """
+    from pydantic import ValidationError
+
+    from scorer.process import die_with_parent
+
+    die_with_parent()
     from scorer.app import create_app
 
     limit_intra_op_threads()
-    return create_app()
+    try:
+        return create_app()
+    except ValidationError as exc:
+        from scorer.experiment import ExperimentSettings
+
+        cls: Any = ExperimentSettings if exc.title == ExperimentSettings.__name__ else Settings
+        print(f"error: {validation_message(cls, exc)}", file=sys.stderr, flush=True)
+        sys.exit(STARTUP_FAILURE)
 
 
 def serve(
@@ -89,17 +198,17 @@ def serve(
     each has its own user store: run one worker then. /metrics answers for the worker that took
     the connection (`scorer_worker` names it).
 
+    Every setting is checked here first (`check_settings`), before uvicorn starts a worker.
+
     Raises:
-        SystemExit: the settings are unsafe for `host` (see `check_admin_token`).
+        SystemExit: a setting is invalid, or unsafe for `host`; the message is one `error:` line.
     """
     import uvicorn
 
-    from mlops.settings import get_settings
-
     try:
-        check_admin_token(get_settings(), host)
-    except UnsafeSettingsError as exc:
-        raise SystemExit(f"pricing serve: {exc}") from None
+        check_settings(host)
+    except (SettingsError, UnsafeSettingsError) as exc:
+        raise SystemExit(f"error: {exc}") from None
 
     if workers is None:
         workers = int(os.environ.get("WEB_CONCURRENCY") or 1)

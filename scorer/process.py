@@ -6,13 +6,18 @@ the timeout passes: `ScorerStartError` with the end of its output), and returns 
 whose `stop()` terminates it (SIGTERM, then SIGKILL after a grace period). `scorer_process` is the
 same as a context manager. The integration tests' toy scorer, the latency benchmark's scorers and
 the closed loop's scorer are all this one process with different apps and environments.
+
+`die_with_parent` is the other side: a worker of a multi-process server (`pricing serve` with
+WEB_CONCURRENCY) calls it so that it exits when its supervisor dies, however that happens.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -25,6 +30,50 @@ _TAIL_CHARS = 4000
 
 class ScorerStartError(RuntimeError):
     """The scorer process exited or did not become ready; the message ends with its output."""
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PARENT_POLL_S = 1.0  # where prctl is unavailable: how often a worker checks its parent
+
+
+def die_with_parent() -> None:
+    """In a worker process (a `multiprocessing` child: uvicorn's `--workers`), get SIGTERM when the
+    parent process dies; a no-op in any other process.
+
+    uvicorn's supervisor stops its workers when it is told to stop. When it is killed (kill -9, the
+    OOM killer) nobody tells them: they keep serving the port as orphans and a restarted server
+    finds the address in use. On Linux the kernel sends the signal (prctl PR_SET_PDEATHSIG);
+    elsewhere a daemon thread polls `os.getppid()` every `PARENT_POLL_S`. SIGTERM is uvicorn's
+    graceful shutdown: requests in flight finish, the offer log is closed. A single-process
+    server (no workers) is left alone: it keeps running when the shell that started it goes.
+    """
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.pid is None:
+        return
+    armed = False
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent.pid:  # it died before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    if not armed:
+        threading.Thread(
+            target=_watch_parent, args=(parent.pid,), name="parent-watch", daemon=True
+        ).start()
+
+
+def _watch_parent(ppid: int) -> None:
+    while os.getppid() == ppid:
+        time.sleep(PARENT_POLL_S)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def free_port() -> int:
