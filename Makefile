@@ -26,7 +26,7 @@ export OMP_WAIT_POLICY := PASSIVE
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast test-slow lint format bench up up-postgres down serve ui-mlflow ui-prefect screenshots clean
+.PHONY: help install browser demo test test-fast test-slow lint format bench up up-postgres down serve ui-mlflow ui-prefect screenshots clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -39,10 +39,25 @@ $(BIN)/pricing: pyproject.toml
 
 install: $(BIN)/pricing ## Create .venv and install the project with its dev tools
 
+# The `ui` tests render the UIs in a headless Chromium, found as infra/local/browser.py finds it
+# ($PRICING_CHROMIUM, else chromium, google-chrome, ... on PATH). As root, Debian's `chromium` is
+# installed when none is found (as .ci/run installs redis-server); otherwise one line says what to
+# install, before any test runs.
+HAS_BROWSER = $(BIN)/python -c 'import sys; sys.path.insert(0, "infra/local"); import browser; sys.exit(browser.chromium() is None)'
+
+browser: install ## Make sure the `ui` tests have a headless Chromium (installs Debian's as root)
+	@$(HAS_BROWSER) && exit 0; \
+	if [ -z "$$PRICING_CHROMIUM" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's chromium for the ui tests"; \
+	  { DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || true; \
+	fi; \
+	$(HAS_BROWSER) || { echo "error: the ui tests need a headless Chromium: apt-get install -y chromium (make test does it as root), or set PRICING_CHROMIUM to a Chromium or Chrome binary" >&2; exit 1; }
+
 demo: install ## Simulate a market, validate it, train, register, promote, then serve the champion
 	$(PRICING) demo --data-dir $(DATA) --port $(PORT)
 
-test: install ## Run every test (unit, data, model, integration, slow)
+test: install browser ## Run every test (unit, data, model, integration, slow, ui)
 	$(BIN)/pytest -q
 
 test-fast: install ## Unit and data tests only

@@ -23,7 +23,7 @@ from pathlib import Path
 
 CHROMIUM_MISSING = (
     "no headless Chromium found: install Debian's `chromium` package (`apt-get install -y "
-    "chromium`; .ci/run does in CI) or point PRICING_CHROMIUM at a Chromium or Chrome binary"
+    "chromium`; `make test` does as root) or point PRICING_CHROMIUM at a Chromium or Chrome binary"
 )
 _NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 # Offline by construction: nothing but loopback resolves.

@@ -7,7 +7,7 @@ flow run that published two artifacts, the toy scorer, and the Data Docs that a 
 writes. Chromium resolves no host but loopback, so each page renders as it would offline. The DOM is
 read after the JavaScript ran: the single-page apps have to have fetched and drawn their data.
 
-Chromium is Debian's `chromium` (.ci/run installs it). In CI a missing Chromium fails these tests.
+Chromium is Debian's `chromium` (`make test` installs it as root). A missing Chromium fails these tests.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ VERSION_DESCRIPTION = "Promoted because lightgbm beat the champion's profit regr
 ARTIFACTS = ("metrics-sim", "decision-sim")
 
 # Never skipped: without Chromium the `chrome` fixture fails with the install line (`make test`
-# on a fresh machine needs Debian's `chromium`, which .ci/run installs).
+# installs Debian's `chromium` first as root, or stops before any test saying what to install).
 pytestmark = [pytest.mark.ui, pytest.mark.integration]
 
 _FLOW = textwrap.dedent(
