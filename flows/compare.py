@@ -150,8 +150,8 @@ def compare(
         paths = write_compare_report(summary, reports, out)
         log_comparison(parent_id, summary, paths, dataset)
         mlflow.log_metric("time/total", time.perf_counter() - t_start)
-    except BaseException:
-        mlflow.end_run(status="FAILED")
+    except BaseException as exc:
+        tracking.end_run_on_error(parent_id, exc)  # KILLED when a stop signal ended it
         raise
     mlflow.end_run()
 

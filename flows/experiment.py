@@ -111,6 +111,8 @@ def experiment(
         "decision": decision.to_dict(),
         "arms": json.loads(table.to_json(orient="records")),
         "promotion": promotion,
+        # offer-log lines skipped as broken (torn, invalid, incomplete): not in the arms' numbers
+        "offer_log_skipped_lines": int(offers.attrs.get("skipped_lines", 0)),
     }
     print(report)
     return result

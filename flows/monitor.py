@@ -76,7 +76,7 @@ def log_monitoring_run(report: dict[str, Any]) -> str:
     tracking.configure(settings.tracking_uri)
     import mlflow
 
-    with mlflow.start_run(
+    with tracking.tracked_run(
         experiment_id=tracking.experiment_id("monitoring", settings.artifact_root)
     ) as run:
         mlflow.log_metrics(

@@ -204,21 +204,28 @@ def tracked_run(**start_run: Any) -> Iterator[Any]:
     that the stop ended FAILED or left RUNNING are marked KILLED too."""
     import mlflow
 
-    from mlops import interrupts
-
     run = mlflow.start_run(**start_run)
-    run_id = run.info.run_id
     try:
         yield run
     except BaseException as exc:
-        killed = interrupts.interrupted_by(exc) is not None
-        _end_run(run_id, "KILLED" if killed else "FAILED")
-        if killed:
-            interrupts.record_killed_run(run_id)
-            with contextlib.suppress(Exception):
-                _kill_children(run_id)
+        end_run_on_error(run.info.run_id, exc)
         raise
-    _end_run(run_id, "FINISHED")
+    _end_run(run.info.run_id, "FINISHED")
+
+
+def end_run_on_error(run_id: str, exc: BaseException) -> str:
+    """End `run_id` after `exc`: KILLED when it is a stop signal's (then its FAILED or RUNNING
+    child runs too), else FAILED. Returns the status."""
+    from mlops import interrupts
+
+    killed = interrupts.interrupted_by(exc) is not None
+    status = "KILLED" if killed else "FAILED"
+    _end_run(run_id, status)
+    if killed:
+        interrupts.record_killed_run(run_id)
+        with contextlib.suppress(Exception):
+            _kill_children(run_id)
+    return status
 
 
 def _end_run(run_id: str, status: str) -> None:

@@ -33,10 +33,12 @@ def read_experiment_offers(log_dir: str | Path, experiment_id: str | None = None
     `export_offers` gives the contract's columns; the others are read from the same outcome rows
     (`read_outcomes`) and joined by offer id, so a log written before arms existed still reads
     (its arms are then its policies; rows without a quote id leave their request empty).
+    Lines of the log skipped as broken are counted in `attrs["skipped_lines"]`.
     """
     from scorer.offer_log import QUOTE_ID, export_offers, read_outcomes
 
     offers = export_offers(log_dir)
+    skipped = int(offers.attrs.get("skipped_lines", 0))
     extra = [c for c in (X.EXPERIMENT, X.ARM, X.PAIR_ID) if c not in offers] + [QUOTE_ID]
     if len(offers):
         rows = read_outcomes(log_dir, extra=extra).frame()
@@ -46,6 +48,7 @@ def read_experiment_offers(log_dir: str | Path, experiment_id: str | None = None
             offers = offers.merge(rows, on=S.OFFER_ID, how="left")
     if experiment_id is not None and X.EXPERIMENT in offers and offers[X.EXPERIMENT].notna().any():
         offers = offers[offers[X.EXPERIMENT].astype(str) == experiment_id].reset_index(drop=True)
+    offers.attrs["skipped_lines"] = skipped
     return offers
 
 
