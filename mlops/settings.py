@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     # down for that request. 1 s holds under the scorer's own 500 requests/s on a busy two-core
     # machine; a quarter of that fires on a healthy Redis under that load (event appends 503).
     redis_timeout_s: float = Field(default=1.0, gt=0)
+    # ISO 4217 code of the catalog's prices, stated in every quote; the scorer never converts.
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     offer_log_dir: Path = Path("runs/offer_log")
     # "interval": every acknowledged log line is written to the OS (survives kill -9 of the scorer)
     # and fsync'ed within offer_log_fsync_interval_ms (bounds a machine crash's loss); "always":

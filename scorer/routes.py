@@ -125,6 +125,7 @@ async def answer_quote(
         "degraded": q.degraded,
         "degraded_reason": q.degraded_reason,
         "state_generation": q.state_generation,
+        "currency": runtime.settings.currency,
         "items": [
             {
                 "item_id": q.item_ids[k],
@@ -135,6 +136,7 @@ async def answer_quote(
                 "rank": int(rank[k]),
                 "propensity": prop[k],
                 "explored": bool(explored[k]),
+                "guardrail": q.guardrail[k] if q.guardrail else None,
             }
             for k in order
         ],

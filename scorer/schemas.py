@@ -150,20 +150,61 @@ class QuoteRequest(BaseModel):
 
 
 class QuotedItem(BaseModel):
-    item_id: str
-    price: float
-    list_price: float
-    purchase_probability: float
-    expected_profit: float
-    rank: int = Field(description="1 = highest expected value at the quoted price")
-    propensity: float = Field(description="probability the policy quoted this price")
-    explored: bool
+    """One candidate's price. Money is in the response's `currency`, per unit of the item."""
+
+    item_id: str = Field(description="the candidate, as sent")
+    price: float = Field(
+        description="the price to show, in `currency` per unit: inside the guardrails the model "
+        "was evaluated with (band around list price, minimum margin, price ladder) and, within a "
+        "session, within `max_session_change` of this user's last price for the item"
+    )
+    list_price: float = Field(description="the catalog's list price, in `currency`")
+    purchase_probability: float = Field(
+        description="the model's probability that this user buys this item at `price` (0-1)"
+    )
+    expected_profit: float = Field(
+        description="(price - unit cost) x purchase_probability, in `currency` per showing: "
+        "what the ranking orders by"
+    )
+    rank: int = Field(description="1 = highest expected profit at the quoted price")
+    propensity: float = Field(
+        description="the probability (0-1] that the pricing policy shows this price to this user "
+        "for this item: 1 - exploration when it is the model's best price, plus the share of a "
+        "uniform draw over the allowed prices. Logged with the quote, it is what lets the next "
+        "model and new policies be evaluated offline from these logs (inverse-propensity "
+        "weighting); a storefront only needs to show `price`"
+    )
+    explored: bool = Field(
+        description="this price came from the exploration draw (a random allowed price, about "
+        "`exploration` of items), not the model's best price"
+    )
+    guardrail: (
+        Literal["band_high", "band_low", "min_margin", "max_session_change", "relaxed"] | None
+    ) = Field(
+        default=None,
+        description="the limit the price sits at, null when inside every limit: the band's "
+        "ceiling (band_high) or floor (band_low) around list price, the minimum margin over "
+        "unit cost (min_margin), the session's sticky window (max_session_change), or "
+        "relaxed when the limits contradicted each other and the ceiling won",
+    )
 
 
 class QuoteResponse(BaseModel):
-    quote_id: str
-    model_name: str
-    model_version: str
+    quote_id: str = Field(
+        description="this quote's id: send it with each item's outcome (POST /v1/outcomes)"
+    )
+    model_name: str = Field(description="the registered model that priced it")
+    model_version: str = Field(description="its registry version")
+    currency: str = Field(
+        description="ISO 4217 code of every money field (the catalog's currency, "
+        "PRICING_CURRENCY, default USD; the scorer never converts)"
+    )
+    state_generation: int | None = Field(
+        default=None,
+        description="how many of the user's event appends the model's view of the user "
+        "includes (null for a new or degraded user): a client that just posted events can "
+        "check that this quote saw them (`generation` of POST /v1/events)",
+    )
     personalized: bool = Field(description="the user had events the model could use")
     degraded: bool = Field(
         description="the online store failed: the user was priced from this process's recent "

@@ -176,6 +176,7 @@ class PricedItems:
     degraded: bool
     state_generation: int | None = None  # the history generation the user state was computed from
     degraded_reason: str | None = None  # why `degraded` (scorer.state's STORE_*); None when not
+    guardrail: list[str | None] = field(default_factory=list)  # per item: the limit it sits at
 
 
 class QuoteBook:
@@ -578,6 +579,7 @@ class Pricer:
                 decision, decision.grid, g.exploration, self.rng
             )
         prob = P.quoted_probability(decision, price)
+        guardrail = P.binding_guardrail(decision, price, lp, cost, g, last)
         profit = (price - cost) * prob
         value = profit if g.objective == "profit" else price * prob
         rank = P.rank_by_value(value)
@@ -618,6 +620,7 @@ class Pricer:
             explored=explored,
             personalized=False,
             degraded=False,
+            guardrail=guardrail,
         )
         return priced, log_rows
 

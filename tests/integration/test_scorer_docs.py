@@ -70,3 +70,32 @@ def test_swagger_oauth2_redirect_and_no_cdn_docs_left(client: TestClient) -> Non
     assert routes.count("/docs") == 1 and routes.count("/redoc") == 1
     assert client.get("/docs-assets/nope.js").status_code == 404
     assert client.get("/docs-assets/../pyproject.toml").status_code == 404
+
+
+def test_every_quote_field_is_described_and_the_answer_matches_the_schema(
+    client: TestClient,
+) -> None:
+    """A shop engineer reads the quote from /openapi.json alone: every field says what it is
+    (money in the stated currency, what propensity and state_generation are for), and a real
+    answer has exactly the documented fields, each item naming the guardrail it sits at."""
+    spec = client.get("/openapi.json").json()["components"]["schemas"]
+    for name in ("QuoteResponse", "QuotedItem"):
+        props = spec[name]["properties"]
+        undescribed = [k for k, v in props.items() if not v.get("description")]
+        assert undescribed == [], f"{name}: {undescribed} have no description"
+    item = spec["QuotedItem"]["properties"]
+    assert "currency" in item["price"]["description"]
+    assert "offline" in item["propensity"]["description"]
+    assert "generation" in spec["QuoteResponse"]["properties"]["state_generation"]["description"]
+
+    r = client.post(
+        "/v1/quote", json={"user_id": "u1", "items": ["i0", "i1", "i2", "i3"], "session_id": "s"}
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["currency"] == "USD"
+    assert set(body) <= set(spec["QuoteResponse"]["properties"])
+    allowed = {None, *item["guardrail"]["anyOf"][0]["enum"]}
+    for it in body["items"]:
+        assert set(it) == set(item)
+        assert it["guardrail"] in allowed
