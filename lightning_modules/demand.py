@@ -34,6 +34,7 @@ from mlops.models import WideFeatures
 from mlops.text import TextEncoder, item_texts
 from pricing import features as F
 from pricing import schema as S
+from pricing.logistic import sigmoid
 from pricing.model import DemandModel, PricingData
 
 _STATE = "bert_state.pt"
@@ -117,10 +118,6 @@ def searched_queries(events: pd.DataFrame, end: pd.Timestamp | None) -> pd.Serie
     if end is not None and len(events):
         keep &= pd.to_datetime(events[S.TS], utc=True) <= end
     return events.loc[keep, S.QUERY]
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return np.exp(-np.logaddexp(0.0, -x))
 
 
 class BertDemand(DemandModel):
@@ -513,7 +510,7 @@ class BertDemand(DemandModel):
         a, b = self._offer_ab(data)
         lp = data.list_price()
         with np.errstate(invalid="ignore", divide="ignore"):
-            return _sigmoid(a[:, None] - b[:, None] * np.log(np.asarray(grid, float) / lp[:, None]))
+            return sigmoid(a[:, None] - b[:, None] * np.log(np.asarray(grid, float) / lp[:, None]))
 
     def offer_params(self, data: PricingData) -> tuple[np.ndarray, np.ndarray]:
         """(a, b) per offer of `data`: P = sigmoid(a - b * log(price / list_price))."""
@@ -588,7 +585,7 @@ class BertDemand(DemandModel):
         a, b = self._head(state, item_idx)
         lp = self._list_price[np.asarray(item_idx, np.int64)]
         with np.errstate(invalid="ignore", divide="ignore"):
-            return _sigmoid(a[:, None] - b[:, None] * np.log(np.asarray(grid, float) / lp[:, None]))
+            return sigmoid(a[:, None] - b[:, None] * np.log(np.asarray(grid, float) / lp[:, None]))
 
     def price_sensitivity(self, state: Any, item_idx: np.ndarray) -> np.ndarray:
         """b(u, i) >= 0 per catalog row: the elasticity of the demand logit to log price."""

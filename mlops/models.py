@@ -27,7 +27,7 @@ import pandas as pd
 from pricing import features as F
 from pricing import schema as S
 from pricing.keywords import QueryKeywords
-from pricing.logistic import fit_logistic, predict_logistic
+from pricing.logistic import fit_logistic, predict_logistic, sigmoid
 from pricing.model import DemandModel, PricingData
 
 log = logging.getLogger(__name__)
@@ -1076,7 +1076,7 @@ class UniformDemand(DemandModel):
         w = prior.copy()
         for _ in range(cls._NEWTON_STEPS):
             eta = w[group, 0] + w[group, 1] * x
-            p = 1.0 / (1.0 + np.exp(-np.clip(eta, -35.0, 35.0)))
+            p = sigmoid(eta)
             r, h = n * p - y, n * p * (1.0 - p)
             g0 = np.bincount(group, r, n_groups) + strength * (w[:, 0] - prior[:, 0])
             g1 = np.bincount(group, r * x, n_groups) + strength * (w[:, 1] - prior[:, 1])
@@ -1140,7 +1140,7 @@ class UniformDemand(DemandModel):
         a, b = self.params[rows, 0][:, None], self.params[rows, 1][:, None]
         with np.errstate(invalid="ignore", divide="ignore"):
             eta = a + b * np.log(np.asarray(grid, float) / lp[:, None])
-        return 1.0 / (1.0 + np.exp(-np.clip(eta, -35.0, 35.0)))
+        return sigmoid(eta)
 
     def predict_grid(self, data: PricingData, grid: np.ndarray) -> np.ndarray:
         rows = pd.Index(self.catalog[S.ITEM_ID]).get_indexer(

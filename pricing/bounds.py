@@ -31,6 +31,7 @@ import pandas as pd
 
 from pricing import schema as S
 from pricing import simulator as sim
+from pricing.logistic import sigmoid
 
 LEVELS = ("offers", "traits")
 
@@ -173,7 +174,7 @@ class SensitivityOracle:
         for start in range(0, len(grid), 2048):  # (chunk, G, K) at a time
             sl = slice(start, start + 2048)
             logit = alpha[sl, None, None] - (m[sl, None, None] * beta) * lpr[sl, :, None]
-            out[sl] = np.einsum("ngk,nk->ng", sim._sigmoid(logit), w[sl])
+            out[sl] = np.einsum("ngk,nk->ng", sigmoid(logit), w[sl])
         return out
 
     def predict(self, data: Any) -> np.ndarray:

@@ -1,12 +1,22 @@
-"""L2-regularized logistic regression by Newton's method (numpy only): the pooled baseline's fitter."""
+"""The logistic function, and L2-regularized logistic regression by Newton's method (numpy only):
+the pooled baseline's fitter."""
 
 from __future__ import annotations
 
 import numpy as np
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -35.0, 35.0)))
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """The logistic function 1 / (1 + exp(-x)), the project's one: demand curves (simulator,
+    models, scorer) and this fitter.
+
+    Accurate in both tails (1 - sigmoid(x) is sigmoid(-x), not 1 - ...: exp(x) / (1 + exp(x)) below
+    0), never overflows, passes NaN through without a warning, keeps float32 float32, and costs
+    about what the naive formula does (the scorer prices every grid position with it).
+    """
+    e = np.exp(-np.abs(x))
+    r = 1.0 / (1.0 + e)
+    return np.where(x >= 0, r, e * r)
 
 
 def fit_logistic(
@@ -26,7 +36,7 @@ def fit_logistic(
     reg = np.full(d + 1, l2)
     reg[0] = 0.0
     for _ in range(max_iter):
-        p = _sigmoid(xa @ w)
+        p = sigmoid(xa @ w)
         grad = xa.T @ (p - y) + reg * w
         hess = (xa * (p * (1 - p))[:, None]).T @ xa + np.diag(reg + 1e-9)
         step = np.linalg.solve(hess, grad)
@@ -38,4 +48,4 @@ def fit_logistic(
 
 def predict_logistic(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Probabilities for inputs `x` under weights from `fit_logistic`."""
-    return _sigmoid(w[0] + np.asarray(x, float) @ w[1:])
+    return sigmoid(w[0] + np.asarray(x, float) @ w[1:])

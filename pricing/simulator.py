@@ -62,6 +62,7 @@ import pandas as pd
 
 from pricing import schema as S
 from pricing.io import SUFFIXES, atomic_path, part_name, write_part, write_table
+from pricing.logistic import sigmoid
 
 LOGGING_POLICY = "logging-ladder@1"
 GROUND_TRUTH_DIR = "ground_truth"
@@ -449,11 +450,6 @@ DEFAULT_PRESET = "shop"
 # --- numerics ----------------------------------------------------------------------------------
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    """Logistic function, accurate in both tails (1 - sigmoid(x) is sigmoid(-x), not 1 - ...)."""
-    return np.exp(-np.logaddexp(0.0, -x))
-
-
 def _as_float_array(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
@@ -671,7 +667,7 @@ class GroundTruth:
         lp = self.list_price[i]
 
         def g(p: np.ndarray) -> np.ndarray:
-            one_minus_p = _sigmoid(beta * np.log(p / lp) - alpha)
+            one_minus_p = sigmoid(beta * np.log(p / lp) - alpha)
             return 1.0 - beta * (1.0 - c / p) * one_minus_p
 
         g_lo, g_hi = g(lo), g(hi)
@@ -682,7 +678,7 @@ class GroundTruth:
             beta_in, alpha_in, lp_in, c_in = beta[inner], alpha[inner], lp[inner], c[inner]
             for _ in range(200):  # ~55 halvings reach float64 resolution
                 mid = 0.5 * (a + b)
-                one_minus_p = _sigmoid(beta_in * np.log(mid / lp_in) - alpha_in)
+                one_minus_p = sigmoid(beta_in * np.log(mid / lp_in) - alpha_in)
                 positive = 1.0 - beta_in * (1.0 - c_in / mid) * one_minus_p > 0
                 a = np.where(positive, mid, a)
                 b = np.where(positive, b, mid)
@@ -894,7 +890,7 @@ def _prob(
     logit = _expand(alpha, prices) - _expand(beta, prices) * np.log(
         prices / _expand(list_price, prices)
     )
-    return _sigmoid(logit)
+    return sigmoid(logit)
 
 
 @dataclass
@@ -1098,8 +1094,8 @@ def _query_cdf(z: np.ndarray, intent: np.ndarray | None) -> np.ndarray:
     The price attitude: P(cheap-like) rises and P(premium-like) falls with sensitivity z; needs
     take their shares from plain searches.
     """
-    p_cheap = _sigmoid(1.4 * z - 0.9)
-    p_premium = _sigmoid(-1.4 * z - 1.2)
+    p_cheap = sigmoid(1.4 * z - 0.9)
+    p_premium = sigmoid(-1.4 * z - 1.2)
     if intent is None:
         return np.stack([p_cheap, 1.0 - p_premium, np.ones(len(z))], axis=1)
     need_w = _NEED_SEARCH_WEIGHT * intent
@@ -1138,7 +1134,7 @@ def _simulate_users(
     if config.intents:
         # Needs: held or not (prevalence leaning with sensitivity), and how strongly.
         logit = np.log(_NEED_PREVALENCE / (1 - _NEED_PREVALENCE)) + z[:, None] * _NEED_Z_SLOPE
-        held = rng_real.random((n, len(NEED_INTENTS))) < _sigmoid(logit)
+        held = rng_real.random((n, len(NEED_INTENTS))) < sigmoid(logit)
         intent = held * rng_real.uniform(*_NEED_STRENGTH, size=held.shape)
     query_cdf = _query_cdf(z, intent if config.intents else None)
     new_user = np.zeros(n, dtype=bool)

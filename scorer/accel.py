@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from pricing import schema as S
+from pricing.logistic import sigmoid
 from scorer.state import Event, events_frame
 
 log = logging.getLogger(__name__)
@@ -519,11 +520,6 @@ class BertUserState:
 # --- BERT: the head in numpy -----------------------------------------------------------------------
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        return 1.0 / (1.0 + np.exp(-x))
-
-
 # Abramowitz & Stegun 7.1.26: |error| < 1.5e-7, below float32 resolution of GELU's inputs here,
 # and a few vectorized operations instead of a special-function call (3-4x faster at this size).
 _ERF_P = np.float32(0.3275911)
@@ -638,7 +634,7 @@ class BertNumpyHead:
         a, b = self.ab(state, item_idx)
         lp = self.list_price[np.asarray(item_idx, np.int64)]
         with np.errstate(invalid="ignore", divide="ignore"):
-            return _sigmoid(a[:, None] - b[:, None] * np.log(np.asarray(grid, float) / lp[:, None]))
+            return sigmoid(a[:, None] - b[:, None] * np.log(np.asarray(grid, float) / lp[:, None]))
 
     def check(self, model: Any, user_state: StateFn) -> str | None:
         """None when this head matches `model.demand` on the probe users, else what differed."""

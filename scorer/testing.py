@@ -19,6 +19,7 @@ import pandas as pd
 from mlops.models import DemandModel, LightGBMDemand, PricingData
 from mlops.registry import ModelHandle
 from pricing import schema as S
+from pricing.logistic import sigmoid
 from scorer.process import free_port
 
 __all__ = [
@@ -77,7 +78,7 @@ class ToyDemand(DemandModel):
         logit = self.appeal[item_idx, None] - float(state) * (
             np.log(grid) - self._log_list[item_idx, None]
         )
-        return 1.0 / (1.0 + np.exp(-logit))
+        return sigmoid(logit)
 
     def warm(self) -> None:
         self.warmed = True

@@ -14,6 +14,7 @@ from mlops.models import PricingData
 from pricing import features as F
 from pricing import metrics as M
 from pricing import schema as S
+from pricing.logistic import sigmoid
 
 
 def _logits(model: Any, data: PricingData) -> tuple[np.ndarray, np.ndarray]:
@@ -21,10 +22,6 @@ def _logits(model: Any, data: PricingData) -> tuple[np.ndarray, np.ndarray]:
     a, b = model.offer_params(data)  # both already multiplied by the head's scale
     lpr = F.price_features(data.offers[S.PRICE].to_numpy(float), data.list_price())
     return a - b * lpr, data.offers[S.PURCHASED].to_numpy(float)
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +47,10 @@ def test_the_temperature_calibrates_held_out_offers_and_keeps_demand_monotone(
     assert t == pytest.approx(1.0 / float(calibrated.net.head.scale))
     z, y = _logits(calibrated, test)  # held out: the temperature's and the weights' unseen rows
     assert len(y) > 1000 and np.isfinite(z).all()
-    p = _sigmoid(z)
+    p = sigmoid(z)
     with_t = M.log_loss(y, p)
-    without = M.log_loss(y, _sigmoid(z * t))  # the head's scale undone: no temperature
-    rescaled = [M.log_loss(y, _sigmoid(z * k)) for k in np.exp(np.linspace(-1.4, 1.4, 57))]
+    without = M.log_loss(y, sigmoid(z * t))  # the head's scale undone: no temperature
+    rescaled = [M.log_loss(y, sigmoid(z * k)) for k in np.exp(np.linspace(-1.4, 1.4, 57))]
     assert with_t <= without + 2e-3, f"the temperature hurts held-out offers: {with_t} > {without}"
     assert with_t <= min(rescaled) + 5e-3, "the fitted temperature is far from the held-out best"
     assert abs(p.mean() - y.mean()) <= 0.015, f"mean {p.mean():.4f} vs rate {y.mean():.4f}"

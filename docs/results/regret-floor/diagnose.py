@@ -28,17 +28,13 @@ from mlops.config import load_config
 from mlops.models import PricingData
 from pricing import features as F
 from pricing import schema as S
+from pricing.logistic import sigmoid
 from pricing.policy import Guardrails
 from pricing.shoppers import shopper_requests
 from tasks.compare import load_seed_data
 from tasks.data import simulate_to
 from tasks.evaluation import evaluate_models, subset
 from tasks.training import fit_model
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Logistic function, accurate in both tails (the simulator's own formula)."""
-    return np.exp(-np.logaddexp(0.0, -x))
 
 
 class FixedCurves:
