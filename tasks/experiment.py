@@ -35,15 +35,15 @@ def read_experiment_offers(log_dir: str | Path, experiment_id: str | None = None
     (its arms are then its policies; rows without a quote id leave their request empty).
     Lines of the log skipped as broken are counted in `attrs["skipped_lines"]`.
     """
-    from scorer.offer_log import QUOTE_ID, export_offers, read_outcomes
+    from scorer.offer_log import OUTCOME_TS, QUOTE_ID, export_offers, first_outcomes, read_outcomes
 
     offers = export_offers(log_dir)
     skipped = int(offers.attrs.get("skipped_lines", 0))
     extra = [c for c in (X.EXPERIMENT, X.ARM, X.PAIR_ID) if c not in offers] + [QUOTE_ID]
     if len(offers):
-        rows = read_outcomes(log_dir, extra=extra).frame()
-        if len(rows):
-            rows = rows[[S.OFFER_ID, *extra]].drop_duplicates(S.OFFER_ID, keep="last")
+        rows = read_outcomes(log_dir, extra=[*extra, OUTCOME_TS]).frame()
+        if len(rows):  # the same outcome row the export kept (the first report of each offer)
+            rows = first_outcomes(rows)[[S.OFFER_ID, *extra]]
             rows = rows.rename(columns={QUOTE_ID: X.REQUEST})
             offers = offers.merge(rows, on=S.OFFER_ID, how="left")
     if experiment_id is not None and X.EXPERIMENT in offers and offers[X.EXPERIMENT].notna().any():

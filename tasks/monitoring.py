@@ -22,10 +22,10 @@ def read_live_offers(offer_log_dir: Path) -> pd.DataFrame:
     Read with the offer log's tolerant reader: a torn line, invalid bytes or a row without the
     offer fields is skipped, and counted in `df.attrs["skipped_lines"]`.
     """
-    from scorer.offer_log import read_outcomes
+    from scorer.offer_log import OUTCOME_TS, first_outcomes, read_outcomes
 
-    read = read_outcomes(offer_log_dir, extra=[PREDICTED])
-    df = read.frame().drop_duplicates(S.OFFER_ID, keep="last")
+    read = read_outcomes(offer_log_dir, extra=[PREDICTED, OUTCOME_TS])
+    df = first_outcomes(read.frame()).drop(columns=[OUTCOME_TS])
     df[S.PRICE] = df[S.PRICE].astype(float)
     df[S.PURCHASED] = df[S.PURCHASED].astype(int)
     df[PREDICTED] = pd.to_numeric(df[PREDICTED], errors="coerce").astype(float)

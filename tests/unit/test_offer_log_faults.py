@@ -356,3 +356,22 @@ def test_quote_ids_that_need_escaping_are_found(tmp_path: Path) -> None:
     log = OfferLog(tmp_path)  # found through the on-disk index, not the append path
     assert [r["quote_id"] for r in log.find_quote(odd)] == [odd]
     log.close()
+
+
+def test_the_monitor_and_the_experiment_keep_the_first_outcome_as_the_export_does(
+    tmp_path: Path,
+) -> None:
+    """Readers other than the export see the same label: the first report of an offer."""
+    from tasks.experiment import read_experiment_offers
+
+    log = tmp_path / "offers"
+    log.mkdir()
+    quotes = _rows("q1", ["a"])
+    first = {**_outcome("q1", "a", 1), "outcome_ts": "2026-01-01T00:00:01+00:00"}
+    flipped = {**_outcome("q1", "a", 0), "outcome_ts": "2026-01-01T00:00:02+00:00"}
+    (log / QUOTES_FILE).write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in quotes))
+    # the later, contradicting report first in the file: order by report time, not by line
+    (log / OUTCOMES_FILE).write_bytes(orjson.dumps(flipped) + b"\n" + orjson.dumps(first) + b"\n")
+    assert export_offers(log)[S.PURCHASED].tolist() == [1]
+    assert read_live_offers(log)[S.PURCHASED].tolist() == [1]
+    assert read_experiment_offers(log)[S.PURCHASED].tolist() == [1]
