@@ -229,14 +229,20 @@ def end_run_on_error(run_id: str, exc: BaseException) -> str:
 
 
 def _end_run(run_id: str, status: str) -> None:
-    """End `run_id` with `status`: through the fluent API when it is the active run."""
+    """End `run_id` with `status`; when it is on this thread's stack of active runs, the runs
+    started above it (nested runs the block left open) end first, with the same status."""
     import mlflow
+    from mlflow.tracking import fluent
 
-    active = mlflow.active_run()
-    if active is not None and active.info.run_id == run_id:
-        mlflow.end_run(status)
-    else:
+    stack = getattr(fluent, "_active_run_stack", None)
+    active = [r.info.run_id for r in stack.get()] if stack is not None else []
+    if run_id not in active:
         mlflow.MlflowClient().set_terminated(run_id, status)
+        return
+    while (run := mlflow.active_run()) is not None:
+        mlflow.end_run(status)
+        if run.info.run_id == run_id:
+            return
 
 
 def _kill_children(parent_run_id: str) -> None:
