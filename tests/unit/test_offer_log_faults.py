@@ -370,8 +370,9 @@ def test_the_monitor_and_the_experiment_keep_the_first_outcome_as_the_export_doe
     first = {**_outcome("q1", "a", 1), "outcome_ts": "2026-01-01T00:00:01+00:00"}
     flipped = {**_outcome("q1", "a", 0), "outcome_ts": "2026-01-01T00:00:02+00:00"}
     (log / QUOTES_FILE).write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in quotes))
-    # the later, contradicting report first in the file: order by report time, not by line
-    (log / OUTCOMES_FILE).write_bytes(orjson.dumps(flipped) + b"\n" + orjson.dumps(first) + b"\n")
-    assert export_offers(log)[S.PURCHASED].tolist() == [1]
-    assert read_live_offers(log)[S.PURCHASED].tolist() == [1]
-    assert read_experiment_offers(log)[S.PURCHASED].tolist() == [1]
+    # in report order, then with the later report first in the file (order by time, not line)
+    for lines in ((first, flipped), (flipped, first)):
+        (log / OUTCOMES_FILE).write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in lines))
+        assert export_offers(log)[S.PURCHASED].tolist() == [1]
+        assert read_live_offers(log)[S.PURCHASED].tolist() == [1]
+        assert read_experiment_offers(log)[S.PURCHASED].tolist() == [1]
