@@ -30,7 +30,7 @@ from lightning_modules.price_module import PriceResponseModule
 from lightning_modules.sequences import HistoryBatcher, Vocab, event_arrays
 from lightning_modules.streaming import Shards, ShardScan, ShardStream, scan_shards
 from mlops.config import BertConfig
-from mlops.models import WideFeatures
+from mlops.models import HybridWide, WideFeatures
 from mlops.text import TextEncoder, item_texts
 from pricing import features as F
 from pricing import schema as S
@@ -311,10 +311,12 @@ class BertDemand(DemandModel):
         has_valid = valid is not None and len(valid) > 0
         train_wide = valid_wide = None
         self.wide = None
+        wide_info: dict[str, float] = {}
         if cfg.wide and data is not None:
-            self.wide = WideFeatures()
-            self.wide.fit(data, valid if has_valid else None)
-            train_wide = self.wide.matrix(data)
+            self.wide = self._new_wide()
+            wide_info = self.wide.fit(data, valid if has_valid else None)
+            # the hybrid's tree columns: out of fold on the training rows
+            train_wide = self.wide.training_matrix(data)
             if has_valid and valid is not None:
                 valid_wide = self.wide.matrix(valid)
         module = PriceResponseModule(
@@ -441,7 +443,28 @@ class BertDemand(DemandModel):
             "encode_seconds": encode_s,
             "n_params": float(sum(p.numel() for p in module.parameters())),
             "finetune_layers": float(cfg.finetune_layers if cfg.text else 0),
+            **({f"wide_{k}": float(v) for k, v in wide_info.items()} if cfg.hybrid else {}),
         }
+
+    def _new_wide(self) -> WideFeatures:
+        """The wide features `config` asks for: the baselines' columns, plus the hybrid's tree
+        and text columns (`HybridWide`, sharing this model's text encoder) when set."""
+        cfg = self.config
+        if not cfg.hybrid:
+            return WideFeatures()
+        params = {
+            "text_encoder": cfg.text_encoder,
+            "text_cache_dir": cfg.text_cache_dir,
+            **dict(cfg.tree_params),
+        }
+        return HybridWide(
+            tree=cfg.tree,
+            text=cfg.wide_text,
+            folds=int(cfg.tree_folds),
+            params=params,
+            seed=self.seed,
+            encoder=self.encoder,
+        )
 
     def _calibrate(self, valid: PricingData) -> float:
         """Fit the head's scale s on the validation offers by log loss; returns the temperature 1/s.
@@ -625,6 +648,6 @@ class BertDemand(DemandModel):
         module.load_state_dict(torch.load(path / _STATE, map_location="cpu", weights_only=True))
         m.module = module.eval()
         if int(meta["hparams"].get("n_wide", 0)):
-            m.wide = WideFeatures.load(path)
+            m.wide = HybridWide.load(path) if m.config.hybrid else WideFeatures.load(path)
         m.warm()
         return m

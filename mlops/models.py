@@ -13,6 +13,7 @@ import hashlib
 import importlib
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -340,6 +341,17 @@ class WideFeatures(FeatureModel):
             raise ValueError("wide features need PricingData.features for these offers")
         return self._standard(self._matrix(self.offer_frame(data)))
 
+    def training_matrix(self, data: PricingData) -> np.ndarray:
+        """The rows the network trains on, for the split `fit` saw: `matrix` here; the hybrid's
+        tree columns are out of fold there (`HybridWide`)."""
+        return self.matrix(data)
+
+    @property
+    def state_is_history_sums(self) -> bool:
+        """Whether `user_state` is exactly the history sums and category counts, which the
+        scorer can compute without pandas (`pricing.features.HistoryState`)."""
+        return True
+
     def serving_matrix(self, state: Any, item_idx: np.ndarray) -> np.ndarray:
         """The same rows at quote time, for catalog rows `item_idx`, from `user_state(events)`.
 
@@ -412,12 +424,15 @@ class WideFeatures(FeatureModel):
 
     @classmethod
     def load(cls, path: Path) -> WideFeatures:
-        z = np.load(path / "wide.npz")
         m = cls()
-        m.mean, m.std = z["mean"], z["std"]
-        m._set_layout(json.loads(str(z["layout"])), list(WIDE_FEATURES))
-        m.set_catalog(pd.read_parquet(path / "wide_catalog.parquet"))
+        m._load_base(path)
         return m
+
+    def _load_base(self, path: Path) -> None:
+        z = np.load(path / "wide.npz")
+        self.mean, self.std = z["mean"], z["std"]
+        self._set_layout(json.loads(str(z["layout"])), list(WIDE_FEATURES))
+        self.set_catalog(pd.read_parquet(path / "wide_catalog.parquet"))
 
 
 def _lightgbm() -> Any:
@@ -995,6 +1010,10 @@ class LightGBMTextDemand(LightGBMDemand):
     def save(self, path: Path) -> None:
         assert self.item_pca is not None and self.query_pca is not None, "fit first"
         super().save(path)
+        self._save_text(path)
+
+    def _save_text(self, path: Path) -> None:
+        assert self.item_pca is not None and self.query_pca is not None, "fit first"
         np.savez(
             path / "text.npz",
             item_vecs=self.item_vecs,
@@ -1027,6 +1046,360 @@ def _window_mean(table: np.ndarray, idx: np.ndarray, dims: int) -> tuple[np.ndar
         sums[has] += table[col[has]]
     count = (idx >= 0).sum(1).astype(float) if idx.ndim == 2 else np.zeros(n)
     return sums / np.maximum(count, 1.0)[:, None], count
+
+
+class TextColumns(LightGBMTextDemand):
+    """`LightGBMTextDemand`'s text block without its trees: the hybrid's wide text columns when
+    its tree reads no text, or when there is no tree. Fitted on training data only, as there."""
+
+    name = "text_columns"
+
+    def fit(self, train: PricingData, valid: PricingData | None = None) -> dict[str, float]:
+        if train.features is None:
+            raise ValueError("text columns need the offer feature table (PricingData.features)")
+        train_events = self.fit_context(train, valid)
+        return self._fit_extra(train, train_events)
+
+    def _predict_matrix(self, feats: pd.DataFrame) -> np.ndarray:
+        raise TypeError("text columns are a network input, not a demand model")
+
+    def save(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"config": self.config(), "seed": self.seed, **self._layout()}
+        (path / "text_columns.json").write_text(json.dumps(meta))
+        self.catalog.to_parquet(path / "catalog.parquet", index=False)
+        self._save_text(path)
+
+    @classmethod
+    def load(cls, path: Path) -> TextColumns:
+        meta = json.loads((path / "text_columns.json").read_text())
+        m = cls(dict(meta["config"]), int(meta["seed"]))
+        m._set_layout(meta, [])
+        m.set_catalog(pd.read_parquet(path / "catalog.parquet"))
+        m._load_extra(path)
+        return m
+
+
+TREES: tuple[str, ...] = ("none", "lightgbm", "lightgbm_text")
+# Where the hybrid reads its tree, as price / list price: never at the quoted price, so the
+# network's demand stays monotone in price by construction (see `HybridWide`).
+TREE_PRICES: tuple[float, float, float] = (0.8, 1.0, 1.25)
+TREE_COLUMNS: tuple[str, ...] = ("tree_logit", "tree_slope")
+HYBRID_FILE = "hybrid.npz"
+_P_CLIP = 1e-6  # tree probabilities are clipped to [1e-6, 1 - 1e-6] before the logit
+
+
+def user_folds(users: Any, folds: int, seed: int) -> np.ndarray:
+    """The fold (0 .. folds - 1) of each row: users, sorted then shuffled (seeded), are dealt
+    round-robin, so all rows of a user share a fold and folds hold about as many users each."""
+    names, codes = np.unique(np.asarray(users).astype(str), return_inverse=True)
+    if len(names) < 2:
+        raise ValueError("out-of-fold trees need the offers of at least two users")
+    order = np.random.default_rng(seed).permutation(len(names))
+    fold_of_user = np.empty(len(names), np.int64)
+    fold_of_user[order] = np.arange(len(names)) % int(folds)
+    return fold_of_user[codes.reshape(-1)]
+
+
+def _rows(data: PricingData, mask: np.ndarray, events: pd.DataFrame | None = None) -> PricingData:
+    """The offers of `data` where `mask` holds (features aligned), with `events` if given."""
+    idx = np.flatnonzero(mask)
+    feats = None if data.features is None else data.features.iloc[idx].reset_index(drop=True)
+    return PricingData(
+        offers=data.offers.iloc[idx].reset_index(drop=True),
+        items=data.items,
+        events=data.events if events is None else events,
+        features=feats,
+        users=data.users,
+    )
+
+
+def tree_columns(prob: np.ndarray) -> np.ndarray:
+    """(n, 2) hybrid tree columns from a tree's P(purchase) at `TREE_PRICES` x list (n, 3): its
+    logit at the list price, and its price slope -d logit / d log price between the outer two
+    (>= 0: the trees are monotone-decreasing in price)."""
+    p = np.clip(np.asarray(prob, float), _P_CLIP, 1 - _P_CLIP)
+    z = np.log(p) - np.log1p(-p)
+    slope = (z[:, 0] - z[:, 2]) / math.log(TREE_PRICES[2] / TREE_PRICES[0])
+    return np.column_stack([z[:, 1], slope])
+
+
+class HybridWide(WideFeatures):
+    """Wide features plus the hybrid's columns: a tree's out-of-fold prediction, and text.
+
+    GBDT-feature stacking (GBDT + LR, DeepGBM): the price head also reads a LightGBM's logit at
+    the item's list price (`tree_logit`) and its price slope between 0.8x and 1.25x list
+    (`tree_slope`), so the network starts from the tree and adds what the tree cannot see (the
+    behaviour sequence, the text towers, the cold-start fallback). Both are read at reference
+    prices, never at the quoted one: the quoted price still enters only through the head's
+    monotone term `- b log(p / list)`, b >= 0, so demand cannot rise with price whatever the tree
+    says, and a quote keeps the head's (a, b) form (calibration, the numpy head, `offer_params`).
+
+    Out of fold: on the training split, each row's tree columns come from a tree fitted on the
+    other folds only: `folds` folds of users (`user_folds`; a user's rows, and with them their
+    repeated baskets and near-identical history features, never straddle a tree's training and
+    scoring sets), each fold's tree fitted on the other users' offers and events. Validation,
+    test and serving rows read one tree fitted on the whole training split. Every tree is the
+    configured class with `params` over `LGB_DEFAULTS` (and `TEXT_DEFAULTS`), untuned, early-stopped
+    on the validation split as the baselines are.
+
+    Text (`text`): `LightGBMTextDemand`'s block of PCA-reduced MiniLM vectors (the item, the
+    user's recent items and searches, their similarities), from the tree itself when it is the
+    text tree, else from a `TextColumns` fitted alongside. The text reads no label: no folds.
+
+    The extra columns come first and the base wide columns after, so the base's user columns stay
+    last (`n_user`, the user_category head). Standardized on the training rows' (out-of-fold)
+    values, like the base columns. The serving state is the text tree's when one is used (the
+    history sums, recent items and searches), else the history sums.
+
+    Args:
+        tree: "none", "lightgbm" or "lightgbm_text".
+        text: add the text block.
+        folds: out-of-fold folds (>= 2).
+        params: LightGBM parameters over `LGB_DEFAULTS`, plus `TEXT_DEFAULTS`' keys; no `tune`.
+        seed: the trees' seed and the folds'.
+        encoder: a `mlops.text.TextEncoder` to share (the network's), or None for the trees' own.
+    """
+
+    name = "hybrid_wide"
+
+    def __init__(
+        self,
+        tree: str = "none",
+        text: bool = False,
+        folds: int = 5,
+        params: dict[str, Any] | None = None,
+        seed: int = 0,
+        encoder: Any = None,
+    ) -> None:
+        super().__init__()
+        if tree not in TREES:
+            raise ValueError(f"unknown hybrid tree {tree!r}: one of {', '.join(TREES)}")
+        if tree == "none" and not text:
+            raise ValueError("a hybrid adds a tree, text or both: use WideFeatures for neither")
+        if int(folds) < 2:
+            raise ValueError(f"out-of-fold trees need at least 2 folds, got {folds}")
+        params = dict(params or {})
+        if "tune" in params:
+            raise ValueError("the hybrid's trees run their parameters untuned: drop `tune`")
+        self.tree_kind, self.text, self.folds = tree, bool(text), int(folds)
+        self.params, self.seed, self.encoder = params, int(seed), encoder
+        self.tree: LightGBMDemand | None = None
+        self.text_source: LightGBMTextDemand | None = None
+        self.extra_mean = np.zeros(0)
+        self.extra_std = np.ones(0)
+        self.row_folds: np.ndarray | None = None  # each training row's fold (after `fit`)
+        self._oof: tuple[pd.DataFrame, np.ndarray] | None = None
+        self._text_names = LightGBMTextDemand(self.params).text_columns() if self.text else []
+
+    # --- layout ----------------------------------------------------------------------------------
+    @property
+    def extra_columns(self) -> list[str]:
+        return [*(TREE_COLUMNS if self.tree_kind != "none" else ()), *self._text_names]
+
+    @property
+    def dim(self) -> int:
+        return len(self.extra_columns) + len(self.numeric)
+
+    @property
+    def _state_model(self) -> LightGBMTextDemand | None:
+        """The model whose `user_state` serves: one reading text needs recent items and queries."""
+        if self.text_source is not None:
+            return self.text_source
+        return self.tree if isinstance(self.tree, LightGBMTextDemand) else None
+
+    @property
+    def state_is_history_sums(self) -> bool:
+        return self._state_model is None
+
+    def _new_tree(self) -> LightGBMDemand:
+        if self.tree_kind == "lightgbm_text":
+            return self._shared(LightGBMTextDemand(self.params, self.seed))
+        plain = {k: v for k, v in self.params.items() if k not in TEXT_DEFAULTS}
+        return LightGBMDemand(plain, self.seed)
+
+    def _shared(self, model: Any) -> Any:
+        """`model` using the shared text encoder when it is the same kind (one encoder, one cache)."""
+        enc = self.encoder
+        if enc is not None and getattr(enc, "kind", None) == model.text["text_encoder"]:
+            model._encoder = enc
+        return model
+
+    # --- fitting ---------------------------------------------------------------------------------
+    def fit(self, train: PricingData, valid: PricingData | None = None) -> dict[str, float]:
+        info = super().fit(train, valid)
+        t0 = time.perf_counter()
+        self.tree = None
+        self.text_source = None
+        if self.encoder is None and (self.text or self.tree_kind == "lightgbm_text"):
+            from mlops.text import TextEncoder
+
+            # one encoder, so one in-memory cache, for the whole-split tree and every fold's
+            text = {**TEXT_DEFAULTS, **self.params}
+            self.encoder = TextEncoder(text["text_encoder"], text["text_cache_dir"])
+        if self.tree_kind != "none":
+            self.tree = self._new_tree()
+            self.tree.fit(train, valid)
+        if self.text:
+            if isinstance(self.tree, LightGBMTextDemand):
+                self.text_source = self.tree
+            else:
+                source = self._shared(TextColumns(self.params, self.seed))
+                source.fit(train, valid)
+                self.text_source = source
+        raw = self._out_of_fold(train, valid)
+        mean = np.nanmean(raw, axis=0) if len(raw) else np.zeros(raw.shape[1])
+        self.extra_mean = np.where(np.isfinite(mean), mean, 0.0)
+        std = np.nanstd(raw, axis=0) if len(raw) else np.ones(raw.shape[1])
+        self.extra_std = np.where(np.isfinite(std), std, 0.0) + 1e-6
+        self._oof = (train.offers, raw)
+        self._item_table = None
+        info["n_extra"] = float(len(self.extra_columns))
+        info["hybrid_seconds"] = time.perf_counter() - t0
+        if self.tree_kind != "none":
+            from pricing.metrics import roc_auc
+
+            info["tree_oof_auc"] = roc_auc(train.offers[S.PURCHASED].to_numpy(float), raw[:, 0])
+        return info
+
+    def _out_of_fold(self, train: PricingData, valid: PricingData | None) -> np.ndarray:
+        """The extra columns of the training rows, their tree columns out of fold (raw)."""
+        out = np.full((len(train), len(self.extra_columns)), np.nan)
+        j = 0
+        if self.tree_kind != "none":
+            users = train.offers[S.USER_ID].astype(str).to_numpy()
+            fold = user_folds(users, self.folds, self.seed)
+            self.row_folds = fold.astype(np.int16)
+            event_users = train.events[S.USER_ID].astype(str).to_numpy()
+            for k in range(self.folds):
+                held = fold == k
+                if not held.any():
+                    continue  # fewer users than folds
+                fitted_users = np.unique(users[~held])
+                part = _rows(train, ~held, train.events[np.isin(event_users, fitted_users)])
+                tree = self._new_tree()
+                tree.fit(part, valid)
+                out[held, :2] = self._tree_block(tree, _rows(train, held))
+            j = len(TREE_COLUMNS)
+        if self.text:
+            assert self.text_source is not None
+            out[:, j:] = self._text_block(train)
+            self.text_source._frames = None  # the training frame is not needed again
+        return out
+
+    @staticmethod
+    def _tree_block(tree: LightGBMDemand, data: PricingData) -> np.ndarray:
+        grid = data.list_price()[:, None] * np.asarray(TREE_PRICES)[None, :]
+        return tree_columns(tree.predict_grid(data, grid))
+
+    def _text_block(self, data: PricingData) -> np.ndarray:
+        assert self.text_source is not None
+        return self.text_source.offer_frame(data)[self._text_names].to_numpy(float)
+
+    # --- rows ------------------------------------------------------------------------------------
+    def _standard_extra(self, x: np.ndarray) -> np.ndarray:
+        return _clipped((x - self.extra_mean) / self.extra_std).astype(np.float32)
+
+    def _extras(self, data: PricingData) -> np.ndarray:
+        """The raw extra columns of `data`'s offers from the trees fitted on the whole split."""
+        parts = []
+        if self.tree is not None:
+            parts.append(self._tree_block(self.tree, data))
+        if self.text:
+            parts.append(self._text_block(data))
+        return np.hstack(parts) if parts else np.zeros((len(data), 0))
+
+    def matrix(self, data: PricingData) -> np.ndarray:
+        """(n_offers, dim): the extra columns (the tree fitted on the whole training split), then
+        the base wide columns. `training_matrix` gives the training rows' out-of-fold version."""
+        base = super().matrix(data)
+        return np.hstack([self._standard_extra(self._extras(data)), base])
+
+    def training_matrix(self, data: PricingData) -> np.ndarray:
+        """The training split's rows with each row's tree columns from the fold's tree that never
+        saw the row's user; only for the split `fit` saw, once (then the rows are released)."""
+        if self._oof is None or self._oof[0] is not data.offers:
+            raise ValueError(
+                "out-of-fold tree columns exist only for the split `fit` was given, once"
+            )
+        raw, self._oof = self._oof[1], None
+        return np.hstack([self._standard_extra(raw), super().matrix(data)])
+
+    def _serving_extras(self, state: Any, rows: np.ndarray) -> np.ndarray:
+        parts = []
+        frame = None
+        if self.tree is not None:
+            frame = self.tree.serving_frame(state, rows)
+            lp = self.tree.catalog[S.LIST_PRICE].to_numpy(float)[rows]
+            grid = lp[:, None] * np.asarray(TREE_PRICES)[None, :]
+            parts.append(tree_columns(self.tree._predict_over_grid(frame, lp, grid)))
+        if self.text:
+            assert self.text_source is not None
+            if frame is None or self.text_source is not self.tree:
+                frame = self.text_source.serving_frame(state, rows)
+            parts.append(frame[self._text_names].to_numpy(float))
+        return np.hstack(parts) if parts else np.zeros((len(rows), 0))
+
+    def serving_matrix(self, state: Any, item_idx: np.ndarray) -> np.ndarray:
+        """The quote-time rows: the trees on the user's state for the candidates (the tree at
+        the reference prices, never at the quoted ones), then the base wide columns."""
+        rows = np.asarray(item_idx, np.int64)
+        base = super().serving_matrix(state, rows)
+        return np.hstack([self._standard_extra(self._serving_extras(state, rows)), base])
+
+    def serving_matrix_frame(self, state: Any, item_idx: np.ndarray) -> np.ndarray:
+        rows = np.asarray(item_idx, np.int64)
+        base = super().serving_matrix_frame(state, rows)
+        return np.hstack([self._standard_extra(self._serving_extras(state, rows)), base])
+
+    def user_state(self, events: pd.DataFrame) -> Any:
+        """The text tree's state (history sums, category counts, recent items and searches)
+        when a text model serves, else the history sums and category counts."""
+        model = self._state_model
+        return super().user_state(events) if model is None else model.user_state(events)
+
+    # --- persistence -----------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        """The base wide files, `hybrid.npz` (options and standardization), the whole-split tree
+        in `tree/` and a separate text model in `wide_text/`: `save_model`'s manifest hashes them
+        all, so `load_model` refuses a changed tree before LightGBM parses it."""
+        super().save(path)
+        meta = {
+            "tree": self.tree_kind,
+            "text": self.text,
+            "folds": self.folds,
+            "params": self.params,
+            "seed": self.seed,
+            "columns": self.extra_columns,
+        }
+        np.savez(
+            path / HYBRID_FILE,
+            mean=self.extra_mean,
+            std=self.extra_std,
+            meta=np.array(json.dumps(meta)),
+        )
+        if self.tree is not None:
+            self.tree.save(path / "tree")
+        if self.text_source is not None and self.text_source is not self.tree:
+            self.text_source.save(path / "wide_text")
+
+    @classmethod
+    def load(cls, path: Path) -> HybridWide:
+        z = np.load(path / HYBRID_FILE)
+        meta = json.loads(str(z["meta"]))
+        m = cls(meta["tree"], bool(meta["text"]), int(meta["folds"]), meta["params"], meta["seed"])
+        m._load_base(path)
+        m.extra_mean, m.extra_std = z["mean"], z["std"]
+        if m.tree_kind == "lightgbm_text":
+            m.tree = LightGBMTextDemand.load(path / "tree")
+        elif m.tree_kind == "lightgbm":
+            m.tree = LightGBMDemand.load(path / "tree")
+        if m.text:
+            text_tree = isinstance(m.tree, LightGBMTextDemand)
+            m.text_source = m.tree if text_tree else TextColumns.load(path / "wide_text")
+        if list(meta["columns"]) != m.extra_columns:
+            raise ValueError(f"{path}: hybrid columns {meta['columns']} do not match the options")
+        return m
 
 
 class UniformDemand(DemandModel):
