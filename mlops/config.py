@@ -122,6 +122,15 @@ class BertConfig(_Strict):
     # Wide & deep: the baselines' tabular features (all but the price) join the price head's input
     # (`mlops.models.WideFeatures`); needs the offer feature table, as the baselines do.
     wide: bool = False
+    # The hybrid (docs/model.md, "The hybrid"; `mlops.models.HybridWide`): the wide rows also carry
+    # a tree's out-of-fold logit and price slope at reference prices (`tree`: none, lightgbm or
+    # lightgbm_text; `tree_folds` folds of users) and/or the trees' PCA-reduced MiniLM block
+    # (`wide_text`); both need `wide: true`. `tree_params`: LightGBM (and text) parameters over
+    # `LGB_DEFAULTS` and `TEXT_DEFAULTS`, run untuned.
+    tree: Literal["none", "lightgbm", "lightgbm_text"] = "none"
+    wide_text: bool = False
+    tree_folds: int = Field(default=5, ge=2)
+    tree_params: dict[str, Any] = Field(default_factory=dict)
     # Temperature scaling on the validation split after training: logit = s * (a - b log(p/list)),
     # s fitted by log loss (b keeps its sign, so demand stays monotone).
     calibrate: bool = False
@@ -145,6 +154,19 @@ class BertConfig(_Strict):
     def arch(self) -> dict[str, Any]:
         """The network's hyperparameters (what `PriceResponseModule` is built from)."""
         return {k: getattr(self, k) for k in self.ARCH}
+
+    @property
+    def hybrid(self) -> bool:
+        """Whether the wide rows carry the hybrid's tree or text columns."""
+        return self.tree != "none" or self.wide_text
+
+    @model_validator(mode="after")
+    def _hybrid_is_wide(self) -> BertConfig:
+        if self.hybrid and not self.wide:
+            raise ValueError("`tree` and `wide_text` add wide columns: set `wide: true` too")
+        if "tune" in self.tree_params:
+            raise ValueError("the hybrid's trees run untuned: drop `tune` from `tree_params`")
+        return self
 
 
 BASE_MODELS = ("logistic", "uniform", "lightgbm", "lightgbm_text", "bert")

@@ -84,6 +84,8 @@ def accelerate(model: Any) -> Accelerated:
                 if fast_state.numpy_tower is not None
                 else "numpy tokens + model transformer"
             )
+            if fast_state.pandas_history:
+                notes["user_state"] += " + the model's wide state"  # pandas: not cheap
         else:
             notes["user_state"] = f"model (fast path disagreed: {problem})"
     except Exception as exc:  # noqa: BLE001 - a fast path never stops a model from serving
@@ -361,7 +363,10 @@ class BertUserState:
 
         self.model = model
         wide = getattr(model, "wide", None)  # its tabular half: the history sums, without pandas
-        self.history = None if wide is None else HistoryState(wide.catalog, wide.keywords)
+        self.history: Any = None if wide is None else HistoryState(wide.catalog, wide.keywords)
+        self.pandas_history = wide is not None and not getattr(wide, "state_is_history_sums", True)
+        if self.pandas_history:  # more than the sums (the hybrid's recent items and searches)
+            self.history = lambda events: wide.user_state(events_frame(events))
         self.torch = torch
         self.net = model.net
         self.vocab = model.vocab
