@@ -1395,8 +1395,12 @@ class HybridWide(WideFeatures):
         elif m.tree_kind == "lightgbm":
             m.tree = LightGBMDemand.load(path / "tree")
         if m.text:
-            text_tree = isinstance(m.tree, LightGBMTextDemand)
-            m.text_source = m.tree if text_tree else TextColumns.load(path / "wide_text")
+            tree = m.tree
+            m.text_source = (
+                tree
+                if isinstance(tree, LightGBMTextDemand)
+                else TextColumns.load(path / "wide_text")
+            )
         if list(meta["columns"]) != m.extra_columns:
             raise ValueError(f"{path}: hybrid columns {meta['columns']} do not match the options")
         return m

@@ -364,8 +364,10 @@ class BertUserState:
         self.model = model
         wide = getattr(model, "wide", None)  # its tabular half: the history sums, without pandas
         self.history: Any = None if wide is None else HistoryState(wide.catalog, wide.keywords)
-        self.pandas_history = wide is not None and not getattr(wide, "state_is_history_sums", True)
-        if self.pandas_history:  # more than the sums (the hybrid's recent items and searches)
+        self.pandas_history = False
+        if wide is not None and not getattr(wide, "state_is_history_sums", True):
+            # more than the sums (the hybrid's recent items and searches): the model's own state
+            self.pandas_history = True
             self.history = lambda events: wide.user_state(events_frame(events))
         self.torch = torch
         self.net = model.net
