@@ -141,7 +141,9 @@ def test_candidate_table_equals_candidate_prices(g: Guardrails) -> None:
             got = table(idx, last_price)
             assert np.array_equal(got[0], want[0], equal_nan=True)
             assert np.array_equal(got[1], want[1])
-            kept = optimize(lambda p: np.full(p.shape, 0.5), lp, x["unit_cost"][idx], g, candidates=got)
+            kept = optimize(
+                lambda p: np.full(p.shape, 0.5), lp, x["unit_cost"][idx], g, candidates=got
+            )
             assert np.array_equal(kept.grid, want[0], equal_nan=True)
 
 
