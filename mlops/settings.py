@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     max_user_events: int = 200
     # Request bodies above this are refused with 413 while being read (never buffered in full).
     max_body_bytes: int = Field(default=1 << 20, gt=0)
+    # Requests under /v1 one worker works on at once; more are answered 503 at once, so an
+    # overloaded worker answers what it can in time instead of everything too late.
+    max_in_flight: int = Field(default=32, ge=1)
     # Recent quotes kept in memory for outcome lookup, in offer rows (about 0.5 KB each); older
     # quotes are found through the offer log's index.
     quote_book_max_rows: int = Field(default=100_000, ge=0)

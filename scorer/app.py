@@ -33,7 +33,12 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from mlops.settings import Settings, get_settings
-from scorer.deps import BodyLimitMiddleware, offer_log_error_handler, validation_error_handler
+from scorer.deps import (
+    BodyLimitMiddleware,
+    InFlightLimitMiddleware,
+    offer_log_error_handler,
+    validation_error_handler,
+)
 from scorer.docs import mount_docs
 from scorer.experiment import ArmSource, ExperimentConfig, ExperimentSettings
 from scorer.fastpath import FastPath
@@ -153,5 +158,9 @@ def create_app(
     app.add_middleware(FastPath, runtime=runtime, router=v1)
     # Added before the metrics middleware, so it runs inside it: 413s are counted too.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Inside the metrics middleware (shed requests are counted as 503s), outside everything else.
+    app.add_middleware(
+        InFlightLimitMiddleware, limit=settings.max_in_flight, on_shed=runtime.metrics.shed.inc
+    )
     app.add_middleware(MetricsMiddleware, metrics=runtime.metrics)
     return app

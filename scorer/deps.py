@@ -75,6 +75,48 @@ _MAX_ERRORS_SHOWN = 20
 _MAX_ERROR_TEXT = 300
 
 
+class InFlightLimitMiddleware:
+    """Pure ASGI middleware: at most `limit` requests under `/v1/` in work in this worker; the next
+    one is answered 503 with `Retry-After: 1` at once, before its body is read.
+
+    Load shedding: past capacity, a queue only grows, every request waits longer than its client
+    does, and the worker spends its time on answers nobody reads (it never recovers while the load
+    lasts). With a bound, the requests it takes are answered in time and the rest learn at once
+    that they should retry. Health, readiness, metrics and admin routes are never shed.
+    """
+
+    def __init__(self, app: Any, limit: int, on_shed: Any = None) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0
+        self.shed = 0
+        self._on_shed = on_shed
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope.get("path", "").startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            self.shed += 1
+            if self._on_shed is not None:
+                self._on_shed()
+            response = JSONResponse(
+                {
+                    "detail": f"overloaded: {self.in_flight} requests in work in this worker "
+                    f"(PRICING_MAX_IN_FLIGHT={self.limit}); retry shortly"
+                },
+                status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                headers={"Retry-After": "1"},
+            )
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
 class BodyLimitMiddleware:
     """Pure ASGI middleware: refuse request bodies over `max_bytes` with 413, while reading them.
 

@@ -27,6 +27,9 @@ class SettingsError(ValueError):
     """A setting the scorer cannot run with; the message names the variable and its value."""
 
 
+WORKER_HEALTHCHECK_S = 30  # seconds a worker has to answer the supervisor's ping
+
+
 def _env_name(settings_cls: Any, field_name: str) -> str:
     """The environment variable a pydantic-settings field is read from."""
     field = settings_cls.model_fields.get(field_name)
@@ -220,4 +223,8 @@ def serve(
         workers=workers,
         log_level=log_level,
         access_log=False,  # per-request logging costs more than the quote itself; /metrics counts them
+        # The supervisor pings each worker and replaces one that does not answer in time; a worker
+        # loading a model on a saturated machine can take longer than uvicorn's 5 s to answer, and
+        # was then killed while starting.
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
     )

@@ -64,6 +64,11 @@ class ScorerMetrics:
             "Outcomes reported again with the recorded label (200, nothing written)",
             registry=self.registry,
         )
+        self.shed = Counter(
+            "scorer_shed_requests_total",
+            "Requests answered 503 at once because the worker had PRICING_MAX_IN_FLIGHT in work",
+            registry=self.registry,
+        )
         self.arm_quotes = Counter(
             "scorer_experiment_quotes_total",
             "Quotes by experiment arm, as served (a disabled arm's users count as champion)",

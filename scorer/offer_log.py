@@ -67,8 +67,10 @@ import orjson
 import pandas as pd
 
 from pricing import schema as S
+from scorer.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
+limited = RateLimitedLog(log)  # write and fsync failures: a line per kind every few seconds
 
 QUOTES_FILE = "quotes.jsonl"
 OUTCOMES_FILE = "outcomes.jsonl"
@@ -429,7 +431,12 @@ class _Appender:
         """After a failed write: cut the file back to `start`, or make the next append start a line."""
         written = int(getattr(exc, "written", 0))
         self.last_error = f"{self.path.name}: write failed: {_describe(exc)}"
-        log.error("offer log %s: write failed, record not acknowledged: %s", self.path, exc)
+        limited.error(
+            "offer_log_write",
+            "offer log %s: write failed, record not acknowledged: %s",
+            self.path,
+            exc,
+        )
         if start is None or written == 0:
             return  # nothing of ours reached the file
         try:
@@ -440,7 +447,12 @@ class _Appender:
                     self._on_truncate(start)
                 return
         except OSError as trunc_exc:
-            log.error("offer log %s: could not cut back a failed write: %s", self.path, trunc_exc)
+            limited.error(
+                "offer_log_cut_back",
+                "offer log %s: could not cut back a failed write: %s",
+                self.path,
+                trunc_exc,
+            )
         self._needs_newline = True
 
     def _sync_upto(self, mine: int) -> None:
@@ -458,7 +470,9 @@ class _Appender:
                     self._sync_upto(self._written)
                 except OSError as exc:  # keep trying; say so on /readyz meanwhile
                     self.last_error = f"{self.path.name}: fsync failed: {_describe(exc)}"
-                    log.error("offer log %s: fsync failed: %s", self.path, exc)
+                    limited.error(
+                        "offer_log_fsync", "offer log %s: fsync failed: %s", self.path, exc
+                    )
 
     def close(self) -> None:
         if self._closed.is_set():
