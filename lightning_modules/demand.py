@@ -258,7 +258,7 @@ class BertDemand(DemandModel):
         makes one pass over the shards for the vocabulary and the training statistics, and does
         not support the wide features (`wide: true`), which are fitted on the whole split."""
         cfg = self.config
-        pl.seed_everything(self.seed, workers=True)
+        pl.seed_everything(self.seed, workers=True, verbose=False)
         self._set_catalog(train.items)
         scan: ShardScan | None = None
         data: PricingData | None = None  # the training split when it is in memory
