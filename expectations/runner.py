@@ -314,23 +314,53 @@ class ValidationReport:
         }
 
     def summary_text(self) -> str:
-        """Human-readable table of failures for the CLI: table, expectation, column, failed count."""
-        lines = [f"{'table':<8} {'expectation':<52} {'column':<12} {'failed':>8}"]
+        """The summary the CLI prints: a line per table (rows, bad rows, warnings, and for a
+        failed table why), then the table of failed expectations (table, expectation, column,
+        failed count) when there are any, then PASSED or FAILED.
+
+        A table that could not be checked row by row (a required column missing, no rows) says
+        so instead of counting 0 bad rows.
+        """
+        lines = []
         for name, t in self.tables.items():
-            status = "ok" if t.passed else "FAILED"
+            if t.passed:
+                status = "ok"
+            else:
+                status = "FAILED: " + "; ".join(_short_reason(e, name) for e in t.errors)
+            if not t.passed and not t.expectations:
+                lines.append(f"{name:<8} rows={t.rows} not checked row by row, {status}")
+                continue
             lines.append(
                 f"{name:<8} rows={t.rows} bad={t.bad_rows} ({t.bad_share:.2%}) "
                 f"warnings={sum(t.warnings.values())} {status}"
             )
-            for e in t.expectations:
-                if e["failed"]:
-                    tag = " (warning)" if e["severity"] == "warning" else ""
-                    lines.append(
-                        f"{name:<8} {e['expectation'] + tag:<52} {e['column'] or '-':<12} "
-                        f"{e['failed']:>8}"
-                    )
-        lines.append("PASSED" if self.passed else f"FAILED ({len(self.errors)} errors)")
+        failed = [(n, e) for n, t in self.tables.items() for e in t.expectations if e["failed"]]
+        if failed:
+            lines += ["", f"{'table':<8} {'expectation':<52} {'column':<12} {'failed':>8}"]
+            for name, e in failed:
+                tag = " (warning)" if e["severity"] == "warning" else ""
+                lines.append(
+                    f"{name:<8} {e['expectation'] + tag:<52} {e['column'] or '-':<12} "
+                    f"{e['failed']:>8}"
+                )
+        n = len(self.errors)
+        lines.append("PASSED" if self.passed else f"FAILED ({n} error{'s' if n != 1 else ''})")
         return "\n".join(lines)
+
+
+def _short_reason(error: str, table: str) -> str:
+    """A table error without its `table '<name>': ` prefix and its closing parenthesis of
+    details (the full message is printed as the command's `error:` line)."""
+    text = error.removeprefix(f"table '{table}': ")
+    if text.endswith(")"):
+        depth = 0
+        for i in range(len(text) - 1, -1, -1):
+            depth += {")": 1, "(": -1}.get(text[i], 0)
+            if depth == 0:
+                if i > 0 and text[i - 1] == " ":
+                    text = text[: i - 1]
+                break
+    return text
 
 
 def validate_data_dir(
