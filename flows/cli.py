@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 import warnings
@@ -925,8 +926,10 @@ FLOW_COMMANDS = frozenset({"run", "compare", "loop", "experiment", "demo"})
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand; 2: bad input data, 3: a model file failed its integrity check or did not
-    load, 4: the MLflow registry could not be opened, 130/143: stopped by SIGINT/SIGTERM.
+    """Run one subcommand; 1: the data breaks the contract (it was read, and validation failed),
+    2: a usage error (a missing folder, table, config file or database, an unknown model, a bad
+    option), 3: a model file failed its integrity check or did not load, 4: the MLflow registry
+    could not be opened, 130/143: stopped by SIGINT/SIGTERM.
 
     Those print one `error:` line, no traceback; the training flow has already ended its MLflow
     run as FAILED (KILLED when stopped by a signal), and a normal exit lets Prefect stop its
@@ -948,9 +951,14 @@ def main(argv: list[str] | None = None) -> int:
             stack.enter_context(interrupts.handled())
         try:
             if args.command in FLOW_COMMANDS:
+                inputs = check_inputs(args)  # a bad input fails here, before any server starts
+                print(
+                    f"{command}: {inputs}; starting (Prefect, then the flow) ...", file=sys.stderr
+                )
                 from mlops import prefect_server
 
                 prefect_server.guard()
+                _ERROR_ONCE.install(setup=True)
             rc: Any = args.func(args)
             interrupts.check(f"{command} returned")  # a library swallowed the interrupt
         except BaseException as exc:
@@ -963,7 +971,7 @@ def main(argv: list[str] | None = None) -> int:
                 return stopped.exit_code
             if isinstance(exc, ContractError):
                 print(f"error: {exc}", file=sys.stderr)
-                return 2
+                return 1 if _is_data_error(exc) else 2
             if not isinstance(exc, Exception):
                 raise
             registry_error = _registry_error(exc)
@@ -976,6 +984,113 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {model_error}", file=sys.stderr)
             return 3
     return int(rc or 0)
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    """Data that was read and breaks the contract (`ValidationFailed`): exit code 1, not 2."""
+    mod = sys.modules.get("tasks.validation")
+    return mod is not None and isinstance(exc, mod.ValidationFailed)
+
+
+def check_inputs(args: argparse.Namespace) -> str:
+    """Check what a flow command will read, before any Prefect server starts: the data folder and
+    its tables, the database URL's form and time window, the config file, the model names.
+
+    Raises `ContractError` naming what is missing or wrong (`main`: one `error:` line, exit 2);
+    returns a short description of the inputs for the line the command starts with.
+    """
+    from mlops.config import CONFIG_DIR
+
+    command = args.command
+    seen: list[str] = []
+    if command == "run":
+        _url_only_options(args)
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir and command == "demo":
+        if Path(data_dir).exists() and not Path(data_dir).is_dir():
+            raise ContractError(f"--data-dir {data_dir}: not a folder")
+    elif data_dir and (command != "loop" or getattr(args, "scorer_url", None)):
+        tables = {"run": S_REQUIRED, "compare": S_REQUIRED, "experiment": ("items",)}
+        seen.append(_check_data_dir(data_dir, tables.get(command, ())))
+    if getattr(args, "data_url", None):
+        seen.append(_check_data_url(args.data_url, args.since, args.until))
+    offer_log = getattr(args, "offer_log_dir", None)
+    if offer_log and not Path(offer_log).is_dir():
+        raise ContractError(f"--offer-log-dir {offer_log}: no such folder")
+    if command == "experiment":
+        return ", ".join(seen) or "inputs checked"
+    config = getattr(args, "config", None)
+    models, flag = [getattr(args, "model", None)], "--model"
+    if getattr(args, "models", None):
+        models, flag = [m.strip() for m in args.models.split(",") if m.strip()], "--models"
+    seen.append(_check_config(config or str(CONFIG_DIR / "default.yaml"), models, flag))
+    return ", ".join(seen)
+
+
+# The tables a training run needs (pricing.schema.REQUIRED_TABLES, not imported: a fast check).
+S_REQUIRED = ("items", "events", "offers")
+
+
+def _check_data_dir(data_dir: str, tables: tuple[str, ...]) -> str:
+    """`data_dir` is a folder holding `tables` (any layout `pricing.io` reads); its description."""
+    from pricing.io import find_table_file
+
+    folder = Path(data_dir)
+    if not folder.exists():
+        raise ContractError(f"--data-dir {data_dir}: no such folder")
+    if not folder.is_dir():
+        raise ContractError(f"--data-dir {data_dir}: not a folder")
+    missing = [t for t in tables if find_table_file(folder, t) is None]
+    if missing:
+        names = ", ".join(missing)
+        raise ContractError(
+            f"--data-dir {data_dir}: no {names} table{'s' if len(missing) > 1 else ''} there "
+            f"(expected {missing[0]}.parquet, {missing[0]}.csv or a {missing[0]}/ folder of "
+            "Parquet files; `pricing simulate --out DIR` writes a complete folder)"
+        )
+    return f"data {data_dir}"
+
+
+def _check_data_url(url: str, since: str | None, until: str | None) -> str:
+    """`url` is a database URL with an installed driver, the window parses (read later)."""
+    from mlops.database import DataWindow, engine_for, safe_url
+
+    engine_for(url).dispose()  # ContractError: not a database URL, or no driver for it
+    DataWindow.parse(since, until)
+    return f"database {safe_url(url)}"
+
+
+def _check_config(path: str, models: list[str | None], flag_name: str = "--model") -> str:
+    """The config at `path` reads and validates, and every model named (or its own) is known."""
+    import pydantic
+    import yaml
+
+    from mlops.config import BASE_MODELS, ConfigError, load_config
+
+    if not Path(path).is_file():
+        raise ContractError(f"--config {path}: no such file")
+    try:
+        cfg = load_config(path)
+    except (ConfigError, yaml.YAMLError) as exc:
+        raise ContractError(f"--config {path}: {' '.join(str(exc).split())}") from None
+    except pydantic.ValidationError as exc:
+        where = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ContractError(f"--config {path}: {where}") from None
+    named = [m for m in models if m]
+    for name in named or [cfg.model, *cfg.baselines]:
+        try:
+            cfg.model_block(name)
+        except ValueError:
+            known = ", ".join(BASE_MODELS)
+            variants = ", ".join(cfg.variants) or "none"
+            flag = flag_name if named else f"{path}: model"
+            raise ContractError(
+                f"{flag} {name!r} is not a model: choose {known} or a variant of {path} "
+                f"({variants})"
+            ) from None
+    return f"model {named[0] if named else cfg.model} ({path})"
 
 
 def _end_interrupted() -> None:
@@ -1036,9 +1151,67 @@ class _NoTracebackForExpected(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and _is_expected(record.exc_info[1]):
+            record.expected_error = str(record.exc_info[1])
             record.exc_info = None
             record.exc_text = None
+            _ERROR_ONCE.install()
         return True
+
+
+class _ErrorOnce(logging.Filter):
+    """On the terminal, Prefect's own lines about an expected error are left out: the task's and
+    the flow's failure, each logged twice (the exception, then the state). `main` prints the error
+    once, as its `error:` line; Prefect's API log (the UI) keeps every line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[str] = []
+
+    def install(self, setup: bool = False) -> None:
+        """Put this filter on the terminal handlers Prefect's logging set up (idempotent); with
+        `setup`, set Prefect's logging up first if it is not yet."""
+        if setup:
+            from prefect.logging.configuration import ensure_logging_setup
+
+            ensure_logging_setup()
+        for handler in logging.getLogger().handlers:
+            if type(handler).__name__ == "PrefectConsoleHandler" and self not in handler.filters:
+                handler.addFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = getattr(record, "expected_error", None)
+        if error:
+            self.errors.append(error)
+            return False
+        if not record.name.startswith("prefect"):
+            return True
+        message = record.getMessage()
+        # a state's message: "... encountered an exception ContractError: ..."
+        state = re.search(r"an exception:? (\w+):", message)
+        if state and state.group(1) in _expected_class_names():
+            return False
+        return not any(e in message or repr(e)[1:-1] in message for e in self.errors)
+
+
+def _expected_class_names() -> set[str]:
+    """The names of the errors `main` reports in one line (`_is_expected`)."""
+    names: set[str] = set()
+    todo: list[type] = [ContractError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    for mod, cls_name in (
+        ("mlops.registry", "ModelLoadError"),
+        ("mlops.models", "ModelIntegrityError"),
+        ("mlops.tracking", "RegistryUnavailable"),
+    ):
+        if mod in sys.modules:
+            names.add(cls_name)
+    return names
+
+
+_ERROR_ONCE = _ErrorOnce()
 
 
 def quiet() -> None:
