@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from prefect.runtime import flow_run
 
 from expectations import ValidationReport
 from mlops import engine as engines
-from mlops import registry, tracking
+from mlops import registry
 from mlops.config import ExperimentConfig, load_config
 from mlops.database import DataWindow, database_name, default_snapshot_dir
 from mlops.models import DemandModel, PricingData
@@ -35,7 +36,7 @@ from tasks.registry import (
     promote_model,
     register_model,
 )
-from tasks.report import Stopwatch, publish_run_report, summary_text
+from tasks.report import Stopwatch, decision_headline, publish_run_report, summary_markdown
 from tasks.tracking import log_decision, log_evaluation, log_run_inputs, training_run
 from tasks.training import fit_model, train_price_model
 from tasks.validation import validate_tables
@@ -79,6 +80,57 @@ def ingest(
         ), "simulated"
     path = Path(data_dir)
     return path, path.resolve().name
+
+
+def announce(text: str) -> None:
+    """A phase of the run, in the run log before it starts (no step runs unannounced)."""
+    get_run_logger().info(text)
+
+
+def ingest_phase(
+    data_dir: str | None, simulate: bool, data_url: str | None, seed: int
+) -> str | None:
+    """What `ingest` is about to do, as a line for the run log (None: a folder, nothing to do)."""
+    if data_url:
+        from mlops.database import safe_url
+
+        return f"reading the contract tables from {safe_url(data_url)} ..."
+    if simulate or data_dir is None:
+        return f"simulating a market (seed {seed}) ..."
+    return None
+
+
+def headline(result: dict[str, Any]) -> str:
+    """The run in one line: the decision and the main model's headline metrics.
+
+    `version 7 of price-response: PROMOTED to champion; bert_wide: profit_regret 0.0310,
+    gap_share 0.6000, log_loss 0.3100, auc 0.7000`: the last line of the run log and the message
+    of the flow run's Completed state (what `prefect deployment run --watch` ends with).
+    """
+    main = result["model"]
+    metrics = result.get("metrics", {}).get(main, {})
+    shown = [
+        f"{k} {float(metrics[k]):.4f}"
+        for k in ("profit_regret", "gap_share", "log_loss", "auc")
+        if isinstance(metrics.get(k), int | float) and math.isfinite(metrics[k])
+    ]
+    line = f"{decision_headline(result)}; {main}: {', '.join(shown) or 'no metrics'}"
+    promoted = result.get("promoted_model")
+    if promoted and promoted != main:
+        line += f"; promoted instead: baseline {promoted}"
+    elif not result.get("promoted") and result.get("promotion_reasons"):
+        line += f"; why: {result['promotion_reasons'][0]}"
+    return line
+
+
+def finished(result: dict[str, Any]) -> Any:
+    """The flow's return value: a Completed state whose message is `headline(result)` and whose
+    result is the run report (what a caller of `training(...)` gets)."""
+    from prefect.states import Completed
+
+    message = headline(result)
+    announce(f"training done: {message}")
+    return Completed(message=message, data=result)
 
 
 def _load_champion(name: str) -> tuple[str | None, DemandModel | None]:
@@ -155,8 +207,10 @@ def training(
     MLflow: one parent run holds the inputs, the plots and the decision; each model (the main one,
     every baseline, the list-price policy, the re-evaluated champion) is a child run with the same
     metric names. Prefect: the metrics table and the decision are the run's artifacts.
-    Returns the run report (also what `pricing run --report-json` writes); a worker rank of a
-    multi-process launch returns `{"model", "rank", "role": "worker", "trained"}`.
+    Returns the run report (also what `pricing run --report-json` writes) in a Completed state
+    whose message is the decision and the main model's headline metrics (`headline`); a worker
+    rank of a multi-process launch returns `{"model", "rank", "role": "worker", "trained"}`.
+    Each phase is announced in the run log before it starts.
     """
     clock = Stopwatch()
     settings = get_settings()
@@ -166,10 +220,13 @@ def training(
     trainer = trainer_args(devices, strategy, precision)
 
     with clock("ingest"):
+        phase = ingest_phase(data_dir, simulate, data_url, cfg.seed)
+        if phase:
+            announce(phase)
         data_path, dataset = ingest(cfg, runs_dir, data_dir, simulate, data_url, since, until)
     engine = engines.resolve(engine, data_path)
     with prepared_data(engine, data_path, runs_dir, cfg, workers, clock) as prep:
-        return _train_evaluate_register(
+        result = _train_evaluate_register(
             cfg,
             config_path,
             settings,
@@ -182,6 +239,7 @@ def training(
             promote,
             force_promote,
         )
+    return finished(result) if "model_version" in result else result
 
 
 class Prepared(NamedTuple):
@@ -208,6 +266,9 @@ class Prepared(NamedTuple):
         return self.shards
 
 
+FEATURES_PHASE = "building features (reused when this data and feature code were seen before) ..."
+
+
 @contextlib.contextmanager
 def prepared_data(
     engine: str,
@@ -220,8 +281,10 @@ def prepared_data(
     """Validate, build features and split, in this process (`local`) or on a Dask cluster."""
     if engine == "local":
         with clock("validate"):
+            announce(f"validating {data_path} against the data contract ...")
             report = validate_tables(data_path, cfg.validation.max_bad_share)
         with clock("features"):
+            announce(FEATURES_PHASE)
             fb = build_features(report.clean_tables, runs_dir / "cache")
         split, train, valid, test = split_data(report.clean_tables, fb.features, cfg.split)
         yield Prepared(
@@ -247,10 +310,15 @@ def prepared_data(
         stack.callback(shutil.rmtree, work, True)
         layout = P.Layout(work, P.bucket_count(data_path, cfg.scale.offers_per_bucket))
         with clock("validate"):
+            announce(
+                f"validating {data_path} against the data contract, partition by partition ..."
+            )
             data = P.validate_partitions(data_path, layout, cfg.validation.max_bad_share)
         with clock("features"):
+            announce(FEATURES_PHASE)
             stats = P.build_features_partitioned(data, cfg.split)
         with clock("sample"):
+            announce("drawing the training and evaluation samples ...")
             train, valid, test, train_items, sample = P.read_samples(
                 data,
                 stats,
@@ -321,8 +389,10 @@ def _train_evaluate_register(
 
         with clock("train"):  # the main model and every baseline, each in its child run
             names = [cfg.model] + [b for b in cfg.baselines if b != cfg.model]
-            trained = {
-                name: train_price_model(
+            trained = {}
+            for i, name in enumerate(names, 1):
+                announce(training_phase(name, i, len(names), cfg))
+                trained[name] = train_price_model(
                     name,
                     prep.training_data(name, cfg),
                     valid,
@@ -332,14 +402,16 @@ def _train_evaluate_register(
                     run.run_id,
                     "candidate" if name == cfg.model else "baseline",
                 )  # fmt: skip
-                for name in names
-            }
 
         with clock("evaluate"):  # the current champion too, on the same test data
             champ_version, champ_model = _load_champion(registered)
             to_eval = {name: t.model for name, t in trained.items()}
             if champ_model is not None:
                 to_eval["champion"] = champ_model
+            announce(
+                f"evaluating {len(to_eval)} models ({', '.join(to_eval)}) and the list-price "
+                "policy on the test offers, through the same optimizer and guardrails ..."
+            )
             metrics, curves = evaluate_models_task(
                 to_eval,
                 test,
@@ -373,9 +445,11 @@ def _train_evaluate_register(
                 {name: t.run_id for name, t in trained.items() if t.run_id},
                 run.experiment_id,
                 champ_version,
+                cfg.promotion.primary_metric(truth is not None),
             )
 
         with clock("register"):
+            announce(f"registering {cfg.model} in MLflow as a version of {registered} ...")
             version = register_model(
                 trained[cfg.model].model,
                 run.run_id,
@@ -386,6 +460,7 @@ def _train_evaluate_register(
             )
 
         with clock("promote"):
+            announce(f"deciding promotion of version {version} (the champion, the baselines) ...")
             rule = PromotionRule(**cfg.promotion.model_dump())
             gate_args = (
                 champion,
@@ -465,28 +540,22 @@ def _train_evaluate_register(
             "prefect_flow_run_id": str(flow_run.id or ""),
             "timings_s": clock.total(),
         }
-        log_decision(version, promotion, result["timings_s"], summary_text(result))
+        log_decision(version, promotion, result["timings_s"], summary_markdown(result))
         publish_run_report(result, version)
-    get_run_logger().info("training done: version %s, promoted=%s", version, promotion["promoted"])
     return result
 
 
+def training_phase(name: str, i: int, n: int, cfg: ExperimentConfig) -> str:
+    """`training bert_wide (model 1 of 5) ...`; a Lightning model's estimate follows its first
+    steps (`lightning_modules.callbacks.EpochLog`)."""
+    line = f"training {name} (model {i} of {n})"
+    if cfg.base_model(name) == "bert":
+        line += ": text vectors first, then an estimate of its time after the first steps"
+    return line + " ..."
+
+
 def run_links(experiment_id: str, run_id: str, registered: str, version: str) -> dict[str, str]:
-    """Where to look at this run: MLflow's run and version pages, the Prefect flow run."""
-    from tasks.tracking import prefect_flow_run_url
+    """Where to look at this run (`tasks.tracking.run_links`)."""
+    from tasks import tracking as run_tracking
 
-    links = {
-        "MLflow run": tracking.run_url(experiment_id, run_id),
-        "MLflow version": tracking.version_url(registered, version),
-    }
-    import mlflow
-
-    uri = mlflow.get_tracking_uri()
-    if not uri.startswith(("http://", "https://")):
-        links["MLflow UI"] = f"make up, or: mlflow ui --backend-store-uri {uri}"
-    prefect_url = prefect_flow_run_url(flow_run.id)
-    links["Prefect run"] = prefect_url or (
-        f"'{flow_run.name}' on a temporary server (gone when the command ends; "
-        "`make up` and PREFECT_API_URL for a UI)"
-    )
-    return links
+    return run_tracking.run_links(experiment_id, run_id, registered, version)
