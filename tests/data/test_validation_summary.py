@@ -47,7 +47,9 @@ def test_rows_over_the_threshold_name_the_share_and_list_the_failed_expectations
     assert rows and all(line.startswith("offers") and S.PRICE in line for line in rows)
 
 
-def test_a_passing_report_prints_ok_lines_and_passed(tables: Tables, write, now: dt.datetime) -> None:
+def test_a_passing_report_prints_ok_lines_and_passed(
+    tables: Tables, write, now: dt.datetime
+) -> None:
     report = validate_data_dir(write(tables), now=now, build_docs=False)
     lines = _lines(report.summary_text())
     assert lines[-1] == "PASSED"
