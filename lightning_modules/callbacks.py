@@ -10,6 +10,7 @@ While the bar is on screen, log lines are printed above it (`EpochProgressBar`),
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import sys
@@ -39,6 +40,12 @@ class EpochProgressBar(RichProgressBar):
     def __init__(self) -> None:
         super().__init__(leave=True)
         self._rerouted: list[tuple[Any, str, Any]] = []
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """The bar's metrics without `v_num` (the MLflow or CSV logger's run id: noise here)."""
+        metrics = dict(super().get_metrics(trainer, pl_module))
+        metrics.pop("v_num", None)
+        return metrics
 
     def _get_train_description(self, current_epoch: int) -> str:
         label = epoch_label(current_epoch + 1, self.trainer)
@@ -90,7 +97,7 @@ def _reroute_terminal_handlers(console: Any) -> list[tuple[Any, str, Any]]:
     undo: list[tuple[Any, str, Any]] = []
     for h in _terminal_handlers():
         assert isinstance(h, logging.StreamHandler)
-        proxy = _lines_above(console, h.stream)
+        proxy: Any = _LinesAbove(console, h.stream)
         own = getattr(h, "console", None)
         if isinstance(own, Console):
             undo.append((own, "file", own.file))
@@ -99,17 +106,46 @@ def _reroute_terminal_handlers(console: Any) -> list[tuple[Any, str, Any]]:
     return undo
 
 
-def _lines_above(console: Any, file: Any) -> Any:
-    """A stream whose complete lines `console` prints above its live display (Rich's
-    `FileProxy`, which a Rich console writing to it does not bypass)."""
-    from rich.file_proxy import FileProxy
+class _LinesAbove(io.TextIOBase):
+    """A terminal stream whose complete lines a live Rich `console` prints above its display.
 
-    class LinesAbove(FileProxy):
-        @property
-        def rich_proxied_file(self) -> Any:  # a Console unwraps a FileProxy to its file
-            return self
+    Rich's own `FileProxy` does this for `sys.stdout`/`sys.stderr`, but a Rich console (Prefect's
+    handler prints through one) unwraps a `FileProxy` to the file behind it, and it wraps long
+    lines at the terminal's width; this one is used as it is and never wraps (`soft_wrap`).
+    """
 
-    return LinesAbove(console, file)
+    def __init__(self, console: Any, file: Any) -> None:
+        super().__init__()
+        self._console, self._file, self._partial = console, file, ""
+
+    @property
+    def rich_proxied_file(self) -> Any:  # what a Rich console writing here unwraps this to
+        return self
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(getattr(self._file, "encoding", None) or "utf-8")
+
+    def write(self, text: str) -> int:
+        from rich.text import Text
+
+        *lines, self._partial = (self._partial + text).split("\n")
+        if lines:
+            self._console.print(Text("\n").join(Text.from_ansi(x) for x in lines), soft_wrap=True)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._partial:
+            from rich.text import Text
+
+            self._console.print(Text.from_ansi(self._partial), soft_wrap=True)
+            self._partial = ""
+
+    def isatty(self) -> bool:
+        return bool(self._file.isatty())
+
+    def fileno(self) -> int:
+        return int(self._file.fileno())
 
 
 def _restore(undo: list[tuple[Any, str, Any]]) -> None:
