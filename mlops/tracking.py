@@ -275,27 +275,49 @@ def end_active_runs(status: str = "KILLED") -> list[str]:
 
 
 def ui_base_url() -> str:
-    """The MLflow UI: the tracking server itself, or `mlflow ui` on MLFLOW_PORT (5000) for a file.
-
-    `make up` serves the UI on that port; with the embedded sqlite store nothing serves it until
-    `mlflow ui --backend-store-uri ...` runs.
-    """
+    """The MLflow UI: the tracking server itself, or `make ui-mlflow` on MLFLOW_PORT (5000) for a
+    database or folder store (`make up` serves the same store on that port)."""
     import mlflow
 
     uri = mlflow.get_tracking_uri()
     if uri.startswith(("http://", "https://")):
         return uri.rstrip("/")
-    return f"http://127.0.0.1:{os.environ.get('MLFLOW_PORT', '5000')}"
+    return f"http://127.0.0.1:{os.environ.get('MLFLOW_PORT') or '5000'}"
+
+
+# MLflow 3's UI opens an experiment as a GenAI app (overview, traces, the Assistant) unless the
+# page says `workflowType=machine_learning` (the sidebar's switch, kept per browser); every link
+# here says it. `RUNS_VIEW` is the saved runs-table view (its columns) that `tasks.tracking` stores
+# on each experiment as the tag `mlflow.sharedViewState.<RUNS_VIEW>`.
+CLASSIC_VIEW = "workflowType=machine_learning"
+RUNS_VIEW = "training-runs"
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+
+
+def experiment_url(experiment_id: str) -> str:
+    """An experiment's runs table: the classic training-runs view with the project's columns."""
+    return (
+        f"{ui_base_url()}/#/experiments/{experiment_id}/runs"
+        f"?{CLASSIC_VIEW}&viewStateShareKey={RUNS_VIEW}"
+    )
 
 
 def run_url(experiment_id: str, run_id: str) -> str:
     """A run's page in the MLflow UI (its child runs are listed under it)."""
-    return f"{ui_base_url()}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{ui_base_url()}/#/experiments/{experiment_id}/runs/{run_id}?{CLASSIC_VIEW}"
+
+
+def compare_url(experiment_id: str, run_ids: list[str]) -> str:
+    """MLflow's Compare view of `run_ids` (a training run's child runs: one column per model)."""
+    from urllib.parse import quote
+
+    runs, exps = quote(json.dumps(list(run_ids))), quote(json.dumps([experiment_id]))
+    return f"{ui_base_url()}/#/compare-runs?runs={runs}&experiments={exps}&{CLASSIC_VIEW}"
 
 
 def version_url(name: str, version: str) -> str:
     """A registered model version's page in the MLflow UI."""
-    return f"{ui_base_url()}/#/models/{name}/versions/{version}"
+    return f"{ui_base_url()}/#/models/{name}/versions/{version}?{CLASSIC_VIEW}"
 
 
 def _pyfunc_class() -> type:
