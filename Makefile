@@ -95,11 +95,21 @@ down: ## Stop what `make up` started: flow runs (marked Cancelled), worker, scor
 screenshots: install ## Throwaway stack on ports 8300/4500/5300: train, then Chromium PNGs of the UIs in docs/screenshots/
 	SCORER_PORT=8300 PREFECT_PORT=4500 MLFLOW_PORT=5300 bash infra/local/screenshots.sh
 
-ui-mlflow: install ## The MLflow UI over the embedded sqlite store (foreground, $(MLFLOW_PORT))
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --port $(MLFLOW_PORT)
+# `make ui-mlflow`: one uvicorn worker (a UI for one person; MLflow's default is 4) and none of
+# MLflow's GenAI job consumers; Ctrl-C stops it within a few seconds (open browser connections get
+# UI_STOP_S to finish). The store is MLFLOW_TRACKING_URI's when set, as for `pricing`.
+UI_WORKERS ?= 1
+UI_STOP_S ?= 3
+ui-mlflow: install ## The MLflow UI over the local store, in the foreground on $(MLFLOW_PORT)
+	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)  (Ctrl-C stops it)"
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec $(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
+	  --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlruns/mlflow.db}" --artifacts-destination ./mlruns/artifacts \
+	  --workers $(UI_WORKERS) --uvicorn-opts "--timeout-graceful-shutdown $(UI_STOP_S)"
 
-ui-prefect: install ## The Prefect server and UI over its local store (foreground, $(PREFECT_PORT))
-	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+ui-prefect: install ## The Prefect server and UI over the local store, in the foreground on $(PREFECT_PORT)
+	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  (Ctrl-C stops it)"
+	PREFECT_UI_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api exec $(BIN)/prefect server start \
+	  --host 127.0.0.1 --port $(PREFECT_PORT)
 
 clean: ## Remove generated data, runs and caches (keeps .venv)
 	rm -rf data runs .prefect .cache .pytest_cache mlruns/mlflow.db mlruns/[0-9]* mlruns/models \

@@ -479,10 +479,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     print(f"\ndemo pipeline wall time: {time.perf_counter() - t0:.1f}s (report: {report})")
     print(
-        "MLflow UI:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --port 5000"
-    )
-    print("Prefect UI: make up   (then http://127.0.0.1:4200)")
-    print(
         f"Scorer: serving the champion on http://127.0.0.1:{args.port} (Ctrl-C stops it). Try:\n"
         f"  curl -s -X POST http://127.0.0.1:{args.port}/v1/quote -H 'content-type: application/json' "
         '-d \'{"user_id": "u000001", "items": ["i00001", "i00002", "i00003"]}\''

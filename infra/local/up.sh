@@ -79,6 +79,8 @@ echo "$STACK" >"$RUN/stack.env"
 export PRICING_REPO_DIR="$PWD"
 export PRICING_STACK; PRICING_STACK=$(realpath "$RUN")  # marks this stack's flow runs for down.sh
 export PREFECT_API_URL="http://127.0.0.1:$PREFECT_PORT/api"
+# The flows' links (MLflow run, Prefect run) name these ports, whatever the defaults are.
+export SCORER_PORT PREFECT_PORT MLFLOW_PORT
 # The UI asks /ui-settings where the API is: without this, port 4200 whatever --port says.
 export PREFECT_UI_API_URL="$PREFECT_API_URL"
 export PRICING_SCORER_URL="http://127.0.0.1:$SCORER_PORT"  # promotions notify the scorer here
@@ -220,7 +222,7 @@ cat <<MSG
 
 Stack ($STACK) is up:
 Prefect UI:  http://127.0.0.1:$PREFECT_PORT   (deployments: see README "Scheduled runs and the UIs")
-MLflow UI:   http://127.0.0.1:$MLFLOW_PORT   (experiments = data sets; runs, plots, models)
+MLflow UI:   http://127.0.0.1:$MLFLOW_PORT   (experiments = data sets; runs, plots, models; the links a run prints)
 Scorer:      $PRICING_SCORER_URL/readyz   ${ready:0:120}
 Train:       PREFECT_API_URL=$PREFECT_API_URL $BIN/prefect deployment run training/manual \\
                -p data_dir=$DATA -p config_path=configs/lightgbm.yaml
