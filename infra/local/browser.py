@@ -26,8 +26,25 @@ CHROMIUM_MISSING = (
     "chromium`; `make test` does as root) or point PRICING_CHROMIUM at a Chromium or Chrome binary"
 )
 _NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
-# Offline by construction: nothing but loopback resolves.
-_OFFLINE = "MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost"
+# Offline by construction: nothing but loopback resolves. `ui.localhost` is loopback too, under a
+# name that is not `localhost`: MLflow's UI opens its Assistant panel on a page served from
+# localhost or 127.0.0.1 the first time a browser profile sees it (a person closes it once; every
+# headless run is a first time), so pages photographed through `ui.localhost` show the page itself.
+UI_HOST = "ui.localhost"
+_OFFLINE = f"MAP {UI_HOST} 127.0.0.1, MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost"
+# What an MLflow server must accept to be reached through UI_HOST (its defaults are loopback and
+# private addresses): the Host header and the origin of the UI's POST requests.
+MLFLOW_UI_HOST_ENV = {
+    "MLFLOW_SERVER_ALLOWED_HOSTS": f"localhost,127.0.0.1,localhost:*,127.0.0.1:*,{UI_HOST}:*",
+    "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS": f"http://{UI_HOST}:*",
+}
+
+
+def via_ui_host(url: str) -> str:
+    """`url` on 127.0.0.1 or localhost, reached through UI_HOST instead."""
+    for host in ("//127.0.0.1:", "//localhost:"):
+        url = url.replace(host, f"//{UI_HOST}:", 1)
+    return url
 
 
 def chromium() -> str | None:

@@ -1,13 +1,15 @@
 """`make screenshots`' camera (infra/local/screenshots.sh runs it against a stack it started): find
 the newest training run and its child runs in MLflow, the registered model, the newest completed
-`training` flow run in Prefect and a failed validation's Data Docs, then save one PNG of each page
-into docs/screenshots/ (README "Scheduled runs and the UIs").
+`training` flow run in Prefect and its decision artifact, and a failed validation's Data Docs, then
+save one PNG of each page into docs/screenshots/ (docs/operations.md "The UIs").
+
+MLflow pages are the links a training run prints (`mlops.tracking`: the classic runs view, the
+run, the Compare view of its child runs), opened through `browser.UI_HOST` (see there).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,50 +18,63 @@ from urllib.parse import quote
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from browser import BrowserError, screenshot  # noqa: E402 - a sibling script, not a package
+from browser import BrowserError, screenshot, via_ui_host  # noqa: E402 - a sibling script
 
 # Window and crop per page (default 1400x900, scaled to 1000 px wide).
 SHOTS: dict[str, dict[str, Any]] = {
     # Run details, parameters and the metrics table under the plot
-    "mlflow-compare": {"size": (1400, 1800)},
+    "mlflow-compare": {"size": (1400, 1600)},
+    # The description's table, then parameters, metrics and tags
+    "mlflow-run": {"size": (1400, 1200)},
     # Unstyled offline (GX loads Bootstrap and its icons from CDNs): a narrow column of text
     "data-docs-failed": {"size": (1400, 2000), "crop": (0, 0, 720, 1940), "max_width": 720},
 }
 
 
 def mlflow_pages(url: str, model: str) -> dict[str, str]:
-    """The Compare view of the newest parent run's child runs, the registered model's page (its
-    versions and their aliases) and its champion's (aliases, the "Promoted because ..." text)."""
+    """The experiment's runs view, the newest parent run, the Compare view of its child runs, the
+    registered model's page (its versions and their aliases) and its champion's (aliases, the
+    "Promoted because ..." text)."""
+    import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from mlops import tracking
+
+    mlflow.set_tracking_uri(url)  # the links below are this server's
     client = MlflowClient(tracking_uri=url, registry_uri=url)
     exps = [e.experiment_id for e in client.search_experiments()]
     for run in client.search_runs(exps, order_by=["attributes.start_time DESC"], max_results=200):
         if "mlflow.parentRunId" in run.data.tags:
             continue
         children = client.search_runs(
-            [run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'"
+            [run.info.experiment_id],
+            f"tags.mlflow.parentRunId = '{run.info.run_id}'",
+            order_by=["attributes.start_time ASC"],
         )
         if len(children) >= 2:
             break
     else:
         raise SystemExit(f"no MLflow run with child runs at {url}: did the training run finish?")
-    ids = json.dumps([c.info.run_id for c in children])
-    exp = json.dumps([run.info.experiment_id])
+    exp = run.info.experiment_id
     try:
         version = client.get_model_version_by_alias(model, "champion").version
     except MlflowException:  # no champion (the gate said no): the newest version
         version = max(int(v.version) for v in client.search_model_versions(f"name = '{model}'"))
-    return {
-        "mlflow-compare": f"{url}/#/compare-runs?runs={quote(ids)}&experiments={quote(exp)}",
+    pages = {
+        "mlflow-runs": tracking.experiment_url(exp),
+        "mlflow-run": tracking.run_url(exp, run.info.run_id),
+        "mlflow-compare": tracking.compare_url(exp, [c.info.run_id for c in children]),
         "mlflow-model": f"{url}/#/models/{quote(model)}",
-        "mlflow-model-version": f"{url}/#/models/{quote(model)}/versions/{version}",
+        "mlflow-model-version": tracking.version_url(model, str(version)),
     }
+    return {name: via_ui_host(page) for name, page in pages.items()}
 
 
-def prefect_page(url: str, flow: str) -> str:
-    """The newest completed run of `flow`, on its Artifacts tab (Prefect's v2 UI reads ?tab=)."""
+def prefect_pages(url: str, flow: str) -> dict[str, str]:
+    """The newest completed run of `flow` on its Artifacts tab (Prefect's v2 UI reads ?tab=; the
+    default UI opens a run on its logs) and its `promotion-decision` artifact in the default UI."""
     body = {
         "flows": {"name": {"any_": [flow]}},
         "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
@@ -69,7 +84,17 @@ def prefect_page(url: str, flow: str) -> str:
     runs = httpx.post(f"{url}/api/flow_runs/filter", json=body, timeout=30).raise_for_status()
     if not runs.json():
         raise SystemExit(f"no completed '{flow}' flow run at {url}")
-    return f"{url}/v2/runs/flow-run/{runs.json()[0]['id']}?tab=Artifacts"
+    run_id = runs.json()[0]["id"]
+    body = {
+        "artifacts": {"flow_run_id": {"any_": [run_id]}, "key": {"any_": ["promotion-decision"]}}
+    }
+    found = httpx.post(f"{url}/api/artifacts/filter", json=body, timeout=30).raise_for_status()
+    if not found.json():
+        raise SystemExit(f"flow run {run_id} has no promotion-decision artifact")
+    return {
+        "prefect-flow-run": f"{url}/v2/runs/flow-run/{run_id}?tab=Artifacts",
+        "prefect-decision": f"{url}/artifacts/artifact/{found.json()[0]['id']}",
+    }
 
 
 def data_docs_page(docs_dir: Path, suite: str = "items") -> str:
@@ -92,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     pages = {
         **mlflow_pages(args.mlflow.rstrip("/"), args.model),
-        "prefect-flow-run": prefect_page(args.prefect.rstrip("/"), "training"),
+        **prefect_pages(args.prefect.rstrip("/"), "training"),
         "scorer-docs": f"{args.scorer.rstrip('/')}/docs",
         "data-docs-failed": data_docs_page(args.data_docs),
     }

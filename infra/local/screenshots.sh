@@ -3,9 +3,9 @@
 # Starts a throwaway stack with infra/local/up.sh in a scratch copy of the project (symlinks to the
 # code, its own data/, mlruns/, .prefect/ and run folder: your stores and a running `make up` are not
 # touched), runs training/manual with LightGBM on a simulated market, validates a broken copy of
-# that market (a failed validation's Data Docs), then photographs: the MLflow Compare view of the
-# training run's child runs, the registered model, the Prefect flow run's artifacts, the scorer's
-# /docs and the Data Docs. infra/local/down.sh stops the stack on the way out, whatever happened.
+# that market (a failed validation's Data Docs), then photographs: MLflow's runs view, the training
+# run, the Compare view of its child runs, the registered model and its champion; the Prefect flow
+# run's artifacts and its decision in the default UI; the scorer's /docs and the Data Docs. infra/local/down.sh stops the stack on the way out, whatever happened.
 #
 #   SCORER_PORT=8300 PREFECT_PORT=4500 MLFLOW_PORT=5300   the stack's ports (defaults shown)
 #   OUT=docs/screenshots                                   where the PNGs go
@@ -29,6 +29,9 @@ for f in "$REPO"/* "$REPO"/.venv "$REPO"/.env.example; do
   esac
 done
 export PRICING_RUN_DIR=$WORK/.run PREFECT_HOME=$WORK/.prefect BIN
+# MLflow pages are photographed through browser.UI_HOST (no Assistant panel): the server accepts it.
+eval "$("$BIN/python" -c 'import shlex, sys; sys.path.insert(0, "infra/local"); import browser
+for k, v in browser.MLFLOW_UI_HOST_ENV.items(): print(f"export {k}={shlex.quote(v)}")')"
 cleanup() {
   bash "$WORK/infra/local/down.sh" || true
   if [ "${KEEP:-0}" = 1 ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
