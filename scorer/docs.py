@@ -63,10 +63,15 @@ def mount_docs(app: FastAPI, docs_url: str = "/docs", redoc_url: str = "/redoc")
     @app.get(redoc_url, include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
         root, openapi = urls(request)
-        return get_redoc_html(
+        page = get_redoc_html(
             openapi_url=openapi,
             title=f"{app.title} - ReDoc",
             redoc_js_url=f"{root}{ASSETS_PATH}/{REDOC_JS}",
             redoc_favicon_url=f"{root}{ASSETS_PATH}/{FAVICON}",
             with_google_fonts=False,
         )
+        # the 200 answers open, so every response field's description is on the page
+        body = bytes(page.body).replace(
+            b"<redoc ", b'<redoc expand-responses="200" schema-expansion-level="2" ', 1
+        )
+        return HTMLResponse(body)

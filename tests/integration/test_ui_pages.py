@@ -92,6 +92,7 @@ class Pages:
     """URL of each page under test."""
 
     docs: str
+    redoc: str
     runs: str
     parent: str
     compare: str
@@ -266,6 +267,7 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pages]:
         prefect_ui = f"http://127.0.0.1:{prefect_port}"
         yield Pages(
             docs=f"{scorer.url}/docs",
+            redoc=f"{scorer.url}/redoc",
             runs=browser.via_ui_host(tracking.experiment_url(exp)),
             parent=browser.via_ui_host(tracking.run_url(exp, parent)),
             compare=browser.via_ui_host(tracking.compare_url(exp, children)),
@@ -303,6 +305,14 @@ def test_scorer_docs_lists_the_operations_offline(doms: dict[str, str]) -> None:
     assert 'class="swagger-ui' in dom, "Swagger UI did not render (its assets are the scorer's)"
     for path in ("/v1/quote", "/readyz"):
         assert f'data-path="{path}"' in dom, f"no operation {path} in Swagger UI"
+
+
+def test_scorer_redoc_shows_what_each_quote_field_means(doms: dict[str, str]) -> None:
+    """A shop engineer reads the quote's answer in ReDoc: the money's currency, what the
+    propensity is for, and which guardrail a price sits at, with the item fields opened."""
+    text = _text(doms["redoc"])
+    for words in ("ISO 4217", "evaluated offline", "the limit the price sits at", "event appends"):
+        assert words in text, f"ReDoc does not show {words!r}"
 
 
 def test_mlflow_opens_the_experiment_on_the_classic_runs_view_with_the_primary_metric(
