@@ -156,7 +156,9 @@ def test_a_signal_stops_pricing_run_before_registration(
     assert [r.info.status for r in parents] == ["KILLED"], [r.info.status for r in runs]
     assert parents[0].info.run_id in errors[0] and "KILLED" in errors[0]
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    assert mlflow.MlflowClient().search_registered_models() == []  # no version, no alias
+    # this test's registry, whatever registry URI an earlier test left set in this process
+    client = mlflow.MlflowClient(tracking_uri=mlflow_store, registry_uri=mlflow_store)
+    assert client.search_registered_models() == []  # no version, no alias
 
     wait_until(
         lambda: not processes_with(marker),

@@ -181,7 +181,8 @@ def test_a_decodable_state_of_the_wrong_shape_is_a_miss(
 
 
 def test_concurrent_quotes_share_offer_log_writes(tmp_path: Path) -> None:
-    app = create_app(_settings(tmp_path), lambda: toy_handle("1"), seed=0)
+    # 60 at once in one worker: above the default load-shedding bound, which is not what this tests
+    app = create_app(_settings(tmp_path, max_in_flight=100), lambda: toy_handle("1"), seed=0)
 
     async def run() -> tuple[list[int], tuple[int, int]]:
         async with app.router.lifespan_context(app):
@@ -500,3 +501,29 @@ def test_concurrent_quotes_after_an_event_share_one_tower_run(
     assert all(a["state_generation"] >= generation and a["personalized"] for a in answers)
     assert len(calls) == 1  # one tower run for ten quotes and a refresh
     assert app.state.runtime.refresher.failed == 0
+
+
+def test_a_burst_past_the_in_flight_bound_is_shed_and_the_rest_served(tmp_path: Path) -> None:
+    """60 quotes at once into a worker bounded at 32 in work: the first 32 are answered, the rest
+    get 503 at once with Retry-After, and nothing shed reaches the offer log."""
+    app = create_app(_settings(tmp_path, max_in_flight=32), lambda: toy_handle("1"), seed=0)
+
+    async def run() -> tuple[list[httpx.Response], tuple[int, int]]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                answers = await asyncio.gather(
+                    *(
+                        c.post("/v1/quote", json={"user_id": f"u{k}", "items": ITEMS})
+                        for k in range(60)
+                    )
+                )
+            return list(answers), app.state.runtime.offer_log.batch_stats
+
+    answers, (_, quotes) = asyncio.run(run())
+    ok = [a for a in answers if a.status_code == 200]
+    shed = [a for a in answers if a.status_code == 503]
+    assert len(ok) + len(shed) == 60 and len(ok) >= 32 and shed
+    assert all(a.headers["retry-after"] == "1" for a in shed)
+    assert all("overloaded" in a.json()["detail"] for a in shed)
+    assert quotes == len(ok)

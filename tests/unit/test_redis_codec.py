@@ -180,4 +180,6 @@ def test_a_bad_cached_blob_is_a_miss_with_one_log_line(
         assert _fresh_state(b"not-a-number", GEN.pack(5) + encode_state(1.0)) is None
         assert _fresh_state(b"5", GEN.pack(5) + encode_state(1.0)) == 1.0
         assert _fresh_state(b"6", GEN.pack(5) + encode_state(1.0)) is None  # stale: no log
-    assert len(caplog.records) == 1
+    # a generation that is not a number is a miss here; the repair that rebuilds it logs once
+    # (tests/integration/test_redis_store.py)
+    assert caplog.records == []

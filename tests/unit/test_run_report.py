@@ -99,6 +99,8 @@ def test_links_follow_the_configured_ports(monkeypatch: pytest.MonkeyPatch, tmp_
         "?workflowType=machine_learning&viewStateShareKey=training-runs"
     )
     assert run == "http://127.0.0.1:5300/#/experiments/7/runs/abc?workflowType=machine_learning"
+    # a temporary server has no UI of its own (a test session's Prefect server would have one)
+    monkeypatch.setattr(T, "prefect_flow_run_url", lambda flow_run_id: None)
     links = T.prefect_run_link("1234", "happy-run")
     assert links["Prefect run"] == "http://127.0.0.1:4500/runs/flow-run/1234"
     assert re.search(r"`make ui-prefect` .*serves it from /\S+/prefect\.db$", links["Prefect UI"])
