@@ -57,8 +57,8 @@ browser: install ## Make sure the `ui` tests have a headless Chromium (installs 
 demo: install ## Simulate a market, validate it, train, register, promote, then serve the champion
 	$(PRICING) demo --data-dir $(DATA) --port $(PORT)
 
-test: install browser ## Run every test (unit, data, model, integration, slow, ui)
-	$(BIN)/pytest -q
+test: install browser ## Run the tests but those marked slow (unit, data, model, integration, ui); CI also runs test-slow
+	$(BIN)/pytest -q -m "not slow"
 
 test-fast: install ## Unit and data tests only
 	$(BIN)/pytest -q -m "not slow and not integration"
