@@ -103,7 +103,7 @@ def test_links_follow_the_configured_ports(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setattr(T, "prefect_flow_run_url", lambda flow_run_id: None)
     links = T.prefect_run_link("1234", "happy-run")
     assert links["Prefect run"] == "http://127.0.0.1:4500/runs/flow-run/1234"
-    assert re.search(r"`make ui-prefect` .*serves it from /\S+/prefect\.db$", links["Prefect UI"])
+    assert re.search(r"`make ui-prefect` .*serves it from /\S+\.db$", links["Prefect UI"])
 
 
 def test_evaluation_logs_headline_metrics_and_a_table_of_every_metric(
