@@ -114,8 +114,12 @@ def _schema_lock(uri: str, scheme: str, timeout_s: float) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path, timeout_s: float) -> Iterator[None]:
-    """An exclusive `flock` on `path` (released by the kernel if the holder dies)."""
+def file_lock(path: Path, timeout_s: float) -> Iterator[bool]:
+    """Hold an exclusive `flock` on `path`; yields False (not held) if not had within `timeout_s`.
+
+    Exclusive between processes and between threads (each call opens its own file description),
+    released by the kernel if the holder dies, so a crashed process never leaves a stale lock.
+    """
     with open(path, "a+") as fh:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -124,14 +128,22 @@ def _file_lock(path: Path, timeout_s: float) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise RegistryUnavailable(
-                        f"MLflow store schema lock {path} busy for {timeout_s:.0f}s"
-                    ) from None
+                    yield False
+                    return
                 time.sleep(0.05)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, timeout_s: float) -> Iterator[None]:
+    """The schema's `file_lock`; `RegistryUnavailable` if it is not had in time."""
+    with file_lock(path, timeout_s) as held:
+        if not held:
+            raise RegistryUnavailable(f"MLflow store schema lock {path} busy for {timeout_s:.0f}s")
+        yield
 
 
 @contextlib.contextmanager

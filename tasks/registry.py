@@ -9,13 +9,11 @@ a compare-and-set against the champion that was evaluated (see `promote`).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import getpass
 import hashlib
 import json
 import re
 import tempfile
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -227,27 +225,15 @@ def _lock_path(registered_model: str) -> Path:
 def promotion_lock(registered_model: str, timeout_s: float = 600.0) -> Iterator[bool]:
     """Hold the exclusive promotion lock of `registered_model`; yields False if not had in time.
 
-    `fcntl.flock` on a lock file: exclusive between processes and between threads (each call opens
-    its own file description), released by the kernel if the holder dies, so a crashed run never
-    leaves a stale lock behind.
+    `mlops.tracking.file_lock` on a lock file next to the registry, so a crashed run never leaves
+    a stale lock behind.
     """
+    from mlops.tracking import file_lock
+
     path = _lock_path(registered_model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    yield False
-                    return
-                time.sleep(0.05)
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    with file_lock(path, timeout_s) as held:
+        yield held
 
 
 def _operator() -> str:
