@@ -65,6 +65,7 @@ sys.path.insert(0, str(HERE))
 import _chaos_accounting as acc  # noqa: E402
 from _http import RawClient, children, loadavg, machine_busy  # noqa: E402
 from _provenance import bench_provenance  # noqa: E402
+from scorer_load import make_mix  # noqa: E402
 
 N_CANDIDATES = 50
 TOKEN = "chaos-admin-token"
@@ -146,38 +147,6 @@ def register_versions(model_dir: Path, workdir: Path, item_id: str) -> tuple[str
     victim.write_bytes(data[: len(data) // 2])
     registry.set_alias(REGISTERED, versions[0])
     return uri, versions[0], versions[1], victim.name
-
-
-def make_stream(
-    path: Path,
-    catalog: pd.DataFrame,
-    users: list[str],
-    queries: list[str],
-    n: int,
-    events_share: float,
-    rng: np.random.Generator,
-) -> None:
-    """The quote/event stream, in send order, with events spread evenly at `events_share`."""
-    from pricing import schema as S
-
-    ids = catalog[S.ITEM_ID].astype(str).to_numpy()
-    lp = catalog[S.LIST_PRICE].to_numpy(float)
-    with open(path, "w") as f:
-        for k in range(n):
-            user = users[rng.integers(len(users))] if rng.random() < 0.95 else f"new{k}"
-            if int((k + 1) * events_share) > int(k * events_share):
-                if queries and rng.random() < 0.3:
-                    ev: dict[str, Any] = {"event_type": "search", "query": str(rng.choice(queries))}
-                else:
-                    j = int(rng.integers(len(ids)))
-                    price = round(float(lp[j] * rng.uniform(0.7, 1.3)), 2)
-                    ev = {"event_type": "view", "item_id": str(ids[j]), "price": price}
-                rec = {"path": "/v1/events", "body": {"user_id": user, "events": [ev]}}
-            else:
-                items = rng.choice(ids, N_CANDIDATES, replace=False).tolist()
-                body = {"user_id": user, "items": items, "session_id": f"s{rng.integers(3)}"}
-                rec = {"path": "/v1/quote", "body": body}
-            f.write(json.dumps(rec) + "\n")
 
 
 # --- the offer log's filesystem ------------------------------------------------------------------
@@ -632,8 +601,8 @@ def main() -> None:
             )
             stream_rps, stream_events = acc.stream_plan(args.rate, args.events_share)
             stream = workdir / "stream.jsonl"
-            make_stream(
-                stream, catalog, users, queries, 20_000, stream_events, np.random.default_rng(0)
+            make_mix(
+                stream, catalog, users, queries, 20_000, np.random.default_rng(0), stream_events
             )
             env = {
                 "REDIS_URL": redis_srv.url,

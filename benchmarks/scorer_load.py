@@ -167,17 +167,18 @@ def make_mix(
     queries: list[str],
     n: int,
     rng: np.random.Generator,
+    events_share: float = EVENTS_SHARE,
 ) -> None:
-    """The request mix, in send order: every tenth request an event (a priced view or a search)."""
+    """The request mix, in send order: events (a priced view or a search) spread evenly at
+    `events_share` (every tenth request at the default), quotes of `N_CANDIDATES` otherwise."""
     from pricing import schema as S
 
     ids = catalog[S.ITEM_ID].astype(str).to_numpy()
     lp = catalog[S.LIST_PRICE].to_numpy(float)
-    every = round(1 / EVENTS_SHARE)
     with open(path, "w") as f:
         for k in range(n):
             user = users[rng.integers(len(users))] if rng.random() < 0.95 else f"new{k}"
-            if k % every == every - 1:
+            if int((k + 1) * events_share) > int(k * events_share):
                 if queries and rng.random() < 0.3:
                     ev: dict[str, Any] = {"event_type": "search", "query": str(rng.choice(queries))}
                 else:
